@@ -1,0 +1,47 @@
+# make run   — the appliance on this machine (creates .venv and installs what it needs)
+# make test  — the whole suite (unit, integration with the real Piper voice and Whisper)
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# Debian packages the tests and the local default use (installed when run as root).
+APT_PACKAGES := espeak-ng sox
+
+.PHONY: run test test-unit test-integration bench system-deps proto lint clean
+
+$(STAMP): pyproject.toml
+	@$(MAKE) --no-print-directory system-deps
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $@
+
+system-deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=300 $$missing; \
+	else echo "warning: not root; install these Debian packages yourself:$$missing" >&2; fi
+
+run: $(STAMP)
+	$(BIN)/appliance tts-worker --config etc/appliance/tts/piper.toml
+
+test: $(STAMP)
+	$(BIN)/python -m pytest tests
+
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest tests/unit
+
+test-integration: $(STAMP)
+	$(BIN)/python -m pytest tests/integration
+
+bench: $(STAMP)
+	$(BIN)/appliance bench tts --out bench-tts.json
+
+# Regenerate appliance/rpc/ from proto/ (tests/unit/test_rpc_generated.py fails when it is stale).
+proto: $(STAMP)
+	$(BIN)/python scripts/gen_rpc.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

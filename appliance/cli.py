@@ -1,0 +1,132 @@
+"""The `appliance` command (Contract 3 of DESIGN.md)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+from appliance.config import SERVICE_KINDS, ConfigError, WorkerSettings, guess_kind, load_settings
+
+
+def _worker_settings(args: argparse.Namespace) -> WorkerSettings:
+    return load_settings(
+        WorkerSettings,
+        args.config,
+        host=args.host,
+        port=args.port,
+        name=args.name,
+        redis_url=args.redis_url,
+        metrics_port=args.metrics_port,
+    )
+
+
+def cmd_tts_worker(args: argparse.Namespace) -> int:
+    from appliance.logs import setup_logging
+    from appliance.tts.worker import TTSWorker
+
+    settings = _worker_settings(args)
+    setup_logging(settings.log_level)
+    asyncio.run(TTSWorker(settings).serve_forever())
+    return 0
+
+
+def cmd_say(args: argparse.Namespace) -> int:
+    from appliance.tts.say import say
+
+    result = asyncio.run(say(args.text, Path(args.out), worker=args.worker, model=args.model or ""))
+    print(json.dumps(result))
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    kind = args.kind or guess_kind(args.file)
+    settings = load_settings(SERVICE_KINDS[kind], args.file)
+    print(f"{args.file}: valid {kind} configuration")
+    if args.show:
+        print(json.dumps(settings.model_dump(mode="json"), indent=2))
+    return 0
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    from appliance.tts.catalog import Catalog
+
+    catalog = Catalog(models_dir=Path(args.models_dir) if args.models_dir else None)
+    for spec in catalog.specs():
+        state = "installed" if spec.is_installed(catalog.models_dir) else "missing"
+        print(f"{spec.model_id:28} {spec.engine:6} {spec.language:6} {spec.sample_rate:6} Hz  {state}")
+    return 0
+
+
+def cmd_bench_tts(args: argparse.Namespace) -> int:
+    from appliance.tts.bench import run_bench
+
+    result = asyncio.run(
+        run_bench(trials=args.trials, concurrency=args.concurrency, worker=args.worker, model=args.model)
+    )
+    text = json.dumps(result, indent=2)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    print(text)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="appliance", description="Self-hosted full-duplex voice assistant")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("tts-worker", help="run a TTS worker (gRPC)")
+    p.add_argument("--config", help="TOML file, e.g. /etc/appliance/tts/piper.toml")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--name")
+    p.add_argument("--redis-url", help="register in Redis for discovery (absent: no Redis)")
+    p.add_argument("--metrics-port", type=int)
+    p.set_defaults(func=cmd_tts_worker)
+
+    p = sub.add_parser("say", help="synthesise text to a WAV file (48 kHz mono)")
+    p.add_argument("text")
+    p.add_argument("--out", required=True, help="WAV file to write")
+    p.add_argument("--worker", help="HOST:PORT of a running worker (absent: start one in this process)")
+    p.add_argument("--model", help="model id (absent: the worker's default)")
+    p.set_defaults(func=cmd_say)
+
+    p = sub.add_parser("check-config", help="validate a service's TOML file")
+    p.add_argument("file")
+    p.add_argument("--kind", choices=sorted(SERVICE_KINDS), help="which service it configures (guessed from the path)")
+    p.add_argument("--show", action="store_true", help="print the effective settings")
+    p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser("models", help="the models this appliance knows")
+    msub = p.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    q = msub.add_parser("list", help="list model ids and whether their files are installed")
+    q.add_argument("--models-dir")
+    q.set_defaults(func=cmd_models_list)
+
+    p = sub.add_parser("bench", help="benchmarks (JSON out)")
+    bsub = p.add_subparsers(dest="bench_command", required=True, metavar="WHAT")
+    q = bsub.add_parser("tts", help="TTFA, RTF and control latency through a real gRPC worker")
+    q.add_argument("--trials", type=int, default=24)
+    q.add_argument("--concurrency", type=int, default=8)
+    q.add_argument("--worker", help="HOST:PORT of a running worker (absent: start one as a subprocess)")
+    q.add_argument("--model", default="piper-en_US-joe-medium")
+    q.add_argument("--out", help="also write the JSON here")
+    q.set_defaults(func=cmd_bench_tts)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"appliance: configuration error:\n{exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

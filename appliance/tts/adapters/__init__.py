@@ -1,0 +1,21 @@
+"""Engine adapters, one file per engine. ``create_adapter`` picks the class for a model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from appliance.tts.adapters.base import EngineAdapter, PcmChunk, SynthesisTracker
+from appliance.tts.adapters.mock import MockSineAdapter
+from appliance.tts.adapters.piper import PiperAdapter
+from appliance.tts.catalog import ModelSpec
+
+ENGINES: dict[str, type[EngineAdapter]] = {cls.engine: cls for cls in (MockSineAdapter, PiperAdapter)}
+
+
+def create_adapter(spec: ModelSpec, device: str = "auto", models_dir: Path | None = None) -> EngineAdapter:
+    adapter = ENGINES[spec.engine](spec, device)
+    adapter.models_dir = models_dir
+    return adapter
+
+
+__all__ = ["ENGINES", "EngineAdapter", "PcmChunk", "SynthesisTracker", "create_adapter"]

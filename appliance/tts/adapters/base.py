@@ -1,0 +1,131 @@
+"""The engine adapter interface: one small class per engine kind.
+
+An adapter knows nothing of gRPC or sessions. It loads a model and turns text into float32
+mono PCM chunks at the engine's native rate through a *blocking* generator; the base class
+runs that generator off the event loop, one chunk per hop, and stops between chunks when the
+caller cancels. The worker turns the chunks into 20 ms frames at 48 kHz.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+
+from appliance.tts.catalog import ModelSpec
+
+WARMUP_TEXT = "Hello, this is a warm-up."
+
+
+class SynthesisTracker:
+    """Start times of the blocking synthesis calls in flight, for the watchdog."""
+
+    def __init__(self, clock=time.monotonic) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._started: dict[int, float] = {}
+        self._next = 0
+
+    def begin(self) -> int:
+        with self._lock:
+            self._next += 1
+            self._started[self._next] = self._clock()
+            return self._next
+
+    def end(self, token: int) -> None:
+        with self._lock:
+            self._started.pop(token, None)
+
+    def oldest_age(self) -> float:
+        """Seconds the longest-running call has been going (0 when none is)."""
+        with self._lock:
+            if not self._started:
+                return 0.0
+            return self._clock() - min(self._started.values())
+
+    @property
+    def in_flight(self) -> int:
+        with self._lock:
+            return len(self._started)
+
+
+@dataclass
+class PcmChunk:
+    samples: np.ndarray  # float32, mono, in [-1, 1]
+    sample_rate: int
+    synth_s: float = 0.0  # wall time the engine took to make it
+    text: str = field(default="", repr=False)
+
+
+_END = object()
+
+
+class EngineAdapter(ABC):
+    engine: ClassVar[str]
+
+    def __init__(self, spec: ModelSpec, device: str = "cpu") -> None:
+        self.spec = spec
+        self.device = device
+        self.models_dir = None
+        self.loaded = False
+
+    @property
+    def sample_rate(self) -> int:
+        return self.spec.sample_rate
+
+    @abstractmethod
+    def load(self) -> None:
+        """Load weights (blocking; called in a worker thread)."""
+
+    @abstractmethod
+    def synthesize(self, text: str) -> Iterator[np.ndarray]:
+        """Blocking generator of float32 mono chunks at ``sample_rate``."""
+
+    def unload(self) -> None:
+        self.loaded = False
+
+    def warmup(self) -> None:
+        for _ in self.synthesize(WARMUP_TEXT):
+            pass
+
+    async def stream(
+        self,
+        text: str,
+        *,
+        cancel: threading.Event | None = None,
+        executor: Executor | None = None,
+        tracker: SynthesisTracker | None = None,
+    ) -> AsyncIterator[PcmChunk]:
+        """Drive :meth:`synthesize` off the event loop; stop between chunks once ``cancel`` is set."""
+        loop = asyncio.get_running_loop()
+        gen = self.synthesize(text)
+
+        def next_chunk():
+            token = tracker.begin() if tracker else None
+            t0 = time.perf_counter()
+            try:
+                return next(gen, _END), time.perf_counter() - t0
+            finally:
+                if tracker:
+                    tracker.end(token)
+
+        try:
+            while cancel is None or not cancel.is_set():
+                chunk, took = await loop.run_in_executor(executor, next_chunk)
+                if chunk is _END or (cancel is not None and cancel.is_set()):
+                    return
+                yield PcmChunk(np.asarray(chunk, dtype=np.float32), self.sample_rate, took, text)
+        finally:
+            # Closing a generator another thread may still be inside raises; it is finished
+            # or abandoned by now, and dropping it frees it either way.
+            try:
+                gen.close()
+            except ValueError:
+                pass

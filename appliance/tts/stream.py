@@ -1,0 +1,217 @@
+"""One Synthesize stream: text chunks in, 20 ms frames out.
+
+Three cooperating parts, joined by a bounded frame channel:
+  reader   TextChunks → segmenter → complete sentences (as soon as each one is complete)
+  producer sentences → engine (off the loop) → loudness → 48 kHz → 1920-byte frames
+  writer   (the RPC handler) frames → the pause gate → the wire
+The channel's bound is the back-pressure: a paused or slow client stops synthesis running
+far ahead, instead of buffering minutes of audio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+from appliance.audio import FRAME_MS, OutputChain
+from appliance.config import AudioSettings
+from appliance.tts.adapters import SynthesisTracker
+from appliance.tts.sessions import WorkerSession
+from appliance.tts.text import TextSegmenter, is_speakable
+
+log = logging.getLogger(__name__)
+
+CHANNEL_FRAMES = 250  # 5 s of audio ahead of the wire
+
+
+class StreamError(Exception):
+    """Ends the stream with a gRPC status ``code`` and this message."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class FrameChannel:
+    """A bounded FIFO of frames that can be closed (end of audio) or failed from either side."""
+
+    def __init__(self, maxsize: int = CHANNEL_FRAMES) -> None:
+        self._items: collections.deque[bytes] = collections.deque()
+        self._maxsize = maxsize
+        self._readable = asyncio.Event()
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self.closed = False
+        self.error: BaseException | None = None
+
+    async def put(self, frame: bytes) -> None:
+        while len(self._items) >= self._maxsize and not self.closed:
+            self._writable.clear()
+            await self._writable.wait()
+        if self.closed:
+            return
+        self._items.append(frame)
+        self._readable.set()
+
+    def close(self, error: BaseException | None = None) -> None:
+        if error is not None and self.error is None:
+            self.error = error
+        self.closed = True
+        self._readable.set()
+        self._writable.set()
+
+    async def get(self) -> bytes | None:
+        """The next frame; None at the end. Raises the error a failed channel carries."""
+        while True:
+            if self.error is not None:
+                raise self.error
+            if self._items:
+                frame = self._items.popleft()
+                self._writable.set()
+                return frame
+            if self.closed:
+                return None
+            self._readable.clear()
+            await self._readable.wait()
+
+
+@dataclass
+class StreamStats:
+    started: float = 0.0
+    first_frame: float | None = None
+    frames: int = 0
+    segments: int = 0
+    chars: int = 0
+    synth_s: float = 0.0
+
+    @property
+    def ttfa_s(self) -> float | None:
+        return None if self.first_frame is None else self.first_frame - self.started
+
+    @property
+    def audio_s(self) -> float:
+        return self.frames * FRAME_MS / 1000
+
+    @property
+    def rtf(self) -> float | None:
+        return self.synth_s / self.audio_s if self.audio_s else None
+
+
+class SynthesisStream:
+    def __init__(
+        self,
+        session: WorkerSession,
+        *,
+        executor: Executor,
+        tracker: SynthesisTracker,
+        audio: AudioSettings,
+        max_chars: int,
+    ) -> None:
+        self.session = session
+        self.executor = executor
+        self.tracker = tracker
+        self.audio = audio
+        self.max_chars = max_chars
+        self.stats = StreamStats(started=time.perf_counter())
+        self.channel = FrameChannel()
+        self._segments: asyncio.Queue[str | None] = asyncio.Queue()
+        self._segmenter = TextSegmenter()
+        self._tasks: list[asyncio.Task] = []
+
+    def start(self, chunks: AsyncIterator) -> None:
+        self._tasks = [
+            asyncio.create_task(self._read(chunks), name=f"tts-read-{self.session.session_id}"),
+            asyncio.create_task(self._produce(), name=f"tts-produce-{self.session.session_id}"),
+        ]
+
+    def stop(self) -> None:
+        """STOP: discard pending text and end the audio now."""
+        self._segmenter.reset()
+        self.channel.close()
+
+    async def close(self) -> None:
+        self.session.cancel.set()
+        self.channel.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def frames(self) -> AsyncIterator[bytes]:
+        while (frame := await self.channel.get()) is not None:
+            yield frame
+
+    # --- reader ----------------------------------------------------------------------------
+
+    async def _read(self, chunks: AsyncIterator) -> None:
+        sid = self.session.session_id
+        try:
+            async for chunk in chunks:
+                if chunk.session_id and chunk.session_id != sid:
+                    raise StreamError(
+                        "INVALID_ARGUMENT", f"TextChunk for session {chunk.session_id!r} on the stream of {sid!r}"
+                    )
+                self.stats.chars += len(chunk.text)
+                if self.stats.chars > self.max_chars:
+                    raise StreamError(
+                        "INVALID_ARGUMENT",
+                        f"text exceeds {self.max_chars} characters per stream ({self.stats.chars} received); "
+                        "send it in several utterances",
+                    )
+                self.session.touch()
+                for segment in self._segmenter.push(chunk.text):
+                    self._segments.put_nowait(segment)
+                if chunk.is_final:
+                    break
+            # End of the request stream counts as is_final: flush what is left.
+            for segment in self._segmenter.flush():
+                self._segments.put_nowait(segment)
+        except StreamError as exc:
+            self.channel.close(exc)
+        finally:
+            self._segments.put_nowait(None)
+
+    # --- producer --------------------------------------------------------------------------
+
+    async def _produce(self) -> None:
+        chain: OutputChain | None = None
+        try:
+            while (segment := await self._segments.get()) is not None:
+                if self.channel.closed or self.session.cancel.is_set():
+                    break
+                if not is_speakable(segment):
+                    continue
+                adapter = self.session.lease.adapter  # read each time: RELOAD may swap it
+                if chain is None or chain.in_rate != adapter.sample_rate:
+                    chain = self._new_chain(adapter.sample_rate)
+                self.stats.segments += 1
+                async for pcm in adapter.stream(
+                    segment, cancel=self.session.cancel, executor=self.executor, tracker=self.tracker
+                ):
+                    self.stats.synth_s += pcm.synth_s
+                    for frame in chain.push(pcm.samples):
+                        await self._emit(frame)
+            if chain is not None and not self.session.cancel.is_set():
+                for frame in chain.flush():
+                    await self._emit(frame)
+            self.channel.close()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # an engine failure ends this stream, not the worker
+            log.exception("synthesis failed session=%s", self.session.session_id)
+            self.channel.close(StreamError("INTERNAL", f"synthesis failed: {type(exc).__name__}: {exc}"))
+
+    def _new_chain(self, rate: int) -> OutputChain:
+        return OutputChain(
+            rate,
+            normalize=self.audio.normalize,
+            target_lufs=self.audio.target_lufs,
+            ceiling_dbfs=self.audio.limiter_ceiling_dbfs,
+        )
+
+    async def _emit(self, frame: bytes) -> None:
+        await self.channel.put(frame)

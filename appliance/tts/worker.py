@@ -1,0 +1,153 @@
+"""Assembles and runs one TTS worker: model manager, gRPC server (TTSService + health),
+metrics endpoint, systemd watchdog, idle-model eviction and idle-session reaping."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from appliance.config import WorkerSettings
+from appliance.rpc import tts_pb2_grpc
+from appliance.tts.adapters import SynthesisTracker
+from appliance.tts.adapters.piper import cuda_available
+from appliance.tts.catalog import Catalog
+from appliance.tts.metrics import WorkerMetrics
+from appliance.tts.model_manager import ModelManager
+from appliance.tts.service import TTSService
+from appliance.tts.sessions import SessionRegistry
+from appliance.tts.systemd import Notifier, Watchdog, watchdog_interval
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "appliance.tts.v1.TTSService"
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+SESSION_IDLE_S = 300.0
+HOUSEKEEPING_S = 5.0
+
+
+class TTSWorker:
+    def __init__(self, settings: WorkerSettings, catalog: Catalog | None = None) -> None:
+        self.settings = settings
+        self.catalog = catalog or Catalog(models_dir=settings.models.models_dir)
+        self.tracker = SynthesisTracker()
+        self.metrics = WorkerMetrics(settings.name)
+        self.notifier = Notifier()
+        self.executor = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="tts-synth")
+        m = settings.models
+        self.manager = ModelManager(
+            self.catalog,
+            default_model=m.default,
+            resident_cap=m.resident_cap,
+            ttl_s=m.ttl_s,
+            min_residency_s=m.min_residency_s,
+            max_parallel_loads=m.max_parallel_loads,
+            warmup=m.warmup,
+            device=m.device,
+        )
+        self.sessions = SessionRegistry(settings.max_sessions)
+        self.service = TTSService(
+            settings,
+            self.manager,
+            self.sessions,
+            executor=self.executor,
+            tracker=self.tracker,
+            metrics=self.metrics,
+            gpu=m.device == "cuda" or (m.device == "auto" and cuda_available()),
+        )
+        self.health = health.aio.HealthServicer()
+        self.server: grpc.aio.Server | None = None
+        self.port: int | None = None
+        self.watchdog = Watchdog(
+            self.notifier,
+            interval=watchdog_interval(default=HOUSEKEEPING_S),
+            stuck_limit_s=settings.watchdog.stuck_synthesis_s,
+            oldest_synthesis_age=self.tracker.oldest_age,
+            status=self.status_line,
+            on_health=lambda ok: self.metrics.watchdog_ok.set(1 if ok else 0),
+        )
+        self._tasks: list[asyncio.Task] = []
+        self._stopped = asyncio.Event()
+
+    @property
+    def address(self) -> str:
+        return f"{self.settings.host}:{self.port}"
+
+    def status_line(self) -> str:
+        resident = ",".join(self.manager.resident_ids()) or "none"
+        return f"models: {resident}; sessions: {len(self.sessions)}; streams: {len(self.service.streams)}"
+
+    async def start(self) -> None:
+        s = self.settings
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        tts_pb2_grpc.add_TTSServiceServicer_to_server(self.service, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self.port = self.server.add_insecure_port(f"{s.host}:{s.port}")
+        if self.port == 0:
+            raise OSError(f"cannot listen on {s.host}:{s.port}")
+        await self.server.start()
+        if s.metrics_port is not None:
+            self.metrics.serve(s.metrics_host, s.metrics_port)
+        log.info("worker %s listening on %s (metrics port %s); loading %s", s.name, self.address, self.metrics.port, s.models.default)
+        self._tasks.append(asyncio.create_task(self.watchdog.run(), name="watchdog"))
+        await self.manager.start(preload=s.models.preload)
+        self.metrics.resident_models.set(len(self.manager.resident_ids()))
+        self._tasks.append(asyncio.create_task(self.manager.run_evictor(HOUSEKEEPING_S), name="evictor"))
+        self._tasks.append(asyncio.create_task(self._reap_sessions(), name="session-reaper"))
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        self.notifier.ready(self.status_line())
+        log.info("worker %s ready: %s", s.name, self.status_line())
+
+    async def _set_health(self, status) -> None:
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, status)
+
+    async def _reap_sessions(self) -> None:
+        while True:
+            await asyncio.sleep(HOUSEKEEPING_S)
+            for sid in await self.service.end_idle_sessions(SESSION_IDLE_S):
+                log.info("ended idle session session=%s", sid)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Graceful: health NOT_SERVING, refuse new sessions, let open streams finish, then stop."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        grace = self.settings.shutdown_grace_s if grace is None else grace
+        log.info("worker %s stopping (grace %.1fs)", self.settings.name, grace)
+        self.notifier.stopping()
+        self.service.draining = True
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self.server is not None:
+            await self.server.stop(grace)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for session in self.sessions.all():
+            await self.sessions.end(session.session_id, reason="worker shutdown")
+        await self.manager.close()
+        self.metrics.close()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        log.info("worker %s stopped", self.settings.name)
+
+    async def serve_forever(self) -> None:
+        """Run until SIGTERM/SIGINT, then stop gracefully."""
+        loop = asyncio.get_running_loop()
+        done = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, done.set)
+        await self.start()
+        await done.wait()
+        await self.stop()
