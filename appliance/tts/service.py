@@ -28,7 +28,7 @@ from appliance.tts.model_manager import (
     UnknownModel,
 )
 from appliance.tts.sessions import SessionError, SessionRegistry, WorkerSession
-from appliance.tts.stream import StreamError, SynthesisStream
+from appliance.tts.stream import StreamError, SynthesisStream, drain_requests
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +152,8 @@ class TTSService(tts_pb2_grpc.TTSServiceServicer):
             session = self.sessions.get(first.session_id)
             session.begin_stream()
         except SessionError as exc:
+            if not first.is_final:
+                await drain_requests(chunks)
             await self._abort(context, "Synthesize", grpc.StatusCode[exc.code], str(exc))
 
         stream = SynthesisStream(

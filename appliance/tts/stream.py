@@ -37,6 +37,25 @@ class StreamError(Exception):
         self.code = code
 
 
+DRAIN_S = 1.0
+
+
+async def drain_requests(chunks: AsyncIterator, limit_s: float = DRAIN_S) -> None:
+    """Read the client's remaining chunks (up to is_final, for at most ``limit_s``) before an
+    error status is sent. grpc.aio clients that are still writing when the status arrives
+    otherwise report INTERNAL instead of the real code (grpc/grpc#36066)."""
+
+    async def consume() -> None:
+        async for chunk in chunks:
+            if chunk.is_final:
+                return
+
+    try:
+        await asyncio.wait_for(consume(), limit_s)
+    except (asyncio.TimeoutError, Exception):
+        pass
+
+
 class FrameChannel:
     """A bounded FIFO of frames that can be closed (end of audio) or failed from either side."""
 
@@ -171,6 +190,7 @@ class SynthesisStream:
             for segment in self._segmenter.flush():
                 self._segments.put_nowait(segment)
         except StreamError as exc:
+            await drain_requests(chunks)
             self.channel.close(exc)
         finally:
             self._segments.put_nowait(None)
@@ -187,6 +207,9 @@ class SynthesisStream:
                     continue
                 adapter = self.session.lease.adapter  # read each time: RELOAD may swap it
                 if chain is None or chain.in_rate != adapter.sample_rate:
+                    if chain is not None:  # a RELOAD changed the rate: finish the old chain's tail
+                        for frame in chain.flush():
+                            await self._emit(frame)
                     chain = self._new_chain(adapter.sample_rate)
                 self.stats.segments += 1
                 async for pcm in adapter.stream(

@@ -103,9 +103,10 @@ async def test_second_stream_on_a_session_is_refused(client):
     await asyncio.sleep(0.3)
     await expect_status(grpc.StatusCode.FAILED_PRECONDITION, client.synthesize_all(s, "Second."))
     release.set()
-    await reader
-    async for _ in first:
-        pass
+    assert (await reader).audio_data
+    while (frame := await first.read()) is not grpc.aio.EOF:
+        last = frame
+    assert last.is_final
     await client.end_session(s)
 
 

@@ -10,6 +10,7 @@ import threading
 import time
 import uuid
 
+import grpc
 import pytest
 
 from appliance.config import WorkerSettings, load_settings
@@ -109,7 +110,9 @@ def test_sigterm_drains_and_exits_cleanly():
                 first = await call.read()
                 assert first.audio_data
                 worker.proc.send_signal(signal.SIGTERM)
-                frames = [first] + [f async for f in call]
+                frames = [first]
+                while (frame := await call.read()) is not grpc.aio.EOF:
+                    frames.append(frame)
                 return frames
 
         frames = asyncio.run(stream_then_terminate())

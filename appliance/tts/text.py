@@ -1,0 +1,274 @@
+"""Incremental sentence/clause segmentation of streamed text for the TTS worker.
+
+Piper synthesises one sentence at a time, so text arriving in chunks (LLM
+tokens) is cut into segments as soon as a segment is certain to be complete.
+
+Rules (see ``TextSegmenter``):
+
+* A sentence ends after a run of ``. ! ? …`` plus any closing quotes/brackets,
+  when followed by whitespace (or end of input at ``flush``). A newline always
+  ends a segment. Not a sentence end: a single ``.`` after a known abbreviation
+  (Mr. Dr. etc. vs. ...), after dotted acronyms (e.g. i.e. a.m. U.S.), after a
+  single capital initial (J. R. R.; not "I"), after a 1-3 digit list number at
+  the start of a segment ("1. Item"); a dot not followed by whitespace (3.14);
+  an ellipsis (``..``, ``...``, ``…``) whose next word starts lower-case.
+* Clause boundaries: ``, ; :`` or an en/em dash followed by whitespace, a
+  spaced hyphen `` - ``/`` -- ``, or the whitespace before one of the
+  conjunctions in ``CONJUNCTIONS``.
+* First segment of an utterance: if the first sentence has more than
+  ``first_clause_max_words`` words, it is cut at its first clause boundary
+  that leaves at least ``first_clause_min_words`` words before it (and some
+  letters/digits after it). The rule stops once a speakable segment is out.
+* A segment longer than ``max_segment_chars`` is cut at its last clause
+  boundary in the second half of the limit, else at its last whitespace within
+  the limit; a single word longer than the limit is emitted whole.
+
+All cuts fall on whitespace, so no word is ever split, and every decision is
+taken only once the text that decides it has arrived: the output does not
+depend on how the input was chunked.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["CONJUNCTIONS", "TextSegmenter", "is_speakable", "split_text"]
+
+CONJUNCTIONS = ("and", "but", "or", "so", "because", "while", "which", "although", "when")
+
+_ABBREVIATIONS = frozenset(
+    "mr mrs ms mx dr prof st jr sr rev gen capt col lt sgt etc vs approx inc ltd corp co mt fig cf".split()
+)
+
+_CANDIDATE = re.compile(r"[.!?…\n]")
+_RUN = re.compile(r"[.!?…]+([\"'”’»›)\]}]*)")
+_NON_SPACE = re.compile(r"\S")
+_SPACE = re.compile(r"\s")
+_WORD = re.compile(r"\S+")
+_ALNUM = re.compile(r"[^\W_]")
+_DOTTED = re.compile(r"(?:[^\W\d_]\.)+[^\W\d_]")
+# A match's end() is the clause boundary: just after the punctuation, or at the
+# start of the conjunction. Every alternative needs one character after the
+# thing it recognises, so an incomplete match at the buffer end is never taken.
+_CLAUSE = re.compile(
+    r"(?:[,;:]|(?<=\s)--?|[–—]+)(?=\s)"
+    r"|(?<=\s)(?=(?:" + "|".join(CONJUNCTIONS) + r")[^\w'’-])",
+    re.IGNORECASE,
+)
+# Characters a boundary needs after its position before it can be recognised.
+_LOOKAHEAD = max(map(len, CONJUNCTIONS)) + 1
+
+
+def is_speakable(segment: str) -> bool:
+    """True if ``segment`` has at least one letter or digit (any script)."""
+    return any(ch.isalnum() for ch in segment)
+
+
+def split_text(text: str, **kw) -> list[str]:
+    """Segment a complete text: ``push(text) + flush()`` on a fresh segmenter."""
+    seg = TextSegmenter(**kw)
+    return seg.push(text) + seg.flush()
+
+
+class TextSegmenter:
+    """Turns streamed text into TTS segments as soon as they are complete."""
+
+    def __init__(
+        self,
+        first_clause_min_words: int = 4,
+        first_clause_max_words: int = 12,
+        max_segment_chars: int = 400,
+    ) -> None:
+        if first_clause_min_words < 1:
+            raise ValueError("first_clause_min_words must be >= 1")
+        if first_clause_max_words < first_clause_min_words:
+            raise ValueError("first_clause_max_words must be >= first_clause_min_words")
+        if max_segment_chars < 1:
+            raise ValueError("max_segment_chars must be >= 1")
+        self._min_words = first_clause_min_words
+        self._max_words = first_clause_max_words
+        self._max_chars = max_segment_chars
+        self.reset()
+
+    @property
+    def pending(self) -> str:
+        """Buffered text not yet emitted."""
+        return self._buf[self._pos :]
+
+    def reset(self) -> None:
+        """Discard pending text and start a new utterance."""
+        self._buf = ""
+        self._pos = 0  # start of the pending segment in _buf
+        self._scan = 0  # no sentence end in _buf[_pos:_scan]
+        self._ws_checked = 0  # _buf up to here is spaces (no newline) after a pending ellipsis
+        self._dirty = False  # worth re-checking the open (unterminated) sentence
+        self._first = True  # no speakable segment emitted yet in this utterance
+
+    def push(self, text: str) -> list[str]:
+        """Append streamed text; return the segments completed by it."""
+        if not text:
+            return []
+        if self._pos:
+            self._buf = self._buf[self._pos :]
+            self._scan -= self._pos
+            self._ws_checked = max(0, self._ws_checked - self._pos)
+            self._pos = 0
+        self._buf += text
+        # Decisions about an unterminated sentence only change when whitespace
+        # arrives (or at flush); skipping the rest keeps long words linear.
+        if _SPACE.search(text):
+            self._dirty = True
+        return self._drain()
+
+    def flush(self) -> list[str]:
+        """End of utterance: return everything left, then reset."""
+        out = self.push("\n")  # a newline ends whatever sentence is open
+        rest = self.pending.strip()
+        if rest:  # not expected; never lose text
+            out.append(rest)
+        self.reset()
+        return out
+
+    # -- internals ---------------------------------------------------------
+
+    def _drain(self) -> list[str]:
+        out: list[str] = []
+        buf = self._buf
+        while True:
+            m = _NON_SPACE.search(buf, self._pos)
+            self._pos = m.start() if m else len(buf)
+            self._scan = max(self._scan, self._pos)
+            if m is None:
+                break
+            end = self._sentence_end()
+            if end is None and not self._dirty:
+                break
+            cut = self._choose(end)
+            if cut is None:
+                self._dirty = False
+                break
+            assert cut > self._pos
+            piece = buf[self._pos : cut].strip()
+            self._pos = cut
+            out.append(piece)
+            if self._first and is_speakable(piece):
+                self._first = False
+            self._dirty = True
+        return out
+
+    def _sentence_end(self) -> int | None:
+        """End index of the pending sentence, or None if not known yet."""
+        buf, n = self._buf, len(self._buf)
+        pos = self._scan
+        while True:
+            m = _CANDIDATE.search(buf, pos)
+            if m is None:
+                self._scan = n
+                return None
+            i = self._scan = m.start()
+            if buf[i] == "\n":
+                return i
+            run = _RUN.match(buf, i)
+            j, k = run.start(1), run.end()
+            if k == n:
+                return None  # "3." or "Hi!" at the end: wait for the next character
+            pos = k
+            if not buf[k].isspace():
+                continue
+            run = buf[i:j]
+            if run == ".":
+                if self._dot_is_not_an_end(i):
+                    continue
+            elif "!" not in run and "?" not in run:  # ellipsis: look at the next word
+                ws_from = max(k, self._ws_checked)
+                nxt = _NON_SPACE.search(buf, ws_from)
+                if buf.find("\n", ws_from, nxt.start() if nxt else n) < 0:
+                    if nxt is None:
+                        self._ws_checked = n
+                        return None
+                    if buf[nxt.start()].islower():
+                        continue
+            return k
+
+    def _dot_is_not_an_end(self, i: int) -> bool:
+        buf, s = self._buf, i
+        while s > self._pos and (buf[s - 1].isalpha() or buf[s - 1] == "."):
+            s -= 1
+        token = buf[s:i]
+        if not token:  # list marker "12." at the start of a segment
+            d = i
+            while d > self._pos and buf[d - 1].isdigit():
+                d -= 1
+            return d == self._pos and 0 < i - d <= 3
+        if token.lower() in _ABBREVIATIONS or _DOTTED.fullmatch(token):
+            return True
+        return len(token) == 1 and token.isupper() and token != "I"
+
+    def _choose(self, end: int | None) -> int | None:
+        """Where to cut the pending text now, or None to wait for more."""
+        buf, start = self._buf, self._pos
+        known = end is not None
+        seg_end = end if known else len(buf)
+        piece_end = seg_end if known else None
+        limit = seg_end
+        if self._first:
+            if not known:  # boundaries beyond this may not be recognisable yet
+                limit = len(buf) - _LOOKAHEAD
+            clause = self._first_clause(start, seg_end)
+            if clause is not None and clause <= limit:
+                if self._count_words(start, seg_end, self._max_words + 1) > self._max_words:
+                    if _ALNUM.search(buf, clause, seg_end):
+                        piece_end = clause
+                    elif not known:
+                        return None
+                elif not known:
+                    return None  # whether it is long is still open
+        if piece_end is not None:
+            return self._cap(start, piece_end, final=True)
+        # Open sentence: the piece will contain at least buf[start:limit].
+        return self._cap(start, limit, final=False)
+
+    def _first_clause(self, start: int, seg_end: int) -> int | None:
+        for q in self._clauses(start, len(self._buf)):
+            if q >= seg_end:
+                return None
+            if self._count_words(start, q, self._min_words) >= self._min_words:
+                return q
+        return None
+
+    def _clauses(self, start: int, end: int):
+        # A match starting at ``start`` would look behind it, at text that may
+        # already be gone; it could only cut off nothing or a lone mark anyway.
+        for m in _CLAUSE.finditer(self._buf, start, end):
+            if m.start() > start:
+                yield m.end()
+
+    def _count_words(self, start: int, end: int, cap: int) -> int:
+        n = 0
+        for _ in _WORD.finditer(self._buf, start, end):
+            n += 1
+            if n >= cap:
+                break
+        return n
+
+    def _cap(self, start: int, end: int, final: bool) -> int | None:
+        """Cut for a piece starting at ``buf[start:end]``; ``final``: the piece ends at ``end``."""
+        buf, limit = self._buf, self._max_chars
+        if end - start <= limit or _NON_SPACE.search(buf, start + limit, end) is None:
+            return end if final else None  # fits (or may still fit)
+        # Only buf[start:wend] decides the cut, so it is the same for any chunking.
+        wend = start + limit + 1
+        best = None
+        for q in self._clauses(start, wend):
+            if q - start >= limit // 2:
+                best = q
+        if best is None:
+            for x in range(wend - 1, start, -1):
+                if buf[x].isspace():
+                    return x
+            m = _SPACE.search(buf, wend, end)  # one word longer than the limit
+            if m:
+                best = m.start()
+            elif final:
+                best = end
+        return best
