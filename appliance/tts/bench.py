@@ -1,0 +1,218 @@
+"""`appliance bench tts`: TTFA, RTF and control latency through a real gRPC worker, with the raw
+PiperVoice call measured in the same run as the floor. JSON out; p50/p95 over ≥20 trials."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from contextlib import asynccontextmanager
+
+import grpc
+
+from appliance.tts.client import TTSClient
+
+SENTENCES = [
+    "Hello!",
+    "Good morning, how did you sleep?",
+    "The weather today is sunny with a light breeze from the west.",
+    "Turn left at the next junction and keep going for about two miles.",
+    "I have set a timer for ten minutes.",
+    "Your next meeting starts at half past three in the small conference room.",
+    "Sure, I can help with that.",
+    "The kitchen lights are now off.",
+    "It looks like rain tomorrow afternoon, so you may want to take an umbrella with you.",
+    "Here is a quick summary of the news from this morning.",
+    "That song was released in nineteen eighty four by a band from Manchester.",
+    "I did not catch that, could you say it again?",
+    "The oven has reached two hundred degrees.",
+    "Remember to water the plants on the balcony before you leave for the weekend trip.",
+    "Okay.",
+    "Traffic on the bridge is heavier than usual, so the drive will take about forty minutes.",
+    "Your package was delivered to the front door at noon.",
+    "The recipe needs two eggs, a cup of flour and a pinch of salt.",
+    "Playing your evening playlist now.",
+    "The library closes at eight tonight, and it opens again at nine tomorrow morning.",
+    "Good night, sleep well.",
+    "Three new messages arrived while you were out, one of them from your brother.",
+    "The battery in the smoke alarm upstairs is running low and should be replaced soon.",
+    "Do you want me to add milk to the shopping list?",
+]
+LONG_TEXT = " ".join(SENTENCES[2:12])
+
+
+def _stats(values: list[float]) -> dict:
+    if not values:
+        return {}
+    ordered = sorted(values)
+    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+    return {
+        "n": len(values),
+        "p50": round(statistics.median(ordered), 2),
+        "p95": round(p95, 2),
+        "min": round(ordered[0], 2),
+        "max": round(ordered[-1], 2),
+    }
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@asynccontextmanager
+async def _worker(address: str | None, model: str):
+    if address:
+        yield address
+        return
+    port = _free_port()
+    cmd = [
+        sys.executable, "-m", "appliance", "tts-worker",
+        "--host", "127.0.0.1", "--port", str(port), "--metrics-port", str(_free_port()), "--name", "bench",
+    ]
+    env = {**os.environ, "APPLIANCE_MODELS__DEFAULT": model, "APPLIANCE_LOG_LEVEL": "warning"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+class RawPiper:
+    """The floor: PiperVoice called directly in this process, as a library user would."""
+
+    def __init__(self) -> None:
+        from piper import PiperVoice
+
+        from appliance.tts.catalog import Catalog
+
+        files = Catalog().get("piper-en_US-joe-medium").locate(None)
+        self.voice = PiperVoice.load(files["onnx"], config_path=files["config"])
+        self.rate = self.voice.config.sample_rate
+        for _ in self.voice.synthesize("Warm up."):
+            pass
+
+    def measure(self, text: str) -> tuple[float, float, float]:
+        """First chunk ms, total ms, audio seconds."""
+        t0 = time.perf_counter()
+        chunks = iter(self.voice.synthesize(text))
+        first = next(chunks)
+        t_first = time.perf_counter()
+        samples = len(first.audio_float_array) + sum(len(c.audio_float_array) for c in chunks)
+        t_end = time.perf_counter()
+        return (t_first - t0) * 1000, (t_end - t0) * 1000, samples / self.rate
+
+
+async def _ttfa(client: TTSClient, sid: str, text: str) -> tuple[float, float, float]:
+    """Worker TTFA ms (first TextChunk sent → first audio frame), total ms, audio seconds."""
+    sent: list[float] = []
+
+    async def texts():
+        sent.append(time.perf_counter())
+        yield text
+
+    first = None
+    audio_bytes = 0
+    async for frame in client.synthesize(sid, texts()):
+        if frame.audio_data and first is None:
+            first = time.perf_counter()
+        audio_bytes += len(frame.audio_data)
+    end = time.perf_counter()
+    return (first - sent[0]) * 1000, (end - sent[0]) * 1000, audio_bytes / 2 / 48000
+
+
+async def _control_latency(client: TTSClient, trials: int) -> list[float]:
+    sid = f"bench-ctl-{uuid.uuid4().hex[:6]}"
+    await client.start_session(sid)
+    call = client.synthesize(sid, [LONG_TEXT])
+    await call.read()
+    times = []
+    for i in range(trials):
+        command = "pause" if i % 2 == 0 else "resume"
+        t0 = time.perf_counter()
+        await client.control(sid, command)
+        times.append((time.perf_counter() - t0) * 1000)
+        await asyncio.sleep(0.01)
+    await client.control(sid, "stop")
+    while await call.read() is not grpc.aio.EOF:
+        pass
+    await client.end_session(sid)
+    return times
+
+
+async def _concurrent(client: TTSClient, sessions: int, rounds: int) -> list[float]:
+    ids = [f"bench-c{i}-{uuid.uuid4().hex[:6]}" for i in range(sessions)]
+    await asyncio.gather(*(client.start_session(i) for i in ids))
+    ttfas: list[float] = []
+    for r in range(rounds):
+        texts = [SENTENCES[(r * sessions + i) % len(SENTENCES)] for i in range(sessions)]
+        results = await asyncio.gather(*(_ttfa(client, sid, t) for sid, t in zip(ids, texts)))
+        ttfas.extend(r[0] for r in results)
+    await asyncio.gather(*(client.end_session(i) for i in ids))
+    return ttfas
+
+
+async def run_bench(trials: int = 24, concurrency: int = 8, worker: str | None = None, model: str = "piper-en_US-joe-medium") -> dict:
+    trials = max(trials, 20)
+    texts = [SENTENCES[i % len(SENTENCES)] for i in range(trials)]
+    raw = RawPiper()
+    raw_first, raw_total, raw_rtf = [], [], []
+    w_ttfa, w_total, w_rtf = [], [], []
+    async with _worker(worker, model) as address, TTSClient(address) as client:
+        await client.wait_ready(120)
+        sid = f"bench-{uuid.uuid4().hex[:6]}"
+        await client.start_session(sid, model)
+        await _ttfa(client, sid, "Warm up the connection.")
+        for text in texts:  # interleaved, so both see the same machine load
+            first, total, audio = raw.measure(text)
+            raw_first.append(first)
+            raw_total.append(total)
+            raw_rtf.append(total / 1000 / audio)
+            ttfa, total, audio = await _ttfa(client, sid, text)
+            w_ttfa.append(ttfa)
+            w_total.append(total)
+            w_rtf.append(total / 1000 / audio)
+        await client.end_session(sid)
+        control = await _control_latency(client, max(trials, 40))
+        rounds = max(1, -(-20 // concurrency))  # at least 20 samples
+        concurrent = await _concurrent(client, concurrency, rounds)
+
+    ttfa_s, raw_s, ctl_s, conc_s = _stats(w_ttfa), _stats(raw_first), _stats(control), _stats(concurrent)
+    rtf = statistics.median(w_rtf)
+    result = {
+        "benchmark": "tts",
+        "model": model,
+        "trials": trials,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "worker": {"address": worker or "subprocess on loopback", "ttfa_ms": ttfa_s, "total_ms": _stats(w_total), "rtf": _stats(w_rtf)},
+        "raw_piper": {"first_chunk_ms": raw_s, "total_ms": _stats(raw_total), "rtf": _stats(raw_rtf)},
+        "ttfa_overhead_p50_ms": round(ttfa_s["p50"] - raw_s["p50"], 2),
+        "ttfa_ratio_p50": round(ttfa_s["p50"] / raw_s["p50"], 3) if raw_s["p50"] else None,
+        "control_ack_ms": ctl_s,
+        "concurrent": {"sessions": concurrency, "ttfa_ms": conc_s},
+    }
+    result["targets"] = {
+        "ttfa_p50_within_15ms_of_raw": result["ttfa_overhead_p50_ms"] <= 15,
+        "ttfa_p95_le_120ms": ttfa_s["p95"] <= 120,
+        "control_ack_p95_le_5ms": ctl_s["p95"] <= 5,
+        "rtf_le_0.1": rtf <= 0.1,
+        f"concurrent_{concurrency}_ttfa_p95_le_250ms": conc_s["p95"] <= 250,
+    }
+    return result
+
+
+if __name__ == "__main__":  # pragma: no cover
+    import json
+
+    print(json.dumps(asyncio.run(run_bench()), indent=2))
