@@ -57,6 +57,7 @@ class ModelsSettings(_Section):
     max_parallel_loads: int = Field(1, ge=1)
     warmup: bool = True
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    onnx_threads: int = Field(1, ge=0, description="intra-op threads per ONNX session (0: onnxruntime decides)")
     models_dir: Path | None = Field(None, description="extra folder searched for model files")
 
 
@@ -78,6 +79,7 @@ class WorkerSettings(_ServiceSettings):
     metrics_port: int | None = Field(9101, ge=0, le=65535, description="absent: no metrics endpoint")
     redis_url: str | None = None
     max_sessions: int = Field(64, ge=1)
+    synthesis_threads: int | None = Field(None, ge=1, description="engine threads (absent: one per CPU core)")
     max_text_chars: int = Field(20_000, ge=1, description="per Synthesize stream")
     shutdown_grace_s: float = Field(5.0, ge=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator
-from concurrent.futures import Executor
 
 import grpc
 
@@ -27,6 +26,7 @@ from appliance.tts.model_manager import (
     NotResident,
     UnknownModel,
 )
+from appliance.tts.scheduler import DeadlineScheduler
 from appliance.tts.sessions import SessionError, SessionRegistry, WorkerSession
 from appliance.tts.stream import StreamError, SynthesisStream, drain_requests
 
@@ -65,7 +65,7 @@ class TTSService(tts_pb2_grpc.TTSServiceServicer):
         manager: ModelManager,
         sessions: SessionRegistry,
         *,
-        executor: Executor,
+        scheduler: DeadlineScheduler,
         tracker: SynthesisTracker,
         metrics: WorkerMetrics,
         gpu: bool = False,
@@ -73,7 +73,7 @@ class TTSService(tts_pb2_grpc.TTSServiceServicer):
         self.settings = settings
         self.manager = manager
         self.sessions = sessions
-        self.executor = executor
+        self.scheduler = scheduler
         self.tracker = tracker
         self.metrics = metrics
         self.gpu = gpu
@@ -158,7 +158,7 @@ class TTSService(tts_pb2_grpc.TTSServiceServicer):
 
         stream = SynthesisStream(
             session,
-            executor=self.executor,
+            scheduler=self.scheduler,
             tracker=self.tracker,
             audio=self.settings.audio,
             max_chars=self.settings.max_text_chars,

@@ -15,18 +15,19 @@ import collections
 import logging
 import time
 from collections.abc import AsyncIterator
-from concurrent.futures import Executor
 from dataclasses import dataclass
 
-from appliance.audio import FRAME_MS, OutputChain
+from appliance.audio import FRAME_MS, OUTPUT_RATE, OutputChain
 from appliance.config import AudioSettings
 from appliance.tts.adapters import SynthesisTracker
+from appliance.tts.scheduler import DeadlineScheduler
 from appliance.tts.sessions import WorkerSession
 from appliance.tts.text import TextSegmenter, is_speakable
 
 log = logging.getLogger(__name__)
 
 CHANNEL_FRAMES = 250  # 5 s of audio ahead of the wire
+PLAYOUT_MARGIN_S = 1.0  # later segments are scheduled this long before their audio is due
 
 
 class StreamError(Exception):
@@ -126,13 +127,13 @@ class SynthesisStream:
         self,
         session: WorkerSession,
         *,
-        executor: Executor,
+        scheduler: DeadlineScheduler,
         tracker: SynthesisTracker,
         audio: AudioSettings,
         max_chars: int,
     ) -> None:
         self.session = session
-        self.executor = executor
+        self.scheduler = scheduler
         self.tracker = tracker
         self.audio = audio
         self.max_chars = max_chars
@@ -141,6 +142,8 @@ class SynthesisStream:
         self._segments: asyncio.Queue[str | None] = asyncio.Queue()
         self._segmenter = TextSegmenter()
         self._tasks: list[asyncio.Task] = []
+        self._arrived = asyncio.get_running_loop().time()
+        self._audio_start: float | None = None
 
     def start(self, chunks: AsyncIterator) -> None:
         self._tasks = [
@@ -213,7 +216,7 @@ class SynthesisStream:
                     chain = self._new_chain(adapter.sample_rate)
                 self.stats.segments += 1
                 async for pcm in adapter.stream(
-                    segment, cancel=self.session.cancel, executor=self.executor, tracker=self.tracker
+                    segment, cancel=self.session.cancel, run=self._runner(chain), tracker=self.tracker
                 ):
                     self.stats.synth_s += pcm.synth_s
                     for frame in chain.push(pcm.samples):
@@ -228,6 +231,16 @@ class SynthesisStream:
             log.exception("synthesis failed session=%s", self.session.session_id)
             self.channel.close(StreamError("INTERNAL", f"synthesis failed: {type(exc).__name__}: {exc}"))
 
+    def _runner(self, chain: OutputChain):
+        """Engine calls for this stream, scheduled by when their audio will be needed: the
+        first audio at once, later audio when what was produced before it has played out."""
+        loop = asyncio.get_running_loop()
+        if self._audio_start is None:
+            deadline = self._arrived
+        else:
+            deadline = self._audio_start + chain.samples_out / OUTPUT_RATE - PLAYOUT_MARGIN_S
+        return lambda fn: self.scheduler.run(fn, deadline)
+
     def _new_chain(self, rate: int) -> OutputChain:
         return OutputChain(
             rate,
@@ -237,4 +250,6 @@ class SynthesisStream:
         )
 
     async def _emit(self, frame: bytes) -> None:
+        if self._audio_start is None:
+            self._audio_start = asyncio.get_running_loop().time()
         await self.channel.put(frame)

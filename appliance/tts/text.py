@@ -168,8 +168,8 @@ class TextSegmenter:
             i = self._scan = m.start()
             if buf[i] == "\n":
                 return i
-            run = _RUN.match(buf, i)
-            j, k = run.start(1), run.end()
+            closers = _RUN.match(buf, i)
+            j, k = closers.start(1), closers.end()
             if k == n:
                 return None  # "3." or "Hi!" at the end: wait for the next character
             pos = k

@@ -7,18 +7,18 @@ import asyncio
 import logging
 import os
 import signal
-from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from appliance.config import WorkerSettings
 from appliance.rpc import tts_pb2_grpc
-from appliance.tts.adapters import SynthesisTracker
+from appliance.tts.adapters import SynthesisTracker, create_adapter
 from appliance.tts.adapters.piper import cuda_available
 from appliance.tts.catalog import Catalog
 from appliance.tts.metrics import WorkerMetrics
 from appliance.tts.model_manager import ModelManager
+from appliance.tts.scheduler import DeadlineScheduler
 from appliance.tts.service import TTSService
 from appliance.tts.sessions import SessionRegistry
 from appliance.tts.systemd import Notifier, Watchdog, watchdog_interval
@@ -38,7 +38,7 @@ class TTSWorker:
         self.tracker = SynthesisTracker()
         self.metrics = WorkerMetrics(settings.name)
         self.notifier = Notifier()
-        self.executor = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="tts-synth")
+        self.scheduler = DeadlineScheduler(threads=settings.synthesis_threads or max(1, os.cpu_count() or 1))
         m = settings.models
         self.manager = ModelManager(
             self.catalog,
@@ -49,13 +49,14 @@ class TTSWorker:
             max_parallel_loads=m.max_parallel_loads,
             warmup=m.warmup,
             device=m.device,
+            adapter_factory=lambda spec: create_adapter(spec, m.device, m.models_dir, m.onnx_threads),
         )
         self.sessions = SessionRegistry(settings.max_sessions)
         self.service = TTSService(
             settings,
             self.manager,
             self.sessions,
-            executor=self.executor,
+            scheduler=self.scheduler,
             tracker=self.tracker,
             metrics=self.metrics,
             gpu=m.device == "cuda" or (m.device == "auto" and cuda_available()),
@@ -139,7 +140,7 @@ class TTSWorker:
             await self.sessions.end(session.session_id, reason="worker shutdown")
         await self.manager.close()
         self.metrics.close()
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.scheduler.shutdown()
         log.info("worker %s stopped", self.settings.name)
 
     async def serve_forever(self) -> None:

@@ -12,9 +12,12 @@ from appliance.tts.catalog import ModelSpec
 ENGINES: dict[str, type[EngineAdapter]] = {cls.engine: cls for cls in (MockSineAdapter, PiperAdapter)}
 
 
-def create_adapter(spec: ModelSpec, device: str = "auto", models_dir: Path | None = None) -> EngineAdapter:
+def create_adapter(
+    spec: ModelSpec, device: str = "auto", models_dir: Path | None = None, onnx_threads: int = 0
+) -> EngineAdapter:
     adapter = ENGINES[spec.engine](spec, device)
     adapter.models_dir = models_dir
+    adapter.onnx_threads = onnx_threads
     return adapter
 
 

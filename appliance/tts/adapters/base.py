@@ -12,8 +12,7 @@ import asyncio
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Iterator
-from concurrent.futures import Executor
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -74,6 +73,7 @@ class EngineAdapter(ABC):
         self.spec = spec
         self.device = device
         self.models_dir = None
+        self.onnx_threads = 0  # intra-op threads for ONNX engines; 0 lets onnxruntime decide
         self.loaded = False
 
     @property
@@ -100,11 +100,13 @@ class EngineAdapter(ABC):
         text: str,
         *,
         cancel: threading.Event | None = None,
-        executor: Executor | None = None,
+        run: Callable[[Callable[[], object]], Awaitable] | None = None,
         tracker: SynthesisTracker | None = None,
     ) -> AsyncIterator[PcmChunk]:
-        """Drive :meth:`synthesize` off the event loop; stop between chunks once ``cancel`` is set."""
+        """Drive :meth:`synthesize` off the event loop, one chunk per ``run(fn)`` call (default:
+        the loop's executor); stop between chunks once ``cancel`` is set."""
         loop = asyncio.get_running_loop()
+        run = run or (lambda fn: loop.run_in_executor(None, fn))
         gen = self.synthesize(text)
 
         def next_chunk():
@@ -118,7 +120,7 @@ class EngineAdapter(ABC):
 
         try:
             while cancel is None or not cancel.is_set():
-                chunk, took = await loop.run_in_executor(executor, next_chunk)
+                chunk, took = await run(next_chunk)
                 if chunk is _END or (cancel is not None and cancel.is_set()):
                     return
                 yield PcmChunk(np.asarray(chunk, dtype=np.float32), self.sample_rate, took, text)

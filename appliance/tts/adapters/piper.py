@@ -3,6 +3,7 @@ per sentence, so the worker hands it sentences (and clauses of a long first sent
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 
@@ -25,11 +26,25 @@ class PiperAdapter(EngineAdapter):
     engine = "piper"
 
     def load(self) -> None:
+        import onnxruntime
         from piper import PiperVoice, SynthesisConfig
+        from piper.config import PiperConfig
 
         files = self.spec.locate(self.models_dir)
         use_cuda = self.device == "cuda" or (self.device == "auto" and cuda_available())
-        self._voice = PiperVoice.load(files["onnx"], config_path=files["config"], use_cuda=use_cuda)
+        options = onnxruntime.SessionOptions()
+        if self.onnx_threads:
+            # Several sessions synthesise at once on few cores: one thread per call, and the
+            # worker runs as many calls in parallel as it has synthesis threads.
+            options.intra_op_num_threads = self.onnx_threads
+            options.inter_op_num_threads = 1
+        providers = [("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC"})] if use_cuda else []
+        session = onnxruntime.InferenceSession(
+            str(files["onnx"]), sess_options=options, providers=providers + ["CPUExecutionProvider"]
+        )
+        with open(files["config"], encoding="utf-8") as fh:
+            config = PiperConfig.from_dict(json.load(fh))
+        self._voice = PiperVoice(session=session, config=config)
         # Piper would peak-normalise every sentence to full scale; the worker does loudness itself.
         self._config = SynthesisConfig(normalize_audio=False)
         self.actual_device = "cuda" if use_cuda else "cpu"

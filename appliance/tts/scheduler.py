@@ -1,0 +1,83 @@
+"""Earliest-deadline-first scheduling of engine work on a few threads.
+
+A stream's first segment is needed *now* (it is the time to first audio); later segments are
+needed only when the audio before them has played out. Ordering the blocking engine calls by
+that deadline lets a new session's first words overtake the tails of sessions that are already
+talking, which is what keeps time-to-first-audio low when several sessions share two cores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import threading
+from collections.abc import Callable
+from typing import Any
+
+
+class DeadlineScheduler:
+    def __init__(self, threads: int = 2, name: str = "tts-synth") -> None:
+        if threads < 1:
+            raise ValueError("threads must be >= 1")
+        self._heap: list[tuple[float, int, Callable[[], Any], asyncio.Future, asyncio.AbstractEventLoop]] = []
+        self._order = itertools.count()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._threads = [
+            threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True) for i in range(threads)
+        ]
+        for t in self._threads:
+            t.start()
+
+    @property
+    def queued(self) -> int:
+        with self._cond:
+            return len(self._heap)
+
+    def run(self, fn: Callable[[], Any], deadline: float) -> asyncio.Future:
+        """Run ``fn`` on a worker thread, earliest ``deadline`` (loop.time() seconds) first."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("scheduler is shut down")
+            heapq.heappush(self._heap, (deadline, next(self._order), fn, future, loop))
+            self._cond.notify()
+        return future
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self._heap and not self._closed:
+                    self._cond.wait()
+                if not self._heap:
+                    return
+                _deadline, _n, fn, future, loop = heapq.heappop(self._heap)
+            if future.cancelled():
+                continue
+            try:
+                outcome = (fn(), None)
+            except BaseException as exc:  # handed to the awaiting coroutine
+                outcome = (None, exc)
+            try:
+                loop.call_soon_threadsafe(_settle, future, *outcome)
+            except RuntimeError:  # the loop is gone (shutdown): nobody is waiting
+                pass
+
+    def shutdown(self, wait: bool = False) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        if wait:
+            for t in self._threads:
+                t.join()
+
+
+def _settle(future: asyncio.Future, result: Any, exc: BaseException | None) -> None:
+    if future.cancelled():
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
