@@ -8,6 +8,8 @@ import json
 import sys
 from pathlib import Path
 
+import grpc
+
 from appliance.config import SERVICE_KINDS, ConfigError, WorkerSettings, guess_kind, load_settings
 
 
@@ -124,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"appliance: configuration error:\n{exc}", file=sys.stderr)
         return 2
+    except grpc.aio.AioRpcError as exc:
+        print(f"appliance: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 
