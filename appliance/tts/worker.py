@@ -99,6 +99,8 @@ class TTSWorker:
         if self.port == 0:
             raise OSError(f"cannot listen on {s.host}:{s.port}")
         await self.server.start()
+        if s.redis_url:
+            log.warning("redis_url is set, but Redis discovery is not implemented yet: running standalone")
         if s.metrics_port is not None:
             self.metrics.serve(s.metrics_host, s.metrics_port)
         log.info("worker %s listening on %s (metrics port %s); loading %s", s.name, self.address, self.metrics.port, s.models.default)
