@@ -18,6 +18,8 @@ from appliance.tts.model_manager import ModelLease
 
 log = logging.getLogger(__name__)
 
+WRITE_SETTLE_S = 0.25
+
 
 class SessionError(Exception):
     """Base for session errors; ``code`` names the gRPC status the server maps it to."""
@@ -116,7 +118,7 @@ class WorkerSession:
         """Close the gate; return once a frame write already under way has finished."""
         self._open.clear()
         self.touch()
-        await self._write_idle.wait()
+        await self._write_settled()
 
     def resume(self) -> None:
         self._open.set()
@@ -127,7 +129,17 @@ class WorkerSession:
         self.cancel.set()
         self._open.set()
         self.touch()
-        await self._write_idle.wait()
+        await self._write_settled()
+
+    async def _write_settled(self) -> None:
+        # A write blocks only while the client's flow-control window is full, i.e. while the
+        # client is not reading; an ack must not hang on such a client.
+        if self._write_idle.is_set():
+            return
+        try:
+            await asyncio.wait_for(self._write_idle.wait(), WRITE_SETTLE_S)
+        except asyncio.TimeoutError:
+            log.warning("control ack without write completion session=%s (client not reading)", self.session_id)
 
 
 class SessionRegistry:
