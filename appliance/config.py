@@ -93,7 +93,88 @@ class WorkerSettings(_ServiceSettings):
         return v or None
 
 
-SERVICE_KINDS: dict[str, type[_ServiceSettings]] = {"tts-worker": WorkerSettings}
+# --- orchestrator -----------------------------------------------------------------------------
+
+
+class AsrSettings(_Section):
+    model: str = Field("tiny.en", description="tiny.en, base, or a path to a CTranslate2 Whisper model")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    compute_type: str = "auto"
+    beam_size: int = Field(1, ge=1, le=10)
+    cpu_threads: int = Field(2, ge=1)
+    partial_interval_ms: int = Field(1500, ge=0, description="partial transcripts this often during long turns (0: off)")
+
+
+class VadSettings(_Section):
+    aggressiveness: int = Field(2, ge=0, le=3)
+    onset_ms: int = Field(60, ge=20)
+    endpoint_silence_ms: int = Field(300, ge=100)
+    provisional_silence_ms: int = Field(120, ge=20)
+    min_speech_ms: int = Field(250, ge=0)
+    max_utterance_s: float = Field(30.0, gt=1)
+    gate_margin_db: float = Field(9.0, ge=0)
+    speaking_factor: float = Field(2.0, ge=1)
+    barged_in_factor: float = Field(1.2, ge=1)
+
+
+class ResponderSettings(_Section):
+    kind: Literal["echo", "openai"] = "echo"
+    url: str | None = Field(None, description="OpenAI-compatible base URL, e.g. http://127.0.0.1:8081/v1")
+    model: str = "local"
+    api_key: str | None = None
+    system_prompt: str | None = None
+    timeout_s: float = Field(20.0, gt=0)
+    first_token_timeout_s: float = Field(8.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _url_scheme(cls, v: str | None) -> str | None:
+        if v and not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return v or None
+
+
+class SessionSettings(_Section):
+    idle_timeout_s: float = Field(300.0, gt=0)
+    max_duration_s: float = Field(3600.0, gt=0)
+    max_turns: int = Field(200, ge=1)
+    max_sessions: int = Field(16, ge=1)
+
+
+class PlaybackSettings(_Section):
+    lead_ms: int = Field(100, ge=20, le=1000, description="how far reply audio may run ahead of real time")
+    barge_in_confirm_ms: int = Field(600, ge=100, description="PAUSEd reply resumes if no turn is confirmed in this long")
+    tts_model: str = Field("", description="model id for replies (empty: the worker's default)")
+
+
+class OrchestratorSettings(_ServiceSettings):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    workers: list[str] = Field(default_factory=lambda: ["127.0.0.1:7001"], description="static TTS worker list")
+    redis_url: str | None = None
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    asr: AsrSettings = Field(default_factory=AsrSettings)
+    vad: VadSettings = Field(default_factory=VadSettings)
+    responder: ResponderSettings = Field(default_factory=ResponderSettings)
+    session: SessionSettings = Field(default_factory=SessionSettings)
+    playback: PlaybackSettings = Field(default_factory=PlaybackSettings)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _empty_is_none(cls, v: str | None) -> str | None:
+        return v or None
+
+    @field_validator("workers")
+    @classmethod
+    def _host_port(cls, v: list[str]) -> list[str]:
+        for w in v:
+            host, _, port = w.rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"{w!r} is not HOST:PORT")
+        return v
+
+
+SERVICE_KINDS: dict[str, type[_ServiceSettings]] = {"tts-worker": WorkerSettings, "orchestrator": OrchestratorSettings}
 
 
 def load_settings(cls: type[_ServiceSettings], path: str | Path | None = None, **overrides: Any):

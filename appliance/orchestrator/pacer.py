@@ -1,0 +1,112 @@
+"""Real-time pacing of reply audio to the client, at most ``lead`` ahead of playback.
+
+The client plays what it receives at once, so what it holds is "how far ahead of real time the
+audio sent so far reaches". Keeping that at most ``lead`` means a barge-in leaves at most
+``lead`` of reply audio in the client's hands. ``hold()`` stops sending at once (before the
+next frame); ``clear()`` drops the frames queued here; ``release()`` continues."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import Awaitable, Callable
+
+FRAME_S = 0.020
+
+
+class Pacer:
+    def __init__(
+        self,
+        send: Callable[[bytes], Awaitable[None]],
+        lead_s: float = 0.1,
+    ) -> None:
+        self._send = send
+        self.lead_s = lead_s
+        self._frames: collections.deque[bytes] = collections.deque()
+        self._ready = asyncio.Event()
+        self._open = asyncio.Event()
+        self._open.set()
+        self._drained = asyncio.Event()
+        self._drained.set()
+        self._playout_end = 0.0  # loop time when the client will have played all we sent
+        self._sending = False
+        self.sent = 0
+        self._on_next_send: Callable[[], None] | None = None
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="pacer")
+
+    async def close(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def on_next_send(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once, right after the next frame is sent (first reply frame timing)."""
+        self._on_next_send = callback
+
+    def push(self, frame: bytes) -> None:
+        self._frames.append(frame)
+        self._drained.clear()
+        self._ready.set()
+
+    @property
+    def queued(self) -> int:
+        return len(self._frames)
+
+    @property
+    def held(self) -> bool:
+        return not self._open.is_set()
+
+    def hold(self) -> None:
+        self._open.clear()
+
+    def release(self) -> None:
+        self._open.set()
+
+    def clear(self) -> int:
+        dropped = len(self._frames)
+        self._frames.clear()
+        if not self._sending:
+            self._drained.set()
+        return dropped
+
+    async def drained(self) -> None:
+        """Wait until every queued frame has been sent (and the audio has reached the client)."""
+        await self._drained.wait()
+
+    def playout_remaining(self) -> float:
+        return max(0.0, self._playout_end - asyncio.get_running_loop().time())
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._frames:
+                self._drained.set()
+                self._ready.clear()
+                await self._ready.wait()
+                continue
+            await self._open.wait()
+            now = loop.time()
+            ahead = self._playout_end - now
+            if ahead + FRAME_S > self.lead_s:
+                await asyncio.sleep(ahead + FRAME_S - self.lead_s)
+                continue  # re-check: a hold or clear may have come meanwhile
+            if not self._frames or not self._open.is_set():
+                continue
+            frame = self._frames.popleft()
+            self._playout_end = max(self._playout_end, now) + FRAME_S
+            self._sending = True
+            try:
+                await self._send(frame)
+            except ConnectionError:
+                self._frames.clear()
+                self._drained.set()
+                return
+            finally:
+                self._sending = False
+            self.sent += 1
+            if self._on_next_send is not None:
+                callback, self._on_next_send = self._on_next_send, None
+                callback()

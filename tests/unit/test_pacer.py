@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import asyncio
+
+from appliance.orchestrator.pacer import Pacer
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self.frames: list[bytes] = []
+
+    async def __call__(self, frame: bytes) -> None:
+        self.times.append(asyncio.get_running_loop().time())
+        self.frames.append(frame)
+
+
+async def test_lead_is_bounded_and_rate_is_real_time():
+    sink = Sink()
+    pacer = Pacer(sink, lead_s=0.1)
+    pacer.start()
+    t0 = asyncio.get_running_loop().time()
+    for i in range(30):
+        pacer.push(bytes([i]))
+    await asyncio.wait_for(pacer.drained(), 5)
+    await pacer.close()
+    assert [f[0] for f in sink.frames] == list(range(30))
+    # Frame i may leave no earlier than its playout time minus the lead.
+    for i, t in enumerate(sink.times):
+        assert t - t0 >= i * 0.02 - 0.1 - 0.005, (i, t - t0)
+    # And the whole reply took about its duration minus the lead (not a burst).
+    assert sink.times[-1] - t0 >= 29 * 0.02 - 0.1 - 0.005
+
+
+async def test_hold_stops_sending_before_the_next_frame_and_clear_drops_the_queue():
+    sink = Sink()
+    pacer = Pacer(sink, lead_s=0.1)
+    pacer.start()
+    for i in range(50):
+        pacer.push(bytes([i]))
+    await asyncio.sleep(0.1)
+    pacer.hold()
+    sent_at_hold = len(sink.frames)
+    await asyncio.sleep(0.2)
+    assert len(sink.frames) == sent_at_hold  # nothing leaks while held
+    pacer.release()
+    await asyncio.sleep(0.1)
+    assert len(sink.frames) > sent_at_hold
+    pacer.hold()
+    dropped = pacer.clear()
+    assert dropped > 0 and pacer.queued == 0
+    await asyncio.wait_for(pacer.drained(), 1)
+    await pacer.close()
+    assert [f[0] for f in sink.frames] == list(range(len(sink.frames)))  # in order, none repeated
+
+
+async def test_first_send_callback_fires_once():
+    sink = Sink()
+    pacer = Pacer(sink, lead_s=0.1)
+    pacer.start()
+    fired = []
+    pacer.on_next_send(lambda: fired.append(len(sink.frames)))
+    pacer.push(b"a")
+    pacer.push(b"b")
+    await asyncio.wait_for(pacer.drained(), 1)
+    await pacer.close()
+    assert fired == [1]
+
+
+async def test_a_vanished_client_ends_the_pacer_quietly():
+    async def broken(frame: bytes) -> None:
+        raise ConnectionResetError("gone")
+
+    pacer = Pacer(broken)
+    pacer.start()
+    pacer.push(b"x")
+    pacer.push(b"y")
+    await asyncio.wait_for(pacer.drained(), 1)
+    assert pacer.queued == 0
+    await pacer.close()
