@@ -18,7 +18,10 @@ Rules (see ``TextSegmenter``):
 * First segment of an utterance: if the first sentence has more than
   ``first_clause_max_words`` words, it is cut at its first clause boundary
   that leaves at least ``first_clause_min_words`` words before it (and some
-  letters/digits after it). The rule stops once a speakable segment is out.
+  text after it). The rule stops once a speakable segment is out. While the
+  sentence is still open it is "long" as soon as it has that many words.
+* Segments with nothing speakable ("😀", "...") are emitted too, so no text
+  is lost; callers drop them with ``is_speakable``.
 * A segment longer than ``max_segment_chars`` is cut at its last clause
   boundary in the second half of the limit, else at its last whitespace within
   the limit; a single word longer than the limit is emitted whole.
@@ -41,11 +44,12 @@ _ABBREVIATIONS = frozenset(
 )
 
 _CANDIDATE = re.compile(r"[.!?…\n]")
-_RUN = re.compile(r"[.!?…]+([\"'”’»›)\]}]*)")
+_TERMS = re.compile(r"[.!?…]*")
+_CLOSERS = re.compile(r"[\"'”’»›)\]}]*")
+_EDGE = re.compile(r"\s\S|\S\s")
 _NON_SPACE = re.compile(r"\S")
 _SPACE = re.compile(r"\s")
 _WORD = re.compile(r"\S+")
-_ALNUM = re.compile(r"[^\W_]")
 _DOTTED = re.compile(r"(?:[^\W\d_]\.)+[^\W\d_]")
 # A match's end() is the clause boundary: just after the punctuation, or at the
 # start of the conjunction. Every alternative needs one character after the
@@ -55,8 +59,6 @@ _CLAUSE = re.compile(
     r"|(?<=\s)(?=(?:" + "|".join(CONJUNCTIONS) + r")[^\w'’-])",
     re.IGNORECASE,
 )
-# Characters a boundary needs after its position before it can be recognised.
-_LOOKAHEAD = max(map(len, CONJUNCTIONS)) + 1
 
 
 def is_speakable(segment: str) -> bool:
@@ -100,7 +102,9 @@ class TextSegmenter:
         self._buf = ""
         self._pos = 0  # start of the pending segment in _buf
         self._scan = 0  # no sentence end in _buf[_pos:_scan]
-        self._ws_checked = 0  # _buf up to here is spaces (no newline) after a pending ellipsis
+        # Sentence end at _buf[i] not yet decidable: (i, end of terminators,
+        # end of closers, end of the spaces seen after an ellipsis).
+        self._hold: tuple[int, int, int, int] | None = None
         self._dirty = False  # worth re-checking the open (unterminated) sentence
         self._first = True  # no speakable segment emitted yet in this utterance
 
@@ -108,16 +112,18 @@ class TextSegmenter:
         """Append streamed text; return the segments completed by it."""
         if not text:
             return []
-        if self._pos:
-            self._buf = self._buf[self._pos :]
-            self._scan -= self._pos
-            self._ws_checked = max(0, self._ws_checked - self._pos)
+        pos = self._pos
+        if pos:
+            self._buf = self._buf[pos:]
+            self._scan -= pos
+            if self._hold:
+                self._hold = tuple(x - pos for x in self._hold)
             self._pos = 0
-        self._buf += text
-        # Decisions about an unterminated sentence only change when whitespace
-        # arrives (or at flush); skipping the rest keeps long words linear.
-        if _SPACE.search(text):
+        # Decisions about an unterminated sentence can only change where a word
+        # starts or ends; re-checking only then keeps long words/spaces linear.
+        if not self._buf or self._buf[-1].isspace() != text[0].isspace() or _EDGE.search(text):
             self._dirty = True
+        self._buf += text
         return self._drain()
 
     def flush(self) -> list[str]:
@@ -168,9 +174,15 @@ class TextSegmenter:
             i = self._scan = m.start()
             if buf[i] == "\n":
                 return i
-            closers = _RUN.match(buf, i)
-            j, k = closers.start(1), closers.end()
+            if self._hold and self._hold[0] == i:  # resume, don't rescan long runs
+                _, j, k, ws_from = self._hold
+            else:
+                j = k = ws_from = i
+            if j == k:
+                j = k = _TERMS.match(buf, j).end()
+            k = _CLOSERS.match(buf, k).end()
             if k == n:
+                self._hold = (i, j, k, k)
                 return None  # "3." or "Hi!" at the end: wait for the next character
             pos = k
             if not buf[k].isspace():
@@ -180,11 +192,11 @@ class TextSegmenter:
                 if self._dot_is_not_an_end(i):
                     continue
             elif "!" not in run and "?" not in run:  # ellipsis: look at the next word
-                ws_from = max(k, self._ws_checked)
+                ws_from = max(k, ws_from)
                 nxt = _NON_SPACE.search(buf, ws_from)
                 if buf.find("\n", ws_from, nxt.start() if nxt else n) < 0:
                     if nxt is None:
-                        self._ws_checked = n
+                        self._hold = (i, j, k, n)
                         return None
                     if buf[nxt.start()].islower():
                         continue
@@ -212,15 +224,15 @@ class TextSegmenter:
         piece_end = seg_end if known else None
         limit = seg_end
         if self._first:
-            if not known:  # boundaries beyond this may not be recognisable yet
-                limit = len(buf) - _LOOKAHEAD
+            if not known:
+                # A boundary at/after the start of the last (maybe partial)
+                # word may not be recognisable yet; all before it are.
+                while limit > start and not buf[limit - 1].isspace():
+                    limit -= 1
             clause = self._first_clause(start, seg_end)
-            if clause is not None and clause <= limit:
+            if clause is not None and clause <= limit and _NON_SPACE.search(buf, clause, seg_end):
                 if self._count_words(start, seg_end, self._max_words + 1) > self._max_words:
-                    if _ALNUM.search(buf, clause, seg_end):
-                        piece_end = clause
-                    elif not known:
-                        return None
+                    piece_end = clause
                 elif not known:
                     return None  # whether it is long is still open
         if piece_end is not None:
@@ -229,7 +241,8 @@ class TextSegmenter:
         return self._cap(start, limit, final=False)
 
     def _first_clause(self, start: int, seg_end: int) -> int | None:
-        for q in self._clauses(start, len(self._buf)):
+        # A boundary before seg_end needs at most 9 characters after it.
+        for q in self._clauses(start, min(len(self._buf), seg_end + 9)):
             if q >= seg_end:
                 return None
             if self._count_words(start, q, self._min_words) >= self._min_words:

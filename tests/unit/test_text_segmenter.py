@@ -154,7 +154,8 @@ def test_trailing_dot_is_held_until_next_chunk_or_flush():
 def test_long_first_sentence_is_split_at_a_clause():
     text = (
         "When I was walking to the store yesterday afternoon, I saw a dog chasing a cat around the park. "
-        "Then, when I was walking to the store yesterday afternoon, I saw a dog chasing a cat around the park."
+        "Then, when I was walking to the store yesterday afternoon, "
+        "I saw a dog chasing a cat around the park."
     )
     segs = split_text(text)
     assert segs[0] == "When I was walking to the store yesterday afternoon,"
@@ -185,6 +186,40 @@ def test_first_clause_is_emitted_before_the_sentence_ends():
             break
     assert got == ["I would really like to tell you,"]
     assert "summer" not in seg.pending
+
+
+@pytest.mark.parametrize(
+    "text, first",
+    [
+        (
+            "We packed the tents; the forecast promised sunshine for the whole long weekend.",
+            "We packed the tents;",
+        ),
+        ("Here is the plan: we leave early in the morning and come back late at night.", "Here is the plan:"),
+        (
+            "My old friend Tom — the one from school — visited us last week with his kids.",
+            "My old friend Tom —",
+        ),
+        (
+            "The first half went well - the second half was a complete disaster for all.",
+            "The first half went well -",
+        ),
+        (
+            "I stayed at home all day because it was raining heavily over the city.",
+            "I stayed at home all day",
+        ),
+    ],
+)
+def test_first_clause_boundaries(text, first):
+    segs = split_text(text)
+    assert segs[0] == first
+    assert " ".join(segs) == text
+
+
+def test_unspeakable_segments_are_still_emitted():
+    segs = split_text("😀. Hi there. ... ")
+    assert segs == ["😀.", "Hi there.", "..."]
+    assert [s for s in segs if is_speakable(s)] == ["Hi there."]
 
 
 def test_flush_resets_and_next_utterance_is_clause_split_again():
@@ -248,11 +283,11 @@ def test_speakable():
 
 
 def test_unspeakable_segment_does_not_use_up_the_first_clause_rule():
-    text = "🎉\nBecause the weather was lovely all week long, we decided to go hiking in the mountains together."
+    text = "🎉\nBecause the weather was lovely all week long, we decided to go hiking in the mountains."
     assert split_text(text) == [
         "🎉",
         "Because the weather was lovely all week long,",
-        "we decided to go hiking in the mountains together.",
+        "we decided to go hiking in the mountains.",
     ]
 
 
