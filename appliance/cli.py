@@ -35,6 +35,34 @@ def cmd_tts_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_orchestrator(args: argparse.Namespace) -> int:
+    from appliance.config import OrchestratorSettings
+    from appliance.logs import setup_logging
+    from appliance.orchestrator.server import Orchestrator
+
+    settings = load_settings(
+        OrchestratorSettings, args.config, host=args.host, port=args.port, redis_url=args.redis_url, workers=args.worker
+    )
+    setup_logging(settings.log_level)
+    asyncio.run(Orchestrator(settings).serve_forever())
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from appliance.embedded import run_embedded
+    from appliance.logs import setup_logging
+
+    setup_logging("info")
+    asyncio.run(run_embedded(port=args.port, host=args.host))
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from appliance.chat import chat
+
+    return asyncio.run(chat(args.wav, args.url, args.out, timeout=args.timeout))
+
+
 def cmd_say(args: argparse.Namespace) -> int:
     from appliance.tts.say import say
 
@@ -87,6 +115,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--redis-url", help="register in Redis for discovery (absent: no Redis)")
     p.add_argument("--metrics-port", type=int)
     p.set_defaults(func=cmd_tts_worker)
+
+    p = sub.add_parser("orchestrator", help="run the orchestrator (HTTP + WebSocket)")
+    p.add_argument("--config", help="TOML file, e.g. /etc/appliance/orchestrator.toml")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--redis-url", help="discover workers in Redis (absent: the static worker list)")
+    p.add_argument("--worker", action="append", metavar="HOST:PORT", help="a TTS worker (repeatable; replaces the list)")
+    p.set_defaults(func=cmd_orchestrator)
+
+    p = sub.add_parser("run", help="the embedded default: orchestrator + one Piper worker, no Redis, no root")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--host", default="127.0.0.1")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("chat", help="stream a WAV to the appliance in real time and save the reply")
+    p.add_argument("--wav", required=True, help="the question, a 16-bit PCM WAV (8-48 kHz)")
+    p.add_argument("--url", default="ws://127.0.0.1:8080/ws")
+    p.add_argument("--out", help="WAV file for the reply audio (48 kHz)")
+    p.add_argument("--timeout", type=float, default=60.0)
+    p.set_defaults(func=cmd_chat)
 
     p = sub.add_parser("say", help="synthesise text to a WAV file (48 kHz mono)")
     p.add_argument("text")

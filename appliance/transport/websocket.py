@@ -90,23 +90,21 @@ class WebSocketChannel(Channel):
         self._send_lock = asyncio.Lock()
 
     @classmethod
-    async def accept(cls, request: web.Request) -> WebSocketChannel | None:
-        """Upgrade and wait for hello; None (connection closed with a reason) if it never comes right."""
+    async def accept(cls, request: web.Request) -> WebSocketChannel:
+        """Upgrade and wait for hello. If it never comes right the connection is closed with a
+        reason and ``hello`` is None."""
         ws = web.WebSocketResponse(max_msg_size=2 * MAX_MESSAGE_BYTES, heartbeat=20)
         await ws.prepare(request)
         channel = cls(ws, request.remote or "?")
+        channel.hello = None
         try:
             channel.hello = await asyncio.wait_for(channel._read_hello(), HELLO_TIMEOUT_S)
         except asyncio.TimeoutError:
             await channel._fail(ProtocolError("no_hello", f"no hello within {HELLO_TIMEOUT_S:.0f} s", CloseCode.PROTOCOL))
-            return None
         except ProtocolError as exc:
             await channel._fail(exc)
-            return None
         except ConnectionError:
-            return None
-        if channel.hello is None:
-            return None
+            pass
         return channel
 
     async def _read_hello(self) -> Hello | None:

@@ -1,0 +1,49 @@
+"""`appliance chat`: a WAV streamed like a microphone, the turn printed, the reply saved."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+
+from appliance.audio.wavio import read_wav, write_wav
+from appliance.transport.ws_client import WsClient
+
+TRAILING_SILENCE_S = 1.0
+
+
+async def chat(wav: str, url: str, out: str | None, timeout: float = 60.0) -> int:
+    samples, rate = read_wav(wav)
+    if not 8000 <= rate <= 48000:
+        print(f"appliance chat: {wav} is {rate} Hz; 8000-48000 Hz is supported", file=sys.stderr)
+        return 2
+    client = WsClient(url)
+    try:
+        ready = await client.connect(rate)
+        print(f"session {ready['session_id']}")
+        silence = np.zeros(int(TRAILING_SILENCE_S * rate), dtype=np.int16)
+        await client.stream(np.concatenate([samples, silence]), rate)
+
+        def turn_done():
+            kinds = [e.get("type") for _, e in client.rx.events]
+            if "metrics" in kinds:
+                return True
+            # A turn with nothing understood ends without a reply.
+            return any(e.get("final") and not e.get("text") for e in client.rx.of_type("transcript")) or "error" in kinds
+
+        await client.wait_for(turn_done, timeout)
+    finally:
+        await client.close()
+    for event in client.rx.of_type("transcript"):
+        print(f"you:       {event['text']}")
+    reply = " ".join(e["text"] for e in client.rx.of_type("reply"))
+    print(f"appliance: {reply}")
+    for event in client.rx.of_type("error"):
+        print(f"error:     {event['code']}: {event['message']}", file=sys.stderr)
+    for event in client.rx.of_type("metrics"):
+        print("metrics:   " + json.dumps({k: v for k, v in event.items() if k != "type"}))
+    if out:
+        write_wav(out, client.rx.audio(), 48000)
+        print(f"reply audio: {out} ({len(client.rx.frames) * 0.02:.2f} s)")
+    return 0 if reply else 1

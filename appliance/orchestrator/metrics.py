@@ -1,0 +1,35 @@
+"""Prometheus metrics of the orchestrator (served at /metrics)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from appliance.orchestrator.turn import TurnTimes
+
+_MS_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+
+
+class OrchestratorMetrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.sessions = Gauge("appliance_sessions_active", "Conversations open", ["transport"], registry=r)
+        self.sessions_total = Counter("appliance_sessions_total", "Conversations started", ["transport"], registry=r)
+        self.turns = Counter("appliance_turns_total", "User turns answered", registry=r)
+        self.barge_ins = Counter("appliance_barge_ins_total", "Replies paused by user speech", registry=r)
+        self.false_barge_ins = Counter(
+            "appliance_false_barge_ins_total", "Paused replies resumed because no turn was confirmed", registry=r
+        )
+        self.errors = Counter("appliance_errors_total", "Errors sent to clients", ["code"], registry=r)
+        self.stage = Histogram(
+            "appliance_turn_stage_seconds",
+            "Per-turn latency by stage (endpoint, asr, responder, tts_first_frame, voice_to_voice)",
+            ["stage"],
+            buckets=_MS_BUCKETS,
+            registry=r,
+        )
+
+    def observe_turn(self, times: TurnTimes) -> None:
+        self.turns.inc()
+        for key, value in times.message().items():
+            if key.endswith("_ms") and value is not None:
+                self.stage.labels(key[: -len("_ms")]).observe(value / 1000)

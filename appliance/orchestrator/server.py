@@ -1,0 +1,137 @@
+"""The orchestrator's HTTP side (aiohttp): the page at /, the WebSocket at /ws, /healthz, /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import uuid
+from pathlib import Path
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from appliance.asr import WhisperAsr
+from appliance.config import OrchestratorSettings
+from appliance.orchestrator.conversation import Conversation
+from appliance.orchestrator.metrics import OrchestratorMetrics
+from appliance.orchestrator.responder import create_responder
+from appliance.orchestrator.tts_link import TtsLink, TtsUnavailable, WorkerPool
+from appliance.transport.base import CloseCode
+from appliance.transport.websocket import WebSocketChannel
+
+log = logging.getLogger(__name__)
+
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+
+
+class Orchestrator:
+    def __init__(self, settings: OrchestratorSettings, asr=None) -> None:
+        self.settings = settings
+        a = settings.asr
+        self.asr = asr or WhisperAsr(
+            model=a.model, device=a.device, compute_type=a.compute_type, cpu_threads=a.cpu_threads, beam_size=a.beam_size
+        )
+        self.pool = WorkerPool(settings.workers)
+        self.metrics = OrchestratorMetrics()
+        self.conversations: dict[str, Conversation] = {}
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/", self.index)
+        app.router.add_get("/ws", self.websocket)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/metrics", self.prometheus)
+        if WEB_DIR.is_dir():
+            app.router.add_static("/static/", WEB_DIR, show_index=False)
+        return app
+
+    async def start(self) -> None:
+        s = self.settings
+        if s.redis_url:
+            log.warning("redis_url is set, but Redis discovery is not implemented yet: using the static worker list")
+        log.info("loading ASR model %s", s.asr.model)
+        await self.asr.load_async()
+        self._runner = web.AppRunner(self.app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, s.host, s.port)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # the real port when 0 was asked for
+        log.info("orchestrator listening on http://%s:%d (workers: %s)", s.host, self.port, ", ".join(s.workers))
+
+    async def stop(self) -> None:
+        for conv in list(self.conversations.values()):
+            await conv.channel.close(1001, "server shutting down")
+        if self._runner:
+            await self._runner.cleanup()
+        await self.pool.close()
+        self.asr.close()
+
+    async def serve_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        done = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, done.set)
+        await self.start()
+        await done.wait()
+        await self.stop()
+
+    # --- handlers ----------------------------------------------------------------------------
+
+    async def index(self, request: web.Request) -> web.StreamResponse:
+        page = WEB_DIR / "index.html"
+        if page.exists():
+            return web.FileResponse(page)
+        return web.Response(text="appliance orchestrator: connect a client to /ws", content_type="text/plain")
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {"status": "ok", "asr": self.settings.asr.model, "sessions": len(self.conversations), "workers": self.settings.workers}
+        )
+
+    async def prometheus(self, request: web.Request) -> web.Response:
+        body = generate_latest(self.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def websocket(self, request: web.Request) -> web.StreamResponse:
+        channel = await WebSocketChannel.accept(request)
+        if channel.hello is not None:
+            await self.converse(channel, "websocket")
+        return channel.ws
+
+    async def converse(self, channel, transport: str) -> None:
+        """Join an accepted channel to a new session until either side ends it."""
+        sid = uuid.uuid4().hex[:12]
+        s = self.settings
+        if len(self.conversations) >= s.session.max_sessions:
+            await channel.send_error("busy", f"the appliance is serving its maximum of {s.session.max_sessions} sessions")
+            await channel.close(CloseCode.BUSY, "too many sessions")
+            return
+        tts = TtsLink(self.pool, sid, channel.hello.voice or s.playback.tts_model)
+        try:
+            await tts.open()
+        except TtsUnavailable as exc:
+            log.error("session=%s %s", sid, exc)
+            self.metrics.errors.labels("tts_unavailable").inc()
+            await channel.send_error("tts_unavailable", str(exc))
+            await channel.close(CloseCode.UNAVAILABLE, "no TTS worker available")
+            return
+        r = s.responder
+        responder = create_responder(
+            r.kind, url=r.url, model=r.model, api_key=r.api_key, system_prompt=r.system_prompt,
+            timeout_s=r.timeout_s, first_token_timeout_s=r.first_token_timeout_s,
+        )
+        conv = Conversation(sid, channel, s, asr=self.asr, responder=responder, tts=tts, metrics=self.metrics)
+        self.conversations[sid] = conv
+        self.metrics.sessions.labels(transport).inc()
+        self.metrics.sessions_total.labels(transport).inc()
+        log.info("session started session=%s transport=%s peer=%s rate=%d", sid, transport, channel.peer, channel.hello.sample_rate)
+        try:
+            await conv.run()
+        finally:
+            self.conversations.pop(sid, None)
+            self.metrics.sessions.labels(transport).dec()
+            await responder.close()
+            log.info("session ended session=%s turns=%d", sid, conv.turns)
