@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 _toml_path: contextvars.ContextVar[Path | None] = contextvars.ContextVar("toml_path", default=None)
@@ -132,6 +132,12 @@ class ResponderSettings(_Section):
         if v and not v.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return v or None
+
+    @model_validator(mode="after")
+    def _openai_needs_url(self) -> ResponderSettings:
+        if self.kind == "openai" and not self.url:
+            raise ValueError('kind "openai" needs url (e.g. "http://127.0.0.1:8081/v1")')
+        return self
 
 
 class SessionSettings(_Section):

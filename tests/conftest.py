@@ -95,3 +95,58 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+class OrchestratorProcess:
+    """A real `appliance orchestrator` process on loopback, talking to ``workers``."""
+
+    def __init__(self, workers: list[str], env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"ws://127.0.0.1:{self.port}/ws"
+        self.http = f"http://127.0.0.1:{self.port}"
+        self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"orchestrator-{self.port}.log"
+        cmd = [sys.executable, "-m", "appliance", "orchestrator", "--config", str(ROOT / "etc/appliance/orchestrator.toml"),
+               "--host", "127.0.0.1", "--port", str(self.port)]
+        for w in workers:
+            cmd += ["--worker", w]
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"orchestrator exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                urllib.request.urlopen(self.http + "/healthz", timeout=1).read()
+                return
+            except OSError:
+                time.sleep(0.2)
+        raise TimeoutError(f"orchestrator not ready:\n{self.log()}")
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="session")
+def orchestrator(piper_worker):
+    orch = OrchestratorProcess([piper_worker.address])
+    try:
+        orch.wait_ready()
+        yield orch
+    finally:
+        orch.stop()

@@ -11,6 +11,7 @@ task. Barge-in semantics (DESIGN.md, issue 3):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -347,15 +348,16 @@ class Conversation:
         pending = ""
         pump = asyncio.ensure_future(self._pump(reply, times))
         try:
-            async for piece in self.responder.respond(text, self.history[:-1]):
-                if times.first_text_at is None:
-                    times.first_text_at = asyncio.get_running_loop().time()
-                reply.feed(piece)
-                pending += piece
-                *done, pending = _SENTENCE_END.split(pending)
-                for sentence in done:
-                    spoken.append(sentence)
-                    await self._safe_send({"type": "reply", "text": sentence})
+            async with contextlib.aclosing(self.responder.respond(text, self.history[:-1])) as pieces:
+                async for piece in pieces:
+                    if times.first_text_at is None:
+                        times.first_text_at = asyncio.get_running_loop().time()
+                    reply.feed(piece)
+                    pending += piece
+                    *done, pending = _SENTENCE_END.split(pending)
+                    for sentence in done:
+                        spoken.append(sentence)
+                        await self._safe_send({"type": "reply", "text": sentence})
             if pending.strip():
                 spoken.append(pending.strip())
                 await self._safe_send({"type": "reply", "text": pending.strip()})

