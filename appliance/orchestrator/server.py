@@ -30,7 +30,8 @@ class Orchestrator:
         self.settings = settings
         a = settings.asr
         self.asr = asr or WhisperAsr(
-            model=a.model, device=a.device, compute_type=a.compute_type, cpu_threads=a.cpu_threads, beam_size=a.beam_size
+            model=a.model, device=a.device, compute_type=a.compute_type, cpu_threads=a.cpu_threads,
+            beam_size=a.beam_size, language=a.language,
         )
         self.pool = WorkerPool(settings.workers)
         self.metrics = OrchestratorMetrics()
