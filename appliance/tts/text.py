@@ -15,11 +15,18 @@ Rules (see ``TextSegmenter``):
 * Clause boundaries: ``, ; :`` or an en/em dash followed by whitespace, a
   spaced hyphen `` - ``/`` -- ``, or the whitespace before one of the
   conjunctions in ``CONJUNCTIONS``.
-* First segment of an utterance: if the first sentence has more than
-  ``first_clause_max_words`` words, it is cut at its first clause boundary
-  that leaves at least ``first_clause_min_words`` words before it (and some
-  text after it). The rule stops once a speakable segment is out. While the
-  sentence is still open it is "long" as soon as it has that many words.
+* First segment of an utterance (until a speakable one is out): if the first
+  sentence has more than ``first_clause_max_words`` words (an open one: as
+  soon as it has more), it is cut, with min/max/hard = the three word limits:
+  1. at its first clause boundary with >= min words before it, if <= hard are;
+  2. else at its first soft boundary (the whitespace before a lower-case word
+     in ``SOFT_WORDS``: with, to, that, ...) with >= min words before it, if
+     <= hard are;
+  3. else after word k = min(hard, sentence words - 3), or if that word leans
+     on the next ("the", "is", "to", ...) after the last word in min..k that
+     does not; no cut if k < min.
+  Every cut leaves >= 3 words of the sentence after it: a step whose boundary
+  would leave fewer falls through to the next one. Words: whitespace-separated.
 * Segments with nothing speakable ("😀", "...") are emitted too, so no text
   is lost; callers drop them with ``is_speakable``.
 * A segment longer than ``max_segment_chars`` is cut at its last clause
@@ -27,17 +34,31 @@ Rules (see ``TextSegmenter``):
   the limit; a single word longer than the limit is emitted whole.
 
 All cuts fall on whitespace, so no word is ever split, and every decision is
-taken only once the text that decides it has arrived: the output does not
+taken only once the text that decides it has arrived (a conjunction or soft
+word counts once the character after it is there; the first cut is certain at
+the latest once the hard max + 3 words have arrived): the output does not
 depend on how the input was chunked.
 """
 
 from __future__ import annotations
 
 import re
+from bisect import bisect_left
+from itertools import islice
 
-__all__ = ["CONJUNCTIONS", "TextSegmenter", "is_speakable", "split_text"]
+__all__ = ["CONJUNCTIONS", "SOFT_WORDS", "TextSegmenter", "is_speakable", "split_text"]
 
 CONJUNCTIONS = ("and", "but", "or", "so", "because", "while", "which", "although", "when")
+SOFT_WORDS = tuple(
+    "with from to for at in on of about into after before until like than by as if that then where "
+    "who whose during without through since unless whether".split()
+)
+_MIN_REST = 3  # words a first-segment cut must leave in the sentence after it
+_CLINGING = frozenset(  # a fallback cut should not end on these: they lean on the next word
+    "a an the this these those my your his her its our their some any no every each all both many much "
+    "few several is are was were am be been will would can could shall should may might must do does did "
+    "have has had not very too just i we they he she nor yet".split() + list(CONJUNCTIONS + SOFT_WORDS)
+)
 
 _ABBREVIATIONS = frozenset(
     "mr mrs ms mx dr prof st jr sr rev gen capt col lt sgt etc vs approx inc ltd corp co mt fig cf".split()
@@ -59,6 +80,8 @@ _CLAUSE = re.compile(
     r"|(?<=\s)(?=(?:" + "|".join(CONJUNCTIONS) + r")[^\w'’-])",
     re.IGNORECASE,
 )
+_SOFT = re.compile(r"(?<=\s)(?=(?:" + "|".join(SOFT_WORDS) + r")[^\w'’-])")
+_NO = -1  # "no first-segment cut", as opposed to a position or None (not known yet)
 
 
 def is_speakable(segment: str) -> bool:
@@ -77,18 +100,22 @@ class TextSegmenter:
 
     def __init__(
         self,
-        first_clause_min_words: int = 4,
-        first_clause_max_words: int = 12,
+        first_clause_min_words: int = 3,
+        first_clause_max_words: int = 6,
         max_segment_chars: int = 400,
+        first_segment_hard_max_words: int = 8,
     ) -> None:
         if first_clause_min_words < 1:
             raise ValueError("first_clause_min_words must be >= 1")
         if first_clause_max_words < first_clause_min_words:
             raise ValueError("first_clause_max_words must be >= first_clause_min_words")
+        if first_segment_hard_max_words < first_clause_max_words:
+            raise ValueError("first_segment_hard_max_words must be >= first_clause_max_words")
         if max_segment_chars < 1:
             raise ValueError("max_segment_chars must be >= 1")
         self._min_words = first_clause_min_words
         self._max_words = first_clause_max_words
+        self._hard_words = first_segment_hard_max_words
         self._max_chars = max_segment_chars
         self.reset()
 
@@ -221,33 +248,46 @@ class TextSegmenter:
         buf, start = self._buf, self._pos
         known = end is not None
         seg_end = end if known else len(buf)
-        piece_end = seg_end if known else None
-        limit = seg_end
         if self._first:
-            if not known:
-                # A boundary at/after the start of the last (maybe partial)
-                # word may not be recognisable yet; all before it are.
-                while limit > start and not buf[limit - 1].isspace():
-                    limit -= 1
-            clause = self._first_clause(start, seg_end)
-            if clause is not None and clause <= limit and _NON_SPACE.search(buf, clause, seg_end):
-                if self._count_words(start, seg_end, self._max_words + 1) > self._max_words:
-                    piece_end = clause
-                elif not known:
-                    return None  # whether it is long is still open
-        if piece_end is not None:
-            return self._cap(start, piece_end, final=True)
-        # Open sentence: the piece will contain at least buf[start:limit].
-        return self._cap(start, limit, final=False)
-
-    def _first_clause(self, start: int, seg_end: int) -> int | None:
-        # A boundary before seg_end needs at most 9 characters after it.
-        for q in self._clauses(start, min(len(self._buf), seg_end + 9)):
-            if q >= seg_end:
+            cut = self._first_cut(start, seg_end, known)
+            if cut is None:
                 return None
-            if self._count_words(start, q, self._min_words) >= self._min_words:
-                return q
-        return None
+            if cut != _NO:
+                return self._cap(start, cut, final=True)
+        return self._cap(start, seg_end, final=known)
+
+    def _first_cut(self, start: int, seg_end: int, known: bool) -> int | None:
+        """Cut for the first segment: a position, _NO, or None (not decided yet)."""
+        buf, lo, hard = self._buf, self._min_words, self._hard_words
+        # Every word of an open sentence is in buf (the last one may still grow);
+        # only its first hard + _MIN_REST words matter.
+        words = list(islice(_WORD.finditer(buf, start, seg_end), hard + _MIN_REST))
+        n = len(words)  # the sentence's word count, or a lower bound for it
+        if n <= self._max_words:
+            return _NO if known else None
+        starts = [w.start() for w in words]
+        # A usable boundary lies before word hard + 1 ends; recognising it needs
+        # at most the character after that word.
+        endpos = min(seg_end + 1 if known else len(buf), words[hard].end() + 1 if n > hard else len(buf))
+        seen_all = known or (n > hard and words[hard].end() < len(buf))
+        for rx in (_CLAUSE, _SOFT):
+            for m in rx.finditer(buf, start, endpos):
+                k = bisect_left(starts, m.end())  # words before the boundary
+                if m.start() <= start or k < lo:
+                    continue  # (a match at start would look behind it, at text now gone)
+                if k <= hard and n - k >= _MIN_REST:
+                    return m.end()
+                if k <= hard and not known:
+                    return None  # will enough of the sentence follow it?
+                break  # later boundaries are later still / leave even less
+            else:
+                if not seen_all:
+                    return None  # an earlier boundary may still be recognised
+        if not known and n < hard + _MIN_REST:
+            return None
+        k = min(hard, n - _MIN_REST)
+        j = next((j for j in range(k, lo - 1, -1) if words[j - 1].group().lower() not in _CLINGING), k)
+        return words[j - 1].end() if k >= lo else _NO
 
     def _clauses(self, start: int, end: int):
         # A match starting at ``start`` would look behind it, at text that may
@@ -255,14 +295,6 @@ class TextSegmenter:
         for m in _CLAUSE.finditer(self._buf, start, end):
             if m.start() > start:
                 yield m.end()
-
-    def _count_words(self, start: int, end: int, cap: int) -> int:
-        n = 0
-        for _ in _WORD.finditer(self._buf, start, end):
-            n += 1
-            if n >= cap:
-                break
-        return n
 
     def _cap(self, start: int, end: int, final: bool) -> int | None:
         """Cut for a piece starting at ``buf[start:end]``; ``final``: the piece ends at ``end``."""

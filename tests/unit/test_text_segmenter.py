@@ -9,6 +9,7 @@ from appliance.tts.text import TextSegmenter, is_speakable, split_text
 _WORDS = (
     "the a dog cat walked quickly into park house yesterday we I you they blue green "
     "and but or so because while which although when android order sometimes whenever "
+    "with to for in of that like about into-the-wild within To The "
     "Mr. Mrs. Dr. St. e.g. i.e. etc. vs. a.m. p.m. U.S. J. R. 3.14 1,000 2. 10. $4.50 "
     "café Grüße ¿Qué tal niño 東京 Привет 😀 🎉 ... … - -- — x.y well—actually so-called "
     "supercalifragilisticexpialidocious"
@@ -72,6 +73,9 @@ _PARAMS = [
     {"first_clause_min_words": 2, "first_clause_max_words": 3, "max_segment_chars": 30},
     {"first_clause_min_words": 1, "first_clause_max_words": 1, "max_segment_chars": 12},
     {"first_clause_min_words": 3, "first_clause_max_words": 8, "max_segment_chars": 80},
+    {"first_clause_min_words": 2, "first_clause_max_words": 4, "first_segment_hard_max_words": 6},
+    {"first_clause_min_words": 1, "first_clause_max_words": 2, "first_segment_hard_max_words": 2},
+    {"first_clause_max_words": 20, "first_segment_hard_max_words": 30, "max_segment_chars": 60},
 ]
 
 
@@ -115,7 +119,7 @@ def test_abbreviations_decimals_initials_are_not_sentence_ends():
         "Pi is 3.14, e.g. roughly, i.e. close enough, etc. vs. the U.S. value. "
         "J. R. R. Tolkien wrote it."
     )
-    assert split_text(text, first_clause_max_words=100) == [
+    assert split_text(text, first_clause_max_words=100, first_segment_hard_max_words=100) == [
         "Mr. and Mrs. Smith met Dr. Jones on St. Mark's at 9 a.m. today.",
         "Pi is 3.14, e.g. roughly, i.e. close enough, etc. vs. the U.S. value.",
         "J. R. R. Tolkien wrote it.",
@@ -153,27 +157,140 @@ def test_trailing_dot_is_held_until_next_chunk_or_flush():
 
 def test_long_first_sentence_is_split_at_a_clause():
     text = (
-        "When I was walking to the store yesterday afternoon, I saw a dog chasing a cat around the park. "
-        "Then, when I was walking to the store yesterday afternoon, "
-        "I saw a dog chasing a cat around the park."
+        "When I walked to the store yesterday, I saw a dog chasing a cat around the park. "
+        "Then, when I walked to the store yesterday, I saw a dog chasing a cat around the park."
     )
     segs = split_text(text)
-    assert segs[0] == "When I was walking to the store yesterday afternoon,"
+    # the clause boundary (7 words in) wins over the earlier soft boundary before "to"
+    assert segs[0] == "When I walked to the store yesterday,"
     assert segs[1] == "I saw a dog chasing a cat around the park."
     assert segs[2].startswith("Then, when") and len(segs) == 3  # later sentences stay whole
+
+
+@pytest.mark.parametrize(
+    "text, segments",
+    [
+        (
+            "The weather today is sunny with a light breeze from the west.",
+            ["The weather today is sunny", "with a light breeze from the west."],
+        ),
+        ("Hello!", ["Hello!"]),
+        (
+            "Please turn off the kitchen lights before you go to bed.",
+            ["Please turn off the kitchen lights", "before you go to bed."],
+        ),
+        ("Good morning, how did you sleep?", ["Good morning, how did you sleep?"]),  # 6 words: whole
+        ("Set a timer for ten minutes.", ["Set a timer for ten minutes."]),
+        (
+            "I went to the store to buy some milk. Then I went to the bank to get some cash out.",
+            ["I went to the store", "to buy some milk.", "Then I went to the bank to get some cash out."],
+        ),
+    ],
+)
+def test_first_segment_examples(text, segments):
+    assert split_text(text) == segments
+
+
+def test_first_segment_hard_max_without_boundaries():
+    text = "Lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod."
+    assert split_text(text) == ["Lorem ipsum dolor sit amet consectetur adipiscing elit", "sed do eiusmod."]
+    assert split_text(text, first_segment_hard_max_words=6) == [
+        "Lorem ipsum dolor sit amet consectetur",
+        "adipiscing elit sed do eiusmod.",
+    ]
+    # boundaries past the hard max are not used
+    text = "Lorem ipsum dolor sit amet consectetur adipiscing elit sed, with do eiusmod tempor."
+    assert split_text(text)[0] == "Lorem ipsum dolor sit amet consectetur adipiscing elit"
+    # a run-on without punctuation gets the same first cut
+    assert split_text("one two three four five six seven eight nine ten eleven")[0] == (
+        "one two three four five six seven eight"
+    )
+
+
+def test_first_segment_min_words():
+    # soft/clause boundaries with fewer than min words before them are skipped
+    assert split_text("To be honest I think we should leave for the airport right now.") == [
+        "To be honest I think we should leave",
+        "for the airport right now.",
+    ]
+    assert split_text("In fact, if you ask me, that movie was far too long.") == [
+        "In fact, if you ask me,",
+        "that movie was far too long.",
+    ]
+    assert split_text("I went to the store to buy some milk and eggs today.")[0] == "I went to the store"
+    assert split_text("Oh, and by the way, the package arrived this morning.")[0] == "Oh, and by the way,"
+    assert split_text("Oh, and by the way, the parcel came today.", first_clause_min_words=5) == [
+        "Oh, and by the way,",
+        "the parcel came today.",
+    ]
+    for text in ("To be or not to be, that is the question.", "So if I were you I would go to bed now."):
+        first = split_text(text)[0]
+        assert len(first.split()) >= 3
+
+
+def test_first_segment_leaves_more_than_a_word_or_two():
+    # the clause boundary would leave "right?": the earlier soft boundary is used
+    assert split_text("I think we should go to the beach, right?") == [
+        "I think we should go",
+        "to the beach, right?",
+    ]
+    # the soft boundary would leave "until midnight.": fallback cut, not after "is"
+    assert split_text("The new restaurant downtown is open until midnight.") == [
+        "The new restaurant downtown",
+        "is open until midnight.",
+    ]
+    # a hard cut would leave "morning.": cut earlier
+    assert split_text("Remember that the garbage truck comes early Monday morning.") == [
+        "Remember that the garbage truck comes",
+        "early Monday morning.",
+    ]
+    # three words after the boundary are enough
+    assert split_text("Please wake me up early tomorrow in the morning.") == [
+        "Please wake me up early tomorrow",
+        "in the morning.",
+    ]
+    # too short to leave 3 words after min words: stays whole
+    assert split_text("Hi there you lovely lot.", first_clause_max_words=3) == ["Hi there you lovely lot."]
+    for seg in split_text("Sure, I will turn off all the lights now, okay?")[1:]:
+        assert len(seg.split()) >= 3
+
+
+def test_fallback_cut_does_not_end_on_a_leaning_word():
+    assert split_text("Sure, I will turn off all the lights now, okay?") == [
+        "Sure, I will turn off",
+        "all the lights now, okay?",
+    ]
+    assert split_text("Lorem ipsum dolor sit amet consectetur the elit sed do eiusmod.")[0] == (
+        "Lorem ipsum dolor sit amet consectetur the elit"
+    )
+    assert split_text("Lorem ipsum dolor sit amet consectetur adipiscing the sed do eiusmod.")[0] == (
+        "Lorem ipsum dolor sit amet consectetur adipiscing"
+    )
+    # nothing but leaning words: the plain hard cut
+    assert split_text("the the the the the the the the the the the.")[0] == " ".join(["the"] * 8)
+
+
+def test_soft_words_only_as_whole_lower_case_words():
+    text = "Yesterday we watched The Lord Of The Rings together at home with our kids."
+    assert split_text(text)[0] == "Yesterday we watched The Lord Of The Rings"  # no boundary: hard cut
+    text = "My friends thought within reason that tomorrow's into-the-wild trip was great fun."
+    assert split_text(text)[0] == "My friends thought within reason"
 
 
 def test_first_clause_respects_min_words_and_conjunctions():
     text = "Well, I think that we should go to the park and play football with all of our friends today."
     assert split_text(text) == [
-        "Well, I think that we should go to the park",
-        "and play football with all of our friends today.",
+        "Well, I think",  # "Well," has too few words; the conjunction "and" is past the hard max
+        "that we should go to the park and play football with all of our friends today.",
     ]
     # short first sentence: no clause split
     assert split_text("Yes, and no. Ok.") == ["Yes, and no.", "Ok."]
     # "android"/"order"/"so-called" are not conjunctions
     text = "The android ordered so-called sandwiches from a vendor downtown in the old city center today."
-    assert split_text(text) == [text]
+    assert split_text(text) == [
+        "The android ordered so-called sandwiches",
+        "from a vendor downtown in the old city center today.",
+    ]
 
 
 def test_first_clause_is_emitted_before_the_sentence_ends():
@@ -186,6 +303,26 @@ def test_first_clause_is_emitted_before_the_sentence_ends():
             break
     assert got == ["I would really like to tell you,"]
     assert "summer" not in seg.pending
+
+
+def test_soft_boundary_waits_for_the_text_that_decides_it():
+    # Word 9 could still be a conjunction (a clause boundary within the hard max of 8
+    # words, which would win): the soft boundary is taken once word 9 is complete.
+    seg = TextSegmenter()
+    assert seg.push("We stayed inside for hours with the kids yesterday") == []
+    assert seg.push(" ") == ["We stayed inside"]
+    seg = TextSegmenter()
+    assert seg.push("We stayed inside for hours with the kids because it") == []
+    assert seg.push(" ") == []  # is the rest after "because" 3 words or more?
+    assert seg.push("w") == ["We stayed inside for hours with the kids"]
+    assert seg.push("as raining. ") == ["because it was raining."]
+    # "to" is a soft word only once the next character shows it is not "tomorrow"
+    seg = TextSegmenter()
+    assert seg.push("Please finish the big job to") == []
+    assert seg.push("morrow before noon, thanks.") + seg.flush() == [
+        "Please finish the big job tomorrow",
+        "before noon, thanks.",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -260,9 +397,9 @@ def test_unpunctuated_run_on_is_cut_at_spaces():
 
 
 def test_cap_prefers_a_late_clause_boundary():
-    text = "word " * 30 + "end, " + "more " * 60
+    text = "Okay. " + "word " * 30 + "end, " + "more " * 60
     segs = split_text(text, max_segment_chars=200)
-    assert segs[0].endswith("end,")
+    assert segs[1].endswith("end,")
     assert all(len(s) <= 200 for s in segs)
 
 
@@ -318,3 +455,8 @@ def test_invalid_arguments():
         TextSegmenter(first_clause_min_words=5, first_clause_max_words=4)
     with pytest.raises(ValueError):
         TextSegmenter(max_segment_chars=0)
+    with pytest.raises(ValueError):
+        TextSegmenter(first_clause_max_words=9)  # above the default hard max of 8
+    with pytest.raises(ValueError):
+        TextSegmenter(first_clause_max_words=6, first_segment_hard_max_words=5)
+    TextSegmenter(first_clause_max_words=9, first_segment_hard_max_words=9)
