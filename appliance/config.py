@@ -57,7 +57,9 @@ class ModelsSettings(_Section):
     max_parallel_loads: int = Field(1, ge=1)
     warmup: bool = True
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    onnx_threads: int = Field(1, ge=0, description="intra-op threads per ONNX session (0: onnxruntime decides)")
+    onnx_threads: int = Field(
+        0, ge=0, description="intra-op threads per ONNX call (0: all cores when alone, one each when calls overlap)"
+    )
     models_dir: Path | None = Field(None, description="extra folder searched for model files")
 
 

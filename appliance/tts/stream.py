@@ -140,7 +140,7 @@ class SynthesisStream:
         self.stats = StreamStats(started=time.perf_counter())
         self.channel = FrameChannel()
         self._segments: asyncio.Queue[str | None] = asyncio.Queue()
-        self._segmenter = TextSegmenter()
+        self._segmenter = TextSegmenter(first_clause_max_words=5, first_segment_hard_max_words=6)
         self._tasks: list[asyncio.Task] = []
         self._arrived = asyncio.get_running_loop().time()
         self._audio_start: float | None = None

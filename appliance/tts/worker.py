@@ -49,7 +49,9 @@ class TTSWorker:
             max_parallel_loads=m.max_parallel_loads,
             warmup=m.warmup,
             device=m.device,
-            adapter_factory=lambda spec: create_adapter(spec, m.device, m.models_dir, m.onnx_threads),
+            adapter_factory=lambda spec: create_adapter(
+                spec, m.device, m.models_dir, m.onnx_threads, contended=self._engine_contended
+            ),
         )
         self.sessions = SessionRegistry(settings.max_sessions)
         self.service = TTSService(
@@ -74,6 +76,10 @@ class TTSWorker:
         )
         self._tasks: list[asyncio.Task] = []
         self._stopped = asyncio.Event()
+
+    def _engine_contended(self) -> bool:
+        # Called from inside an engine call, which counts itself.
+        return self.tracker.in_flight > 1 or self.scheduler.queued > 0
 
     @property
     def address(self) -> str:

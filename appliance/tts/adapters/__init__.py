@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from appliance.tts.adapters.base import EngineAdapter, PcmChunk, SynthesisTracker
@@ -13,11 +14,17 @@ ENGINES: dict[str, type[EngineAdapter]] = {cls.engine: cls for cls in (MockSineA
 
 
 def create_adapter(
-    spec: ModelSpec, device: str = "auto", models_dir: Path | None = None, onnx_threads: int = 0
+    spec: ModelSpec,
+    device: str = "auto",
+    models_dir: Path | None = None,
+    onnx_threads: int = 0,
+    contended: Callable[[], bool] | None = None,
 ) -> EngineAdapter:
     adapter = ENGINES[spec.engine](spec, device)
     adapter.models_dir = models_dir
     adapter.onnx_threads = onnx_threads
+    if contended is not None:
+        adapter.contended = contended
     return adapter
 
 

@@ -74,6 +74,9 @@ class EngineAdapter(ABC):
         self.device = device
         self.models_dir = None
         self.onnx_threads = 0  # intra-op threads for ONNX engines; 0 lets onnxruntime decide
+        # True while other engine calls run at the same time (set by the worker); engines may
+        # then trade single-call speed for throughput.
+        self.contended: Callable[[], bool] = lambda: False
         self.loaded = False
 
     @property

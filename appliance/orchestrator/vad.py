@@ -1,0 +1,354 @@
+"""Speech detection and endpointing for one microphone stream: webrtcvad behind an adaptive,
+state-aware energy gate.
+
+Input is PCM16LE mono at 8–48 kHz in pieces of any size. It is resampled (streaming, soxr) to
+16 kHz and cut into ``frame_ms`` frames; frame ``k`` covers ``[k·frame_ms, (k+1)·frame_ms)`` of the
+input stream, so every event time is a position in the input audio computed from sample counts
+(not the wall clock, and not when the decision was taken — decisions lag by the resampler's delay
+plus the confirmation times below).
+
+A frame is **voiced** when webrtcvad says so AND its energy is at least
+``noise_floor + gate_margin_db + 20·log10(factor)`` dBFS, where factor is 1 while listening,
+``speaking_factor`` while the assistant speaks (its own voice leaks back into the mic) and
+``barged_in_factor`` just after a barge-in. The noise floor is described in :mod:`.noise_gate`.
+
+Rules (all durations rounded up to whole frames):
+
+* **Onset**: a candidate run starts at a voiced frame; it survives gaps of up to 40 ms of unvoiced
+  frames and is confirmed once it holds ``onset_ms`` of voiced frames. ``SpeechStart.t_ms`` is the
+  start of the candidate's first voiced frame.
+* **Inside speech** the silence is counted from the end of the last voiced frame. Until
+  ``provisional_silence_ms`` of silence any voiced frame simply continues the utterance. At
+  ``provisional_silence_ms`` a ``ProvisionalEnd`` is emitted (unless the utterance is still shorter
+  than ``min_speech_ms``: no speculative ASR for a click); after that, speech only continues if a
+  new run is confirmed by the onset rule, which emits ``SpeechResumed`` (t = that run's first frame)
+  when a ``ProvisionalEnd`` was emitted.
+* **End**: at ``endpoint_silence_ms`` of silence the utterance ends at the end of its last voiced
+  frame: ``SpeechEnd`` if it spanned at least ``min_speech_ms`` (from SpeechStart to that end),
+  else ``SpeechDiscarded``. ``max_utterance_s`` forces a ``SpeechEnd``; speech that goes on starts a
+  new utterance through the onset rule.
+* **Audio**: ``SpeechEnd.audio`` is float32 16 kHz from ``pre_roll_ms`` before the onset (less at
+  the very start of the stream) to the end of the last voiced frame.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
+
+import numpy as np
+import webrtcvad
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from appliance.audio import StreamResampler, float_to_pcm16, pcm16_to_float
+from appliance.orchestrator.noise_gate import NoiseFloor, frame_energy_db
+
+VAD_RATE = 16_000
+MIN_INPUT_RATE = 8_000
+MAX_INPUT_RATE = 48_000
+MODES = ("listening", "speaking", "barged_in")
+Mode = Literal["listening", "speaking", "barged_in"]
+_CANDIDATE_MAX_GAP_MS = 40
+_NOISE_WARMUP_S = 0.2
+_INITIAL_FLOOR_DB = -60.0
+_RESAMPLE_QUALITY = "MQ"  # ≈15–30 ms of streaming delay; HQ would add up to 66 ms at 8 kHz
+
+
+class VadConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    aggressiveness: int = Field(2, ge=0, le=3, description="webrtcvad mode")
+    frame_ms: Literal[10, 20, 30] = 20
+    onset_ms: int = Field(60, ge=10, description="voiced time needed to declare a speech start")
+    endpoint_silence_ms: int = Field(300, ge=20, description="silence after speech that ends the turn")
+    provisional_silence_ms: int = Field(120, ge=10, description="silence at which ProvisionalEnd is emitted")
+    min_speech_ms: int = Field(250, ge=0, description="shorter bursts are discarded, not turns")
+    max_utterance_s: float = Field(30.0, gt=0)
+    noise_percentile: float = Field(20.0, ge=0, le=100)
+    noise_window_s: float = Field(3.0, gt=0)
+    gate_margin_db: float = Field(9.0, ge=0)
+    speaking_factor: float = Field(2.0, ge=1)
+    barged_in_factor: float = Field(1.2, ge=1)
+    pre_roll_ms: int = Field(200, ge=0)
+    unvoiced_ms: int = Field(
+        200, ge=0, description="reach of energy-only frames around voiced speech (unvoiced consonants)"
+    )
+
+    @model_validator(mode="after")
+    def _check_order(self) -> VadConfig:
+        if self.provisional_silence_ms > self.endpoint_silence_ms:
+            raise ValueError("provisional_silence_ms must not exceed endpoint_silence_ms")
+        if self.max_utterance_s * 1000 < self.min_speech_ms:
+            raise ValueError("max_utterance_s must be at least min_speech_ms")
+        return self
+
+
+@dataclass(frozen=True)
+class VadEvent:
+    kind: ClassVar[str] = "vad"
+    t_ms: int
+
+
+@dataclass(frozen=True)
+class SpeechStart(VadEvent):
+    kind: ClassVar[str] = "speech_start"
+
+
+@dataclass(frozen=True)
+class ProvisionalEnd(VadEvent):
+    kind: ClassVar[str] = "provisional_end"
+
+
+@dataclass(frozen=True)
+class SpeechResumed(VadEvent):
+    kind: ClassVar[str] = "speech_resumed"
+
+
+@dataclass(frozen=True)
+class SpeechEnd(VadEvent):
+    kind: ClassVar[str] = "speech_end"
+    speech_ms: int
+    audio: np.ndarray = field(repr=False, compare=False)
+
+    @property
+    def start_ms(self) -> int:
+        return self.t_ms - self.speech_ms
+
+
+@dataclass(frozen=True)
+class SpeechDiscarded(VadEvent):
+    kind: ClassVar[str] = "speech_discarded"
+    speech_ms: int
+
+
+def _frames(ms: float, frame_ms: int) -> int:
+    return max(1, math.ceil(ms / frame_ms))
+
+
+class SpeechDetector:
+    """Streaming VAD + endpointer for one input stream. Not thread-safe."""
+
+    def __init__(self, config: VadConfig | None = None, input_rate: int = VAD_RATE) -> None:
+        if isinstance(input_rate, bool) or not isinstance(input_rate, int | np.integer):
+            raise ValueError(f"input_rate must be an integer in Hz, got {input_rate!r}")
+        if not MIN_INPUT_RATE <= int(input_rate) <= MAX_INPUT_RATE:
+            raise ValueError(f"input_rate={input_rate} Hz is outside {MIN_INPUT_RATE}..{MAX_INPUT_RATE} Hz")
+        self.config = cfg = config if config is not None else VadConfig()
+        self.input_rate = int(input_rate)
+        self.frame_ms = cfg.frame_ms
+        self.frame_len = VAD_RATE * cfg.frame_ms // 1000
+        self._onset_frames = _frames(cfg.onset_ms, cfg.frame_ms)
+        self._max_gap = max(1, _CANDIDATE_MAX_GAP_MS // cfg.frame_ms)
+        self._provisional_frames = _frames(cfg.provisional_silence_ms, cfg.frame_ms)
+        self._endpoint_frames = _frames(cfg.endpoint_silence_ms, cfg.frame_ms)
+        self._pre_roll_frames = math.ceil(cfg.pre_roll_ms / cfg.frame_ms)
+        self._max_frames = _frames(cfg.max_utterance_s * 1000, cfg.frame_ms)
+        self._unvoiced_frames = math.ceil(cfg.unvoiced_ms / cfg.frame_ms)
+        self._factor_db = {
+            "listening": 0.0,
+            "speaking": 20 * math.log10(cfg.speaking_factor),
+            "barged_in": 20 * math.log10(cfg.barged_in_factor),
+        }
+        history = self._pre_roll_frames + self._unvoiced_frames + self._onset_frames * (self._max_gap + 1) + 1
+        self._history: deque[tuple[int, np.ndarray, bool]] = deque(maxlen=history)
+        self._vad = webrtcvad.Vad(cfg.aggressiveness)
+        self._resampler = StreamResampler(self.input_rate, VAD_RATE, quality=_RESAMPLE_QUALITY)
+        self._floor = NoiseFloor(
+            cfg.frame_ms, cfg.noise_window_s, cfg.noise_percentile, _INITIAL_FLOOR_DB, _NOISE_WARMUP_S
+        )
+        self.reset()
+
+    # --- public API ------------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Forget everything: as if newly constructed (time 0, default noise floor, listening)."""
+        self._mode: Mode = "listening"
+        self._resampler.reset()
+        self._floor.reset()
+        self._vad = webrtcvad.Vad(self.config.aggressiveness)
+        self._pending = np.zeros(0, dtype=np.float32)
+        self._k = 0  # index of the next frame
+        self._history.clear()
+        self._reset_candidate()
+        self._in_speech = False
+        self._utt_start = 0  # first voiced frame of the utterance
+        self._audio_start = 0  # first frame of its audio (pre-roll included)
+        self._utt_frames: list[np.ndarray] = []
+        self._utt_loud: list[bool] = []  # per frame of _utt_frames: energy passed the bar
+        self._last_voiced_end = 0  # frame index just past the last voiced frame
+        self._provisional_sent = False  # in a pause of at least provisional_silence_ms
+        self._provisional_emitted = False  # ... and ProvisionalEnd was emitted for it
+
+    def set_mode(self, mode: str) -> None:
+        """``"listening"``, ``"speaking"`` or ``"barged_in"`` (case-insensitive; a str enum works)."""
+        m = str(getattr(mode, "value", mode)).lower()
+        if m not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self._mode = m  # type: ignore[assignment]
+
+    @property
+    def mode(self) -> Mode:
+        return self._mode
+
+    @property
+    def in_speech(self) -> bool:
+        return self._in_speech
+
+    @property
+    def noise_floor_db(self) -> float:
+        return self._floor.floor_db
+
+    @property
+    def threshold_db(self) -> float:
+        """The energy a frame needs now (in the current mode) to count as speech."""
+        return self._floor.floor_db + self.config.gate_margin_db + self._factor_db[self._mode]
+
+    @property
+    def position_ms(self) -> int:
+        """Input time analysed so far (whole frames)."""
+        return self._k * self.frame_ms
+
+    def utterance_audio(self) -> np.ndarray:
+        """Audio (float32, 16 kHz) of the current utterance so far, pre-roll included; empty outside one."""
+        if not self._in_speech or not self._utt_frames:
+            return np.zeros(0, dtype=np.float32)
+        return np.concatenate(self._utt_frames)
+
+    def process(self, pcm: bytes | bytearray | memoryview) -> list[VadEvent]:
+        """Feed PCM16LE mono at ``input_rate``; returns the events completed by it, in order."""
+        if memoryview(pcm).nbytes % 2:
+            raise ValueError("PCM16 input must have an even number of bytes")
+        x = self._resampler.process(pcm16_to_float(bytes(pcm)))
+        if self._pending.size:
+            x = np.concatenate([self._pending, x])
+        n = x.size // self.frame_len
+        self._pending = x[n * self.frame_len :].copy()
+        if n == 0:
+            return []
+        block = x[: n * self.frame_len].reshape(n, self.frame_len)
+        energies = frame_energy_db(block)
+        pcm16 = float_to_pcm16(block).tobytes()
+        step = 2 * self.frame_len
+        events: list[VadEvent] = []
+        for i in range(n):
+            raw = self._vad.is_speech(pcm16[i * step : (i + 1) * step], VAD_RATE)
+            self._step(block[i], float(energies[i]), raw, events)
+        return events
+
+    # --- per-frame state machine -----------------------------------------------------------------
+
+    def _t(self, frame: int) -> int:
+        return frame * self.frame_ms
+
+    def _reset_candidate(self) -> None:
+        self._cand_start: int | None = None
+        self._cand_voiced = 0
+        self._cand_gap = 0
+
+    def _candidate(self, k: int, voiced: bool) -> bool:
+        """Advance the onset candidate with frame k; True when it has just been confirmed."""
+        if voiced:
+            if self._cand_start is None:
+                self._cand_start = k
+                self._cand_voiced = 0
+            self._cand_voiced += 1
+            self._cand_gap = 0
+            return self._cand_voiced >= self._onset_frames
+        if self._cand_start is not None:
+            self._cand_gap += 1
+            if self._cand_gap > self._max_gap:
+                self._reset_candidate()
+        return False
+
+    def _step(self, frame: np.ndarray, energy: float, raw_voiced: bool, events: list[VadEvent]) -> None:
+        k = self._k
+        self._k += 1
+        loud = energy >= self.threshold_db
+        voiced = raw_voiced and loud
+        self._history.append((k, frame, loud))
+        if self._in_speech:
+            self._utt_frames.append(frame)
+            self._utt_loud.append(loud)
+            self._in_speech_step(k, voiced, events)
+        elif self._candidate(k, voiced):
+            self._start(k, events)
+        self._floor.update(energy, in_speech=self._in_speech or voiced)
+
+    def _extend_back(self, start: int, lower: int) -> int:
+        """Earliest loud frame in [max(lower, start - unvoiced), start), else start: a leading
+        unvoiced consonant (/s/, /f/, a plosive burst) that webrtcvad did not call speech."""
+        earliest = start
+        limit = max(lower, start - self._unvoiced_frames)
+        for i, _frame, loud in reversed(self._history):
+            if i >= start:
+                continue
+            if i < limit:
+                break
+            if loud:
+                earliest = i
+        return earliest
+
+    def _extended_end(self, k: int) -> int:
+        """End of the last loud frame within ``unvoiced_ms`` after the last voiced one (seen up to k)."""
+        lo = self._last_voiced_end
+        hi = min(k + 1, lo + self._unvoiced_frames)
+        for i in range(hi - 1, lo - 1, -1):
+            if self._utt_loud[i - self._audio_start]:
+                return i + 1
+        return lo
+
+    def _start(self, k: int, events: list[VadEvent]) -> None:
+        assert self._cand_start is not None
+        start = self._extend_back(self._cand_start, lower=0)
+        self._reset_candidate()
+        first = start - self._pre_roll_frames
+        kept = [(i, f, loud) for i, f, loud in self._history if i >= first]
+        self._utt_frames = [f for _i, f, _loud in kept]
+        self._utt_loud = [loud for _i, _f, loud in kept]
+        self._audio_start = kept[0][0]
+        self._utt_start = start
+        self._last_voiced_end = k + 1
+        self._provisional_sent = False
+        self._provisional_emitted = False
+        self._in_speech = True
+        events.append(SpeechStart(self._t(start)))
+
+    def _in_speech_step(self, k: int, voiced: bool, events: list[VadEvent]) -> None:
+        if not self._provisional_sent:
+            if voiced:
+                self._last_voiced_end = k + 1
+        elif self._candidate(k, voiced):
+            assert self._cand_start is not None
+            if self._provisional_emitted:
+                t = self._t(self._extend_back(self._cand_start, self._last_voiced_end))
+                events.append(SpeechResumed(t))
+            self._reset_candidate()
+            self._last_voiced_end = k + 1
+            self._provisional_sent = False
+        silence = k + 1 - self._last_voiced_end
+        if silence >= self._provisional_frames and not self._provisional_sent:
+            self._provisional_sent = True
+            end = self._extended_end(k)
+            self._provisional_emitted = self._t(end - self._utt_start) >= self.config.min_speech_ms
+            if self._provisional_emitted:
+                events.append(ProvisionalEnd(self._t(end)))
+        if silence >= self._endpoint_frames:
+            self._end(k, events)  # a pending resume candidate carries on as an onset candidate
+        elif k + 1 - self._utt_start >= self._max_frames:
+            self._reset_candidate()
+            self._end(k, events)
+
+    def _end(self, k: int, events: list[VadEvent]) -> None:
+        end = self._extended_end(k)
+        speech_ms = self._t(end - self._utt_start)
+        if speech_ms < self.config.min_speech_ms:
+            events.append(SpeechDiscarded(self._t(end), speech_ms))
+        else:
+            audio = np.concatenate(self._utt_frames[: end - self._audio_start])
+            events.append(SpeechEnd(self._t(end), speech_ms, audio))
+        self._in_speech = False
+        self._utt_frames = []
+        self._utt_loud = []
+        self._provisional_sent = False
