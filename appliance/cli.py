@@ -31,7 +31,11 @@ def cmd_tts_worker(args: argparse.Namespace) -> int:
 
     settings = _worker_settings(args)
     setup_logging(settings.log_level)
-    asyncio.run(TTSWorker(settings).serve_forever())
+
+    async def serve() -> None:
+        await TTSWorker(settings).serve_forever()
+
+    asyncio.run(serve())
     return 0
 
 
@@ -44,7 +48,11 @@ def cmd_orchestrator(args: argparse.Namespace) -> int:
         OrchestratorSettings, args.config, host=args.host, port=args.port, redis_url=args.redis_url, workers=args.worker
     )
     setup_logging(settings.log_level)
-    asyncio.run(Orchestrator(settings).serve_forever())
+
+    async def serve() -> None:  # gRPC channels bind to the loop they are made in
+        await Orchestrator(settings).serve_forever()
+
+    asyncio.run(serve())
     return 0
 
 

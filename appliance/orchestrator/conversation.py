@@ -98,6 +98,8 @@ class Conversation:
             log.info("session ending session=%s reason=%s", self.id, end.code)
             await self._safe_send({"type": "error", "code": end.code, "message": str(end)})
             self._terminate()
+            if self._background:  # let the TERMINATED state reach the client before the close
+                await asyncio.wait(self._background, timeout=1.0)
             await self.channel.close(end.close_code, str(end))
         finally:
             await self._shutdown()
@@ -106,8 +108,6 @@ class Conversation:
         s = self.settings.session
         idle_left = s.idle_timeout_s - (time.monotonic() - self._last_activity)
         total_left = s.max_duration_s - (time.monotonic() - self._started)
-        if self.turns >= s.max_turns and self.sm.state in (State.WAITING_FOR_INPUT, State.LISTENING) and self._turn_task is None:
-            raise SessionEnded("max_turns", f"this session reached its limit of {s.max_turns} turns", CloseCode.MAX_TURNS)
         if total_left <= 0:
             raise SessionEnded("max_duration", f"this session reached its maximum duration of {s.max_duration_s:.0f} s", CloseCode.MAX_DURATION)
         try:
@@ -291,6 +291,10 @@ class Conversation:
     # --- turns -------------------------------------------------------------------------------
 
     def _start_turn(self, coro) -> None:
+        limit = self.settings.session.max_turns
+        if self.turns >= limit:
+            coro.close()
+            raise SessionEnded("max_turns", f"this session reached its limit of {limit} turns", CloseCode.MAX_TURNS)
         if self._turn_task and not self._turn_task.done():  # a new turn replaces the running one
             if self.sm.state is State.SPEAKING:
                 self.sm.to(State.BARGED_IN)
@@ -403,6 +407,8 @@ class Conversation:
     async def _pump(self, reply, times: TurnTimes) -> None:
         """Worker frames → the pacer; the first one switches the session to SPEAKING."""
         loop = asyncio.get_running_loop()
+        self.pacer.clear()  # nothing of an earlier, stopped reply may play before this one
+        self.pacer.release()
         async for frame in reply.frames():
             if times.first_frame_at is None:
                 times.first_frame_at = loop.time()
