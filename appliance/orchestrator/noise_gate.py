@@ -1,4 +1,8 @@
-"""Adaptive noise floor for the VAD's energy gate.
+"""The VAD's energy gate: an adaptive noise floor and a state-aware bar above it.
+
+The bar is ``floor + margin_db + 20·log10(factor)`` dBFS, factor 1 while listening,
+``speaking_factor`` while the assistant speaks (its own voice leaks back into the mic) and
+``barged_in_factor`` just after a barge-in: the factors multiply the bar's amplitude.
 
 The floor (dBFS) is ``max(P, M)``:
 
@@ -22,11 +26,14 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from typing import Literal
 
 import numpy as np
 
 MIN_DB = -100.0
 SILENCE_DB = -90.0
+MODES = ("listening", "speaking", "barged_in")
+Mode = Literal["listening", "speaking", "barged_in"]
 
 
 def frame_energy_db(frames: np.ndarray) -> np.ndarray:
@@ -81,7 +88,7 @@ class NoiseFloor:
         return self._floor_db
 
     def update(self, energy_db: float, *, in_speech: bool) -> float:
-        """Feed one frame's energy; ``in_speech`` frames only feed the minimum tracker."""
+        """Feed one frame's energy; ``in_speech`` frames do not feed the percentile."""
         energy_db = float(energy_db)
         if energy_db < SILENCE_DB:
             return self._floor_db
@@ -101,3 +108,47 @@ class NoiseFloor:
             floor = max(floor, min(self._all))
         self._floor_db = floor
         return floor
+
+
+class EnergyGate:
+    """The noise floor plus the bar a frame must reach in the current mode. Not thread-safe."""
+
+    def __init__(
+        self,
+        floor: NoiseFloor,
+        margin_db: float = 9.0,
+        speaking_factor: float = 2.0,
+        barged_in_factor: float = 1.2,
+    ) -> None:
+        if speaking_factor <= 0 or barged_in_factor <= 0:
+            raise ValueError("the state factors must be positive")
+        self.floor = floor
+        self.margin_db = float(margin_db)
+        self._factor_db = {
+            "listening": 0.0,
+            "speaking": 20 * math.log10(speaking_factor),
+            "barged_in": 20 * math.log10(barged_in_factor),
+        }
+        self.mode: Mode = "listening"
+
+    def set_mode(self, mode: str) -> None:
+        """``"listening"``, ``"speaking"`` or ``"barged_in"`` (case-insensitive; a str enum works)."""
+        m = str(getattr(mode, "value", mode)).lower()
+        if m not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.mode = m  # type: ignore[assignment]
+
+    @property
+    def bar_db(self) -> float:
+        return self.floor.floor_db + self.margin_db + self._factor_db[self.mode]
+
+    def judge(self, energy_db: float) -> tuple[bool, bool]:
+        """(reaches the bar, loud): loud is the bar less half the margin, for placing the edges of
+        speech already confirmed; not while speaking, where it would stretch a barge-in over echo."""
+        bar = self.bar_db
+        relief = 0.0 if self.mode == "speaking" else self.margin_db / 2
+        return energy_db >= bar, energy_db >= bar - relief
+
+    def reset(self) -> None:
+        self.floor.reset()
+        self.mode = "listening"

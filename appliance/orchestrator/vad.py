@@ -7,28 +7,32 @@ input stream, so every event time is a position in the input audio computed from
 (not the wall clock, and not when the decision was taken — decisions lag by the resampler's delay
 plus the confirmation times below).
 
-A frame is **voiced** when webrtcvad says so AND its energy is at least
-``noise_floor + gate_margin_db + 20·log10(factor)`` dBFS, where factor is 1 while listening,
-``speaking_factor`` while the assistant speaks (its own voice leaks back into the mic) and
-``barged_in_factor`` just after a barge-in. The noise floor is described in :mod:`.noise_gate`.
+A frame is **voiced** when webrtcvad calls it speech AND its energy reaches the state-aware bar
+``noise_floor + gate_margin_db + 20·log10(factor)`` of :mod:`.noise_gate`; it is **loud** when its
+energy reaches the bar less half the margin (the full bar while the assistant speaks), which is only
+used to place the edges of speech already confirmed.
 
 Rules (all durations rounded up to whole frames):
 
 * **Onset**: a candidate run starts at a voiced frame; it survives gaps of up to 40 ms of unvoiced
   frames and is confirmed once it holds ``onset_ms`` of voiced frames. ``SpeechStart.t_ms`` is the
-  start of the candidate's first voiced frame.
+  start of the candidate's first voiced frame, or of the earliest loud frame up to ``unvoiced_ms``
+  before it (a leading /s/, /f/ or plosive burst, which webrtcvad rarely calls speech).
 * **Inside speech** the silence is counted from the end of the last voiced frame. Until
   ``provisional_silence_ms`` of silence any voiced frame simply continues the utterance. At
   ``provisional_silence_ms`` a ``ProvisionalEnd`` is emitted (unless the utterance is still shorter
   than ``min_speech_ms``: no speculative ASR for a click); after that, speech only continues if a
   new run is confirmed by the onset rule, which emits ``SpeechResumed`` (t = that run's first frame)
   when a ``ProvisionalEnd`` was emitted.
-* **End**: at ``endpoint_silence_ms`` of silence the utterance ends at the end of its last voiced
-  frame: ``SpeechEnd`` if it spanned at least ``min_speech_ms`` (from SpeechStart to that end),
-  else ``SpeechDiscarded``. ``max_utterance_s`` forces a ``SpeechEnd``; speech that goes on starts a
+* **End**: at ``endpoint_silence_ms`` of silence (or, if a candidate run began inside the pause,
+  once that run is dropped without being confirmed) the utterance ends at the end of its last voiced
+  frame, or of the last loud frame up to ``unvoiced_ms`` after it (a trailing /s/: "six" is not
+  "sick"); ``ProvisionalEnd.t_ms`` is the same estimate from what was seen by then. It is a
+  ``SpeechEnd`` if it spanned at least ``min_speech_ms`` (from SpeechStart to that end), else
+  ``SpeechDiscarded``. ``max_utterance_s`` forces a ``SpeechEnd``; speech that goes on starts a
   new utterance through the onset rule.
 * **Audio**: ``SpeechEnd.audio`` is float32 16 kHz from ``pre_roll_ms`` before the onset (less at
-  the very start of the stream) to the end of the last voiced frame.
+  the very start of the stream) to its end.
 """
 
 from __future__ import annotations
@@ -36,23 +40,26 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import Literal
 
 import numpy as np
 import webrtcvad
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from appliance.audio import StreamResampler, float_to_pcm16, pcm16_to_float
-from appliance.orchestrator.noise_gate import NoiseFloor, frame_energy_db
+from appliance.orchestrator.noise_gate import MODES, EnergyGate, Mode, NoiseFloor, frame_energy_db
+
+__all__ = [
+    "MODES", "Mode", "ProvisionalEnd", "SpeechDetector", "SpeechDiscarded", "SpeechEnd", "SpeechResumed",
+    "SpeechStart", "VadConfig", "VadEvent",
+]
 
 VAD_RATE = 16_000
 MIN_INPUT_RATE = 8_000
 MAX_INPUT_RATE = 48_000
-MODES = ("listening", "speaking", "barged_in")
-Mode = Literal["listening", "speaking", "barged_in"]
 _CANDIDATE_MAX_GAP_MS = 40
-_NOISE_WARMUP_S = 0.2
-_INITIAL_FLOOR_DB = -60.0
+_WARMUP_S = 0.2
+_FLOOR_DB = -60.0  # until the noise has been heard
 _RESAMPLE_QUALITY = "MQ"  # ≈15–30 ms of streaming delay; HQ would add up to 66 ms at 8 kHz
 
 
@@ -87,28 +94,28 @@ class VadConfig(BaseModel):
 
 @dataclass(frozen=True)
 class VadEvent:
-    kind: ClassVar[str] = "vad"
+    """t_ms: a position in the input stream (ms since the detector started), from sample counts."""
     t_ms: int
 
 
 @dataclass(frozen=True)
 class SpeechStart(VadEvent):
-    kind: ClassVar[str] = "speech_start"
+    """Speech began at t_ms (the estimated onset, not when it was confirmed)."""
 
 
 @dataclass(frozen=True)
 class ProvisionalEnd(VadEvent):
-    kind: ClassVar[str] = "provisional_end"
+    """A pause of provisional_silence_ms after speech that ended at t_ms: ASR may start early."""
 
 
 @dataclass(frozen=True)
 class SpeechResumed(VadEvent):
-    kind: ClassVar[str] = "speech_resumed"
+    """Speech went on at t_ms after a ProvisionalEnd: the early ASR is stale."""
 
 
 @dataclass(frozen=True)
 class SpeechEnd(VadEvent):
-    kind: ClassVar[str] = "speech_end"
+    """The turn's speech ended at t_ms; audio is 16 kHz float32, pre-roll included."""
     speech_ms: int
     audio: np.ndarray = field(repr=False, compare=False)
 
@@ -119,7 +126,7 @@ class SpeechEnd(VadEvent):
 
 @dataclass(frozen=True)
 class SpeechDiscarded(VadEvent):
-    kind: ClassVar[str] = "speech_discarded"
+    """A burst (ending at t_ms) shorter than min_speech_ms: not a turn."""
     speech_ms: int
 
 
@@ -146,33 +153,27 @@ class SpeechDetector:
         self._pre_roll_frames = math.ceil(cfg.pre_roll_ms / cfg.frame_ms)
         self._max_frames = _frames(cfg.max_utterance_s * 1000, cfg.frame_ms)
         self._unvoiced_frames = math.ceil(cfg.unvoiced_ms / cfg.frame_ms)
-        self._factor_db = {
-            "listening": 0.0,
-            "speaking": 20 * math.log10(cfg.speaking_factor),
-            "barged_in": 20 * math.log10(cfg.barged_in_factor),
-        }
         history = self._pre_roll_frames + self._unvoiced_frames + self._onset_frames * (self._max_gap + 1) + 1
         self._history: deque[tuple[int, np.ndarray, bool]] = deque(maxlen=history)
         self._vad = webrtcvad.Vad(cfg.aggressiveness)
         self._resampler = StreamResampler(self.input_rate, VAD_RATE, quality=_RESAMPLE_QUALITY)
-        self._floor = NoiseFloor(
-            cfg.frame_ms, cfg.noise_window_s, cfg.noise_percentile, _INITIAL_FLOOR_DB, _NOISE_WARMUP_S
-        )
+        floor = NoiseFloor(cfg.frame_ms, cfg.noise_window_s, cfg.noise_percentile, _FLOOR_DB, _WARMUP_S)
+        self._gate = EnergyGate(floor, cfg.gate_margin_db, cfg.speaking_factor, cfg.barged_in_factor)
         self.reset()
 
     # --- public API ------------------------------------------------------------------------------
 
     def reset(self) -> None:
         """Forget everything: as if newly constructed (time 0, default noise floor, listening)."""
-        self._mode: Mode = "listening"
         self._resampler.reset()
-        self._floor.reset()
+        self._gate.reset()
         self._vad = webrtcvad.Vad(self.config.aggressiveness)
         self._pending = np.zeros(0, dtype=np.float32)
         self._k = 0  # index of the next frame
         self._history.clear()
         self._reset_candidate()
         self._in_speech = False
+        self._prev_end = 0  # end of the previous utterance: a start is never extended back over it
         self._utt_start = 0  # first voiced frame of the utterance
         self._audio_start = 0  # first frame of its audio (pre-roll included)
         self._utt_frames: list[np.ndarray] = []
@@ -180,17 +181,15 @@ class SpeechDetector:
         self._last_voiced_end = 0  # frame index just past the last voiced frame
         self._provisional_sent = False  # in a pause of at least provisional_silence_ms
         self._provisional_emitted = False  # ... and ProvisionalEnd was emitted for it
+        self._pause_start = 0  # the end estimate at ProvisionalEnd: SpeechResumed is never before it
 
     def set_mode(self, mode: str) -> None:
-        """``"listening"``, ``"speaking"`` or ``"barged_in"`` (case-insensitive; a str enum works)."""
-        m = str(getattr(mode, "value", mode)).lower()
-        if m not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        self._mode = m  # type: ignore[assignment]
+        """One of MODES: ``"listening"``, ``"speaking"``, ``"barged_in"`` (any case; a str enum works)."""
+        self._gate.set_mode(mode)
 
     @property
     def mode(self) -> Mode:
-        return self._mode
+        return self._gate.mode
 
     @property
     def in_speech(self) -> bool:
@@ -198,12 +197,12 @@ class SpeechDetector:
 
     @property
     def noise_floor_db(self) -> float:
-        return self._floor.floor_db
+        return self._gate.floor.floor_db
 
     @property
     def threshold_db(self) -> float:
-        """The energy a frame needs now (in the current mode) to count as speech."""
-        return self._floor.floor_db + self.config.gate_margin_db + self._factor_db[self._mode]
+        """The energy (dBFS) a frame needs now, in the current mode, to count as speech."""
+        return self._gate.bar_db
 
     @property
     def position_ms(self) -> int:
@@ -220,7 +219,7 @@ class SpeechDetector:
         """Feed PCM16LE mono at ``input_rate``; returns the events completed by it, in order."""
         if memoryview(pcm).nbytes % 2:
             raise ValueError("PCM16 input must have an even number of bytes")
-        x = self._resampler.process(pcm16_to_float(bytes(pcm)))
+        x = self._resampler.process(pcm16_to_float(pcm))
         if self._pending.size:
             x = np.concatenate([self._pending, x])
         n = x.size // self.frame_len
@@ -265,8 +264,8 @@ class SpeechDetector:
     def _step(self, frame: np.ndarray, energy: float, raw_voiced: bool, events: list[VadEvent]) -> None:
         k = self._k
         self._k += 1
-        loud = energy >= self.threshold_db
-        voiced = raw_voiced and loud
+        passes, loud = self._gate.judge(energy)
+        voiced = raw_voiced and passes
         self._history.append((k, frame, loud))
         if self._in_speech:
             self._utt_frames.append(frame)
@@ -274,7 +273,7 @@ class SpeechDetector:
             self._in_speech_step(k, voiced, events)
         elif self._candidate(k, voiced):
             self._start(k, events)
-        self._floor.update(energy, in_speech=self._in_speech or voiced)
+        self._gate.floor.update(energy, in_speech=self._in_speech or voiced)
 
     def _extend_back(self, start: int, lower: int) -> int:
         """Earliest loud frame in [max(lower, start - unvoiced), start), else start: a leading
@@ -294,6 +293,8 @@ class SpeechDetector:
         """End of the last loud frame within ``unvoiced_ms`` after the last voiced one (seen up to k)."""
         lo = self._last_voiced_end
         hi = min(k + 1, lo + self._unvoiced_frames)
+        if self._cand_start is not None:
+            hi = min(hi, self._cand_start)  # a run in progress belongs to what comes next
         for i in range(hi - 1, lo - 1, -1):
             if self._utt_loud[i - self._audio_start]:
                 return i + 1
@@ -301,7 +302,7 @@ class SpeechDetector:
 
     def _start(self, k: int, events: list[VadEvent]) -> None:
         assert self._cand_start is not None
-        start = self._extend_back(self._cand_start, lower=0)
+        start = self._extend_back(self._cand_start, lower=self._prev_end)
         self._reset_candidate()
         first = start - self._pre_roll_frames
         kept = [(i, f, loud) for i, f, loud in self._history if i >= first]
@@ -322,20 +323,23 @@ class SpeechDetector:
         elif self._candidate(k, voiced):
             assert self._cand_start is not None
             if self._provisional_emitted:
-                t = self._t(self._extend_back(self._cand_start, self._last_voiced_end))
-                events.append(SpeechResumed(t))
+                events.append(SpeechResumed(self._t(self._extend_back(self._cand_start, self._pause_start))))
             self._reset_candidate()
             self._last_voiced_end = k + 1
             self._provisional_sent = False
         silence = k + 1 - self._last_voiced_end
         if silence >= self._provisional_frames and not self._provisional_sent:
             self._provisional_sent = True
-            end = self._extended_end(k)
-            self._provisional_emitted = self._t(end - self._utt_start) >= self.config.min_speech_ms
+            self._pause_start = self._extended_end(k)
+            span_ms = self._t(self._pause_start - self._utt_start)
+            self._provisional_emitted = span_ms >= self.config.min_speech_ms
             if self._provisional_emitted:
-                events.append(ProvisionalEnd(self._t(end)))
-        if silence >= self._endpoint_frames:
-            self._end(k, events)  # a pending resume candidate carries on as an onset candidate
+                events.append(ProvisionalEnd(self._t(self._pause_start)))
+        # a run that began inside the pause may still prove to be speech: wait for its verdict
+        cand = self._cand_start
+        pending = cand is not None and cand < self._last_voiced_end + self._endpoint_frames
+        if silence >= self._endpoint_frames and not pending:
+            self._end(k, events)  # a later candidate carries on as an onset candidate
         elif k + 1 - self._utt_start >= self._max_frames:
             self._reset_candidate()
             self._end(k, events)
@@ -349,6 +353,7 @@ class SpeechDetector:
             audio = np.concatenate(self._utt_frames[: end - self._audio_start])
             events.append(SpeechEnd(self._t(end), speech_ms, audio))
         self._in_speech = False
+        self._prev_end = end
         self._utt_frames = []
         self._utt_loud = []
         self._provisional_sent = False
