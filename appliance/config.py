@@ -118,6 +118,9 @@ class VadSettings(_Section):
     gate_margin_db: float = Field(9.0, ge=0)
     speaking_factor: float = Field(2.0, ge=1)
     barged_in_factor: float = Field(1.2, ge=1)
+    echo_return_loss_db: float = Field(
+        20.0, ge=0, le=60, description="how much quieter the appliance's own voice is assumed to be in the mic"
+    )
 
 
 class ResponderSettings(_Section):

@@ -19,6 +19,7 @@ import time
 from appliance.asr import AsrEngine, Transcript
 from appliance.config import OrchestratorSettings
 from appliance.orchestrator import vad as vadlib
+from appliance.orchestrator.echo import EchoEstimate
 from appliance.orchestrator.pacer import Pacer
 from appliance.orchestrator.responder import Responder, ResponderError, Turn
 from appliance.orchestrator.states import State, StateMachine
@@ -59,7 +60,9 @@ class Conversation:
         self.tts = tts
         self.metrics = metrics
         self.sm = StateMachine(session_id, self._on_state)
-        self.detector = vadlib.SpeechDetector(vadlib.VadConfig(**settings.vad.model_dump()), channel.hello.sample_rate)
+        vad = settings.vad.model_dump(exclude={"echo_return_loss_db"})
+        self.detector = vadlib.SpeechDetector(vadlib.VadConfig(**vad), channel.hello.sample_rate)
+        self.echo = EchoEstimate(settings.vad.echo_return_loss_db)
         self.timeline = InputTimeline()
         self.pacer = Pacer(self._send_audio, settings.playback.lead_ms / 1000)
         self.history: list[Turn] = []
@@ -157,6 +160,7 @@ class Conversation:
 
     async def _send_audio(self, frame: bytes) -> None:
         await self.channel.send_audio(frame)
+        self.echo.played(frame, asyncio.get_running_loop().time())
 
     def _spawn(self, coro) -> asyncio.Task:
         task = asyncio.ensure_future(coro)
@@ -169,6 +173,7 @@ class Conversation:
     def _on_audio(self, pcm: bytes) -> None:
         now = asyncio.get_running_loop().time()
         self.timeline.add(len(pcm) / 2 / self.channel.hello.sample_rate * 1000, now)
+        self.detector.set_echo_level(self.echo.level_db(now))
         for event in self.detector.process(pcm):
             if isinstance(event, vadlib.SpeechStart):
                 self._on_speech_start(event)

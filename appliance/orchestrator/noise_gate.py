@@ -130,6 +130,8 @@ class EnergyGate:
             "barged_in": 20 * math.log10(barged_in_factor),
         }
         self.mode: Mode = "listening"
+        # The expected level (dBFS) of the appliance's own reply in the microphone, or None.
+        self.echo_db: float | None = None
 
     def set_mode(self, mode: str) -> None:
         """``"listening"``, ``"speaking"`` or ``"barged_in"`` (case-insensitive; a str enum works)."""
@@ -140,7 +142,11 @@ class EnergyGate:
 
     @property
     def bar_db(self) -> float:
-        return self.floor.floor_db + self.margin_db + self._factor_db[self.mode]
+        bar = self.floor.floor_db + self.margin_db
+        if self.mode != "listening" and self.echo_db is not None:
+            # While the appliance talks, its own voice in the mic is a second floor.
+            bar = max(bar, self.echo_db)
+        return bar + self._factor_db[self.mode]
 
     def judge(self, energy_db: float) -> tuple[bool, bool]:
         """(reaches the bar, loud): loud is the bar less half the margin, for placing the edges of

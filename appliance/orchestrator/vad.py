@@ -199,6 +199,11 @@ class SpeechDetector:
     def noise_floor_db(self) -> float:
         return self._gate.floor.floor_db
 
+    def set_echo_level(self, db: float | None) -> None:
+        """The level (dBFS) the appliance's own playing reply is expected to reach in this
+        microphone, or None when nothing plays; while speaking the bar stays above it."""
+        self._gate.echo_db = db
+
     @property
     def threshold_db(self) -> float:
         """The energy (dBFS) a frame needs now, in the current mode, to count as speech."""
