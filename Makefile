@@ -25,7 +25,7 @@ system-deps:
 	else echo "warning: not root; install these Debian packages yourself:$$missing" >&2; fi
 
 run: $(STAMP)
-	$(BIN)/appliance tts-worker --config etc/appliance/tts/piper.toml
+	$(BIN)/appliance run --port 8080
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests

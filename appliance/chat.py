@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
+import aiohttp
 import numpy as np
 
 from appliance.audio.wavio import read_wav, write_wav
@@ -20,7 +21,19 @@ async def chat(wav: str, url: str, out: str | None, timeout: float = 60.0) -> in
         return 2
     client = WsClient(url)
     try:
-        ready = await client.connect(rate)
+        try:
+            ready = await client.connect(rate)
+        except ConnectionError as exc:
+            errors = client.rx.of_type("error")
+            if client.ws is None:
+                print(f"appliance chat: cannot connect to {url}: {exc}", file=sys.stderr)
+            else:
+                reason = errors[-1]["message"] if errors else "no reason given"
+                print(f"appliance chat: the server closed the connection: {reason}", file=sys.stderr)
+            return 1
+        except (OSError, aiohttp.ClientError) as exc:
+            print(f"appliance chat: cannot connect to {url}: {exc}", file=sys.stderr)
+            return 1
         print(f"session {ready['session_id']}")
         silence = np.zeros(int(TRAILING_SILENCE_S * rate), dtype=np.int16)
         await client.stream(np.concatenate([samples, silence]), rate)
