@@ -111,6 +111,17 @@ def cmd_bench_tts(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_conversation(args: argparse.Namespace) -> int:
+    from appliance.orchestrator.bench import run_bench
+
+    result = asyncio.run(run_bench(turns=args.turns, url=args.url))
+    text = json.dumps(result, indent=2)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    print(text)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="appliance", description="Self-hosted full-duplex voice assistant")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -172,6 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--model", default="piper-en_US-joe-medium")
     q.add_argument("--out", help="also write the JSON here")
     q.set_defaults(func=cmd_bench_tts)
+    q = bsub.add_parser("conversation", help="voice-to-voice, barge-in and false barge-in over the real WebSocket")
+    q.add_argument("--turns", type=int, default=20)
+    q.add_argument("--url", help="ws://HOST:PORT/ws of a running appliance (absent: start `appliance run`)")
+    q.add_argument("--out", help="also write the JSON here")
+    q.set_defaults(func=cmd_bench_conversation)
     return parser
 
 
