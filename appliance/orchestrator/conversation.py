@@ -72,6 +72,7 @@ class Conversation:
         self._speech_start_ms: float | None = None
         self._barge_timer: asyncio.TimerHandle | None = None
         self._background: set[asyncio.Task] = set()
+        self._outbox: asyncio.Queue[dict] = asyncio.Queue()
         self._started = time.monotonic()
         self._last_activity = time.monotonic()
 
@@ -79,6 +80,7 @@ class Conversation:
 
     async def run(self) -> None:
         self.pacer.start()
+        self._spawn(self._send_events())
         await self.channel.send_event(
             {"type": "ready", "session_id": self.id, "sample_rate": 48000, "frame_ms": 20}
         )
@@ -99,10 +101,9 @@ class Conversation:
                     await self._interrupt()
         except SessionEnded as end:
             log.info("session ending session=%s reason=%s", self.id, end.code)
-            await self._safe_send({"type": "error", "code": end.code, "message": str(end)})
+            self._emit({"type": "error", "code": end.code, "message": str(end)})
             self._terminate()
-            if self._background:  # let the TERMINATED state reach the client before the close
-                await asyncio.wait(self._background, timeout=1.0)
+            await self._flush_events()  # the TERMINATED state reaches the client before the close
             await self.channel.close(end.close_code, str(end))
         finally:
             await self._shutdown()
@@ -126,6 +127,8 @@ class Conversation:
 
     async def _shutdown(self) -> None:
         self._cancel_barge_timer()
+        if not self.channel.closed:
+            await self._flush_events()
         if self._turn_task:
             self._turn_task.cancel()
             await asyncio.gather(self._turn_task, return_exceptions=True)
@@ -149,13 +152,24 @@ class Conversation:
         self._emit({"type": "state", "state": new.value})
 
     def _emit(self, event: dict) -> None:
-        """Send an event without making the caller wait (inbound handling never blocks on the client)."""
-        self._spawn(self._safe_send(event))
+        """Queue an event for the client. One sender keeps them in order, and inbound handling
+        never waits on the client."""
+        self._outbox.put_nowait(event)
 
-    async def _safe_send(self, event: dict) -> None:
+    async def _send_events(self) -> None:
+        while True:
+            event = await self._outbox.get()
+            try:
+                await self.channel.send_event(event)
+            except ConnectionError:
+                pass
+            finally:
+                self._outbox.task_done()
+
+    async def _flush_events(self, timeout: float = 1.0) -> None:
         try:
-            await self.channel.send_event(event)
-        except ConnectionError:
+            await asyncio.wait_for(self._outbox.join(), timeout)
+        except asyncio.TimeoutError:
             pass
 
     async def _send_audio(self, frame: bytes) -> None:
@@ -188,6 +202,13 @@ class Conversation:
                 self._drop_speculative()
                 if self.sm.state is State.BARGED_IN:
                     self._resume_after_false_alarm("burst too short to be a turn")
+        if self.sm.state is State.SPEAKING:
+            # Stop feeding the client at the first voiced frame above the bar, before the onset
+            # is confirmed: a pacer hold costs nothing and is undone if the run fizzles out.
+            if self.detector.onset_pending:
+                self.pacer.hold()
+            elif self.pacer.held:
+                self.pacer.release()
         if (
             self.sm.state is State.BARGED_IN
             and self._speech_start_ms is not None
@@ -320,7 +341,7 @@ class Conversation:
             pass
         except Exception:
             log.exception("turn failed session=%s", self.id)
-            await self._safe_send({"type": "error", "code": "internal", "message": "this turn failed; please try again"})
+            self._emit({"type": "error", "code": "internal", "message": "this turn failed; please try again"})
             self._settle_after_turn()
 
     async def _spoken_turn(self, audio, speculative: asyncio.Task | None, times: TurnTimes) -> None:
@@ -335,7 +356,7 @@ class Conversation:
         times.asr_ms = transcript.asr_ms
         times.transcribed_at = asyncio.get_running_loop().time()
         text = transcript.text.strip()
-        await self._safe_send({"type": "transcript", "text": text, "final": True})
+        self._emit({"type": "transcript", "text": text, "final": True})
         log.info("transcript session=%s asr_ms=%.0f text=%r", self.id, transcript.asr_ms, text[:200])
         if not text:
             self._settle_after_turn()
@@ -346,7 +367,7 @@ class Conversation:
         if self.sm.state is State.WAITING_FOR_INPUT:
             self.sm.to(State.LISTENING)
         times = TurnTimes(transcribed_at=asyncio.get_running_loop().time())
-        await self._safe_send({"type": "transcript", "text": text, "final": True})
+        self._emit({"type": "transcript", "text": text, "final": True})
         await self._answer(text, times)
 
     async def _answer(self, text: str, times: TurnTimes) -> None:
@@ -366,15 +387,15 @@ class Conversation:
                     *done, pending = _SENTENCE_END.split(pending)
                     for sentence in done:
                         spoken.append(sentence)
-                        await self._safe_send({"type": "reply", "text": sentence})
+                        self._emit({"type": "reply", "text": sentence})
             if pending.strip():
                 spoken.append(pending.strip())
-                await self._safe_send({"type": "reply", "text": pending.strip()})
+                self._emit({"type": "reply", "text": pending.strip()})
             reply.finish()
         except ResponderError as exc:
             reply.finish()
             log.warning("responder failed session=%s code=%s %s", self.id, exc.code, exc)
-            await self._safe_send({"type": "error", "code": exc.code, "message": str(exc)})
+            self._emit({"type": "error", "code": exc.code, "message": str(exc)})
         except BaseException:
             reply.cancel()
             pump.cancel()
@@ -387,11 +408,11 @@ class Conversation:
             reply.cancel()
         await self.pacer.drained()
         if self.sm.state is State.SPEAKING:
-            await self._safe_send({"type": "reply_end"})
-        await self._safe_send(times.message())
+            self._emit({"type": "reply_end"})
+        self._settle_after_turn()
+        self._emit(times.message())
         if self.metrics:
             self.metrics.observe_turn(times)
-        self._settle_after_turn()
 
     async def _speak(self, text: str, times: TurnTimes | None) -> None:
         times = times or TurnTimes(transcribed_at=asyncio.get_running_loop().time())
@@ -399,14 +420,14 @@ class Conversation:
         times.responder_started = times.first_text_at = asyncio.get_running_loop().time()
         reply.feed(text)
         reply.finish()
-        await self._safe_send({"type": "reply", "text": text})
+        self._emit({"type": "reply", "text": text})
         try:
             await self._pump(reply, times)
         finally:
             reply.cancel()
         await self.pacer.drained()
         if self.sm.state is State.SPEAKING:
-            await self._safe_send({"type": "reply_end"})
+            self._emit({"type": "reply_end"})
         self._settle_after_turn()
 
     async def _pump(self, reply, times: TurnTimes) -> None:

@@ -199,6 +199,11 @@ class SpeechDetector:
     def noise_floor_db(self) -> float:
         return self._gate.floor.floor_db
 
+    @property
+    def onset_pending(self) -> bool:
+        """A voiced run has begun but is not yet confirmed as speech (a barge-in may be coming)."""
+        return not self._in_speech and self._cand_start is not None
+
     def set_echo_level(self, db: float | None) -> None:
         """The level (dBFS) the appliance's own playing reply is expected to reach in this
         microphone, or None when nothing plays; while speaking the bar stays above it."""
