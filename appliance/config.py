@@ -89,10 +89,7 @@ class WorkerSettings(_ServiceSettings):
     watchdog: WatchdogSettings = Field(default_factory=WatchdogSettings)
     audio: AudioSettings = Field(default_factory=AudioSettings)
 
-    @field_validator("redis_url")
-    @classmethod
-    def _empty_is_none(cls, v: str | None) -> str | None:
-        return v or None
+    _empty_redis_is_none = field_validator("redis_url")(lambda v: v or None)
 
 
 # --- orchestrator -----------------------------------------------------------------------------
@@ -171,10 +168,7 @@ class OrchestratorSettings(_ServiceSettings):
     session: SessionSettings = Field(default_factory=SessionSettings)
     playback: PlaybackSettings = Field(default_factory=PlaybackSettings)
 
-    @field_validator("redis_url")
-    @classmethod
-    def _empty_is_none(cls, v: str | None) -> str | None:
-        return v or None
+    _empty_redis_is_none = field_validator("redis_url")(lambda v: v or None)
 
     @field_validator("workers")
     @classmethod

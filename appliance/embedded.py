@@ -3,24 +3,17 @@ orchestrator on this machine; no Redis, no root."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
-import socket
 import subprocess
 import sys
 
 from appliance.config import OrchestratorSettings, load_settings
 from appliance.orchestrator.server import Orchestrator
+from appliance.process import free_port, terminate, wait_for_signal
 from appliance.tts.client import TTSClient
 
 log = logging.getLogger(__name__)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def run_embedded(port: int = 8080, host: str = "127.0.0.1", worker_config: str | None = None) -> None:
@@ -35,21 +28,11 @@ async def run_embedded(port: int = 8080, host: str = "127.0.0.1", worker_config:
             await client.wait_ready(180)
         settings = load_settings(OrchestratorSettings, None, host=host, port=port, workers=[f"127.0.0.1:{worker_port}"])
         orchestrator = Orchestrator(settings)
-        loop = asyncio.get_running_loop()
-        done = asyncio.Event()
-        import signal
-
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, done.set)
         await orchestrator.start()
         shown = "localhost" if host in ("127.0.0.1", "0.0.0.0", "::") else host
         print(f"\n  appliance is running: http://{shown}:{orchestrator.port}/   (WebSocket: ws://{shown}:{orchestrator.port}/ws)\n"
               f"  talk to it: appliance chat --wav question.wav --url ws://{shown}:{orchestrator.port}/ws\n", flush=True)
-        await done.wait()
+        await wait_for_signal()
         await orchestrator.stop()
     finally:
-        worker.terminate()
-        try:
-            worker.wait(15)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        terminate(worker)

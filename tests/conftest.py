@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,28 +12,44 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from appliance.process import free_port, terminate  # noqa: E402  (after the sys.path line)
 
 
-class WorkerProcess:
+class ServiceProcess:
+    """A real `appliance …` service process, its output in a log file."""
+
+    proc: subprocess.Popen
+    log_path: Path
+
+    def _spawn(self, name: str, cmd: list[str], env: dict[str, str] | None) -> None:
+        self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"{name}-{self.port}.log"
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        code = terminate(self.proc)
+        self._log.close()
+        return code
+
+
+class WorkerProcess(ServiceProcess):
     """A real `appliance tts-worker` process on loopback."""
 
     def __init__(self, *extra: str, env: dict[str, str] | None = None, config: str | None = None) -> None:
         self.port = free_port()
         self.metrics_port = free_port()
         self.address = f"127.0.0.1:{self.port}"
-        self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"tts-worker-{self.port}.log"
         cmd = [
             sys.executable, "-m", "appliance", "tts-worker",
             "--config", config or str(ROOT / "etc/appliance/tts/piper.toml"),
             "--host", "127.0.0.1", "--port", str(self.port), "--metrics-port", str(self.metrics_port),
             *extra,
         ]
-        self._log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        self._spawn("tts-worker", cmd, env)
 
     def wait_ready(self, timeout: float = 60) -> None:
         import grpc
@@ -54,20 +69,6 @@ class WorkerProcess:
                 time.sleep(0.1)
         raise TimeoutError(f"worker not ready:\n{self.log()}")
 
-    def log(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        return self.proc.returncode
 
 
 @pytest.fixture(scope="session")
@@ -97,20 +98,18 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-class OrchestratorProcess:
+class OrchestratorProcess(ServiceProcess):
     """A real `appliance orchestrator` process on loopback, talking to ``workers``."""
 
     def __init__(self, workers: list[str], env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"ws://127.0.0.1:{self.port}/ws"
         self.http = f"http://127.0.0.1:{self.port}"
-        self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"orchestrator-{self.port}.log"
         cmd = [sys.executable, "-m", "appliance", "orchestrator", "--config", str(ROOT / "etc/appliance/orchestrator.toml"),
                "--host", "127.0.0.1", "--port", str(self.port)]
         for w in workers:
             cmd += ["--worker", w]
-        self._log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        self._spawn("orchestrator", cmd, env)
 
     def wait_ready(self, timeout: float = 90) -> None:
         import urllib.request
@@ -126,20 +125,6 @@ class OrchestratorProcess:
                 time.sleep(0.2)
         raise TimeoutError(f"orchestrator not ready:\n{self.log()}")
 
-    def log(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        return self.proc.returncode
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,7 @@ import urllib.request
 import numpy as np
 
 from appliance.audio import resample
+from appliance.process import terminate
 from appliance.transport.ws_client import WsClient
 
 RATE = 16000
@@ -163,7 +164,7 @@ async def run_bench(turns: int = 20, url: str | None = None, port: int = 18080) 
     proc = None if url else _start_appliance(port)
     url = url or f"ws://127.0.0.1:{port}/ws"
     try:
-        v2v, stages, words = [], {}, []
+        v2v, stages, _words = [], {}, []
         for samples, _ in clips:
             _, end = _speech_bounds(samples)
             result = await _voice_turn(url, samples, end)
@@ -181,8 +182,7 @@ async def run_bench(turns: int = 20, url: str | None = None, port: int = 18080) 
         false_cuts = [await _false_barge_in(url, 3.0, seed) for seed in range(turns)]
     finally:
         if proc:
-            proc.terminate()
-            proc.wait(30)
+            terminate(proc, 30)
     endpoint_ms = 300
     floor = endpoint_ms + float(np.median(raw_asr)) + float(np.median([f for _, f in clips]))
     v2v_stats = _stats(v2v)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import signal
 import uuid
 from pathlib import Path
 
@@ -16,6 +14,7 @@ from appliance.config import OrchestratorSettings
 from appliance.orchestrator.conversation import Conversation
 from appliance.orchestrator.metrics import OrchestratorMetrics
 from appliance.orchestrator.responder import create_responder
+from appliance.process import serve_until_signalled
 from appliance.orchestrator.tts_link import TtsLink, TtsUnavailable, WorkerPool
 from appliance.transport.base import CloseCode
 from appliance.transport.websocket import WebSocketChannel
@@ -71,13 +70,7 @@ class Orchestrator:
         self.asr.close()
 
     async def serve_forever(self) -> None:
-        loop = asyncio.get_running_loop()
-        done = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, done.set)
-        await self.start()
-        await done.wait()
-        await self.stop()
+        await serve_until_signalled(self.start, self.stop)
 
     # --- handlers ----------------------------------------------------------------------------
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from contextlib import asynccontextmanager
 
 import grpc
 
+from appliance.process import free_port, terminate
 from appliance.tts.client import TTSClient
 
 SENTENCES = [
@@ -61,32 +61,23 @@ def _stats(values: list[float]) -> dict:
     }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @asynccontextmanager
 async def _worker(address: str | None, model: str):
     if address:
         yield address
         return
-    port = _free_port()
+    port = free_port()
     cmd = [
         sys.executable, "-m", "appliance", "tts-worker",
-        "--host", "127.0.0.1", "--port", str(port), "--metrics-port", str(_free_port()), "--name", "bench",
+        "--host", "127.0.0.1", "--port", str(port), "--metrics-port", str(free_port()), "--name", "bench",
     ]
     env = {**os.environ, "APPLIANCE_MODELS__DEFAULT": model, "APPLIANCE_LOG_LEVEL": "warning"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         yield f"127.0.0.1:{port}"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        terminate(proc)
 
 
 class RawPiper:

@@ -234,7 +234,6 @@ class SynthesisStream:
     def _runner(self, chain: OutputChain):
         """Engine calls for this stream, scheduled by when their audio will be needed: the
         first audio at once, later audio when what was produced before it has played out."""
-        loop = asyncio.get_running_loop()
         if self._audio_start is None:
             deadline = self._arrived
         else:

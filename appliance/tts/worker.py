@@ -6,12 +6,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from appliance.config import WorkerSettings
+from appliance.process import serve_until_signalled
 from appliance.rpc import tts_pb2_grpc
 from appliance.tts.adapters import SynthesisTracker, create_adapter
 from appliance.tts.adapters.piper import cuda_available
@@ -153,10 +153,4 @@ class TTSWorker:
 
     async def serve_forever(self) -> None:
         """Run until SIGTERM/SIGINT, then stop gracefully."""
-        loop = asyncio.get_running_loop()
-        done = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, done.set)
-        await self.start()
-        await done.wait()
-        await self.stop()
+        await serve_until_signalled(self.start, self.stop)
