@@ -5,9 +5,10 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # Debian packages the tests and the local default use (installed when run as root).
-APT_PACKAGES := espeak-ng sox
+APT_PACKAGES := espeak-ng sox caddy chromium
 
-.PHONY: run test test-unit test-integration bench system-deps proto lint clean
+# make run-tls — the same behind a local Caddy (HTTPS, internal CA) for other devices on the LAN
+.PHONY: run run-tls test test-unit test-integration bench system-deps proto lint clean
 
 $(STAMP): pyproject.toml
 	@$(MAKE) --no-print-directory system-deps
@@ -26,6 +27,9 @@ system-deps:
 
 run: $(STAMP)
 	$(BIN)/appliance run --port 8080
+
+run-tls: $(STAMP)
+	scripts/run-tls.sh
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests

@@ -26,8 +26,9 @@ class Received:
 
 
 class WsClient:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, ssl=None) -> None:
         self.url = url
+        self._ssl = ssl
         self.rx = Received()
         self._session: aiohttp.ClientSession | None = None
         self.ws: aiohttp.ClientWebSocketResponse | None = None
@@ -37,7 +38,8 @@ class WsClient:
 
     async def connect(self, sample_rate: int = 16000, **hello) -> dict:
         self._session = aiohttp.ClientSession()
-        self.ws = await self._session.ws_connect(self.url, max_msg_size=4 << 20)
+        kwargs = {} if self._ssl is None else {"ssl": self._ssl}
+        self.ws = await self._session.ws_connect(self.url, max_msg_size=4 << 20, **kwargs)
         self._reader = asyncio.create_task(self._read())
         await self.send_json({"type": "hello", "sample_rate": sample_rate, **hello})
         self.ready = await self.wait_for(lambda: next(iter(self.rx.of_type("ready")), None), 30)

@@ -1,0 +1,56 @@
+"""Caddy in front of the orchestrator: TLS with the internal CA, security headers, the WebSocket
+upgrade, the root certificate and its instructions."""
+
+from __future__ import annotations
+
+import ssl
+
+import pytest
+
+from appliance.transport.ws_client import WsClient
+
+pytestmark = pytest.mark.e2e
+
+
+def test_https_headers_and_health(caddy):
+    status, body, headers = caddy.get("/healthz")
+    assert status == 200 and b'"status": "ok"' in body
+    assert headers["Strict-Transport-Security"].startswith("max-age=")
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    assert "microphone=(self)" in headers["Permissions-Policy"]
+    assert "Server" not in headers
+
+
+def test_root_certificate_and_instructions(caddy):
+    status, cert, headers = caddy.get("/ca.crt")
+    assert status == 200 and b"BEGIN CERTIFICATE" in cert
+    status, page, _ = caddy.get("/trust")
+    assert status == 200 and b"/ca.crt" in page and b"Android" in page and b"Windows" in page
+    # The served root really is the CA that signed the site's certificate.
+    ctx = ssl.create_default_context(cadata=cert.decode())
+    import urllib.request
+
+    with urllib.request.urlopen(caddy.url + "/healthz", context=ctx, timeout=5) as r:
+        assert r.status == 200
+
+
+def test_plain_http_redirects_to_https(caddy):
+    import http.client
+
+    conn = http.client.HTTPConnection("localhost", caddy.http_port, timeout=5)
+    conn.request("GET", "/")
+    response = conn.getresponse()
+    assert response.status in (301, 302, 307, 308)
+    assert response.getheader("Location").startswith("https://")
+
+
+async def test_websocket_upgrade_through_caddy(caddy):
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    client = WsClient(caddy.url.replace("https", "wss") + "/ws", ssl=ctx)
+    await client.connect(16000)
+    await client.send_json({"type": "text", "text": "through the proxy"})
+    await client.wait_for(lambda: client.rx.of_type("reply_end"), 30)
+    assert client.rx.frames and all(len(f) == 1920 for _, f in client.rx.frames)
+    await client.close()
