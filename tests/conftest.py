@@ -1,9 +1,6 @@
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -12,63 +9,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-from appliance.process import free_port, terminate  # noqa: E402  (after the sys.path line)
-
-
-class ServiceProcess:
-    """A real `appliance …` service process, its output in a log file."""
-
-    proc: subprocess.Popen
-    log_path: Path
-
-    def _spawn(self, name: str, cmd: list[str], env: dict[str, str] | None) -> None:
-        self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"{name}-{self.port}.log"
-        self._log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
-
-    def log(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> int:
-        code = terminate(self.proc)
-        self._log.close()
-        return code
-
-
-class WorkerProcess(ServiceProcess):
-    """A real `appliance tts-worker` process on loopback."""
-
-    def __init__(self, *extra: str, env: dict[str, str] | None = None, config: str | None = None) -> None:
-        self.port = free_port()
-        self.metrics_port = free_port()
-        self.address = f"127.0.0.1:{self.port}"
-        cmd = [
-            sys.executable, "-m", "appliance", "tts-worker",
-            "--config", config or str(ROOT / "etc/appliance/tts/piper.toml"),
-            "--host", "127.0.0.1", "--port", str(self.port), "--metrics-port", str(self.metrics_port),
-            *extra,
-        ]
-        self._spawn("tts-worker", cmd, env)
-
-    def wait_ready(self, timeout: float = 60) -> None:
-        import grpc
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-        deadline = time.monotonic() + timeout
-        with grpc.insecure_channel(self.address) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.log()}")
-                try:
-                    if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-                except grpc.RpcError:
-                    pass
-                time.sleep(0.1)
-        raise TimeoutError(f"worker not ready:\n{self.log()}")
-
+from services import OrchestratorProcess, WorkerProcess  # noqa: E402  (after the sys.path line)
 
 
 @pytest.fixture(scope="session")
@@ -96,35 +37,6 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
-
-
-class OrchestratorProcess(ServiceProcess):
-    """A real `appliance orchestrator` process on loopback, talking to ``workers``."""
-
-    def __init__(self, workers: list[str], env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
-        self.url = f"ws://127.0.0.1:{self.port}/ws"
-        self.http = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "appliance", "orchestrator", "--config", str(ROOT / "etc/appliance/orchestrator.toml"),
-               "--host", "127.0.0.1", "--port", str(self.port)]
-        for w in workers:
-            cmd += ["--worker", w]
-        self._spawn("orchestrator", cmd, env)
-
-    def wait_ready(self, timeout: float = 90) -> None:
-        import urllib.request
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"orchestrator exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                urllib.request.urlopen(self.http + "/healthz", timeout=1).read()
-                return
-            except OSError:
-                time.sleep(0.2)
-        raise TimeoutError(f"orchestrator not ready:\n{self.log()}")
-
 
 
 @pytest.fixture(scope="session")

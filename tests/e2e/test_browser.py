@@ -96,3 +96,78 @@ async def test_a_spoken_turn_in_the_browser(caddy, tmp_path, transport):
         await page.screenshot(path=str(save_screenshot_path(f"page-after-turn-{transport}.png")), full_page=True)
         assert errors == []
         (save_screenshot_path(f"timings-{transport}.json")).write_text(json.dumps({"click_to_ready_s": ready_s}))
+
+
+LONG_QUESTION = "Tell me about the lighthouse keeper who lived alone on a small island far away from the coast"
+
+
+@pytest.mark.parametrize("transport", ["websocket", "webrtc"])
+async def test_barge_in_from_the_page_stops_the_reply(caddy, tmp_path, transport):
+    # The echo reply to the long question lasts ~6 s; the second question starts ~2 s into it.
+    mic = mic_file(tmp_path, (LONG_QUESTION, 2.8), ("What time is it?", 6.0))
+    async with chromium(tmp_path / "profile", mic) as context:
+        page, errors = await open_page(context, caddy, transport)
+        await page.click("[data-testid=start]")
+        await wait_event(page, "barge_in", 40)
+        transcripts = await wait_event(page, "transcript", 40, count=2)
+        assert wer("what time is it", transcripts[-1]["text"]) <= 0.25, transcripts
+        await wait_event(page, "reply_end", 40)
+        replies = [e["text"] for e in await events(page) if e.get("type") == "reply"]
+        assert any("time" in r.lower() for r in replies), replies
+        # What was played of the first reply stops well before its end.
+        played = await page.evaluate("() => window.applianceTest.recordedSeconds")
+        first_reply_s = len(" ".join(replies[:-1]).split()) / 2.6  # ≈ speaking rate
+        assert played < first_reply_s + 3, (played, first_reply_s)
+        states = [e["state"] for e in await events(page) if e.get("type") == "state"]
+        assert "BARGED_IN" in states
+        assert errors == []
+
+
+async def test_reload_reconnects(caddy, tmp_path):
+    async with chromium(tmp_path / "profile", silent_mic(tmp_path)) as context:
+        page, errors = await open_page(context, caddy, "websocket")
+        t0 = time.monotonic()
+        await page.click("[data-testid=start]")
+        await wait_event(page, "ready", 10)
+        first_ready_s = time.monotonic() - t0
+        await page.reload()
+        await page.click("[data-testid=start]")
+        ready = await wait_event(page, "ready", 10)
+        await page.evaluate("() => window.applianceTest.sendText('still there')")
+        await wait_event(page, "reply_end", 30)
+        assert ready and errors == []
+        save_screenshot_path("timings-reload.json").write_text(json.dumps({"click_to_ready_s": first_ready_s}))
+
+
+def silent_mic(tmp_path):
+    path = tmp_path / "silence.wav"
+    write_wav(path, np.zeros(RATE * 30, np.int16).tobytes(), RATE)
+    return path
+
+
+@pytest.mark.parametrize("transport", ["websocket", "webrtc"])
+async def test_orchestrator_restart_is_survived_by_reconnecting(piper_worker, tmp_path, transport):
+    from services import OrchestratorProcess
+    from e2e_helpers import CaddyProcess
+
+    orch = OrchestratorProcess([piper_worker.address])
+    orch.wait_ready()
+    proxy = CaddyProcess(f"127.0.0.1:{orch.port}", tmp_path)
+    proxy.wait_ready()
+    try:
+        async with chromium(tmp_path / "profile", silent_mic(tmp_path)) as context:
+            page, _errors = await open_page(context, proxy, transport)
+            await page.click("[data-testid=start]")
+            await wait_event(page, "ready", 15)
+            orch.stop()
+            await page.wait_for_function("() => !window.applianceTest.connected", timeout=15000)
+            orch = OrchestratorProcess([piper_worker.address], port=orch.port)
+            orch.wait_ready()
+            await wait_event(page, "ready", 40, count=2)
+            await page.evaluate("() => window.applianceTest.sendText('back again')")
+            await wait_event(page, "reply_end", 30)
+            replies = [e["text"] for e in await events(page) if e.get("type") == "reply"]
+            assert any("back again" in r.lower() for r in replies), replies
+    finally:
+        proxy.stop()
+        orch.stop()

@@ -10,7 +10,7 @@ import time
 import urllib.request
 
 from appliance.audio.wavio import read_wav, write_wav
-from conftest import free_port
+from appliance.process import free_port
 from speech import transcribe, wer
 from voices import pad, piper_speech
 

@@ -10,7 +10,7 @@ import pytest
 from appliance.config import OrchestratorSettings, load_settings
 from appliance.orchestrator.server import Orchestrator
 from appliance.transport.ws_client import WsClient
-from conftest import free_port
+from appliance.process import free_port
 
 
 @pytest.fixture

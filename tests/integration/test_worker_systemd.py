@@ -17,7 +17,7 @@ from appliance.config import WorkerSettings, load_settings
 from appliance.tts.adapters.mock import MockSineAdapter
 from appliance.tts.client import TTSClient
 from appliance.tts.worker import TTSWorker
-from conftest import WorkerProcess
+from services import WorkerProcess
 
 
 class NotifySocket:

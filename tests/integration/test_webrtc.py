@@ -1,0 +1,268 @@
+"""The WebRTC transport end to end: the real orchestrator in-process (VAD, Whisper, echo responder)
+and the real Piper worker process, with an aiortc peer acting as the browser — a data channel
+"events", one sendrecv audio transceiver playing speech in real time, POST /webrtc/offer."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.request
+
+import aiohttp
+import numpy as np
+import pytest
+from aiortc import AudioStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+from av import AudioFrame
+
+from appliance.audio import resample
+from appliance.config import OrchestratorSettings, load_settings
+from appliance.orchestrator.server import Orchestrator
+from speech import transcribe, wer
+from voices import pad, piper_speech
+
+RATE = 48000
+VOICED_RMS = 300  # a 20 ms frame louder than this holds speech (Opus silence decodes to ~0)
+
+LONG_SAY = (
+    "Here is a long story for you. Once upon a time there was a lighthouse keeper who lived alone "
+    "on a small island, far from the coast. Every evening he climbed the stairs and lit the great lamp."
+)
+
+
+class Microphone(AudioStreamTrack):
+    """Plays queued 48 kHz speech in real time, then silence (a browser mic after replaceTrack)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._pending = np.zeros(0, np.int16)
+        self._pts = 0
+        self._start: float | None = None
+
+    def play(self, samples: np.ndarray) -> float:
+        """Queue speech; returns how long it lasts."""
+        self._pending = np.concatenate([self._pending, samples.astype(np.int16)])
+        return len(samples) / RATE
+
+    async def recv(self) -> AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        loop = asyncio.get_running_loop()
+        if self._start is None:
+            self._start = loop.time()
+        else:
+            self._pts += 960
+            await asyncio.sleep(max(0.0, self._start + self._pts / RATE - loop.time()))
+        chunk, self._pending = self._pending[:960], self._pending[960:]
+        frame = AudioFrame(format="s16", layout="mono", samples=960)
+        frame.planes[0].update(np.pad(chunk, (0, 960 - len(chunk))).astype("<i2").tobytes())
+        frame.pts, frame.sample_rate = self._pts, RATE
+        return frame
+
+
+class RtcClient:
+    """The browser's side: what the page does, with aiortc."""
+
+    def __init__(self, http: str) -> None:
+        self.http = http
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.mic = Microphone()
+        self.pc.addTransceiver(self.mic, direction="sendrecv")
+        self.dc = self.pc.createDataChannel("events")
+        self.events: list[tuple[float, dict]] = []
+        self.frames: list[tuple[float, np.ndarray]] = []  # remote audio, mono int16, with arrival time
+        self._reader: asyncio.Task | None = None
+        self.dc.on("message", lambda m: self.events.append((asyncio.get_running_loop().time(), json.loads(m))))
+        self.pc.on("track", self._on_track)
+
+    def _on_track(self, track) -> None:
+        if track.kind == "audio":
+            self._reader = asyncio.ensure_future(self._read(track))
+
+    async def _read(self, track) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                frame = await track.recv()
+                a = frame.to_ndarray().reshape(-1, len(frame.layout.channels)).astype(np.int32)
+                assert frame.sample_rate == RATE
+                self.frames.append((loop.time(), a.mean(axis=1).astype(np.int16)))
+        except MediaStreamError:
+            pass
+
+    async def connect(self) -> dict:
+        await self.pc.setLocalDescription(await self.pc.createOffer())  # gathers all candidates
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{self.http}/webrtc/offer", json={"sdp": self.pc.localDescription.sdp, "type": "offer"}) as r:
+                assert r.status == 200, await r.text()
+                answer = await r.json()
+        assert answer["type"] == "answer"
+        self.answer = answer["sdp"]
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
+        return answer
+
+    def send(self, obj: dict | str) -> None:
+        self.dc.send(obj if isinstance(obj, str) else json.dumps(obj))
+
+    def of_type(self, kind: str) -> list[dict]:
+        return [e for _, e in self.events if e.get("type") == kind]
+
+    async def wait_for(self, predicate, timeout: float):
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not (result := predicate()):
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"timed out; events: {[e for _, e in self.events][-20:]}")
+            await asyncio.sleep(0.02)
+        return result
+
+    def audio(self, since: float = 0.0) -> np.ndarray:
+        chunks = [a for t, a in self.frames if t >= since]
+        return np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
+
+    def voiced_times(self, since: float = 0.0) -> list[float]:
+        return [t for t, a in self.frames if t >= since and _rms(a) > VOICED_RMS]
+
+    async def close(self) -> None:
+        await self.pc.close()
+        if self._reader:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+
+
+def _rms(a: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(a.astype(np.float64) ** 2))) if len(a) else 0.0
+
+
+def _worker_sessions(worker) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{worker.metrics_port}/metrics", timeout=5).read().decode()
+    return next(float(line.split()[-1]) for line in text.splitlines() if line.startswith("appliance_tts_active_sessions "))
+
+
+async def _eventually(predicate, timeout: float, what: str) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, what
+        await asyncio.sleep(0.05)
+
+
+async def _start(worker, **overrides) -> Orchestrator:
+    settings = load_settings(OrchestratorSettings, None, host="127.0.0.1", port=0, workers=[worker.address], **overrides)
+    orch = Orchestrator(settings)
+    await orch.start()
+    return orch
+
+
+@pytest.fixture
+async def orch(piper_worker):
+    o = await _start(piper_worker)
+    yield o
+    await o.stop()
+
+
+@pytest.fixture
+async def client(orch):
+    c = RtcClient(f"http://127.0.0.1:{orch.port}")
+    await c.connect()
+    await c.wait_for(lambda: c.of_type("ready"), 15)
+    yield c
+    await c.close()
+
+
+def _turn_done(c: RtcClient, n: int = 1) -> bool:
+    return len(c.of_type("metrics")) >= n
+
+
+async def test_spoken_and_typed_turns_then_hang_up(orch, client, piper_worker):
+    ready = client.of_type("ready")[0]
+    assert ready["sample_rate"] == 48000 and ready["frame_ms"] == 20 and ready["session_id"] in orch.conversations
+    assert len(orch.webrtc.peers) == 1
+    audio_section = client.answer.split("m=audio", 1)[1].split("m=", 1)[0]
+    assert "a=sendrecv" in audio_section and "opus/48000" in audio_section
+    sessions_at_start = _worker_sessions(piper_worker)
+    assert sessions_at_start >= 1
+
+    # A spoken question, through the microphone track in real time.
+    question = "What is the weather like in Paris today?"
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    client.mic.play(resample(pad(piper_speech(question, 16000), 16000, 0.3, 1.0).astype(np.float32) / 32768, 16000, RATE) * 32767)
+    await client.wait_for(lambda: _turn_done(client) and client.of_type("reply_end"), 40)
+    transcript = client.of_type("transcript")[-1]
+    assert transcript["final"] is True
+    assert wer(question, transcript["text"]) <= 0.2, transcript["text"]
+    reply = " ".join(e["text"] for e in client.of_type("reply"))
+    assert reply.startswith("You said"), reply
+    states = [e["state"] for e in client.of_type("state")]
+    assert states[0] == "LISTENING" and "SPEAKING" in states and states[-1] == "WAITING_FOR_INPUT"
+
+    # The reply audio reached the remote track: loud enough, paced, and it says the reply.
+    await asyncio.sleep(0.3)  # the tail still in flight
+    voiced = client.voiced_times(t0)
+    assert len(voiced) * 0.02 > 1.0, f"only {len(voiced)} voiced frames received"
+    heard_audio = client.audio(voiced[0] - 0.1)
+    assert _rms(heard_audio) > 1000
+    assert voiced[-1] - voiced[0] >= len(voiced) * 0.02 * 0.8, "reply audio was not paced in real time"
+    heard = await asyncio.to_thread(transcribe, heard_audio, RATE)
+    assert wer(reply, heard) <= 0.3, (reply, heard)
+    channel = next(iter(orch.webrtc.peers))
+    assert channel.outbound.dropped == 0
+
+    # A typed turn on the data channel; bad messages get an error event and change nothing.
+    client.send("not json")
+    client.send({"type": "dance"})
+    client.send({"type": "text", "text": "hello"})
+    await client.wait_for(lambda: _turn_done(client, 2) and len(client.of_type("reply_end")) >= 2, 30)
+    assert client.of_type("transcript")[-1]["text"] == "hello"
+    assert client.of_type("reply")[-1]["text"] == "You said: hello."
+    assert [e["code"] for e in client.of_type("error")] == ["bad_json", "unknown_type"]
+
+    # Hanging up ends the session, the worker session and the peer.
+    await client.close()
+    await _eventually(lambda: not orch.conversations and not orch.webrtc.peers, 5, "the session outlived its peer")
+    await _eventually(lambda: _worker_sessions(piper_worker) == sessions_at_start - 1, 5, "the worker session stayed open")
+    assert channel.closed and channel.pc.connectionState == "closed"
+
+
+async def test_interrupt_cuts_the_reply_audio_at_once(orch, client):
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    client.send({"type": "say", "text": LONG_SAY})
+    await client.wait_for(lambda: len(client.voiced_times(t0)) > 40, 30)  # the reply is playing
+    client.send({"type": "interrupt"})
+    t_interrupt = loop.time()
+    await client.wait_for(lambda: client.of_type("barge_in"), 5)
+    await asyncio.sleep(1.0)
+    after = client.voiced_times(t_interrupt)
+    last = after[-1] - t_interrupt if after else 0.0
+    print(f"last voiced reply frame {last * 1000:.0f} ms after the interrupt")
+    assert last <= 0.3, f"reply audio kept coming {last * 1000:.0f} ms after the interrupt"
+    assert len(client.frames) and client.frames[-1][0] > t_interrupt + 0.8, "the track stopped instead of going silent"
+    assert [e["state"] for e in client.of_type("state")][-1] == "WAITING_FOR_INPUT"
+    assert not client.of_type("reply_end")
+
+
+async def test_bad_offers_and_peer_limit(piper_worker):
+    orch = await _start(piper_worker, webrtc={"max_peers": 1})
+    url = f"http://127.0.0.1:{orch.port}/webrtc/offer"
+    try:
+        async with aiohttp.ClientSession() as http:
+            for body in (b"{not json", b"[]", json.dumps({"type": "offer"}).encode(),
+                         json.dumps({"sdp": "v=0", "type": "answer"}).encode(),
+                         json.dumps({"sdp": "garbage", "type": "offer"}).encode()):
+                async with http.post(url, data=body, headers={"Content-Type": "application/json"}) as r:
+                    assert r.status == 400, (body, r.status)
+                    assert (await r.json())["error"]
+            assert not orch.webrtc.peers
+
+            first = RtcClient(f"http://127.0.0.1:{orch.port}")
+            await first.connect()
+            await first.wait_for(lambda: first.of_type("ready"), 15)
+            second = RtcClient(f"http://127.0.0.1:{orch.port}")
+            await second.pc.setLocalDescription(await second.pc.createOffer())
+            async with http.post(url, json={"sdp": second.pc.localDescription.sdp, "type": "offer"}) as r:
+                assert r.status == 503 and "maximum" in (await r.json())["error"]
+            await second.close()
+            await first.close()
+            await _eventually(lambda: not orch.webrtc.peers and not orch.conversations, 5, "the peer was not released")
+    finally:
+        await orch.stop()
