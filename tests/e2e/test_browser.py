@@ -95,7 +95,10 @@ async def test_a_spoken_turn_in_the_browser(caddy, tmp_path, transport):
         assert wer(spoken, heard) <= 0.35, (spoken, heard)
         await page.screenshot(path=str(save_screenshot_path(f"page-after-turn-{transport}.png")), full_page=True)
         assert errors == []
-        (save_screenshot_path(f"timings-{transport}.json")).write_text(json.dumps({"click_to_ready_s": ready_s}))
+        metrics_event = (await wait_event(page, "metrics", 5))[-1]
+        save_screenshot_path(f"latency-{transport}.json").write_text(
+            json.dumps({"transport": transport, "click_to_ready_s": round(ready_s, 3), **metrics_event}, indent=2)
+        )
 
 
 LONG_QUESTION = "Tell me about the lighthouse keeper who lived alone on a small island far away from the coast"
