@@ -156,6 +156,23 @@ class PlaybackSettings(_Section):
     tts_model: str = Field("", description="model id for replies (empty: the worker's default)")
 
 
+class WebRtcSettings(_Section):
+    ice_servers: list[str] = Field(
+        default_factory=list,
+        description='STUN/TURN servers, e.g. "stun:host:3478" or "turn:user:pass@host:3478" (empty: LAN only)',
+    )
+    max_peers: int = Field(16, ge=1, description="WebRTC peer connections held at once (more get HTTP 503)")
+
+    @field_validator("ice_servers")
+    @classmethod
+    def _ice_urls(cls, v: list[str]) -> list[str]:
+        for url in v:
+            scheme, _, rest = url.partition(":")
+            if scheme not in ("stun", "stuns", "turn", "turns") or not rest.rpartition("@")[2]:
+                raise ValueError(f"{url!r} is not stun:HOST[:PORT] or turn:USER:PASS@HOST[:PORT]")
+        return v
+
+
 class OrchestratorSettings(_ServiceSettings):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
@@ -167,6 +184,7 @@ class OrchestratorSettings(_ServiceSettings):
     responder: ResponderSettings = Field(default_factory=ResponderSettings)
     session: SessionSettings = Field(default_factory=SessionSettings)
     playback: PlaybackSettings = Field(default_factory=PlaybackSettings)
+    webrtc: WebRtcSettings = Field(default_factory=WebRtcSettings)
 
     _empty_redis_is_none = field_validator("redis_url")(lambda v: v or None)
 

@@ -1,4 +1,5 @@
-"""The orchestrator's HTTP side (aiohttp): the page at /, the WebSocket at /ws, /healthz, /metrics."""
+"""The orchestrator's HTTP side (aiohttp): the page at /, the WebSocket at /ws, WebRTC signalling at
+/webrtc/offer, /healthz, /metrics."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from appliance.orchestrator.responder import create_responder
 from appliance.process import serve_until_signalled
 from appliance.orchestrator.tts_link import TtsLink, TtsUnavailable, WorkerPool
 from appliance.transport.base import CloseCode
+from appliance.transport.webrtc import WebRtcEndpoint
 from appliance.transport.websocket import WebSocketChannel
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,10 @@ class Orchestrator:
         self.pool = WorkerPool(settings.workers)
         self.metrics = OrchestratorMetrics()
         self.conversations: dict[str, Conversation] = {}
+        self.webrtc = WebRtcEndpoint(
+            lambda channel: self.converse(channel, "webrtc"), ice_servers=settings.webrtc.ice_servers,
+            max_peers=settings.webrtc.max_peers, max_lead_ms=settings.playback.lead_ms,
+        )
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
 
@@ -42,6 +48,7 @@ class Orchestrator:
         app = web.Application()
         app.router.add_get("/", self.index)
         app.router.add_get("/ws", self.websocket)
+        app.router.add_post("/webrtc/offer", self.webrtc.offer)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/metrics", self.prometheus)
         if WEB_DIR.is_dir():
@@ -64,6 +71,7 @@ class Orchestrator:
     async def stop(self) -> None:
         for conv in list(self.conversations.values()):
             await conv.channel.close(1001, "server shutting down")
+        await self.webrtc.close()
         if self._runner:
             await self._runner.cleanup()
         await self.pool.close()

@@ -14,12 +14,12 @@ import pytest
 from aiortc import AudioStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame
+from speech import transcribe, wer
+from voices import pad, piper_speech
 
 from appliance.audio import resample
 from appliance.config import OrchestratorSettings, load_settings
 from appliance.orchestrator.server import Orchestrator
-from speech import transcribe, wer
-from voices import pad, piper_speech
 
 RATE = 48000
 VOICED_RMS = 300  # a 20 ms frame louder than this holds speech (Opus silence decodes to ~0)
@@ -92,10 +92,10 @@ class RtcClient:
 
     async def connect(self) -> dict:
         await self.pc.setLocalDescription(await self.pc.createOffer())  # gathers all candidates
-        async with aiohttp.ClientSession() as http:
-            async with http.post(f"{self.http}/webrtc/offer", json={"sdp": self.pc.localDescription.sdp, "type": "offer"}) as r:
-                assert r.status == 200, await r.text()
-                answer = await r.json()
+        offer = {"sdp": self.pc.localDescription.sdp, "type": "offer"}
+        async with aiohttp.ClientSession() as http, http.post(f"{self.http}/webrtc/offer", json=offer) as r:
+            assert r.status == 200, await r.text()
+            answer = await r.json()
         assert answer["type"] == "answer"
         self.answer = answer["sdp"]
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
@@ -219,7 +219,7 @@ async def test_spoken_and_typed_turns_then_hang_up(orch, client, piper_worker):
     # Hanging up ends the session, the worker session and the peer.
     await client.close()
     await _eventually(lambda: not orch.conversations and not orch.webrtc.peers, 5, "the session outlived its peer")
-    await _eventually(lambda: _worker_sessions(piper_worker) == sessions_at_start - 1, 5, "the worker session stayed open")
+    await _eventually(lambda: _worker_sessions(piper_worker) <= sessions_at_start - 1, 5, "the worker session stayed open")
     assert channel.closed and channel.pc.connectionState == "closed"
 
 
@@ -266,3 +266,56 @@ async def test_bad_offers_and_peer_limit(piper_worker):
             await _eventually(lambda: not orch.webrtc.peers and not orch.conversations, 5, "the peer was not released")
     finally:
         await orch.stop()
+
+
+def test_uplink_frames_of_any_shape_become_mono_48k_pcm16():
+    from appliance.transport.webrtc import Downmixer
+
+    down = Downmixer()
+    t = np.arange(960) / RATE
+    left = (np.sin(2 * np.pi * 440 * t) * 8000).astype(np.int16)
+    stereo = AudioFrame.from_ndarray(np.stack([left, left]).T.reshape(1, -1).copy(), format="s16", layout="stereo")
+    stereo.sample_rate = RATE
+    assert np.array_equal(np.frombuffer(down(stereo), "<i2"), left)  # what aiortc's Opus decoder gives
+    planar = AudioFrame.from_ndarray(np.stack([left, np.zeros_like(left)]), format="s16p", layout="stereo")
+    planar.sample_rate = RATE
+    assert np.abs(np.frombuffer(down(planar), "<i2") - left // 2).max() <= 1
+    out = b""
+    for i in range(10):  # 10 ms float frames at 16 kHz → resampled
+        f = AudioFrame.from_ndarray(np.full((1, 160), 0.25, np.float32), format="flt", layout="mono")
+        f.sample_rate, f.pts = 16000, i * 160
+        out += down(f)
+    samples = np.frombuffer(out, "<i2")
+    assert 0.08 * 48000 <= len(samples) <= 0.1 * 48000 and abs(int(samples[-200:].mean()) - 8192) < 200
+
+
+async def test_downlink_track_paces_20ms_frames_and_holds_at_most_the_lead():
+    from appliance.transport.webrtc import OutboundAudio
+
+    track = OutboundAudio(max_frames=6)
+    for i in range(10):
+        track.push(bytes([i + 1]) * 1920)
+    assert track.dropped == 4  # only the newest 120 ms are kept
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    frames = [await track.recv() for _ in range(10)]
+    assert 0.17 <= loop.time() - start <= 0.3  # 9 frame periods after the first, in real time
+    assert [f.pts for f in frames] == [i * 960 for i in range(10)]
+    assert all(f.samples == 960 and f.sample_rate == RATE and f.format.name == "s16" and f.layout.name == "mono" for f in frames)
+    first = [bytes(f.planes[0])[:1920] for f in frames]
+    assert [b[0] for b in first[:6]] == [5, 6, 7, 8, 9, 10] and first[6] == bytes(1920)  # then silence
+    track.push(bytes([1]) * 1920)
+    assert track.flush() == 1
+    track.stop()
+
+
+def test_ice_servers_setting():
+    from appliance.config import ConfigError
+    from appliance.transport.webrtc import ice_server
+
+    assert load_settings(OrchestratorSettings, None).webrtc.ice_servers == []  # LAN appliance: no public STUN
+    turn = ice_server("turn:user:secret@turn.lan:3478")
+    assert (turn.urls, turn.username, turn.credential) == ("turn:turn.lan:3478", "user", "secret")
+    assert ice_server("stun:stun.lan:3478").urls == "stun:stun.lan:3478"
+    with pytest.raises(ConfigError, match="webrtc.ice_servers"):
+        load_settings(OrchestratorSettings, None, webrtc={"ice_servers": ["http://nope"]})

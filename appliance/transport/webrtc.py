@@ -1,0 +1,393 @@
+"""The WebRTC transport (aiortc): ``POST /webrtc/offer`` turns a browser's peer connection into a Channel.
+
+Signalling is one request, no trickle ICE: the client gathers its candidates, posts
+``{"sdp", "type": "offer"}`` and gets ``{"sdp", "type": "answer"}`` with all of ours. The offer
+carries a data channel labelled ``"events"`` (Contract 2's JSON messages, both ways; no hello)
+and one ``sendrecv`` audio transceiver: the microphone comes in on it and reply audio goes out on it.
+
+Uplink: remote frames → mono PCM16 48 kHz → ``AudioIn`` (a queue of at most 2 s; the oldest audio
+is dropped if the session lags). Downlink: ``send_audio()`` queues 20 ms frames that an outgoing
+track plays in real time, silence in between; the queue holds at most the pacer's lead plus one
+frame, and it is flushed on ``interrupt`` and ``barge_in`` so a stopped reply ends at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import fractions
+import json
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+
+import av
+import numpy as np
+from aiohttp import web
+from aiortc import MediaStreamTrack, RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+
+from appliance.transport.base import (
+    MAX_MESSAGE_BYTES,
+    AudioIn,
+    Channel,
+    Hello,
+    Inbound,
+    Interrupt,
+    ProtocolError,
+)
+from appliance.transport.websocket import parse_event, parse_text_message
+
+log = logging.getLogger(__name__)
+
+RATE = 48000
+FRAME_SAMPLES = 960  # 20 ms
+FRAME_BYTES = FRAME_SAMPLES * 2
+SILENCE = bytes(FRAME_BYTES)
+TIME_BASE = fractions.Fraction(1, RATE)
+MAX_INBOUND_S = 2.0  # microphone audio queued for a lagging session before the oldest is dropped
+CONNECT_TIMEOUT_S = 30.0  # the peer must open its "events" data channel this soon after the answer
+CLOSE_DRAIN_S = 0.5  # how long close() lets queued events reach the client
+PC_CLOSE_TIMEOUT_S = 5.0
+MAX_BUFFERED_BYTES = 1 << 20  # events not yet taken by the client: more means it is not reading
+MAX_SDP_CHARS = 100_000
+LABEL = "events"
+
+
+def ice_server(url: str) -> RTCIceServer:
+    """``stun:host:3478`` or ``turn:user:pass@host:3478`` → RTCIceServer."""
+    scheme, _, rest = url.partition(":")
+    creds, _, hostport = rest.rpartition("@")
+    if not creds:
+        return RTCIceServer(urls=url)
+    user, _, password = creds.partition(":")
+    return RTCIceServer(urls=f"{scheme}:{hostport}", username=user, credential=password)
+
+
+class Downmixer:
+    """Any ``av.AudioFrame`` → mono PCM16LE at 48 kHz (numpy for 48 kHz s16, else av's resampler)."""
+
+    _resampler: av.AudioResampler | None = None
+
+    def __call__(self, frame: av.AudioFrame) -> bytes:
+        channels = len(frame.layout.channels)
+        if frame.sample_rate == RATE and frame.format.name in ("s16", "s16p"):
+            a = frame.to_ndarray()
+            a = a.reshape(channels, -1) if frame.format.is_planar else a.reshape(-1, channels).T
+            mono = a[0] if channels == 1 else np.round(a.astype(np.int32).mean(axis=0)).astype(np.int16)
+            return mono.astype("<i2").tobytes()
+        try:
+            out = (self._resampler or self._new()).resample(frame)
+        except ValueError:  # the input format changed mid-stream: start a new resampler
+            out = self._new().resample(frame)
+        return b"".join(f.to_ndarray().astype("<i2").tobytes() for f in out)
+
+    def _new(self) -> av.AudioResampler:
+        self._resampler = av.AudioResampler(format="s16", layout="mono", rate=RATE)
+        return self._resampler
+
+
+class OutboundAudio(MediaStreamTrack):
+    """The reply audio track: 20 ms s16 mono 48 kHz frames in real time, silence when none is queued."""
+
+    kind = "audio"
+
+    def __init__(self, max_frames: int = 6) -> None:
+        super().__init__()
+        self.max_frames = max_frames
+        self._frames: collections.deque[bytes] = collections.deque()
+        self._start: float | None = None
+        self._pts = 0
+        self.dropped = 0
+
+    def push(self, pcm: bytes) -> None:
+        for i in range(0, len(pcm), FRAME_BYTES):
+            self._frames.append(pcm[i : i + FRAME_BYTES].ljust(FRAME_BYTES, b"\0"))
+        while len(self._frames) > self.max_frames:  # the pacer keeps less: only a stalled track gets here
+            self._frames.popleft()
+            self.dropped += 1
+
+    def flush(self) -> int:
+        dropped, self._frames = len(self._frames), collections.deque()
+        return dropped
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        loop = asyncio.get_running_loop()
+        if self._start is None:
+            self._start = loop.time()
+        else:
+            self._pts += FRAME_SAMPLES
+            wait = self._start + self._pts / RATE - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            elif wait < -0.1:  # the loop stalled: carry on from now instead of bursting to catch up
+                self._start -= wait
+        frame = av.AudioFrame(format="s16", layout="mono", samples=FRAME_SAMPLES)
+        frame.planes[0].update(self._frames.popleft() if self._frames else SILENCE)
+        frame.pts, frame.sample_rate, frame.time_base = self._pts, RATE, TIME_BASE
+        return frame
+
+
+class WebRtcChannel(Channel):
+    """One peer connection as a duplex channel: microphone and events in, reply audio and events out."""
+
+    def __init__(self, pc: RTCPeerConnection, peer: str, max_lead_ms: int = 100) -> None:
+        self.pc, self.peer, self.hello = pc, peer, Hello(sample_rate=RATE)
+        self.session_id: str | None = None  # learnt from the ready event, for the logs
+        self.outbound = OutboundAudio(max_frames=max_lead_ms // 20 + 1)
+        self.dc = None
+        self.opened = asyncio.Event()  # the "events" data channel is open
+        self.finished = asyncio.Event()  # the PC is closed and every task ended
+        self._inbox: collections.deque[Inbound] = collections.deque()
+        self._inbox_audio_s = 0.0
+        self._wake = asyncio.Event()
+        self._consuming = False  # microphone audio is queued only once someone reads it
+        self._lagging = self._ended = self._closing = False
+        self._downmix = Downmixer()
+        self._tasks: set[asyncio.Task] = set()
+        pc.on("track", self._on_track)
+        pc.on("datachannel", self._on_datachannel)
+        pc.on("connectionstatechange", self._on_connection_state)
+
+    def _where(self) -> str:
+        return f"peer={self.peer} session={self.session_id or '-'}"
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        log.info("remote %s track %s", track.kind, self._where())
+        if track.kind == "audio":
+            _spawn(self._tasks, self._read_audio(track))
+
+    def _on_datachannel(self, dc) -> None:
+        if dc.label != LABEL or self.dc is not None:
+            log.info("ignoring data channel %r %s", dc.label, self._where())
+            return
+        self.dc = dc
+        dc.on("message", self._on_message)
+        dc.on("close", lambda: self._end("data channel closed"))
+        self._on_open() if dc.readyState == "open" else dc.on("open", self._on_open)
+
+    def _on_open(self) -> None:
+        log.info("data channel %r open %s", LABEL, self._where())
+        self.opened.set()
+
+    def _on_connection_state(self) -> None:
+        state = self.pc.connectionState
+        log.info("connection %s %s", state, self._where())
+        if state in ("failed", "closed"):
+            self._end(f"connection {state}")
+
+    def _end(self, why: str) -> None:
+        """The peer is gone (or going): receive() returns None and everything is released."""
+        if not self._ended:
+            log.info("peer gone (%s) %s", why, self._where())
+            self._ended = True
+            self._wake.set()
+        if not self._closing:
+            _spawn(self._tasks, self.close())
+
+    async def _read_audio(self, track: MediaStreamTrack) -> None:
+        try:
+            while not self._ended:
+                frame = await track.recv()
+                pcm = self._downmix(frame)
+                if pcm and self._consuming:
+                    self._put_audio(pcm)
+        except MediaStreamError:
+            log.info("remote audio track ended %s", self._where())
+        except Exception:
+            log.exception("remote audio failed %s", self._where())
+
+    def _put_audio(self, pcm: bytes) -> None:
+        self._inbox.append(AudioIn(pcm))
+        self._inbox_audio_s += len(pcm) / 2 / RATE
+        while self._inbox_audio_s > MAX_INBOUND_S:  # drop the oldest audio, never an event
+            i = next(i for i, m in enumerate(self._inbox) if isinstance(m, AudioIn))
+            self._inbox_audio_s -= len(self._inbox[i].pcm) / 2 / RATE
+            del self._inbox[i]
+            if not self._lagging:
+                self._lagging = True
+                log.warning("session lags %.0f s behind the microphone: dropping the oldest audio %s", MAX_INBOUND_S, self._where())
+        self._wake.set()
+
+    def _on_message(self, data) -> None:
+        try:
+            if not isinstance(data, str):
+                raise ProtocolError("bad_message", "events are JSON text; audio goes on the audio track")
+            if len(data) > MAX_MESSAGE_BYTES:
+                raise ProtocolError("too_big", f"messages are limited to {MAX_MESSAGE_BYTES} bytes")
+            obj = parse_text_message(data)
+            if obj["type"] == "hello":
+                log.info("hello ignored (not needed on WebRTC) %s", self._where())
+                return
+            message = parse_event(obj)
+        except ProtocolError as exc:
+            log.info("bad message %s code=%s %s", self._where(), exc.code, exc)
+            _spawn(self._tasks, self._send_quietly({"type": "error", "code": exc.code, "message": str(exc)}))
+            return
+        log.info("event in %s type=%s", self._where(), obj["type"])
+        if isinstance(message, Interrupt):
+            self.outbound.flush()  # cut the reply now; the session stops feeding more
+        self._inbox.append(message)
+        self._wake.set()
+
+    async def receive(self) -> Inbound | None:
+        self._consuming = True
+        while not self._ended:
+            if self._inbox:
+                message = self._inbox.popleft()
+                if isinstance(message, AudioIn):
+                    self._inbox_audio_s -= len(message.pcm) / 2 / RATE
+                if not self._inbox:
+                    self._lagging = False
+                return message
+            self._wake.clear()
+            await self._wake.wait()
+        return None
+
+    async def send_event(self, event: dict) -> None:
+        dc = self.dc
+        if self._ended or dc is None or dc.readyState != "open":
+            raise ConnectionResetError("data channel closed")
+        if dc.bufferedAmount > MAX_BUFFERED_BYTES:
+            log.warning("slow consumer %s: closing", self._where())
+            self._end("client is not reading its events")
+            raise ConnectionResetError("slow consumer")
+        kind = event.get("type")
+        if kind == "ready":
+            self.session_id = event.get("session_id")
+        elif kind == "barge_in":
+            self.outbound.flush()
+        dc.send(json.dumps(event, separators=(",", ":")))
+        log.debug("event out %s type=%s", self._where(), kind)
+
+    async def _send_quietly(self, event: dict) -> None:
+        with contextlib.suppress(ConnectionError):
+            await self.send_event(event)
+
+    async def send_audio(self, frame: bytes) -> None:
+        if self._ended or self.outbound.readyState != "live":
+            raise ConnectionResetError("peer connection closed")
+        self.outbound.push(frame)
+
+    def flush(self) -> int:
+        """Drop the reply audio queued here (at most the pacer's lead)."""
+        return self.outbound.flush()
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        if self._closing:
+            await self.finished.wait()
+            return
+        self._closing = True
+        log.info("closing %s code=%d reason=%s", self._where(), code, reason or "-")
+        try:
+            dc = self.dc
+            if dc is not None and dc.readyState == "open" and not self._ended:
+                if code == 1001:  # no close frame on WebRTC: say why, as the session does before its own closes
+                    await self._send_quietly({"type": "error", "code": "going_away", "message": reason or "server shutting down"})
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + CLOSE_DRAIN_S
+                while dc.bufferedAmount and loop.time() < deadline and not self._ended:
+                    await asyncio.sleep(0.02)  # let the last events (error, TERMINATED) reach the client
+                dc.close()
+            self._ended = True
+            self._wake.set()
+            self.outbound.stop()
+            try:
+                await asyncio.wait_for(self.pc.close(), PC_CLOSE_TIMEOUT_S)
+            except TimeoutError:  # aiortc's own tasks were cancelled under it (loop shutdown)
+                log.warning("peer connection did not close in %.0f s %s", PC_CLOSE_TIMEOUT_S, self._where())
+            others = [t for t in self._tasks if t is not asyncio.current_task()]
+            for task in others:
+                task.cancel()
+            await asyncio.gather(*others, return_exceptions=True)
+        finally:
+            self.finished.set()
+            log.info("peer closed %s", self._where())
+
+    @property
+    def closed(self) -> bool:
+        return self._ended or self._closing
+
+
+class WebRtcEndpoint:
+    """``POST /webrtc/offer``: one RTCPeerConnection per offer, handed to ``converse`` once its
+    data channel opens, kept until it closes or fails. ``peers`` are the live ones."""
+
+    def __init__(self, converse: Callable[[WebRtcChannel], Awaitable[None]], *, ice_servers: list[str] | None = None,
+                 max_peers: int = 16, max_lead_ms: int = 100) -> None:
+        self.converse = converse
+        self.ice_servers = [ice_server(u) for u in ice_servers or []]
+        self.max_peers = max_peers
+        self.max_lead_ms = max_lead_ms
+        self.peers: set[WebRtcChannel] = set()
+        self._tasks: set[asyncio.Task] = set()
+
+    async def offer(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+        except (ValueError, UnicodeDecodeError):
+            return _error(400, 'the body must be JSON: {"sdp": "...", "type": "offer"}')
+        sdp = body.get("sdp") if isinstance(body, dict) else None
+        if not isinstance(sdp, str) or not sdp.strip() or len(sdp) > MAX_SDP_CHARS or body.get("type") != "offer":
+            return _error(400, f'expected {{"sdp": "...", "type": "offer"}} with at most {MAX_SDP_CHARS} characters of SDP')
+        if len(self.peers) >= self.max_peers:
+            log.warning("offer refused from %s: %d peers connected", request.remote, len(self.peers))
+            return _error(503, f"the appliance is serving its maximum of {self.max_peers} WebRTC peers")
+
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=list(self.ice_servers)))
+        channel = WebRtcChannel(pc, f"{request.remote or '?'}#{uuid.uuid4().hex[:6]}", self.max_lead_ms)
+        self.peers.add(channel)
+        log.info("offer peer=%s (%d peers)", channel.peer, len(self.peers))
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+            if pc.sctp is None:
+                raise ValueError(f"it has no data channel (create one labelled {LABEL!r} before the offer)")
+            if any(t.kind == "audio" for t in pc.getTransceivers()):
+                pc.addTrack(channel.outbound)  # reuses the offered transceiver: sendrecv
+            else:
+                log.warning("offer without audio peer=%s: events only", channel.peer)
+            await pc.setLocalDescription(await pc.createAnswer())  # waits for ICE gathering
+        except Exception as exc:  # noqa: BLE001 — aiortc rejects a bad offer with many exception types
+            log.warning("bad offer peer=%s: %s", channel.peer, exc)
+            self.peers.discard(channel)
+            await channel.close()
+            return _error(400, f"cannot use this offer: {exc or type(exc).__name__}")
+        _spawn(self._tasks, self._run(channel))
+        answer = pc.localDescription
+        return web.json_response({"sdp": answer.sdp, "type": answer.type})
+
+    async def _run(self, channel: WebRtcChannel) -> None:
+        try:
+            opened = asyncio.ensure_future(channel.opened.wait())
+            gone = asyncio.ensure_future(channel.finished.wait())
+            await asyncio.wait({opened, gone}, timeout=CONNECT_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
+            for waiter in (opened, gone):
+                waiter.cancel()
+            if channel.opened.is_set() and not channel.closed:
+                await self.converse(channel)
+            elif not channel.closed:
+                log.warning("peer=%s did not open its %r data channel in %.0f s", channel.peer, LABEL, CONNECT_TIMEOUT_S)
+        except Exception:
+            log.exception("WebRTC session failed peer=%s", channel.peer)
+        finally:
+            await channel.close()
+            self.peers.discard(channel)
+            log.info("peer released peer=%s (%d peers)", channel.peer, len(self.peers))
+
+    async def close(self) -> None:
+        """Close every peer and wait for their sessions to end."""
+        await asyncio.gather(*(c.close(1001, "server shutting down") for c in list(self.peers)), return_exceptions=True)
+        await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+
+def _spawn(tasks: set[asyncio.Task], coro) -> None:
+    task = asyncio.ensure_future(coro)
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
