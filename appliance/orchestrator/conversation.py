@@ -402,14 +402,7 @@ class Conversation:
             raise
         if spoken:
             self.history.append(Turn("assistant", " ".join(spoken)))
-        try:
-            await pump
-        finally:
-            reply.cancel()
-        await self.pacer.drained()
-        if self.sm.state is State.SPEAKING:
-            self._emit({"type": "reply_end"})
-        self._settle_after_turn()
+        await self._finish_reply(reply, pump)
         self._emit(times.message())
         if self.metrics:
             self.metrics.observe_turn(times)
@@ -421,10 +414,15 @@ class Conversation:
         reply.feed(text)
         reply.finish()
         self._emit({"type": "reply", "text": text})
+        await self._finish_reply(reply, asyncio.ensure_future(self._pump(reply, times)))
+
+    async def _finish_reply(self, reply, pump: asyncio.Future) -> None:
+        """Wait until the reply's audio has been sent, then say so and settle the state."""
         try:
-            await self._pump(reply, times)
+            await pump
         finally:
             reply.cancel()
+            pump.cancel()
         await self.pacer.drained()
         if self.sm.state is State.SPEAKING:
             self._emit({"type": "reply_end"})
