@@ -102,7 +102,7 @@ class AsrSettings(_Section):
     beam_size: int = Field(1, ge=1, le=10)
     language: str | None = Field(None, description='for multilingual models: a code like "en", or "auto"')
     cpu_threads: int = Field(2, ge=1)
-    partial_interval_ms: int = Field(1500, ge=0, description="partial transcripts this often during long turns (0: off)")
+    partial_interval_ms: int = Field(2000, ge=0, description="partial transcripts this often during long turns (0: off)")
 
 
 class VadSettings(_Section):

@@ -69,6 +69,8 @@ class Conversation:
         self.turns = 0
         self._turn_task: asyncio.Task | None = None
         self._speculative: tuple[float, asyncio.Task] | None = None  # (utterance end ms, ASR task)
+        self._partial: asyncio.Task | None = None
+        self._partial_at_ms = 0.0  # utterance length at the last partial transcript
         self._speech_start_ms: float | None = None
         self._barge_timer: asyncio.TimerHandle | None = None
         self._background: set[asyncio.Task] = set()
@@ -202,6 +204,7 @@ class Conversation:
                 self._drop_speculative()
                 if self.sm.state is State.BARGED_IN:
                     self._resume_after_false_alarm("burst too short to be a turn")
+        self._maybe_partial_transcript()
         if self.sm.state is State.SPEAKING:
             # Stop feeding the client at the first voiced frame above the bar, before the onset
             # is confirmed: a pacer hold costs nothing and is undone if the run fizzles out.
@@ -218,6 +221,7 @@ class Conversation:
 
     def _on_speech_start(self, event) -> None:
         self._speech_start_ms = event.t_ms
+        self._partial_at_ms = 0.0
         self._emit({"type": "vad", "event": "speech_start"})
         if self.sm.state is State.SPEAKING:
             self._begin_barge_in()
@@ -236,6 +240,23 @@ class Conversation:
         if self.sm.state is State.WAITING_FOR_INPUT:
             self.sm.to(State.LISTENING)
         self._start_turn(self._spoken_turn(event.audio, speculative, times))
+
+    def _maybe_partial_transcript(self) -> None:
+        """During a long turn, a `transcript` with final: false every partial_interval_ms."""
+        interval = self.settings.asr.partial_interval_ms
+        if not interval or self._speech_start_ms is None or self.sm.state is not State.LISTENING:
+            return
+        spoken = self.timeline.position_ms - self._speech_start_ms
+        busy = (self._partial and not self._partial.done()) or self._speculative is not None
+        if spoken - self._partial_at_ms < interval or busy:
+            return
+        self._partial_at_ms = spoken
+        self._partial = self._spawn(self._partial_transcript(self.detector.utterance_audio()))
+
+    async def _partial_transcript(self, audio) -> None:
+        transcript = await self.asr.transcribe(audio, partial=True)
+        if self._speech_start_ms is not None and transcript.text.strip():
+            self._emit({"type": "transcript", "text": transcript.text.strip(), "final": False})
 
     def _start_speculative_asr(self, t_ms: float) -> None:
         self._drop_speculative()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 
 from aiohttp import WSMsgType, web
 
@@ -28,7 +29,8 @@ from appliance.transport.base import (
 log = logging.getLogger(__name__)
 
 HELLO_TIMEOUT_S = 10.0
-SEND_TIMEOUT_S = 2.0  # a client that cannot take one message in this long is not reading
+SEND_TIMEOUT_S = 2.0
+SEND_BUFFER_BYTES = 64 * 1024  # a client that cannot take one message in this long is not reading
 MAX_TEXT_CHARS = 4000
 
 
@@ -95,6 +97,11 @@ class WebSocketChannel(Channel):
         reason and ``hello`` is None."""
         ws = web.WebSocketResponse(max_msg_size=2 * MAX_MESSAGE_BYTES, heartbeat=20)
         await ws.prepare(request)
+        sock = request.transport.get_extra_info("socket") if request.transport else None
+        if sock is not None:
+            # Realtime audio never needs seconds of it queued in the kernel: a small send buffer
+            # makes a client that stops reading show up as a stalled send within seconds.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
         channel = cls(ws, request.remote or "?")
         channel.hello = None
         try:

@@ -126,3 +126,18 @@ async def test_own_voice_echo_and_noise_do_not_barge_in(client):
         await asyncio.sleep(max(0.0, start + n * 0.02 - loop.time()))
     assert client.rx.of_type("barge_in") == []
     assert "BARGED_IN" not in [e["state"] for e in client.rx.of_type("state")]
+
+
+async def test_long_turn_gets_partial_transcripts_then_the_final(client):
+    text = ("I would like to plan a trip to the mountains next weekend with my two brothers "
+            "and we need a place to stay near the lake")
+    await client.stream(pad(piper_speech(text, RATE), RATE), RATE)
+    await client.wait_for(lambda: _turn_done(client), 40)
+    transcripts = client.rx.of_type("transcript")
+    partials = [t for t in transcripts if not t["final"]]
+    finals = [t for t in transcripts if t["final"]]
+    assert partials, "no partial transcript during a long turn"
+    assert len(finals) == 1 and wer(text, finals[0]["text"]) <= 0.15
+    # Partials come before the final and say the beginning of what was said.
+    first_partial_words = partials[0]["text"].lower().split()[:3]
+    assert " ".join(first_partial_words) in finals[0]["text"].lower()

@@ -4,7 +4,11 @@ worker session is ended and the server keeps serving others."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import os
+import socket
+import struct
 
 import aiohttp
 import numpy as np
@@ -114,3 +118,65 @@ async def test_five_sessions_at_once(orchestrator):
         assert f"number {i}" in " ".join(e["text"] for e in c.rx.of_type("reply")).lower()
         assert c.rx.frames and all(len(f) == 1920 for _, f in c.rx.frames)
     await asyncio.gather(*(c.close() for c in clients))
+
+
+def _raw_websocket(port: int) -> socket.socket:
+    """A WebSocket client on a bare socket with a tiny receive buffer, that will stop reading."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    response = b""
+    while b"\r\n\r\n" not in response:
+        response += sock.recv(1)
+    assert b" 101 " in response.split(b"\r\n")[0]
+    return sock
+
+
+def _send_text(sock: socket.socket, text: str) -> None:
+    payload, mask = text.encode(), os.urandom(4)
+    header = bytes([0x81]) + (bytes([0x80 | len(payload)]) if len(payload) < 126 else bytes([0x80 | 126]) + struct.pack(">H", len(payload)))
+    sock.sendall(header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+
+
+def _close_code(sock: socket.socket, timeout: float) -> int | None:
+    """Read frames until the server's close frame; its status code."""
+    sock.settimeout(timeout)
+    buf = b""
+
+    def need(n: int) -> bytes:
+        nonlocal buf
+        while len(buf) < n:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("closed without a close frame")
+            buf += chunk
+        out, buf = buf[:n], buf[n:]
+        return out
+
+    while True:
+        b0, b1 = need(2)
+        length = b1 & 0x7F
+        if length == 126:
+            length = struct.unpack(">H", need(2))[0]
+        elif length == 127:
+            length = struct.unpack(">Q", need(8))[0]
+        payload = need(length)
+        if b0 & 0x0F == 0x8:
+            return struct.unpack(">H", payload[:2])[0] if len(payload) >= 2 else None
+
+
+async def test_a_client_that_stops_reading_is_closed_as_a_slow_consumer(orchestrator):
+    sock = _raw_websocket(orchestrator.port)
+    try:
+        _send_text(sock, json.dumps({"type": "hello", "sample_rate": 16000}))
+        _send_text(sock, json.dumps({"type": "say", "text": "A long reply that nobody reads. " * 40}))
+        await asyncio.sleep(12)  # read nothing: the buffers fill and the server's sends stall
+        code = await asyncio.to_thread(_close_code, sock, 30)
+        assert code == 4008
+    finally:
+        sock.close()
