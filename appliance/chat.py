@@ -49,7 +49,7 @@ async def chat(wav: str, url: str, out: str | None, timeout: float = 60.0) -> in
     finally:
         await client.close()
     for event in client.rx.of_type("transcript"):
-        print(f"you:       {event['text']}")
+        print(f"you:       {event['text']}" if event.get("final") else f"(partial)  {event['text']}")
     reply = " ".join(e["text"] for e in client.rx.of_type("reply"))
     print(f"appliance: {reply}")
     for event in client.rx.of_type("error"):

@@ -27,7 +27,12 @@ from appliance.tts.text import TextSegmenter, is_speakable
 log = logging.getLogger(__name__)
 
 CHANNEL_FRAMES = 250  # 5 s of audio ahead of the wire
-PLAYOUT_MARGIN_S = 1.0  # later segments are scheduled this long before their audio is due
+PLAYOUT_MARGIN_S = 1.0
+# The first segment is what time-to-first-audio waits for. When other streams are already
+# synthesising, the cores are shared, so it is made shorter still.
+FIRST_SEGMENT = {"first_clause_max_words": 5, "first_segment_hard_max_words": 6}
+FIRST_SEGMENT_BUSY = {"first_clause_min_words": 2, "first_clause_max_words": 3, "first_segment_hard_max_words": 4}
+BUSY_STREAMS = 2  # later segments are scheduled this long before their audio is due
 
 
 class StreamError(Exception):
@@ -131,6 +136,7 @@ class SynthesisStream:
         tracker: SynthesisTracker,
         audio: AudioSettings,
         max_chars: int,
+        busy_streams: int = 0,
     ) -> None:
         self.session = session
         self.scheduler = scheduler
@@ -140,7 +146,7 @@ class SynthesisStream:
         self.stats = StreamStats(started=time.perf_counter())
         self.channel = FrameChannel()
         self._segments: asyncio.Queue[str | None] = asyncio.Queue()
-        self._segmenter = TextSegmenter(first_clause_max_words=5, first_segment_hard_max_words=6)
+        self._segmenter = TextSegmenter(**(FIRST_SEGMENT_BUSY if busy_streams >= BUSY_STREAMS else FIRST_SEGMENT))
         self._tasks: list[asyncio.Task] = []
         self._arrived = asyncio.get_running_loop().time()
         self._audio_start: float | None = None
