@@ -10,36 +10,12 @@ from collections.abc import AsyncIterator
 import grpc
 
 from appliance.rpc import tts_pb2 as pb
+from appliance.orchestrator.pool import TtsUnavailable, WorkerPool
 from appliance.tts.client import TTSClient
 
+__all__ = ["Reply", "TtsLink", "TtsUnavailable", "WorkerPool"]
+
 log = logging.getLogger(__name__)
-
-
-class TtsUnavailable(Exception):
-    pass
-
-
-class WorkerPool:
-    """The static worker list (Redis discovery replaces it in its own issue): the first worker
-    that accepts the session wins."""
-
-    def __init__(self, addresses: list[str]) -> None:
-        self.clients = [TTSClient(a) for a in addresses]
-
-    async def start_session(self, session_id: str, model_id: str = "") -> TTSClient:
-        errors = []
-        for client in self.clients:
-            try:
-                await client.start_session(session_id, model_id)
-                return client
-            except grpc.aio.AioRpcError as exc:
-                errors.append(f"{client.address}: {exc.code().name} {exc.details()}")
-                if exc.code() == grpc.StatusCode.NOT_FOUND:  # unknown model: same answer everywhere
-                    break
-        raise TtsUnavailable("no TTS worker accepted the session (" + "; ".join(errors or ["no workers configured"]) + ")")
-
-    async def close(self) -> None:
-        await asyncio.gather(*(c.close() for c in self.clients), return_exceptions=True)
 
 
 _END = object()
