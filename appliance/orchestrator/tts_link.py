@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from appliance.rpc import tts_pb2 as pb
 from appliance.orchestrator.pool import TtsUnavailable, WorkerPool
+from appliance.rpc import tts_pb2 as pb
 from appliance.tts.client import TTSClient
 
 __all__ = ["Reply", "TtsLink", "TtsUnavailable", "WorkerPool"]
