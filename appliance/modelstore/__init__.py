@@ -11,6 +11,7 @@ from appliance.modelstore.verify import (
     DEFAULT_MODELS_DIR,
     MODELS_DIR_ENV,
     check_model,
+    find_installed,
     installed_model_dir,
     models_dir,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "LockedModel",
     "check_model",
     "default_lock_path",
+    "find_installed",
     "installed_model_dir",
     "load_lock",
     "models_dir",

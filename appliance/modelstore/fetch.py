@@ -116,7 +116,9 @@ class Fetcher:
 
     def fetch(self, models: list[LockedModel]) -> list[FileResult]:
         """Install every file of ``models``; raises :class:`FetchError` after trying all if any failed."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        if not self.root.is_dir():
+            self.root.mkdir(parents=True)
+            self.root.chmod(0o755)
         results: list[FileResult] = []
         failures: list[str] = []
         with self._exclusive(), contextlib.closing(_LazyPypi()) as pypi:
@@ -141,7 +143,9 @@ class Fetcher:
         if check.state != "missing":
             self._say(f"replace {check.message()}")
         target_dir = self.root / model.id
-        target_dir.mkdir(parents=True, exist_ok=True)
+        if not target_dir.is_dir():
+            target_dir.mkdir(parents=True)
+            target_dir.chmod(0o755)  # whatever the umask: the services' user reads what root fetched
         tried: list[str] = []
         for name in self.strategies:
             for label, install in self._candidates(name, f, target_dir):

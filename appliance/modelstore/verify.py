@@ -6,6 +6,7 @@ Layout: ``DIR/<model-id>/<file name>``. Only final names count; fetch writes to 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -151,3 +152,30 @@ def installed_model_dir(model: LockedModel, root: Path | None) -> Path | None:
         bad = "; ".join(f.message() for f in check.files if not f.ok)
         log.warning("%s in %s is not usable (%s); run `appliance models fetch --model %s`", model.id, root, bad, model.id)
     return None
+
+
+def find_installed(model_id: str, root: str | Path | None = None) -> Path | None:
+    """Where the services look first: ``DIR/<model_id>`` when every file is there with its locked size.
+
+    ``root`` None means ``$APPLIANCE_MODELS_DIR``, else /var/lib/appliance/models. None is returned
+    (and the caller uses the Python package that ships the model) when the directory or the model
+    is not there, or when models.lock cannot be read (logged).
+    """
+    from appliance.modelstore.lock import LockError
+
+    base = models_dir(root)
+    if not (base / model_id).is_dir():
+        return None
+    try:
+        model = _shipped_lock().get(model_id)
+    except LockError as exc:
+        log.warning("not using %s: %s", base / model_id, exc)
+        return None
+    return installed_model_dir(model, base)
+
+
+@functools.lru_cache(maxsize=1)
+def _shipped_lock():
+    from appliance.modelstore.lock import load_lock
+
+    return load_lock()
