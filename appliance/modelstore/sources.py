@@ -205,7 +205,7 @@ def download_url(
                 with open(part, "r+b" if have else "wb") as out:
                     out.seek(have)
                     out.truncate()
-                    while chunk := resp.read(CHUNK):
+                    while chunk := resp.read1(CHUNK):  # what has arrived, so a kill loses little
                         out.write(chunk)
                         h.update(chunk)
                         have += len(chunk)
