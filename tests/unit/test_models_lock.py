@@ -90,6 +90,15 @@ def test_a_changed_package_makes_the_lock_stale(lock, tmp_path):
     assert fresh.get("silero-vad").files[0].sha256 == lock.get("silero-vad").files[0].sha256
 
 
+def test_a_different_installed_version_makes_the_lock_stale(lock, tmp_path):
+    data = tomllib.loads(LOCK.read_text())
+    data["model"][3]["file"][0]["source"][0]["version"] = "0.9"  # the lock pins another faster-whisper
+    fresh, report = refresh(parse_lock(data, tmp_path / "models.lock"))
+    (item,) = [r for r in report if r.model_id == "silero-vad"]
+    assert item.changed and "faster-whisper==0.9 -> faster-whisper==1.2.1" in item.detail
+    assert fresh.get("silero-vad").files[0].sources[0].ref.version == "1.2.1"
+
+
 def test_installed_record_hashes_agree_with_the_lock(lock):
     """pip's RECORD (hashes from the wheel itself) says the same as the lock, file by file."""
     import base64
