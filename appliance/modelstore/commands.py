@@ -191,7 +191,7 @@ def cmd_bundle(args: argparse.Namespace) -> int:
 
 
 def _guarded(func):
-    """A models.lock that cannot be read is exit code 2 with its message, not a traceback."""
+    """A models.lock that cannot be read is exit code 2, a file system error 1: a message, not a traceback."""
 
     def run(args: argparse.Namespace) -> int:
         try:
@@ -199,6 +199,9 @@ def _guarded(func):
         except LockError as exc:
             print(f"appliance models: {exc}", file=sys.stderr)
             return 2
+        except OSError as exc:  # a models dir that cannot be made or written, a full disk…
+            print(f"appliance models {args.models_command}: {exc}", file=sys.stderr)
+            return 1
 
     return run
 

@@ -104,6 +104,13 @@ def test_fetch_from_a_wheelhouse_through_the_cli(tmp_path):
     assert failed.stdout.splitlines()[-1].endswith("changed=false")
 
 
+def test_an_unusable_models_dir_is_a_message_not_a_traceback(tmp_path):
+    (tmp_path / "file").write_text("")
+    result = models("fetch", "--dir", str(tmp_path / "file" / "models"), "--model", "silero-vad")
+    assert result.returncode == 1
+    assert "appliance models fetch: [Errno 20] Not a directory" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_list_shows_states(fetched):
     dest, _ = fetched
     result = models("list", "--dir", str(dest), "--json")
