@@ -9,14 +9,14 @@
 
 When no candidate has the model resident, the best candidate is asked to load it in the background
 (:attr:`Route.load_on`) and the session is served meanwhile by the best worker that can start it
-right away with a resident model (its default voice): :attr:`Route.attempts` says which model to ask
-each worker for, in order.
+right away with a resident model (its default voice), the loader last: :attr:`Route.attempts` says
+which model to ask each worker for, in order.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from appliance.discovery import WorkerRecord
 
@@ -86,7 +86,7 @@ def _rejection(worker: WorkerRecord, req: RouteRequest, extra: int) -> str | Non
 
 
 def route(
-    workers: Iterable[WorkerRecord],
+    workers: Collection[WorkerRecord],
     req: RouteRequest,
     *,
     exclude: Collection[str] = (),
@@ -121,5 +121,7 @@ def route(
     # Nobody has the model resident: load it on the best candidate; serve meanwhile from the best
     # worker with its default model resident, then (if every such start fails) from the loader itself.
     load_on = attempts[0].worker
-    fallbacks = [Attempt(a.worker, "", True) for a in attempts if a.worker.default_model in a.worker.resident_models]
+    any_voice = route(workers, replace(req, model_id=""), exclude=exclude, extra_sessions=extra_sessions)
+    fallbacks = [a for a in any_voice.attempts if a.worker.default_model in a.worker.resident_models]
+    fallbacks.sort(key=lambda a: a.worker is load_on)  # the loader is busy loading: serve from another first
     return Route(tuple(fallbacks + attempts), load_on=load_on)
