@@ -81,9 +81,10 @@ def test_model_resident_nowhere_loads_on_the_best_and_serves_from_a_fallback():
     ]
     r = route(workers, RouteRequest(KOKO))
     assert r.load_on is not None and r.load_on.name == "idle"
-    # first the fallbacks with their default voice (resident), then the workers that could load it
+    # first the fallbacks with their default voice (resident; the loader last), then the workers that
+    # could load it on StartSession
     assert [(a.worker.name, a.model_id, a.resident) for a in r.attempts] == [
-        ("idle", "", True), ("busy", "", True), ("idle", KOKO, False), ("busy", KOKO, False),
+        ("nokoko", "", True), ("busy", "", True), ("idle", "", True), ("idle", KOKO, False), ("busy", KOKO, False),
     ]
 
 
