@@ -93,7 +93,8 @@ class Orchestrator:
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response(
-            {"status": "ok", "asr": self.settings.asr.model, "sessions": len(self.conversations), "workers": self.settings.workers}
+            {"status": "ok", "asr": self.settings.asr.model, "sessions": len(self.conversations),
+             "workers": [w["address"] for w in self.pool.view()["workers"]]}
         )
 
     async def prometheus(self, request: web.Request) -> web.Response:
