@@ -99,6 +99,8 @@ class RoutedPool:
             raise ConfigError(str(exc)) from None
         if not password:
             log.warning("Redis at %s is used without a password", discovery.redact(s.redis_url))
+        log.info("workers are discovered in Redis at %s (prefix %r); the static workers list is not used",
+                 discovery.redact(s.redis_url), d.key_prefix)
         registry = WorkerRegistry(s.redis_url or "", password, d.key_prefix, resync_s=d.resync_s)
         request = RouteRequest(language=d.language, require=frozenset(d.require))
         return cls(registry, request, metrics_registry=metrics_registry, health_check_s=d.health_check_s)

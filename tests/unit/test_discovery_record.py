@@ -137,7 +137,7 @@ def test_registry_applies_expires_only_while_connected_and_gives_grace_on_reconn
 
 
 def test_registry_ignores_stale_heartbeats_and_handles_restarts_and_deregister():
-    reg, clock = _registry()
+    reg, _clock = _registry()
     reg.apply("register", _beat(5))
     reg.apply("heartbeat", _beat(4, metrics=LiveMetrics(active_sessions=9)))  # older: ignored
     assert reg.records()[0].metrics.active_sessions == 2
