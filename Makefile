@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # Debian packages the tests and the local default use (installed when run as root).
-APT_PACKAGES := espeak-ng sox caddy chromium
+APT_PACKAGES := espeak-ng sox caddy chromium redis-server
 
 # make run-tls — the same behind a local Caddy (HTTPS, internal CA) for other devices on the LAN
 .PHONY: run run-tls test test-unit test-integration bench system-deps proto lint clean

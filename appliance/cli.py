@@ -113,6 +113,37 @@ def cmd_bench_conversation(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_workers(args: argparse.Namespace) -> int:
+    from appliance.config import OrchestratorSettings
+    from appliance.orchestrator.operator_view import fetch_orchestrator, format_table, read_redis
+
+    settings = load_settings(OrchestratorSettings, args.config, redis_url=args.redis_url)
+    try:
+        if args.url or not settings.redis_url:
+            url = args.url or f"http://{settings.host}:{settings.port}"
+            view = fetch_orchestrator(url)
+        else:
+            view = asyncio.run(read_redis(settings))
+    except OSError as exc:
+        print(f"appliance: cannot read the worker registry: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(view, indent=2) if args.json else format_table(view))
+    return 0
+
+
+def cmd_bench_routing(args: argparse.Namespace) -> int:
+    from appliance.orchestrator.bench_routing import run_bench
+
+    result = asyncio.run(
+        run_bench(workers=args.workers, trials=args.trials, spawn_trials=args.spawn_trials, redis_url=args.redis_url)
+    )
+    text = json.dumps(result, indent=2)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    print(text)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="appliance", description="Self-hosted full-duplex voice assistant")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -153,6 +184,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="model id (absent: the worker's default)")
     p.set_defaults(func=cmd_say)
 
+    p = sub.add_parser("workers", help="the TTS worker registry: workers, addresses, models, load, last heartbeat")
+    p.add_argument("--url", help="http://HOST:PORT of a running orchestrator (its view: down marks, routed counts)")
+    p.add_argument("--config", help="orchestrator TOML: read its Redis (redis_url, password, key prefix) directly")
+    p.add_argument("--redis-url", help="read this Redis directly (password: APPLIANCE_REDIS_PASSWORD or the URL)")
+    p.add_argument("--json", action="store_true", help="JSON instead of a table")
+    p.set_defaults(func=cmd_workers)
+
     p = sub.add_parser("check-config", help="validate a service's TOML file")
     p.add_argument("file")
     p.add_argument("--kind", choices=sorted(SERVICE_KINDS), help="which service it configures (guessed from the path)")
@@ -175,6 +213,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--url", help="ws://HOST:PORT/ws of a running appliance (absent: start `appliance run`)")
     q.add_argument("--out", help="also write the JSON here")
     q.set_defaults(func=cmd_bench_conversation)
+    q = bsub.add_parser("routing", help="routing decision time with N workers; new worker usable after start (Redis)")
+    q.add_argument("--workers", type=int, default=100, help="registered workers for the decision timing")
+    q.add_argument("--trials", type=int, default=200, help="routing decisions timed (≥ 20)")
+    q.add_argument("--spawn-trials", type=int, default=20, help="real worker processes started (0: skip)")
+    q.add_argument("--redis-url", help="a running Redis (absent: start a redis-server on a free port)")
+    q.add_argument("--out", help="also write the JSON here")
+    q.set_defaults(func=cmd_bench_routing)
     return parser
 
 

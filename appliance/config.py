@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 _toml_path: contextvars.ContextVar[Path | None] = contextvars.ContextVar("toml_path", default=None)
@@ -76,6 +76,40 @@ class AudioSettings(_Section):
     limiter_ceiling_dbfs: float = Field(-1.0, ge=-12, le=0)
 
 
+class _RedisSection(_Section):
+    key_prefix: str = Field("appliance:", pattern=r"^[A-Za-z0-9_.:/-]{0,64}$", description="prefix of every Redis key")
+    password_file: Path | None = Field(None, description="first line is the Redis password (or APPLIANCE_REDIS_PASSWORD)")
+
+
+def _redis_scheme(v: str | None) -> str | None:
+    if v and not v.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError("must start with redis://, rediss:// or unix:// (e.g. redis://127.0.0.1:6379/0)")
+    return v or None
+
+
+def _host_port_or_none(v: str | None) -> str | None:
+    if v:
+        host, _, port = v.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{v!r} is not HOST:PORT")
+    return v or None
+
+
+class WorkerDiscoverySettings(_RedisSection):
+    heartbeat_s: float = Field(10.0, gt=0, description="the record is rewritten this often")
+    ttl_s: float = Field(30.0, gt=0, description="the record expires this long after the last heartbeat")
+    advertise_address: str | None = Field(None, description="HOST:PORT the orchestrator dials (absent: host:port)")
+    languages: list[str] = Field(default_factory=list, description="advertised (empty: those of the models it serves)")
+
+    _addr = field_validator("advertise_address")(_host_port_or_none)
+
+    @model_validator(mode="after")
+    def _ttl_covers_heartbeats(self) -> WorkerDiscoverySettings:
+        if self.ttl_s <= self.heartbeat_s:
+            raise ValueError(f"ttl_s ({self.ttl_s}) must be longer than heartbeat_s ({self.heartbeat_s})")
+        return self
+
+
 class WorkerSettings(_ServiceSettings):
     name: str = Field("piper", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     host: str = "127.0.0.1"
@@ -83,6 +117,8 @@ class WorkerSettings(_ServiceSettings):
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = Field(9101, ge=0, le=65535, description="absent: no metrics endpoint")
     redis_url: str | None = None
+    redis_password: SecretStr | None = None
+    discovery: WorkerDiscoverySettings = Field(default_factory=WorkerDiscoverySettings)
     max_sessions: int = Field(64, ge=1)
     synthesis_threads: int | None = Field(None, ge=1, description="engine threads (absent: one per CPU core)")
     max_text_chars: int = Field(20_000, ge=1, description="per Synthesize stream")
@@ -93,6 +129,7 @@ class WorkerSettings(_ServiceSettings):
     audio: AudioSettings = Field(default_factory=AudioSettings)
 
     _empty_redis_is_none = field_validator("redis_url")(lambda v: v or None)
+    _redis_url_scheme = field_validator("redis_url")(_redis_scheme)
 
 
 # --- orchestrator -----------------------------------------------------------------------------
@@ -180,11 +217,31 @@ class WebRtcSettings(_Section):
         return v
 
 
+ROUTING_FLAGS = ("streaming", "zero_shot", "lora", "cpu_ok", "emotive_zero_prompt")
+
+
+class OrchestratorDiscoverySettings(_RedisSection):
+    resync_s: float = Field(10.0, gt=0, description="full re-read of the worker keys this often (pub/sub may drop)")
+    health_check_s: float = Field(2.0, gt=0, description="gRPC probes of down workers (of all, while Redis is down)")
+    language: str = Field("", description='language replies need, e.g. "en" (empty: any)')
+    require: list[str] = Field(default_factory=lambda: ["streaming"], description=f"of {', '.join(ROUTING_FLAGS)}")
+
+    @field_validator("require")
+    @classmethod
+    def _known_flags(cls, v: list[str]) -> list[str]:
+        bad = [f for f in v if f not in ROUTING_FLAGS]
+        if bad:
+            raise ValueError(f"unknown capability {', '.join(bad)}; known: {', '.join(ROUTING_FLAGS)}")
+        return v
+
+
 class OrchestratorSettings(_ServiceSettings):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     workers: list[str] = Field(default_factory=lambda: ["127.0.0.1:7001"], description="static TTS worker list")
     redis_url: str | None = None
+    redis_password: SecretStr | None = None
+    discovery: OrchestratorDiscoverySettings = Field(default_factory=OrchestratorDiscoverySettings)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     asr: AsrSettings = Field(default_factory=AsrSettings)
     vad: VadSettings = Field(default_factory=VadSettings)
@@ -194,6 +251,7 @@ class OrchestratorSettings(_ServiceSettings):
     webrtc: WebRtcSettings = Field(default_factory=WebRtcSettings)
 
     _empty_redis_is_none = field_validator("redis_url")(lambda v: v or None)
+    _redis_url_scheme = field_validator("redis_url")(_redis_scheme)
 
     @field_validator("workers")
     @classmethod

@@ -9,6 +9,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
+from redis_server import RedisServer  # noqa: E402
 from services import OrchestratorProcess, WorkerProcess  # noqa: E402  (after the sys.path line)
 
 
@@ -47,3 +48,13 @@ def orchestrator(piper_worker):
         yield orch
     finally:
         orch.stop()
+
+
+@pytest.fixture
+def redis_server():
+    """A real redis-server on a free loopback port, with a password (new and empty for each test)."""
+    server = RedisServer()
+    try:
+        yield server
+    finally:
+        server.close()

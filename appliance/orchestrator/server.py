@@ -12,9 +12,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from appliance.asr import WhisperAsr
 from appliance.config import OrchestratorSettings
+from appliance.discovery import redact
 from appliance.orchestrator.conversation import Conversation
 from appliance.orchestrator.metrics import OrchestratorMetrics
 from appliance.orchestrator.responder import create_responder
+from appliance.orchestrator.routed_pool import RoutedPool, make_pool
 from appliance.process import serve_until_signalled
 from appliance.orchestrator.tts_link import TtsLink, TtsUnavailable, WorkerPool
 from appliance.transport.base import CloseCode
@@ -34,8 +36,8 @@ class Orchestrator:
             model=a.model, device=a.device, compute_type=a.compute_type, cpu_threads=a.cpu_threads,
             beam_size=a.beam_size, language=a.language, models_dir=a.models_dir,
         )
-        self.pool = WorkerPool(settings.workers)
         self.metrics = OrchestratorMetrics()
+        self.pool: WorkerPool | RoutedPool = make_pool(settings, self.metrics.registry)  # Redis-routed, or the static list
         self.conversations: dict[str, Conversation] = {}
         self.webrtc = WebRtcEndpoint(
             lambda channel: self.converse(channel, "webrtc"), ice_servers=settings.webrtc.ice_servers,
@@ -51,14 +53,14 @@ class Orchestrator:
         app.router.add_post("/webrtc/offer", self.webrtc.offer)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/metrics", self.prometheus)
+        app.router.add_get("/workers", self.workers)
         if WEB_DIR.is_dir():
             app.router.add_static("/static/", WEB_DIR, show_index=False)
         return app
 
     async def start(self) -> None:
         s = self.settings
-        if s.redis_url:
-            log.warning("redis_url is set, but Redis discovery is not implemented yet: using the static worker list")
+        await self.pool.start()
         log.info("loading ASR model %s", s.asr.model)
         await self.asr.load_async()
         self._runner = web.AppRunner(self.app(), access_log=None)
@@ -66,7 +68,8 @@ class Orchestrator:
         site = web.TCPSite(self._runner, s.host, s.port)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # the real port when 0 was asked for
-        log.info("orchestrator listening on http://%s:%d (workers: %s)", s.host, self.port, ", ".join(s.workers))
+        workers = f"discovered in Redis at {redact(s.redis_url)}" if s.redis_url else ", ".join(s.workers)
+        log.info("orchestrator listening on http://%s:%d (workers: %s)", s.host, self.port, workers)
 
     async def stop(self) -> None:
         for conv in list(self.conversations.values()):
@@ -90,12 +93,17 @@ class Orchestrator:
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response(
-            {"status": "ok", "asr": self.settings.asr.model, "sessions": len(self.conversations), "workers": self.settings.workers}
+            {"status": "ok", "asr": self.settings.asr.model, "sessions": len(self.conversations),
+             "workers": [w["address"] for w in self.pool.view()["workers"]]}
         )
 
     async def prometheus(self, request: web.Request) -> web.Response:
         body = generate_latest(self.metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def workers(self, request: web.Request) -> web.Response:
+        """The worker registry as routing sees it (what `appliance workers` prints)."""
+        return web.json_response(self.pool.view())
 
     async def websocket(self, request: web.Request) -> web.StreamResponse:
         channel = await WebSocketChannel.accept(request)

@@ -92,8 +92,8 @@ class TTSClient:
     async def list_models(self) -> pb.ListModelsResponse:
         return await self.stub.ListModels(pb.ListModelsRequest())
 
-    async def load_model(self, model_id: str) -> pb.LoadModelResponse:
-        return await self.stub.LoadModel(pb.LoadModelRequest(model_id=model_id))
+    async def load_model(self, model_id: str, timeout: float | None = None) -> pb.LoadModelResponse:
+        return await self.stub.LoadModel(pb.LoadModelRequest(model_id=model_id), timeout=timeout)
 
     async def unload_model(self, model_id: str) -> pb.UnloadModelResponse:
         return await self.stub.UnloadModel(pb.UnloadModelRequest(model_id=model_id))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import deque
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0)
@@ -42,6 +44,9 @@ class WorkerMetrics:
         self.info.labels(**labels).set(1)
         self._server = None
         self.port: int | None = None
+        # The last streams' TTFA and RTF, for the live metrics in the worker's Redis record.
+        self.recent_ttfa_s: deque[float] = deque(maxlen=64)
+        self.recent_rtf: deque[float] = deque(maxlen=64)
 
     def serve(self, host: str, port: int) -> int:
         server, _thread = start_http_server(port, addr=host, registry=self.registry)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 
@@ -79,6 +79,7 @@ class TTSService(tts_pb2_grpc.TTSServiceServicer):
         self.gpu = gpu
         self.streams: dict[str, SynthesisStream] = {}
         self.draining = False
+        self.on_change: Callable[[], None] = lambda: None  # sessions or resident models changed
 
     async def _abort(self, context, rpc: str, code: grpc.StatusCode, message: str):
         self.metrics.errors.labels(rpc, code.name).inc()
@@ -216,8 +217,10 @@ class TTSService(tts_pb2_grpc.TTSServiceServicer):
         self.metrics.frames.labels(model).inc(stats.frames)
         if stats.ttfa_s is not None:
             self.metrics.ttfa.labels(model).observe(stats.ttfa_s)
+            self.metrics.recent_ttfa_s.append(stats.ttfa_s)
         if stats.rtf is not None:
             self.metrics.rtf.labels(model).observe(stats.rtf)
+            self.metrics.recent_rtf.append(stats.rtf)
         log.info(
             "stream done session=%s model=%s segments=%d frames=%d ttfa_ms=%s rtf=%s stopped=%s",
             session.session_id,
@@ -327,6 +330,7 @@ class TTSService(tts_pb2_grpc.TTSServiceServicer):
         self.metrics.resident_models.set(len(resident))
         for m in self.manager.snapshot():
             self.metrics.model_refcount.labels(m.model_id).set(m.refcount)
+        self.on_change()
 
 
 async def _prepend(first, rest: AsyncIterator) -> AsyncIterator:

@@ -76,6 +76,8 @@ class TTSWorker:
         )
         self._tasks: list[asyncio.Task] = []
         self._stopped = asyncio.Event()
+        self.registration = None  # a WorkerRegistration while registered in Redis
+        self._advertised: str | None = None
 
     def _engine_contended(self) -> bool:
         # Called from inside an engine call, which counts itself.
@@ -85,6 +87,15 @@ class TTSWorker:
     def address(self) -> str:
         return f"{self.settings.host}:{self.port}"
 
+    @property
+    def advertised(self) -> str:
+        """The address in this worker's Redis record (what the orchestrator dials)."""
+        from appliance.tts.registration import advertised_address
+
+        if self._advertised is None and self.port:
+            self._advertised = advertised_address(self.settings, self.port)
+        return self._advertised or self.address
+
     def status_line(self) -> str:
         resident = ",".join(self.manager.resident_ids()) or "none"
         return f"models: {resident}; sessions: {len(self.sessions)}; streams: {len(self.service.streams)}"
@@ -92,6 +103,10 @@ class TTSWorker:
     async def start(self) -> None:
         s = self.settings
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        if s.redis_url:
+            from appliance.tts.registration import WorkerRegistration, describe_worker
+
+            self.registration = WorkerRegistration(s, lambda: describe_worker(self))  # checks the password now
         self.server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -105,8 +120,6 @@ class TTSWorker:
         if self.port == 0:
             raise OSError(f"cannot listen on {s.host}:{s.port}")
         await self.server.start()
-        if s.redis_url:
-            log.warning("redis_url is set, but Redis discovery is not implemented yet: running standalone")
         if s.metrics_port is not None:
             self.metrics.serve(s.metrics_host, s.metrics_port)
         log.info("worker %s listening on %s (metrics port %s); loading %s", s.name, self.address, self.metrics.port, s.models.default)
@@ -116,6 +129,9 @@ class TTSWorker:
         self._tasks.append(asyncio.create_task(self.manager.run_evictor(HOUSEKEEPING_S), name="evictor"))
         self._tasks.append(asyncio.create_task(self._reap_sessions(), name="session-reaper"))
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        if self.registration is not None:
+            self.service.on_change = self.registration.changed
+            self.registration.start()
         self.notifier.ready(self.status_line())
         log.info("worker %s ready: %s", s.name, self.status_line())
 
@@ -138,6 +154,8 @@ class TTSWorker:
         log.info("worker %s stopping (grace %.1fs)", self.settings.name, grace)
         self.notifier.stopping()
         self.service.draining = True
+        if self.registration is not None:  # first, so no new session is routed here
+            await self.registration.stop()
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         if self.server is not None:
             await self.server.stop(grace)
