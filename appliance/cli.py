@@ -122,6 +122,18 @@ def cmd_bench_conversation(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_failover(args: argparse.Namespace) -> int:
+    from appliance.orchestrator.bench_failover import run_bench
+
+    engines = ("mock", "piper") if args.engine == "both" else (args.engine,)
+    result = asyncio.run(run_bench(trials=args.trials, engines=engines, stall_ms=args.stall_ms))
+    text = json.dumps(result, indent=2)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    print(text)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="appliance", description="Self-hosted full-duplex voice assistant")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -188,6 +200,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--url", help="ws://HOST:PORT/ws of a running appliance (absent: start `appliance run`)")
     q.add_argument("--out", help="also write the JSON here")
     q.set_defaults(func=cmd_bench_conversation)
+    q = bsub.add_parser("failover", help="the gap when the worker serving a reply is SIGKILLed or SIGSTOPped")
+    q.add_argument("--trials", type=int, default=20)
+    q.add_argument("--engine", choices=["mock", "piper", "both"], default="both")
+    q.add_argument("--stall-ms", type=int, default=1200, help="the orchestrator's playback.tts_stall_ms")
+    q.add_argument("--out", help="also write the JSON here")
+    q.set_defaults(func=cmd_bench_failover)
     return parser
 
 

@@ -63,6 +63,7 @@ class Failover:
     detected_at: float
     resend_from: int
     text_len: int
+    repeated: int = 0  # frames received of the segment under way (voiced again from its start)
     to: str = "-"
     gap_s: float | None = None  # last frame from the failed worker → first frame from the next
 
@@ -217,7 +218,7 @@ class Reply:
         loop = asyncio.get_running_loop()
         record = Failover(
             worker=address, cause=failure.cause, detail=str(failure), last_frame_at=self._last_frame_at,
-            detected_at=loop.time(), resend_from=self.voiced, text_len=len(self.text),
+            detected_at=loop.time(), resend_from=self.voiced, text_len=len(self.text), repeated=self.partial_frames,
         )
         self.failovers.append(record)
         if self.link.metrics is not None:
@@ -231,9 +232,10 @@ class Reply:
         if f.gap_s is not None and self.link.metrics is not None:
             self.link.metrics.failover_gap.observe(f.gap_s)
         log.warning(
-            "tts failover session=%s worker=%s cause=%s (%s) to=%s resend_from=%d/%d%s detect_ms=%.0f gap_ms=%s",
+            "tts failover session=%s worker=%s cause=%s (%s) to=%s resend_from=%d/%d%s repeated_frames=%d "
+            "detect_ms=%.0f gap_ms=%s",
             self.session_id, f.worker, f.cause, f.detail, f.to, f.resend_from, f.text_len,
-            "" if self.finished else "+", (f.detected_at - f.last_frame_at) * 1000,
+            "" if self.finished else "+", f.repeated, (f.detected_at - f.last_frame_at) * 1000,
             "-" if f.gap_s is None else f"{f.gap_s * 1000:.0f}",
         )
 
