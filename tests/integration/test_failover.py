@@ -12,10 +12,10 @@ import signal
 import urllib.request
 
 import pytest
-
-from appliance.transport.ws_client import WsClient
 from services import OrchestratorProcess, WorkerProcess
 from speech import normalise, transcribe
+
+from appliance.transport.ws_client import WsClient
 
 SENTENCES = [
     "The old lighthouse keeper lived alone on a small island.",

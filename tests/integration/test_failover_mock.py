@@ -16,7 +16,8 @@ from appliance.tts.client import TTSClient
 from appliance.tts.text import split_text
 from appliance.tts.worker import TTSWorker
 
-WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa".split()
+WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel",
+         "india", "juliet", "kilo", "lima", "mike", "november", "oscar", "papa"]
 TEXT = " ".join(f"{WORDS[i % 16].capitalize()} {WORDS[(i + 3) % 16]} {WORDS[(i + 7) % 16]} {WORDS[(i + 11) % 16]}."
                 for i in range(24))
 STALL_S = 0.4
@@ -154,7 +155,7 @@ async def test_a_pause_in_force_holds_the_new_worker_until_resume(workers, link)
             gate["killed"] = asyncio.get_running_loop().time()
             asyncio.get_running_loop().call_later(0.8, lambda: asyncio.ensure_future(link.control("resume")))
 
-    frames, switch, dropped = await _play(reply, pause_then_kill)
+    frames, switch, _dropped = await _play(reply, pause_then_kill)
     [failover] = reply.failovers
     assert failover.to == b.address and failover.cause == "lost"
     assert failover.gap_s >= 0.8  # nothing from the new worker before RESUME
