@@ -89,28 +89,29 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(result: dict, out: str | None) -> int:
+    """A benchmark's JSON on stdout, and in ``out`` when given."""
+    text = json.dumps(result, indent=2)
+    if out:
+        Path(out).write_text(text + "\n")
+    print(text)
+    return 0
+
+
 def cmd_bench_tts(args: argparse.Namespace) -> int:
     from appliance.tts.bench import run_bench
 
     result = asyncio.run(
         run_bench(trials=args.trials, concurrency=args.concurrency, worker=args.worker, model=args.model)
     )
-    text = json.dumps(result, indent=2)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    print(text)
-    return 0
+    return _report(result, args.out)
 
 
 def cmd_bench_conversation(args: argparse.Namespace) -> int:
     from appliance.orchestrator.bench import run_bench
 
     result = asyncio.run(run_bench(turns=args.turns, url=args.url))
-    text = json.dumps(result, indent=2)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    print(text)
-    return 0
+    return _report(result, args.out)
 
 
 def cmd_workers(args: argparse.Namespace) -> int:
@@ -137,11 +138,15 @@ def cmd_bench_routing(args: argparse.Namespace) -> int:
     result = asyncio.run(
         run_bench(workers=args.workers, trials=args.trials, spawn_trials=args.spawn_trials, redis_url=args.redis_url)
     )
-    text = json.dumps(result, indent=2)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    print(text)
-    return 0
+    return _report(result, args.out)
+
+
+def cmd_bench_failover(args: argparse.Namespace) -> int:
+    from appliance.orchestrator.bench_failover import run_bench
+
+    engines = ("mock", "piper") if args.engine == "both" else (args.engine,)
+    result = asyncio.run(run_bench(trials=args.trials, engines=engines, stall_ms=args.stall_ms))
+    return _report(result, args.out)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -220,6 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--redis-url", help="a running Redis (absent: start a redis-server on a free port)")
     q.add_argument("--out", help="also write the JSON here")
     q.set_defaults(func=cmd_bench_routing)
+    q = bsub.add_parser("failover", help="the gap when the worker serving a reply is SIGKILLed or SIGSTOPped")
+    q.add_argument("--trials", type=int, default=20)
+    q.add_argument("--engine", choices=["mock", "piper", "both"], default="both")
+    q.add_argument("--stall-ms", type=int, default=1200, help="the orchestrator's playback.tts_stall_ms")
+    q.add_argument("--out", help="also write the JSON here")
+    q.set_defaults(func=cmd_bench_failover)
     return parser
 
 

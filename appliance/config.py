@@ -198,6 +198,9 @@ class PlaybackSettings(_Section):
     lead_ms: int = Field(100, ge=20, le=1000, description="how far reply audio may run ahead of real time")
     barge_in_confirm_ms: int = Field(600, ge=100, description="PAUSEd reply resumes if no turn is confirmed in this long")
     tts_model: str = Field("", description="model id for replies (empty: the worker's default)")
+    tts_stall_ms: int = Field(
+        1200, ge=200, description="a worker that sends no audio this long while it is due is failed over"
+    )
 
 
 class WebRtcSettings(_Section):

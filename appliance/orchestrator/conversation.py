@@ -24,7 +24,7 @@ from appliance.orchestrator.pacer import Pacer
 from appliance.orchestrator.responder import Responder, ResponderError, Turn
 from appliance.orchestrator.states import State, StateMachine
 from appliance.orchestrator.timeline import InputTimeline
-from appliance.orchestrator.tts_link import TtsLink
+from appliance.orchestrator.tts_link import TtsLink, TtsUnavailable
 from appliance.orchestrator.turn import TurnTimes
 from appliance.transport.base import AudioIn, Bye, Channel, CloseCode, Interrupt, Say, TextTurn
 
@@ -441,6 +441,11 @@ class Conversation:
         """Wait until the reply's audio has been sent, then say so and settle the state."""
         try:
             await pump
+        except TtsUnavailable as exc:  # failover found no worker: the reply ends with what was voiced
+            log.error("reply failed session=%s: %s", self.id, exc)
+            self._emit({"type": "error", "code": "tts_unavailable", "message": str(exc)})
+            if self.metrics:
+                self.metrics.errors.labels("tts_unavailable").inc()
         finally:
             reply.cancel()
             pump.cancel()
@@ -454,6 +459,8 @@ class Conversation:
         loop = asyncio.get_running_loop()
         self.pacer.clear()  # nothing of an earlier, stopped reply may play before this one
         self.pacer.release()
+        reply.buffered = lambda: self.pacer.queued * 0.02 + self.pacer.playout_remaining()
+        reply.on_failover = self.pacer.drop_last  # an unfinished segment is voiced again from its start
         async for frame in reply.frames():
             if times.first_frame_at is None:
                 times.first_frame_at = loop.time()

@@ -27,6 +27,18 @@ class OrchestratorMetrics:
             buckets=_MS_BUCKETS,
             registry=r,
         )
+        self.failovers = Counter(
+            "appliance_tts_failovers_total",
+            "Replies moved off a TTS worker mid-stream: cause lost (stream failed) or stalled (deadline passed)",
+            ["worker", "cause"],
+            registry=r,
+        )
+        self.failover_gap = Histogram(
+            "appliance_tts_failover_gap_seconds",
+            "Failover gap: last frame from the failed worker to the first frame from the next",
+            buckets=_MS_BUCKETS,
+            registry=r,
+        )
 
     def observe_turn(self, times: TurnTimes) -> None:
         self.turns.inc()

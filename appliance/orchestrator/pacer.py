@@ -65,6 +65,15 @@ class Pacer:
     def release(self) -> None:
         self._open.set()
 
+    def drop_last(self, n: int) -> int:
+        """Drop up to ``n`` of the newest queued frames (those not sent yet)."""
+        dropped = min(n, len(self._frames))
+        for _ in range(dropped):
+            self._frames.pop()
+        if not self._frames and not self._sending:
+            self._drained.set()
+        return dropped
+
     def clear(self) -> int:
         dropped = len(self._frames)
         self._frames.clear()

@@ -119,7 +119,10 @@ class Orchestrator:
             await channel.send_error("busy", f"the appliance is serving its maximum of {s.session.max_sessions} sessions")
             await channel.close(CloseCode.BUSY, "too many sessions")
             return
-        tts = TtsLink(self.pool, sid, channel.hello.voice or s.playback.tts_model)
+        tts = TtsLink(
+            self.pool, sid, channel.hello.voice or s.playback.tts_model,
+            stall_s=s.playback.tts_stall_ms / 1000, metrics=self.metrics,
+        )
         try:
             await tts.open()
         except TtsUnavailable as exc:

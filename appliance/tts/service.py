@@ -169,10 +169,11 @@ class TTSService(tts_pb2_grpc.TTSServiceServicer):
         self.metrics.active_streams.inc()
         stream.start(_prepend(first, chunks))
         seq = 0
+        voiced = 0  # text_offset of the last frame written
         error: StreamError | None = None
         try:
             try:
-                async for frame in stream.frames():
+                async for frame, text_offset in stream.frames():
                     if not await session.gate():
                         break
                     try:
@@ -183,10 +184,12 @@ class TTSService(tts_pb2_grpc.TTSServiceServicer):
                                 sample_rate=OUTPUT_RATE,
                                 frame_duration_ms=FRAME_MS,
                                 sequence_number=seq,
+                                text_offset=text_offset,
                             )
                         )
                     finally:
                         session.write_done()
+                    voiced = text_offset
                     if seq == 0:
                         stream.stats.first_frame = time.perf_counter()
                     seq += 1
@@ -202,6 +205,7 @@ class TTSService(tts_pb2_grpc.TTSServiceServicer):
                     frame_duration_ms=FRAME_MS,
                     sequence_number=seq,
                     is_final=True,
+                    text_offset=voiced if session.stopped else stream.stats.chars,
                 )
             )
             self._observe(session, stream)

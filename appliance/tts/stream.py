@@ -6,6 +6,10 @@ Three cooperating parts, joined by a bounded frame channel:
   writer   (the RPC handler) frames → the pause gate → the wire
 The channel's bound is the back-pressure: a paused or slow client stops synthesis running
 far ahead, instead of buffering minutes of audio.
+
+Each frame travels with its ``text_offset`` (AudioFrame field 7): how much of the stream's text
+is fully voiced once it has played. The producer holds back one frame so that the last frame of a
+segment can carry the segment's end; a client that loses the stream re-sends from there.
 """
 
 from __future__ import annotations
@@ -145,11 +149,13 @@ class SynthesisStream:
         self.max_chars = max_chars
         self.stats = StreamStats(started=time.perf_counter())
         self.channel = FrameChannel()
-        self._segments: asyncio.Queue[str | None] = asyncio.Queue()
+        self._segments: asyncio.Queue[tuple[str, int] | None] = asyncio.Queue()  # (segment, end offset)
         self._segmenter = TextSegmenter(**(FIRST_SEGMENT_BUSY if busy_streams >= BUSY_STREAMS else FIRST_SEGMENT))
         self._tasks: list[asyncio.Task] = []
         self._arrived = asyncio.get_running_loop().time()
         self._audio_start: float | None = None
+        self.voiced = 0  # text offset voiced by the frames produced so far
+        self._held: bytes | None = None  # the newest frame, until it is known whether it ends a segment
 
     def start(self, chunks: AsyncIterator) -> None:
         self._tasks = [
@@ -169,9 +175,10 @@ class SynthesisStream:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def frames(self) -> AsyncIterator[bytes]:
-        while (frame := await self.channel.get()) is not None:
-            yield frame
+    async def frames(self) -> AsyncIterator[tuple[bytes, int]]:
+        """(frame, text offset voiced once it has played) until the end of the audio."""
+        while (item := await self.channel.get()) is not None:
+            yield item
 
     # --- reader ----------------------------------------------------------------------------
 
@@ -191,13 +198,13 @@ class SynthesisStream:
                         "send it in several utterances",
                     )
                 self.session.touch()
-                for segment in self._segmenter.push(chunk.text):
-                    self._segments.put_nowait(segment)
+                for item in self._segmenter.push_spans(chunk.text):
+                    self._segments.put_nowait(item)
                 if chunk.is_final:
                     break
             # End of the request stream counts as is_final: flush what is left.
-            for segment in self._segmenter.flush():
-                self._segments.put_nowait(segment)
+            for item in self._segmenter.flush_spans():
+                self._segments.put_nowait(item)
         except StreamError as exc:
             await drain_requests(chunks)
             self.channel.close(exc)
@@ -209,10 +216,12 @@ class SynthesisStream:
     async def _produce(self) -> None:
         chain: OutputChain | None = None
         try:
-            while (segment := await self._segments.get()) is not None:
+            while (item := await self._segments.get()) is not None:
+                segment, end = item
                 if self.channel.closed or self.session.cancel.is_set():
                     break
                 if not is_speakable(segment):
+                    self.voiced = end  # nothing to say: voiced as soon as what came before is
                     continue
                 adapter = self.session.lease.adapter  # read each time: RELOAD may swap it
                 if chain is None or chain.in_rate != adapter.sample_rate:
@@ -227,9 +236,12 @@ class SynthesisStream:
                     self.stats.synth_s += pcm.synth_s
                     for frame in chain.push(pcm.samples):
                         await self._emit(frame)
+                self.voiced = end  # (but for the resampler's few-ms tail, still in the chain)
+                await self._release_held()
             if chain is not None and not self.session.cancel.is_set():
                 for frame in chain.flush():
                     await self._emit(frame)
+            await self._release_held()
             self.channel.close()
         except asyncio.CancelledError:
             raise
@@ -257,4 +269,10 @@ class SynthesisStream:
     async def _emit(self, frame: bytes) -> None:
         if self._audio_start is None:
             self._audio_start = asyncio.get_running_loop().time()
-        await self.channel.put(frame)
+        await self._release_held()
+        self._held = frame
+
+    async def _release_held(self) -> None:
+        if self._held is not None:
+            frame, self._held = self._held, None
+            await self.channel.put((frame, self.voiced))

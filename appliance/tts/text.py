@@ -32,6 +32,10 @@ Rules (see ``TextSegmenter``):
 * A segment longer than ``max_segment_chars`` is cut at its last clause
   boundary in the second half of the limit, else at its last whitespace within
   the limit; a single word longer than the limit is emitted whole.
+* ``push_spans``/``flush_spans`` also give each segment's end offset in the
+  text pushed so far (Unicode code points, whitespace after it not included):
+  what the worker reports as ``AudioFrame.text_offset``, so a client can
+  re-send the rest of a text after losing a stream.
 
 All cuts fall on whitespace, so no word is ever split, and every decision is
 taken only once the text that decides it has arrived (a conjunction or soft
@@ -117,6 +121,7 @@ class TextSegmenter:
         self._max_words = first_clause_max_words
         self._hard_words = first_segment_hard_max_words
         self._max_chars = max_segment_chars
+        self._fed = 0  # characters pushed over the segmenter's life
         self.reset()
 
     @property
@@ -126,6 +131,7 @@ class TextSegmenter:
 
     def reset(self) -> None:
         """Discard pending text and start a new utterance."""
+        self._base = self._fed  # offset of _buf[0] in everything pushed
         self._buf = ""
         self._pos = 0  # start of the pending segment in _buf
         self._scan = 0  # no sentence end in _buf[_pos:_scan]
@@ -137,10 +143,32 @@ class TextSegmenter:
 
     def push(self, text: str) -> list[str]:
         """Append streamed text; return the segments completed by it."""
+        return [piece for piece, _end in self.push_spans(text)]
+
+    def flush(self) -> list[str]:
+        """End of utterance: return everything left, then reset."""
+        return [piece for piece, _end in self.flush_spans()]
+
+    def push_spans(self, text: str) -> list[tuple[str, int]]:
+        """Like ``push``, with each segment's end offset in all the text pushed so far."""
+        self._fed += len(text)
+        return self._push(text)
+
+    def flush_spans(self) -> list[tuple[str, int]]:
+        """Like ``flush``, with each segment's end offset."""
+        out = self._push("\n")  # a newline ends whatever sentence is open
+        rest = self.pending.strip()
+        if rest:  # not expected; never lose text
+            out.append((rest, self._fed))
+        self.reset()
+        return [(piece, min(end, self._fed)) for piece, end in out]
+
+    def _push(self, text: str) -> list[tuple[str, int]]:
         if not text:
             return []
         pos = self._pos
         if pos:
+            self._base += pos
             self._buf = self._buf[pos:]
             self._scan -= pos
             if self._hold:
@@ -153,19 +181,10 @@ class TextSegmenter:
         self._buf += text
         return self._drain()
 
-    def flush(self) -> list[str]:
-        """End of utterance: return everything left, then reset."""
-        out = self.push("\n")  # a newline ends whatever sentence is open
-        rest = self.pending.strip()
-        if rest:  # not expected; never lose text
-            out.append(rest)
-        self.reset()
-        return out
-
     # -- internals ---------------------------------------------------------
 
-    def _drain(self) -> list[str]:
-        out: list[str] = []
+    def _drain(self) -> list[tuple[str, int]]:
+        out: list[tuple[str, int]] = []
         buf = self._buf
         while True:
             m = _NON_SPACE.search(buf, self._pos)
@@ -183,7 +202,7 @@ class TextSegmenter:
             assert cut > self._pos
             piece = buf[self._pos : cut].strip()
             self._pos = cut
-            out.append(piece)
+            out.append((piece, self._base + cut))
             if self._first and is_speakable(piece):
                 self._first = False
             self._dirty = True

@@ -78,3 +78,20 @@ async def test_a_vanished_client_ends_the_pacer_quietly():
     await asyncio.wait_for(pacer.drained(), 1)
     assert pacer.queued == 0
     await pacer.close()
+
+
+async def test_drop_last_drops_only_the_newest_unsent_frames():
+    sink = Sink()
+    pacer = Pacer(sink, lead_s=0.1)
+    pacer.start()
+    for i in range(20):
+        pacer.push(bytes([i]))
+    await asyncio.sleep(0.05)  # a few frames are out (the lead)
+    sent = len(sink.frames)
+    assert 0 < sent < 20
+    assert pacer.drop_last(5) == 5  # an unfinished segment, voiced again by the next worker
+    await asyncio.wait_for(pacer.drained(), 1)
+    assert [f[0] for f in sink.frames] == list(range(15))
+    pacer.push(b"\x63")
+    assert pacer.drop_last(1000) <= 1  # never more than is queued
+    await pacer.close()

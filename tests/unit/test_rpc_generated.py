@@ -40,6 +40,7 @@ def test_abi_matches_contract():
     assert fields("TextChunk") == {"session_id": 1, "text": 2, "is_final": 3, "sequence_number": 4}
     assert fields("AudioFrame") == {
         "session_id": 1, "audio_data": 2, "sample_rate": 3, "frame_duration_ms": 4, "sequence_number": 5, "is_final": 6,
+        "text_offset": 7,  # added for failover (the contract's fields 1-6 are unchanged)
     }
     assert fields("ControlRequest") == {"session_id": 1, "command": 2}
     assert fields("ControlResponse") == {"success": 1, "message": 2, "timestamp_ms": 3}

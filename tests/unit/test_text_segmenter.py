@@ -460,3 +460,25 @@ def test_invalid_arguments():
     with pytest.raises(ValueError):
         TextSegmenter(first_clause_max_words=6, first_segment_hard_max_words=5)
     TextSegmenter(first_clause_max_words=9, first_segment_hard_max_words=9)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_span_ends_locate_every_segment_in_the_raw_text(seed):
+    """push_spans/flush_spans give each segment's end in the text pushed (AudioFrame.text_offset):
+    the raw text between two ends is the segment, whatever the chunking."""
+    rng = random.Random(seed)
+    text = ("Here is a long story for you.  Once upon a time, Mr. Smith lived alone on an island far from "
+            "the coast… and then?\nYes! It cost 3.14 dollars 😀 ... the end")
+    seg = TextSegmenter()
+    out, i = [], 0
+    while i < len(text):
+        n = rng.randint(1, 12)
+        out += seg.push_spans(text[i : i + n])
+        i += n
+    out += seg.flush_spans()
+    assert [p for p, _ in out] == split_text(text)
+    prev = 0
+    for piece, end in out:
+        assert text[prev:end].strip() == piece
+        prev = end
+    assert prev == len(text)

@@ -1,0 +1,252 @@
+"""One reply's audio: text in, 20 ms frames out, across worker failures.
+
+A reply is a Synthesize stream on the session's worker. Every frame says how much of the text is
+fully voiced once it has played (``AudioFrame.text_offset``: the last frame of a segment carries
+the segment's end). When the worker dies (the stream fails: connection lost, the worker's own
+error) or hangs (no frame while one is due, for ``stall_s``), the reply fails over: the worker is
+marked down, the session is started on another one, and the text from the end of the last fully
+voiced segment — plus whatever is fed later — is sent there on a new stream. ``frames()`` keeps
+yielding as if nothing happened; the client hears a gap (and the segment that was under way again
+from its start), never a loss. With no worker left, ``frames()`` raises ``TtsUnavailable``.
+
+A frame is *due* when there is text the worker can voice (a finished reply, or a complete sentence
+not yet voiced), the reply is not paused by barge-in, and the audio the orchestrator still holds
+for the client is down to ``LOW_WATER_S``: a worker that synthesises ahead is never suspected
+while the client still has audio to play, however long the next sentence takes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import grpc
+
+from appliance.orchestrator.pool import TtsUnavailable
+from appliance.rpc import tts_pb2 as pb
+from appliance.tts.client import TTSClient
+
+if TYPE_CHECKING:
+    from appliance.orchestrator.tts_link import TtsLink
+
+log = logging.getLogger(__name__)
+
+CHECK_S = 0.05  # how often a silent stream is checked for a stall
+LOW_WATER_S = 0.2  # frames are due once the audio held for the client is down to this
+# Statuses that mean "this worker cannot finish the stream"; the others (bad text, …) are the
+# request's fault and would fail on any worker.
+FAILOVER_CODES = frozenset({
+    grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED, grpc.StatusCode.NOT_FOUND,
+})
+_VOICEABLE = re.compile(r"[.!?…][\"'”’»)\]]*\s|\n")  # a sentence end the worker's segmenter can act on
+_EOS = object()
+_CANCELLED = object()
+
+
+class WorkerFailed(Exception):
+    def __init__(self, cause: str, detail: str) -> None:
+        super().__init__(detail)
+        self.cause = cause  # "lost" | "stalled"
+
+
+@dataclass
+class Failover:
+    worker: str
+    cause: str
+    detail: str
+    last_frame_at: float  # loop time of the last frame from the failed worker (or its stream's start)
+    detected_at: float
+    resend_from: int
+    text_len: int
+    repeated: int = 0  # frames received of the segment under way (voiced again from its start)
+    to: str = "-"
+    gap_s: float | None = None  # last frame from the failed worker → first frame from the next
+
+
+class Reply:
+    """``feed`` text as the responder produces it, ``finish``, and read ``frames``.
+
+    The conversation may set ``buffered`` (seconds of reply audio it still holds for the client)
+    and ``on_failover`` (called with how many frames of an unfinished segment it was given: that
+    segment is voiced again from its start, so frames of it not yet sent should be dropped)."""
+
+    def __init__(self, link: TtsLink) -> None:
+        self.link = link
+        self.session_id = link.session_id
+        self.text = ""  # everything fed
+        self.finished = False
+        self.voiced = 0  # text[:voiced] is fully voiced by the frames yielded so far
+        self.partial_frames = 0  # frames yielded since: an unfinished segment
+        self.failovers: list[Failover] = []
+        self.buffered: Callable[[], float] = lambda: 0.0
+        self.on_failover: Callable[[int], None] | None = None
+        self._more = asyncio.Event()  # text fed, or finished: wakes the request stream
+        self._generation = 0  # streams of earlier generations stop sending
+        self._call = None
+        self._cancelled = False
+        self._due_since: float | None = None
+        self._last_frame_at = 0.0
+
+    def feed(self, text: str) -> None:
+        self.text += text
+        self._more.set()
+
+    def finish(self) -> None:
+        self.finished = True
+        self._more.set()
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        self._generation += 1
+        self._more.set()
+        if self._call is not None:
+            self._call.cancel()
+
+    # --- the stream ----------------------------------------------------------------------
+
+    async def frames(self) -> AsyncIterator[bytes]:
+        loop = asyncio.get_running_loop()
+        client = await self.link.current()
+        exclude: set[str] = set()
+        pending: Failover | None = None
+        while True:
+            if pending is not None:
+                await self.link.unpaused()  # a PAUSE in force holds the new stream back until RESUME
+            self._call = self._open(client)
+            try:
+                async for frame in self._receive(self._call):
+                    if pending is not None:
+                        pending.gap_s = loop.time() - pending.last_frame_at
+                        self._report(pending)
+                        pending = None
+                    yield frame
+                return
+            except WorkerFailed as failure:
+                if pending is not None:  # the next worker failed too, before its first frame
+                    self._report(pending)
+                pending = self._failed(client.address, failure)
+            finally:
+                self._call.cancel()
+            exclude.add(client.address)
+            if self.finished and self.voiced >= len(self.text):  # only the final frame was missing
+                self._report(pending)
+                await self.link.failover(client, pending.cause, exclude, replace=False)
+                return
+            try:
+                client = await self.link.failover(client, pending.cause, exclude)
+            except TtsUnavailable:
+                self._report(pending)
+                raise
+            pending.to = client.address
+
+    def _open(self, client: TTSClient):
+        self._generation += 1
+        self._due_since = None
+        self._last_frame_at = asyncio.get_running_loop().time()
+        self._base = self.voiced
+        return client.stub.Synthesize(self._chunks(self._generation, self.voiced))
+
+    async def _chunks(self, generation: int, start: int):
+        pos, seq = start, 0
+        while generation == self._generation:
+            if pos < len(self.text):
+                text, pos = self.text[pos:], len(self.text)
+                yield pb.TextChunk(session_id=self.session_id, text=text, sequence_number=seq)
+                seq += 1
+            elif self.finished:
+                yield pb.TextChunk(session_id=self.session_id, is_final=True, sequence_number=seq)
+                return
+            else:
+                self._more.clear()
+                await self._more.wait()
+
+    async def _receive(self, call) -> AsyncIterator[bytes]:
+        """The stream's audio; raises WorkerFailed when the worker fails or stalls."""
+        loop = asyncio.get_running_loop()
+        items: asyncio.Queue = asyncio.Queue()
+        reader = asyncio.ensure_future(_read(call, items))
+        try:
+            while True:
+                try:
+                    item = items.get_nowait() if items.qsize() else await asyncio.wait_for(items.get(), CHECK_S)
+                except TimeoutError:
+                    if self._stalled(loop.time()):
+                        raise WorkerFailed("stalled", f"no audio for {self.link.stall_s:.1f}s while it was due") from None
+                    continue
+                if self._cancelled or item is _CANCELLED:
+                    return
+                if item is _EOS:
+                    raise WorkerFailed("lost", "the stream ended without its final frame")
+                if isinstance(item, grpc.aio.AioRpcError):
+                    if item.code() not in FAILOVER_CODES:
+                        raise item
+                    raise WorkerFailed("lost", f"{item.code().name}: {item.details()}")
+                self._last_frame_at = loop.time()
+                self._due_since = None
+                if item.audio_data:
+                    self.partial_frames += 1
+                if self._base + item.text_offset > self.voiced:
+                    self.voiced = self._base + item.text_offset
+                    self.partial_frames = 0
+                if item.is_final:
+                    return
+                if item.audio_data:
+                    yield item.audio_data
+        finally:
+            reader.cancel()
+
+    def _stalled(self, now: float) -> bool:
+        due = (
+            not self.link.paused
+            and (self.finished or _VOICEABLE.search(self.text, self.voiced) is not None)
+            and self.buffered() <= LOW_WATER_S
+        )
+        if not due:
+            self._due_since = None
+            return False
+        if self._due_since is None:
+            # Due since the last frame, or since it became due (text fed, RESUME, buffer low).
+            self._due_since = max(self._last_frame_at, now - CHECK_S)
+        return now - self._due_since >= self.link.stall_s
+
+    def _failed(self, address: str, failure: WorkerFailed) -> Failover:
+        loop = asyncio.get_running_loop()
+        record = Failover(
+            worker=address, cause=failure.cause, detail=str(failure), last_frame_at=self._last_frame_at,
+            detected_at=loop.time(), resend_from=self.voiced, text_len=len(self.text), repeated=self.partial_frames,
+        )
+        self.failovers.append(record)
+        if self.link.metrics is not None:
+            self.link.metrics.failovers.labels(address, failure.cause).inc()
+        if self.on_failover is not None and self.partial_frames:
+            self.on_failover(self.partial_frames)
+        self.partial_frames = 0
+        return record
+
+    def _report(self, f: Failover) -> None:
+        if f.gap_s is not None and self.link.metrics is not None:
+            self.link.metrics.failover_gap.observe(f.gap_s)
+        log.warning(
+            "tts failover session=%s worker=%s cause=%s (%s) to=%s resend_from=%d/%d%s repeated_frames=%d "
+            "detect_ms=%.0f gap_ms=%s",
+            self.session_id, f.worker, f.cause, f.detail, f.to, f.resend_from, f.text_len,
+            "" if self.finished else "+", f.repeated, (f.detected_at - f.last_frame_at) * 1000,
+            "-" if f.gap_s is None else f"{f.gap_s * 1000:.0f}",
+        )
+
+
+async def _read(call, items: asyncio.Queue) -> None:
+    try:
+        async for frame in call:
+            items.put_nowait(frame)
+        items.put_nowait(_EOS)
+    except grpc.aio.AioRpcError as exc:
+        items.put_nowait(exc)
+    except asyncio.CancelledError:  # the call was cancelled (or this reader, then nobody reads this)
+        items.put_nowait(_CANCELLED)
+        raise

@@ -1,0 +1,197 @@
+"""Failover plumbing, bit-exact, with the deterministic mock engine: two real gRPC worker servers
+in this process, the orchestrator's TtsLink/Reply against them. (test_failover.py proves the
+feature with real Piper worker processes.)"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from appliance.config import WorkerSettings, load_settings
+from appliance.orchestrator.metrics import OrchestratorMetrics
+from appliance.orchestrator.tts_link import TtsLink, WorkerPool
+from appliance.tts.adapters.mock import MockSineAdapter
+from appliance.tts.client import TTSClient
+from appliance.tts.text import split_text
+from appliance.tts.worker import TTSWorker
+
+WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel",
+         "india", "juliet", "kilo", "lima", "mike", "november", "oscar", "papa"]
+TEXT = " ".join(f"{WORDS[i % 16].capitalize()} {WORDS[(i + 3) % 16]} {WORDS[(i + 7) % 16]} {WORDS[(i + 11) % 16]}."
+                for i in range(24))
+STALL_S = 0.4
+
+
+async def _worker() -> TTSWorker:
+    settings = load_settings(WorkerSettings, None, name="mock", port=0, metrics_port=0, models={"default": "mock-sine"})
+    worker = TTSWorker(settings)
+    await worker.start()
+    return worker
+
+
+@pytest.fixture
+async def workers(monkeypatch):
+    monkeypatch.setattr(MockSineAdapter, "delay_s", 0.01)  # 150 ms of audio per 10 ms: a stream takes a while
+    a, b = await _worker(), await _worker()
+    yield a, b
+    for w in (a, b):
+        await w.stop(grace=0)
+
+
+@pytest.fixture
+async def link(workers):
+    pool = WorkerPool([w.address for w in workers])
+    link = TtsLink(pool, "conv-1", stall_s=STALL_S, metrics=OrchestratorMetrics())
+    await link.open()
+    assert link.client.address == workers[0].address
+    yield link
+    await link.close()
+    await pool.close()
+
+
+async def _reference(worker: TTSWorker, text: str) -> list[bytes]:
+    async with TTSClient(worker.address) as client:
+        await client.start_session("ref")
+        _, frames = await client.synthesize_all("ref", text)
+        await client.end_session("ref")
+    return [f.audio_data for f in frames if f.audio_data]
+
+
+async def _play(reply, on_frame) -> tuple[list[bytes], int, int]:
+    """All frames, the index of the first one from the next worker, and the frames dropped
+    (an unfinished segment that is voiced again)."""
+    frames: list[bytes] = []
+    dropped: list[int] = []
+    reply.on_failover = dropped.append
+    switch = None
+    async for frame in reply.frames():
+        if switch is None and reply.failovers:
+            switch = len(frames)
+        frames.append(frame)
+        await on_frame(len(frames))
+    return frames, switch, sum(dropped)
+
+
+def _check_resumed_bit_exact(frames, switch, dropped, reference, rest_reference):
+    kept = switch - dropped  # frames of fully voiced segments from the first worker
+    assert kept > 0 and frames[:kept] == reference[:kept]
+    assert frames[switch:] == rest_reference
+
+
+async def test_text_offsets_mark_segment_ends(workers):
+    async with TTSClient(workers[0].address) as client:
+        await client.start_session("s")
+        _, frames = await client.synthesize_all("s", TEXT)
+    offsets = [f.text_offset for f in frames]
+    assert offsets == sorted(offsets) and offsets[-1] == len(TEXT) and frames[-1].is_final
+    ends, pos = [], 0
+    for segment in split_text(TEXT, first_clause_max_words=5, first_segment_hard_max_words=6):
+        pos = TEXT.index(segment, pos) + len(segment)
+        ends.append(pos)
+    # Every segment end is announced, by the last frame of that segment.
+    assert sorted(set(offsets) - {0}) == ends
+    for end in ends[:-1]:
+        last = max(i for i, o in enumerate(offsets) if o < end) + 1
+        assert offsets[last] == end and frames[last].audio_data
+
+
+async def test_a_worker_lost_mid_reply_is_replaced_and_nothing_is_lost(workers, link):
+    a, b = workers
+    reference = await _reference(b, TEXT)
+    reply = link.reply()
+    reply.feed(TEXT[:100])
+    reply.feed(TEXT[100:])
+    reply.finish()
+
+    async def kill_a(n):
+        if n == 120:
+            await a.stop(grace=0)
+
+    frames, switch, dropped = await _play(reply, kill_a)
+    [failover] = reply.failovers
+    assert (failover.worker, failover.cause, failover.to) == (a.address, "lost", b.address)
+    resend = failover.resend_from
+    assert 0 < resend < len(TEXT) and TEXT[resend - 1] == "."
+    _check_resumed_bit_exact(frames, switch, dropped, reference, await _reference(b, TEXT[resend:]))
+    assert link.client.address == b.address  # the session moved: controls and later replies go there
+    assert link.metrics.failovers.labels(a.address, "lost")._value.get() == 1
+    assert link.metrics.failover_gap._sum.get() > 0
+
+
+async def test_a_stalled_worker_is_detected_by_deadline(workers, link):
+    a, b = workers
+    reference = await _reference(b, TEXT)
+    reply = link.reply()
+    reply.feed(TEXT)
+    reply.finish()
+    hung = TTSClient(a.address)
+
+    async def hang_a(n):
+        if n == 120:  # the worker stops sending, unknown to the orchestrator
+            await hung.control("conv-1", "pause")
+
+    t0 = asyncio.get_running_loop().time()
+    frames, switch, dropped = await _play(reply, hang_a)
+    await hung.close()
+    [failover] = reply.failovers
+    assert (failover.worker, failover.cause) == (a.address, "stalled")
+    assert STALL_S <= failover.detected_at - failover.last_frame_at < STALL_S + 0.5
+    assert failover.detected_at - t0 > STALL_S
+    _check_resumed_bit_exact(frames, switch, dropped, reference, await _reference(b, TEXT[failover.resend_from :]))
+
+
+async def test_a_pause_in_force_holds_the_new_worker_until_resume(workers, link):
+    a, b = workers
+    reply = link.reply()
+    reply.feed(TEXT)
+    reply.finish()
+    gate = {}
+
+    async def pause_then_kill(n):
+        if n == 60:
+            await link.control("pause")  # barge-in: a PAUSE is in force …
+            await a.stop(grace=0)  # … when the worker dies
+            gate["killed"] = asyncio.get_running_loop().time()
+            asyncio.get_running_loop().call_later(0.8, lambda: asyncio.ensure_future(link.control("resume")))
+
+    frames, switch, _dropped = await _play(reply, pause_then_kill)
+    [failover] = reply.failovers
+    assert failover.to == b.address and failover.cause == "lost"
+    assert failover.gap_s >= 0.8  # nothing from the new worker before RESUME
+    assert len(frames) - switch > 100
+
+
+async def test_no_stall_while_the_responder_has_not_finished_a_sentence(workers, link):
+    reply = link.reply()
+    reply.feed("Alpha bravo charlie delta echo")  # no sentence end yet: nothing is due
+    frames: list[bytes] = []
+
+    async def consume():
+        async for frame in reply.frames():
+            frames.append(frame)
+
+    task = asyncio.ensure_future(consume())
+    await asyncio.sleep(STALL_S * 2.5)
+    reply.feed(" foxtrot golf. Hotel india juliet.")
+    reply.finish()
+    await asyncio.wait_for(task, 10)
+    assert reply.failovers == [] and frames
+    assert reply.voiced == len(reply.text)
+
+
+async def test_with_no_worker_left_frames_raises(workers, link):
+    from appliance.orchestrator.tts_link import TtsUnavailable
+
+    reply = link.reply()
+    reply.feed(TEXT)
+    reply.finish()
+
+    async def kill_both(n):
+        if n == 40:
+            for w in workers:
+                await w.stop(grace=0)
+
+    with pytest.raises(TtsUnavailable):
+        await _play(reply, kill_both)
+    assert len(reply.failovers) >= 1 and link.client is None
