@@ -188,6 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--url", help="ws://HOST:PORT/ws of a running appliance (absent: start `appliance run`)")
     q.add_argument("--out", help="also write the JSON here")
     q.set_defaults(func=cmd_bench_conversation)
+
+    from appliance.bundle import add_parser as add_bundle_parser  # stdlib only: cheap
+
+    add_bundle_parser(sub)
     return parser
 
 
