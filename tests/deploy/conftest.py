@@ -1,0 +1,65 @@
+"""Deploy tier: the real playbook against a real systemd host (a systemd-nspawn container).
+
+Skips with the reason where this host cannot do it (not root, tools missing, no ansible-playbook).
+Figures (install, rerun, boot times) go to .artifacts/deploy/figures.json.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from deployment import ROOT, Deployment, ansible_playbook, bundle_for_session  # noqa: E402
+from container import missing_requirements  # noqa: E402
+
+
+def _why_skip() -> str | None:
+    why = missing_requirements()
+    if why:
+        return why
+    if ansible_playbook() is None:
+        return "no ansible-playbook (pip install -e '.[test]' installs ansible-core)"
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    why = _why_skip()
+    if why is None:
+        return
+    skip = pytest.mark.skip(reason=f"deploy tests: {why}")
+    here = Path(__file__).resolve().parent
+    for item in items:
+        if here in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def bundle_tar(tmp_path_factory) -> Path:
+    return bundle_for_session(tmp_path_factory.mktemp("bundle"))
+
+
+@pytest.fixture(scope="session")
+def booted(tmp_path_factory):
+    """A freshly booted bookworm container reachable over ssh (nothing installed yet)."""
+    dep = Deployment(tmp_path_factory.mktemp("offline"), name="appl-offline", mode="offline", bundle=None)
+    try:
+        dep.boot()
+        yield dep
+    finally:
+        dep.teardown()
+
+
+@pytest.fixture(scope="session")
+def offline(booted, bundle_tar):
+    """The same container with the appliance installed from the offline bundle by site.yml."""
+    if not (ROOT / "ansible/site.yml").exists():
+        pytest.skip("no ansible/site.yml yet")
+    if not booted.runs or booted.bundle is None:
+        booted.bundle = bundle_tar
+        booted.write_inventory()
+        booted.install()
+    return booted
