@@ -7,14 +7,18 @@ Figures (install, rerun, boot times) go to .artifacts/deploy/figures.json.
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from deployment import ROOT, Deployment, ansible_playbook, bundle_for_session  # noqa: E402
+from deployment import FIGURES, ROOT, Deployment, ansible_playbook, bundle_for_session  # noqa: E402
 from container import missing_requirements  # noqa: E402
+
+
+_STARTED = time.time()
 
 
 def _why_skip() -> str | None:
@@ -55,12 +59,18 @@ def booted(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def offline(booted, bundle_tar):
+def offline(booted, request):
     """The same container with the appliance installed from the offline bundle by site.yml."""
     if not (ROOT / "ansible/site.yml").exists():
         pytest.skip("no ansible/site.yml yet")
-    if not booted.runs or booted.bundle is None:
-        booted.bundle = bundle_tar
+    if booted.install_run is None:
+        booted.bundle = request.getfixturevalue("bundle_tar")
         booted.write_inventory()
         booted.install()
     return booted
+
+
+def pytest_terminal_summary(terminalreporter):
+    if FIGURES.exists() and FIGURES.stat().st_mtime > _STARTED:
+        terminalreporter.section("deploy figures (.artifacts/deploy/figures.json)")
+        terminalreporter.write_line(FIGURES.read_text().strip())

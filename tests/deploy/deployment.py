@@ -104,6 +104,7 @@ class Deployment:
         self.container = Container(work / "root", name, ARTIFACTS / f"{name}-console.log", offline=(mode == "offline"))
         self.inventory = work / "inventory.yml"
         self.runs: list[PlaybookRun] = []
+        self.install_run: PlaybookRun | None = None
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
 
     # -------------------------------------------------------------- container
@@ -188,6 +189,7 @@ class Deployment:
         run = self.playbook()
         assert run.returncode == 0 and run.recap.get("failed") == 0, f"site.yml failed:\n{run.tail()}"
         record(f"{self.mode}_fresh_install_s", run.seconds)
+        self.install_run = run
         return run
 
     # -------------------------------------------------------------- units

@@ -1,0 +1,223 @@
+"""The real playbook, offline mode: `appliance bundle` → ansible/site.yml over ssh into a booted
+bookworm container with no name service → the appliance runs under systemd.
+
+The tests run in file order against one installation (session fixture `offline`)."""
+
+from __future__ import annotations
+
+import re
+import ssl
+import time
+import urllib.request
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from appliance.transport.ws_client import WsClient
+from deployment import WORKER, record
+from speech import transcribe, wer
+from voices import pad, piper_speech, with_noise
+
+RATE = 16000
+WORKER_UNIT = f"appliance-tts@{WORKER}.service"
+VENV = "/opt/appliance/venv"
+MODELS_DIR = "/var/lib/appliance/models"
+
+
+def _ssl(dep) -> ssl.SSLContext:
+    roots = [dep.caddy_root_ca(), *dep.container.path("var/lib").glob("**/pki/authorities/local/root.crt")]
+    root = next((p for p in roots if p.exists()), None)
+    assert root is not None, "no Caddy internal root CA in the container"
+    return ssl.create_default_context(cafile=str(root))
+
+
+def _healthz(dep, timeout: float = 30) -> tuple[int, bytes]:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(dep.https + "/healthz", timeout=5, context=_ssl(dep)) as r:
+                return r.status, r.read()
+        except (OSError, AssertionError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def _seconds(value: str) -> float:
+    """systemd's time span ("10s", "1min 30s", "500ms") in seconds."""
+    units = {"us": 1e-6, "ms": 1e-3, "s": 1, "min": 60, "h": 3600}
+    return sum(float(n) * units[u] for n, u in re.findall(r"([\d.]+)\s*(us|ms|min|s|h)", value))
+
+
+def _worker_serving(port: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            try:
+                if stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status == health_pb2.HealthCheckResponse.SERVING:
+                    return True
+            except grpc.RpcError:
+                pass
+            time.sleep(0.3)
+    return False
+
+
+def _wait_units_running(dep, timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        states = dep.unit_states()
+        if all(s == ("active", "running") for s in states.values()) or time.monotonic() > deadline:
+            return states
+        time.sleep(0.3)
+
+
+# ------------------------------------------------------------------ install
+
+
+def test_fresh_install_from_the_bundle(offline):
+    run = offline.install_run
+    assert run.recap["failed"] == 0 and run.recap["unreachable"] == 0, run.tail()
+    out = offline.container.run(f"{VENV}/bin/python", "-c",
+                                "import importlib.metadata as m; print(m.version('appliance'))").stdout.strip()
+    assert re.fullmatch(r"\d+\.\d+\.\d+.*", out), out
+    assert offline.container.run("id", "-u", "appliance", check=False).returncode == 0, "no appliance user"
+
+
+def test_target_active_and_every_unit_running(offline):
+    assert offline.container.run("systemctl", "is-active", "appliance.target", check=False).stdout.strip() == "active"
+    states = _wait_units_running(offline, 60)
+    bad = {u: s for u, s in states.items() if s != ("active", "running")}
+    assert not bad, f"not active (running): {bad}"
+
+
+def test_healthz_answers_through_caddy_over_https(offline):
+    status, body = _healthz(offline)
+    assert status == 200, body
+    # Plain HTTP to the TLS port is refused: it really is TLS in front.
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://localhost:{offline.https_port}/healthz", timeout=5).read()
+
+
+async def test_a_spoken_turn_through_caddy_gets_a_transcript_and_reply_audio(offline):
+    text = "What is the weather like in Paris today?"
+    client = WsClient(f"wss://localhost:{offline.https_port}/ws", ssl=_ssl(offline))
+    await client.connect(RATE)
+    try:
+        await client.stream(with_noise(pad(piper_speech(text, RATE), RATE)), RATE)
+        await client.wait_for(lambda: client.rx.of_type("metrics"), 60)
+    finally:
+        await client.close()
+    transcript = client.rx.of_type("transcript")[-1]
+    assert transcript["final"] and wer(text, transcript["text"]) <= 0.2, transcript
+    reply = " ".join(e["text"] for e in client.rx.of_type("reply"))
+    assert reply and client.rx.of_type("reply_end")
+    frames = client.rx.frames
+    assert frames and all(len(f) == 1920 for _, f in frames)
+    heard = transcribe(client.rx.audio(), 48000)
+    assert wer(reply, heard) <= 0.3, (reply, heard)
+    record("offline_voice_to_voice_ms", client.rx.of_type("metrics")[-1]["voice_to_voice_ms"])
+
+
+# ------------------------------------------------------------------ operations
+
+
+def test_watchdog_restarts_a_stopped_worker(offline):
+    c = offline.container
+    before = c.systemctl_show(WORKER_UNIT, "MainPID", "NRestarts", "WatchdogUSec")
+    pid, restarts = int(before["MainPID"]), int(before["NRestarts"])
+    watchdog = _seconds(before["WatchdogUSec"])
+    assert pid > 0 and watchdog > 0, before
+    c.run("kill", "-STOP", str(pid))
+    t0 = time.monotonic()
+    # The process stops pinging; systemd aborts it after WatchdogSec and Restart= brings it back.
+    deadline = t0 + watchdog + 60
+    now = before
+    while time.monotonic() < deadline:
+        now = c.systemctl_show(WORKER_UNIT, "MainPID", "NRestarts", "ActiveState", "SubState")
+        if int(now["NRestarts"]) > restarts and now["MainPID"] not in ("0", str(pid)) and now["ActiveState"] == "active":
+            break
+        time.sleep(0.5)
+    else:
+        c.run("kill", "-CONT", str(pid), check=False)
+        pytest.fail(f"not restarted within WatchdogSec ({watchdog:.0f} s) + 60 s: {now}")
+    back = time.monotonic() - t0
+    log = c.run("journalctl", "-u", WORKER_UNIT, "--no-pager", "-n", "200").stdout
+    assert "watchdog" in log.lower(), log[-3000:]
+    assert _worker_serving(offline.worker_port, 60), "the restarted worker does not answer gRPC health"
+    record("watchdog_sec", watchdog)
+    record("watchdog_stop_to_active_again_s", back)
+
+
+async def test_the_orchestrator_speaks_again_after_the_worker_restart(offline):
+    client = WsClient(f"wss://localhost:{offline.https_port}/ws", ssl=_ssl(offline))
+    await client.connect(RATE)
+    try:
+        await client.send_json({"type": "say", "text": "The worker is back."})
+        await client.wait_for(lambda: client.rx.of_type("reply_end"), 60)
+    finally:
+        await client.close()
+    assert client.rx.frames, client.rx.events
+    assert wer("The worker is back.", transcribe(client.rx.audio(), 48000)) <= 0.3
+
+
+def test_models_verify_passes_and_fails_after_one_byte_changes(offline):
+    c = offline.container
+    appliance = f"{VENV}/bin/appliance"
+    if c.run(appliance, "models", "verify", "--help", check=False).returncode != 0:
+        pytest.skip("`appliance models verify` is not in this tree yet (models branch)")
+    ok = c.run(appliance, "models", "verify", "--dir", MODELS_DIR, check=False)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    files = [p for p in c.path(MODELS_DIR).rglob("*") if p.is_file() and not p.is_symlink()]
+    assert files, f"nothing in {MODELS_DIR}"
+    victim = max(files, key=lambda p: p.stat().st_size)
+    offset = victim.stat().st_size // 2
+    with victim.open("r+b") as f:
+        f.seek(offset)
+        original = f.read(1)
+        f.seek(offset)
+        f.write(bytes([original[0] ^ 0x01]))
+    try:
+        bad = c.run(appliance, "models", "verify", "--dir", MODELS_DIR, check=False)
+        assert bad.returncode != 0, f"verify passed with one byte of {victim.name} changed:\n{bad.stdout}"
+        assert victim.name in bad.stdout + bad.stderr, bad.stdout + bad.stderr
+    finally:
+        with victim.open("r+b") as f:
+            f.seek(offset)
+            f.write(original)
+    again = c.run(appliance, "models", "verify", "--dir", MODELS_DIR, check=False)
+    assert again.returncode == 0, again.stdout + again.stderr
+
+
+def test_a_second_run_changes_nothing(offline):
+    run = offline.playbook()
+    assert run.returncode == 0, run.tail()
+    record("offline_rerun_s", run.seconds)
+    assert run.recap["changed"] == 0, f"changed={run.recap['changed']}: {run.changed_tasks()}\n{run.tail(3000)}"
+
+
+def test_boot_to_appliance_target_active(offline):
+    """A cold boot of the installed container (halt, then systemd-nspawn --boot again) until
+    appliance.target is active: the worker is READY only with its model loaded and warm."""
+    c = offline.container
+    c.halt()
+    t0 = c.boot()
+    deadline = t0 + 120
+    while time.monotonic() < deadline:
+        if c.run("systemctl", "is-active", "appliance.target", check=False).stdout.strip() == "active":
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"appliance.target not active 120 s after boot:\n{c.run('systemctl', '--failed', check=False).stdout}")
+    record("boot_to_appliance_target_active_s", time.monotonic() - t0)
+    states = _wait_units_running(offline, 60)
+    assert all(s == ("active", "running") for s in states.values()), states
+    _healthz(offline, 60)
+    record("boot_to_healthz_through_caddy_s", time.monotonic() - t0)
+
+    t1 = time.monotonic()
+    c.run("systemctl", "restart", "appliance.target", timeout=180)
+    record("restart_appliance_target_s", time.monotonic() - t1)
+    assert c.run("systemctl", "is-active", "appliance.target", check=False).stdout.strip() == "active"
+    assert _worker_serving(offline.worker_port, 30)
