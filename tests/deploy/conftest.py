@@ -47,7 +47,7 @@ def bundle_tar(tmp_path_factory) -> Path:
     return bundle_for_session(tmp_path_factory.mktemp("bundle"))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def booted(tmp_path_factory):
     """A freshly booted bookworm container reachable over ssh (nothing installed yet)."""
     dep = Deployment(tmp_path_factory.mktemp("offline"), name="appl-offline", mode="offline", bundle=None)
@@ -58,7 +58,7 @@ def booted(tmp_path_factory):
         dep.teardown()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def offline(booted, request):
     """The same container with the appliance installed from the offline bundle by site.yml."""
     if not (ROOT / "ansible/site.yml").exists():

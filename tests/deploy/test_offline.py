@@ -1,7 +1,8 @@
 """The real playbook, offline mode: `appliance bundle` → ansible/site.yml over ssh into a booted
 bookworm container with no name service → the appliance runs under systemd.
 
-The tests run in file order against one installation (session fixture `offline`)."""
+The tests run in file order against one container (module fixtures `booted`, then `offline`),
+torn down when the module ends."""
 
 from __future__ import annotations
 
@@ -74,6 +75,25 @@ def _wait_units_running(dep, timeout: float) -> dict:
 
 
 # ------------------------------------------------------------------ install
+
+
+def test_container_runs_systemd_and_ansible_reaches_it(booted, tmp_path):
+    c = booted.container
+    assert c.run("systemctl", "is-system-running").stdout.strip() in ("running", "degraded")
+    assert c.run("cat", "/proc/1/comm").stdout.strip() == "systemd"
+    play = tmp_path / "ping.yml"
+    play.write_text(
+        "- hosts: all\n  gather_facts: true\n  tasks:\n"
+        "    - ansible.builtin.ping:\n"
+        "    - ansible.builtin.copy: {dest: /root/harness-was-here, content: ok}\n"
+        "    - ansible.builtin.assert: {that: [ansible_facts.distribution_release == 'bookworm',"
+        " ansible_facts.service_mgr == 'systemd']}\n"
+    )
+    run = booted.playbook(play, timeout=300, label="harness")
+    assert run.returncode == 0 and run.recap.get("failed") == 0, run.tail()
+    assert (c.path("root/harness-was-here")).read_text() == "ok"
+    # Offline: the container has no name service, so nothing can quietly reach a mirror.
+    assert c.run("getent", "hosts", "deb.debian.org", check=False).returncode != 0
 
 
 def test_fresh_install_from_the_bundle(offline):
