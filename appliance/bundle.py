@@ -80,7 +80,7 @@ def project_version(tree: Path) -> str:
 
 
 def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, **kw)
     if proc.returncode != 0:
         raise BundleError(f"{' '.join(cmd[:6])} … failed ({proc.returncode}):\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
     return proc
@@ -189,7 +189,7 @@ def fetch_debs(packages: Iterable[str], dest: Path) -> list[Path]:
         names = apt_closure(packages, status)
         # Names without a candidate version (pure virtual ones apt-cache still printed) are skipped.
         policy = _run(["apt-cache", *_apt_opts(status), "policy", *names]).stdout
-        missing = set(re.findall(r"^(\S+):\n\s+Installed: \(none\)\n\s+Candidate: \(none\)", policy, re.M))
+        missing = set(re.findall(r"^(\S+):\n\s+Installed: \(none\)\n\s+Candidate: \(none\)", policy, re.MULTILINE))
         names = [n for n in names if n not in missing]
         _run(["apt-get", *_apt_opts(status), "download", *names], cwd=dest)
     return sorted(dest.glob("*.deb"))

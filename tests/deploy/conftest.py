@@ -14,9 +14,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from deployment import FIGURES, ROOT, Deployment, ansible_playbook, bundle_for_session  # noqa: E402
-from container import missing_requirements  # noqa: E402
-
+from container import missing_requirements
+from deployment import FIGURES, ROOT, Deployment, ansible_playbook, bundle_for_session
 
 _STARTED = time.time()
 

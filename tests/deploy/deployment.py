@@ -7,13 +7,18 @@ import json
 import os
 import re
 import shutil
+import ssl
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
-from appliance.process import free_port
+import grpc
 from container import Container, rootfs_tarball
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from appliance.process import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / ".artifacts/deploy"
@@ -47,7 +52,7 @@ def bundle_for_session(out: Path) -> Path:
         return Path(given)
     t0 = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "appliance", "bundle", "--out", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=1800)
+                          cwd=ROOT, capture_output=True, text=True, timeout=1800, check=False)
     assert proc.returncode == 0, f"appliance bundle failed:\n{proc.stdout}\n{proc.stderr}"
     tar = Path(proc.stdout.strip().splitlines()[-1])
     record("bundle_build_s", time.monotonic() - t0)
@@ -64,7 +69,7 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
-_RECAP = re.compile(r"^(\S+)\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
+_RECAP = re.compile(r"^(\S+)\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.MULTILINE)
 
 
 class PlaybookRun:
@@ -177,7 +182,7 @@ class Deployment:
         t0 = time.monotonic()
         proc = subprocess.run([ansible_playbook(), "-i", str(self.inventory), str(playbook)],
                               cwd=playbook.parent, env=self.ansible_env(), capture_output=True, text=True,
-                              timeout=timeout)
+                              timeout=timeout, check=False)
         run = PlaybookRun(proc, time.monotonic() - t0, log)
         log.write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr)
         if proc.returncode != 0:
@@ -211,3 +216,53 @@ class Deployment:
     @property
     def https(self) -> str:
         return f"https://localhost:{self.https_port}"
+
+
+# ------------------------------------------------------------------ checks from the host
+
+def ssl_context(dep) -> ssl.SSLContext:
+    roots = [dep.caddy_root_ca(), *dep.container.path("var/lib").glob("**/pki/authorities/local/root.crt")]
+    root = next((p for p in roots if p.exists()), None)
+    assert root is not None, "no Caddy internal root CA in the container"
+    return ssl.create_default_context(cafile=str(root))
+
+
+def healthz(dep, timeout: float = 30) -> tuple[int, bytes]:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(dep.https + "/healthz", timeout=5, context=ssl_context(dep)) as r:
+                return r.status, r.read()
+        except (OSError, AssertionError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def seconds(value: str) -> float:
+    """systemd's time span ("10s", "1min 30s", "500ms") in seconds."""
+    units = {"us": 1e-6, "ms": 1e-3, "s": 1, "min": 60, "h": 3600}
+    return sum(float(n) * units[u] for n, u in re.findall(r"([\d.]+)\s*(us|ms|min|s|h)", value))
+
+
+def worker_serving(port: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            try:
+                if stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status == health_pb2.HealthCheckResponse.SERVING:
+                    return True
+            except grpc.RpcError:
+                pass
+            time.sleep(0.3)
+    return False
+
+
+def wait_units_running(dep, timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        states = dep.unit_states()
+        if all(s == ("active", "running") for s in states.values()) or time.monotonic() > deadline:
+            return states
+        time.sleep(0.3)

@@ -7,71 +7,20 @@ torn down when the module ends."""
 from __future__ import annotations
 
 import re
-import ssl
 import time
 import urllib.request
 
-import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-from appliance.transport.ws_client import WsClient
-from deployment import WORKER, record
+from deployment import WORKER, healthz, record, seconds, ssl_context, wait_units_running, worker_serving
 from speech import transcribe, wer
 from voices import pad, piper_speech, with_noise
+
+from appliance.transport.ws_client import WsClient
 
 RATE = 16000
 WORKER_UNIT = f"appliance-tts@{WORKER}.service"
 VENV = "/opt/appliance/venv"
 MODELS_DIR = "/var/lib/appliance/models"
-
-
-def _ssl(dep) -> ssl.SSLContext:
-    roots = [dep.caddy_root_ca(), *dep.container.path("var/lib").glob("**/pki/authorities/local/root.crt")]
-    root = next((p for p in roots if p.exists()), None)
-    assert root is not None, "no Caddy internal root CA in the container"
-    return ssl.create_default_context(cafile=str(root))
-
-
-def _healthz(dep, timeout: float = 30) -> tuple[int, bytes]:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(dep.https + "/healthz", timeout=5, context=_ssl(dep)) as r:
-                return r.status, r.read()
-        except (OSError, AssertionError):
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
-
-
-def _seconds(value: str) -> float:
-    """systemd's time span ("10s", "1min 30s", "500ms") in seconds."""
-    units = {"us": 1e-6, "ms": 1e-3, "s": 1, "min": 60, "h": 3600}
-    return sum(float(n) * units[u] for n, u in re.findall(r"([\d.]+)\s*(us|ms|min|s|h)", value))
-
-
-def _worker_serving(port: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            try:
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status == health_pb2.HealthCheckResponse.SERVING:
-                    return True
-            except grpc.RpcError:
-                pass
-            time.sleep(0.3)
-    return False
-
-
-def _wait_units_running(dep, timeout: float) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        states = dep.unit_states()
-        if all(s == ("active", "running") for s in states.values()) or time.monotonic() > deadline:
-            return states
-        time.sleep(0.3)
 
 
 # ------------------------------------------------------------------ install
@@ -107,13 +56,13 @@ def test_fresh_install_from_the_bundle(offline):
 
 def test_target_active_and_every_unit_running(offline):
     assert offline.container.run("systemctl", "is-active", "appliance.target", check=False).stdout.strip() == "active"
-    states = _wait_units_running(offline, 60)
+    states = wait_units_running(offline, 60)
     bad = {u: s for u, s in states.items() if s != ("active", "running")}
     assert not bad, f"not active (running): {bad}"
 
 
 def test_healthz_answers_through_caddy_over_https(offline):
-    status, body = _healthz(offline)
+    status, body = healthz(offline)
     assert status == 200, body
     # Plain HTTP to the TLS port is refused: it really is TLS in front.
     with pytest.raises(OSError):
@@ -122,7 +71,7 @@ def test_healthz_answers_through_caddy_over_https(offline):
 
 async def test_a_spoken_turn_through_caddy_gets_a_transcript_and_reply_audio(offline):
     text = "What is the weather like in Paris today?"
-    client = WsClient(f"wss://localhost:{offline.https_port}/ws", ssl=_ssl(offline))
+    client = WsClient(f"wss://localhost:{offline.https_port}/ws", ssl=ssl_context(offline))
     await client.connect(RATE)
     try:
         await client.stream(with_noise(pad(piper_speech(text, RATE), RATE)), RATE)
@@ -147,7 +96,7 @@ def test_watchdog_restarts_a_stopped_worker(offline):
     c = offline.container
     before = c.systemctl_show(WORKER_UNIT, "MainPID", "NRestarts", "WatchdogUSec")
     pid, restarts = int(before["MainPID"]), int(before["NRestarts"])
-    watchdog = _seconds(before["WatchdogUSec"])
+    watchdog = seconds(before["WatchdogUSec"])
     assert pid > 0 and watchdog > 0, before
     c.run("kill", "-STOP", str(pid))
     t0 = time.monotonic()
@@ -165,13 +114,13 @@ def test_watchdog_restarts_a_stopped_worker(offline):
     back = time.monotonic() - t0
     log = c.run("journalctl", "-u", WORKER_UNIT, "--no-pager", "-n", "200").stdout
     assert "watchdog" in log.lower(), log[-3000:]
-    assert _worker_serving(offline.worker_port, 60), "the restarted worker does not answer gRPC health"
+    assert worker_serving(offline.worker_port, 60), "the restarted worker does not answer gRPC health"
     record("watchdog_sec", watchdog)
     record("watchdog_stop_to_active_again_s", back)
 
 
 async def test_the_orchestrator_speaks_again_after_the_worker_restart(offline):
-    client = WsClient(f"wss://localhost:{offline.https_port}/ws", ssl=_ssl(offline))
+    client = WsClient(f"wss://localhost:{offline.https_port}/ws", ssl=ssl_context(offline))
     await client.connect(RATE)
     try:
         await client.send_json({"type": "say", "text": "The worker is back."})
@@ -231,13 +180,13 @@ def test_boot_to_appliance_target_active(offline):
     else:
         pytest.fail(f"appliance.target not active 120 s after boot:\n{c.run('systemctl', '--failed', check=False).stdout}")
     record("boot_to_appliance_target_active_s", time.monotonic() - t0)
-    states = _wait_units_running(offline, 60)
+    states = wait_units_running(offline, 60)
     assert all(s == ("active", "running") for s in states.values()), states
-    _healthz(offline, 60)
+    healthz(offline, 60)
     record("boot_to_healthz_through_caddy_s", time.monotonic() - t0)
 
     t1 = time.monotonic()
     c.run("systemctl", "restart", "appliance.target", timeout=180)
     record("restart_appliance_target_s", time.monotonic() - t1)
     assert c.run("systemctl", "is-active", "appliance.target", check=False).stdout.strip() == "active"
-    assert _worker_serving(offline.worker_port, 30)
+    assert worker_serving(offline.worker_port, 30)
