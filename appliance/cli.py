@@ -11,6 +11,7 @@ from pathlib import Path
 import grpc
 
 from appliance.config import SERVICE_KINDS, ConfigError, WorkerSettings, guess_kind, load_settings
+from appliance.modelstore import commands as models_commands
 
 
 def _worker_settings(args: argparse.Namespace) -> WorkerSettings:
@@ -88,16 +89,6 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_models_list(args: argparse.Namespace) -> int:
-    from appliance.tts.catalog import Catalog
-
-    catalog = Catalog(models_dir=Path(args.models_dir) if args.models_dir else None)
-    for spec in catalog.specs():
-        state = "installed" if spec.is_installed(catalog.models_dir) else "missing"
-        print(f"{spec.model_id:28} {spec.engine:6} {spec.language:6} {spec.sample_rate:6} Hz  {state}")
-    return 0
-
-
 def cmd_bench_tts(args: argparse.Namespace) -> int:
     from appliance.tts.bench import run_bench
 
@@ -168,11 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--show", action="store_true", help="print the effective settings")
     p.set_defaults(func=cmd_check_config)
 
-    p = sub.add_parser("models", help="the models this appliance knows")
-    msub = p.add_subparsers(dest="models_command", required=True, metavar="ACTION")
-    q = msub.add_parser("list", help="list model ids and whether their files are installed")
-    q.add_argument("--models-dir")
-    q.set_defaults(func=cmd_models_list)
+    models_commands.add_parser(sub)  # appliance models list|verify|fetch|bundle|lock
 
     p = sub.add_parser("bench", help="benchmarks (JSON out)")
     bsub = p.add_subparsers(dest="bench_command", required=True, metavar="WHAT")

@@ -60,7 +60,10 @@ class ModelsSettings(_Section):
     onnx_threads: int = Field(
         0, ge=0, description="intra-op threads per ONNX call (0: all cores when alone, one each when calls overlap)"
     )
-    models_dir: Path | None = Field(None, description="extra folder searched for model files")
+    models_dir: Path | None = Field(
+        None, description="DIR/<model-id>/ installed by `appliance models fetch`, used before the packaged copy "
+        "(absent: $APPLIANCE_MODELS_DIR, else /var/lib/appliance/models)"
+    )
 
 
 class WatchdogSettings(_Section):
@@ -103,6 +106,10 @@ class AsrSettings(_Section):
     language: str | None = Field(None, description='for multilingual models: a code like "en", or "auto"')
     cpu_threads: int = Field(2, ge=1)
     partial_interval_ms: int = Field(2000, ge=0, description="partial transcripts this often during long turns (0: off)")
+    models_dir: Path | None = Field(
+        None, description="whisper-<model>/ installed by `appliance models fetch`, used before the packaged copy "
+        "(absent: $APPLIANCE_MODELS_DIR, else /var/lib/appliance/models)"
+    )
 
 
 class VadSettings(_Section):

