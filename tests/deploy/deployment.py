@@ -40,6 +40,11 @@ def record(key: str, value) -> None:
     print(f"[deploy figure] {key} = {_figures[key]}", file=sys.stderr)
 
 
+def site_playbook() -> Path:
+    """ansible/site.yml, or APPLIANCE_DEPLOY_PLAYBOOK (to try a work-in-progress playbook)."""
+    return Path(os.environ.get("APPLIANCE_DEPLOY_PLAYBOOK") or ROOT / "ansible/site.yml")
+
+
 def ansible_playbook() -> str | None:
     beside = Path(sys.executable).parent / "ansible-playbook"
     return str(beside) if beside.exists() else shutil.which("ansible-playbook")
@@ -177,7 +182,7 @@ class Deployment:
         }
 
     def playbook(self, playbook: Path | None = None, timeout: float = 1500, label: str = "site") -> PlaybookRun:
-        playbook = playbook or ROOT / "ansible/site.yml"
+        playbook = playbook or site_playbook()
         log = ARTIFACTS / f"{self.name}-{label}-{len(self.runs) + 1}.log"
         t0 = time.monotonic()
         proc = subprocess.run([ansible_playbook(), "-i", str(self.inventory), str(playbook)],
@@ -204,10 +209,12 @@ class Deployment:
         return sorted(set(found) | set(REQUIRED_UNITS))
 
     def unit_states(self) -> dict[str, tuple[str, str]]:
+        """Every appliance service (and caddy, redis): (ActiveState, SubState); targets are left out."""
         states = {}
         for unit in self.appliance_units():
-            p = self.container.systemctl_show(unit, "ActiveState", "SubState")
-            states[unit] = (p.get("ActiveState", "?"), p.get("SubState", "?"))
+            if unit.endswith(".service"):
+                p = self.container.systemctl_show(unit, "ActiveState", "SubState")
+                states[unit] = (p.get("ActiveState", "?"), p.get("SubState", "?"))
         return states
 
     def caddy_root_ca(self) -> Path:
