@@ -116,6 +116,8 @@ class Deployment:
         self.runs: list[PlaybookRun] = []
         self.install_run: PlaybookRun | None = None
         self.pip_spec = ""  # online mode: what pip installs on the device
+        for old in ARTIFACTS.glob(f"{name}-*.log"):  # this session's logs only
+            old.unlink()
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
 
     # -------------------------------------------------------------- container
