@@ -9,6 +9,8 @@ APT_PACKAGES := espeak-ng sox caddy chromium
 # The deploy tier (tests/deploy): a Debian container under systemd-nspawn, Ansible over ssh, the
 # offline bundle's apt repository (dpkg-scanpackages, apt-ftparchive).
 APT_PACKAGES += debootstrap systemd-container openssh-client dpkg-dev apt-utils
+# systemd-analyze verify/security on the unit files (tests/unit/test_systemd_units.py).
+APT_PACKAGES += systemd
 
 # make run-tls — the same behind a local Caddy (HTTPS, internal CA) for other devices on the LAN
 .PHONY: run run-tls test test-unit test-integration test-deploy bundle bench system-deps proto lint clean
