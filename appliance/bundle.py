@@ -52,6 +52,15 @@ _DEPENDS_FLAGS = ("--recurse", "--no-recommends", "--no-suggests", "--no-conflic
                   "--no-replaces", "--no-enhances")
 
 
+# A pip platform tag's machine -> Debian's architecture name.
+_DPKG_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "armhf", "i686": "i386"}
+
+
+def dpkg_arch(platform: str) -> str | None:
+    """Debian's name for the machine of a pip platform tag (manylinux2014_aarch64 -> arm64)."""
+    return next((arch for machine, arch in _DPKG_ARCH.items() if platform.endswith(machine)), None)
+
+
 class BundleError(RuntimeError):
     pass
 
@@ -211,6 +220,9 @@ def build_bundle(
     apt_packages = list(apt_packages)
     if debs:
         rel = host_release()
+        if platform and dpkg_arch(platform) not in (None, rel["arch"]):
+            raise BundleError(f"debs are fetched for this host's architecture ({rel['arch']}), not {platform}: "
+                              "build the bundle on the target's architecture or pass --no-debs")
         if rel["release"] != "bookworm":
             raise BundleError(f"debs are fetched for this host's release ({rel['release'] or '?'}), not bookworm: "
                               "build on Debian bookworm or pass --no-debs")

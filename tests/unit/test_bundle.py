@@ -121,6 +121,18 @@ def test_bundle_without_wheels_has_manifest_and_an_apt_repository(tmp_path, monk
         assert sim.returncode == 0 and "Inst tiny-lib" in sim.stdout, sim.stdout + sim.stderr
 
 
+def test_dpkg_arch_of_platform_tags():
+    assert bundle.dpkg_arch("manylinux2014_x86_64") == "amd64"
+    assert bundle.dpkg_arch("manylinux_2_28_aarch64") == "arm64"
+    assert bundle.dpkg_arch("win_amd64x") is None
+
+
+def test_debs_for_another_architecture_are_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(bundle, "host_release", lambda: {"id": "debian", "release": "bookworm", "arch": "amd64"})
+    with pytest.raises(bundle.BundleError, match="architecture"):
+        bundle.build_bundle(tmp_path, tree=ROOT, wheels=False, platform="manylinux2014_aarch64")
+
+
 def test_cli_has_the_bundle_command():
     from appliance.cli import build_parser
 
