@@ -14,7 +14,8 @@ Layout (the Ansible roles install from it with no network on the device)::
                       wheels` installs the models from the wheelhouse, checked against it)
 
 Wheels are built for this interpreter (Python 3.11) and platform, or downloaded for another
-platform with ``--platform`` (pure-Python ones are built here). Debs are fetched with this host's
+platform with ``--platform`` (pure-Python ones are built here; every binary dependency must have a
+wheel for that platform on the index, e.g. manylinux_2_35_aarch64 for JetPack 6). Debs are fetched with this host's
 apt lists for its own release and architecture (the target must match: Debian bookworm), with an
 empty dpkg status so that the closure does not depend on what this host has installed.
 

@@ -42,8 +42,12 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
-def bundle_tar(tmp_path_factory) -> Path:
-    return bundle_for_session(tmp_path_factory.mktemp("bundle"))
+def bundle_tar(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bundle")
+    tar = bundle_for_session(out)
+    yield tar
+    if out in tar.parents:  # built here (not APPLIANCE_DEPLOY_BUNDLE): 400 MB not worth keeping
+        tar.unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="module")
