@@ -54,9 +54,9 @@ async def test_ready_after_serving_then_watchdog_pings_then_stopping(tmp_path, m
     try:
         lines = _drain(sock)
         assert lines and lines[0] == "READY=1", lines
-        async with aiohttp.ClientSession() as http:  # READY means it answers now
-            async with http.get(f"http://127.0.0.1:{orch.port}/healthz") as resp:
-                assert resp.status == 200
+        # READY means it answers now.
+        async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{orch.port}/healthz") as resp:
+            assert resp.status == 200
         assert (await _collect(sock, 0.3)).count("WATCHDOG=1") >= 3
     finally:
         await orch.stop()
