@@ -116,6 +116,7 @@ class Deployment:
         self.runs: list[PlaybookRun] = []
         self.install_run: PlaybookRun | None = None
         self.pip_spec = ""  # online mode: what pip installs on the device
+        self.extra_vars: dict = {}  # more inventory variables (a test changing a setting)
         for old in ARTIFACTS.glob(f"{name}-*.log"):  # this session's logs only
             old.unlink()
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -165,7 +166,7 @@ class Deployment:
             v["appliance_bundle_src"] = str(self.bundle)
         if self.pip_spec:
             v["appliance_pip_spec"] = self.pip_spec
-        return v
+        return {**v, **self.extra_vars}
 
     def write_inventory(self) -> None:
         inv = {"all": {"hosts": {"appliance-test": self.host_vars()}}}

@@ -168,6 +168,35 @@ def test_a_second_run_changes_nothing(offline):
     assert run.recap["changed"] == 0, f"changed={run.recap['changed']}: {run.changed_tasks()}\n{run.tail(3000)}"
 
 
+def test_operator_edits_survive_a_rerun_and_a_setting_restarts_only_its_service(offline):
+    c = offline.container
+    units = ("appliance-orchestrator.service", WORKER_UNIT)
+
+    def pids() -> dict[str, str]:
+        return {u: c.systemctl_show(u, "MainPID")["MainPID"] for u in units}
+
+    toml = c.path("etc/appliance/orchestrator.toml")
+    text = toml.read_text()
+    edited = re.sub(r"(?m)^aggressiveness = \d+", "aggressiveness = 3", text)
+    assert edited != text, "no [vad] aggressiveness line to edit"
+    toml.write_text(edited)
+    before = pids()
+    run = offline.playbook()
+    assert run.returncode == 0 and run.recap["changed"] == 0, f"{run.changed_tasks()}\n{run.tail(3000)}"
+    assert toml.read_text() == edited, "the operator's orchestrator.toml was rewritten"
+    assert pids() == before, "a rerun with nothing to do restarted a service"
+
+    offline.extra_vars["appliance_orchestrator_env"] = {"LOG_LEVEL": "debug"}
+    offline.write_inventory()
+    run = offline.playbook()
+    assert run.returncode == 0 and run.recap["changed"] > 0, run.tail()
+    after = pids()
+    assert after[WORKER_UNIT] == before[WORKER_UNIT], "an orchestrator setting restarted the worker"
+    assert after["appliance-orchestrator.service"] != before["appliance-orchestrator.service"], "not applied"
+    assert all(s == ("active", "running") for s in wait_units_running(offline, 60).values())
+    assert toml.read_text() == edited
+
+
 def test_boot_to_appliance_target_active(offline):
     """A cold boot of the installed container (halt, then systemd-nspawn --boot again) until
     appliance.target is active: the worker is READY only with its model loaded and warm."""
