@@ -6,9 +6,14 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # Debian packages the tests and the local default use (installed when run as root).
 APT_PACKAGES := espeak-ng sox caddy chromium redis-server
+# The deploy tier (tests/deploy): a Debian container under systemd-nspawn, Ansible over ssh, the
+# offline bundle's apt repository (dpkg-scanpackages, apt-ftparchive).
+APT_PACKAGES += debootstrap systemd-container openssh-client dpkg-dev apt-utils
+# systemd-analyze verify/security on the unit files (tests/unit/test_systemd_units.py).
+APT_PACKAGES += systemd
 
 # make run-tls — the same behind a local Caddy (HTTPS, internal CA) for other devices on the LAN
-.PHONY: run run-tls test test-unit test-integration bench system-deps proto lint clean
+.PHONY: run run-tls test test-unit test-integration test-deploy bundle bench system-deps proto lint clean
 
 $(STAMP): pyproject.toml
 	@$(MAKE) --no-print-directory system-deps
@@ -39,6 +44,14 @@ test-unit: $(STAMP)
 
 test-integration: $(STAMP)
 	$(BIN)/python -m pytest tests/integration
+
+# As root with the tools: boots a bookworm container and runs ansible/site.yml against it (offline bundle).
+test-deploy: $(STAMP)
+	$(BIN)/python -m pytest tests/deploy
+
+# The offline install bundle (wheels, debs, models) in dist/: ansible-playbook … -e appliance_bundle=dist/…
+bundle: $(STAMP)
+	$(BIN)/python -m appliance bundle --out dist
 
 bench: $(STAMP)
 	$(BIN)/appliance bench tts --out bench-tts.json

@@ -231,6 +231,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--stall-ms", type=int, default=1200, help="the orchestrator's playback.tts_stall_ms")
     q.add_argument("--out", help="also write the JSON here")
     q.set_defaults(func=cmd_bench_failover)
+
+    from appliance.bundle import add_parser as add_bundle_parser  # stdlib only: cheap
+
+    add_bundle_parser(sub)
     return parser
 
 

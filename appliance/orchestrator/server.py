@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from pathlib import Path
@@ -17,8 +18,9 @@ from appliance.orchestrator.conversation import Conversation
 from appliance.orchestrator.metrics import OrchestratorMetrics
 from appliance.orchestrator.responder import create_responder
 from appliance.orchestrator.routed_pool import RoutedPool, make_pool
-from appliance.process import serve_until_signalled
 from appliance.orchestrator.tts_link import TtsLink, TtsUnavailable, WorkerPool
+from appliance.process import serve_until_signalled
+from appliance.systemd import Notifier, Watchdog, watchdog_interval
 from appliance.transport.base import CloseCode
 from appliance.transport.webrtc import WebRtcEndpoint
 from appliance.transport.websocket import WebSocketChannel
@@ -45,6 +47,8 @@ class Orchestrator:
         )
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
+        self.notifier = Notifier()  # Type=notify: READY=1 once serving, WATCHDOG=1 while the loop turns
+        self._watchdog: asyncio.Task | None = None
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -70,8 +74,17 @@ class Orchestrator:
         self.port = site._server.sockets[0].getsockname()[1]  # the real port when 0 was asked for
         workers = f"discovered in Redis at {redact(s.redis_url)}" if s.redis_url else ", ".join(s.workers)
         log.info("orchestrator listening on http://%s:%d (workers: %s)", s.host, self.port, workers)
+        self.notifier.ready(self._status_line())
+        dog = Watchdog(self.notifier, interval=watchdog_interval(default=10.0), status=self._status_line)
+        self._watchdog = asyncio.create_task(dog.run(), name="watchdog")
+
+    def _status_line(self) -> str:
+        return f"serving on {self.settings.host}:{self.port}, {len(self.conversations)} sessions"
 
     async def stop(self) -> None:
+        self.notifier.stopping()
+        if self._watchdog:
+            self._watchdog.cancel()
         for conv in list(self.conversations.values()):
             await conv.channel.close(1001, "server shutting down")
         await self.webrtc.close()

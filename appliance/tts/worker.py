@@ -13,6 +13,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from appliance.config import WorkerSettings
 from appliance.process import serve_until_signalled
 from appliance.rpc import tts_pb2_grpc
+from appliance.systemd import Notifier, Watchdog, watchdog_interval
 from appliance.tts.adapters import SynthesisTracker, create_adapter
 from appliance.tts.adapters.piper import cuda_available
 from appliance.tts.catalog import Catalog
@@ -21,7 +22,6 @@ from appliance.tts.model_manager import ModelManager
 from appliance.tts.scheduler import DeadlineScheduler
 from appliance.tts.service import TTSService
 from appliance.tts.sessions import SessionRegistry
-from appliance.tts.systemd import Notifier, Watchdog, watchdog_interval
 
 log = logging.getLogger(__name__)
 

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import os
 
+from appliance.systemd import Notifier, Watchdog, watchdog_interval
 from appliance.tts.adapters import SynthesisTracker
-from appliance.tts.systemd import Notifier, Watchdog, watchdog_interval
 
 
 class FakeClock:

@@ -1,5 +1,6 @@
-"""systemd integration: READY/STATUS/STOPPING notifications and a watchdog that pings only while
-the event loop turns AND no synthesis call is stuck, so systemd restarts a hung worker.
+"""systemd integration for both services (Type=notify units): READY/STATUS/STOPPING notifications
+and a watchdog that pings only while the event loop turns (the ping is a task on that loop) and,
+for the TTS worker, no synthesis call is stuck, so systemd restarts a hung service.
 
 Everything is silent when NOTIFY_SOCKET is unset (not started by systemd)."""
 
@@ -59,9 +60,9 @@ class Watchdog:
         notifier: Notifier,
         *,
         interval: float,
-        stuck_limit_s: float,
-        oldest_synthesis_age: Callable[[], float],
         status: Callable[[], str],
+        stuck_limit_s: float = float("inf"),
+        oldest_synthesis_age: Callable[[], float] = lambda: 0.0,
         on_health: Callable[[bool], None] = lambda ok: None,
     ) -> None:
         self.notifier = notifier

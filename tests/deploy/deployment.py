@@ -1,0 +1,281 @@
+"""One deployment under test: a container, its free ports, an ssh key, a generated inventory, and
+`ansible-playbook ansible/site.yml` against it. Figures are written to .artifacts/deploy/."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import grpc
+from container import Container, rootfs_tarball
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from appliance.process import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / ".artifacts/deploy"
+FIGURES = ARTIFACTS / "figures.json"
+WATCHDOG_SEC = 10
+WORKER = "piper"
+# Units every install must leave active (running); more `appliance*` units are checked as found.
+REQUIRED_UNITS = ("appliance-orchestrator.service", f"appliance-tts@{WORKER}.service",
+                  "caddy.service", "redis-server.service")
+
+_figures: dict = {}
+
+
+def record(key: str, value) -> None:
+    """Keep a figure and rewrite figures.json at once (a later failure keeps what was measured)."""
+    _figures[key] = round(value, 2) if isinstance(value, float) else value
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    FIGURES.write_text(json.dumps(_figures, indent=2) + "\n")
+    print(f"[deploy figure] {key} = {_figures[key]}", file=sys.stderr)
+
+
+def site_playbook() -> Path:
+    """ansible/site.yml, or APPLIANCE_DEPLOY_PLAYBOOK (to try a work-in-progress playbook)."""
+    return Path(os.environ.get("APPLIANCE_DEPLOY_PLAYBOOK") or ROOT / "ansible/site.yml")
+
+
+def ansible_playbook() -> str | None:
+    beside = Path(sys.executable).parent / "ansible-playbook"
+    return str(beside) if beside.exists() else shutil.which("ansible-playbook")
+
+
+def bundle_for_session(out: Path) -> Path:
+    """The full offline bundle, built from this tree (or APPLIANCE_DEPLOY_BUNDLE, a prebuilt one)."""
+    given = os.environ.get("APPLIANCE_DEPLOY_BUNDLE")
+    if given:
+        return Path(given)
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "appliance", "bundle", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=1800, check=False)
+    assert proc.returncode == 0, f"appliance bundle failed:\n{proc.stdout}\n{proc.stderr}"
+    tar = Path(proc.stdout.strip().splitlines()[-1])
+    record("bundle_build_s", time.monotonic() - t0)
+    record("bundle_mib", tar.stat().st_size / 2**20)
+    return tar
+
+
+def _free_ports(n: int) -> list[int]:
+    ports: list[int] = []
+    while len(ports) < n:
+        p = free_port()
+        if p not in ports:
+            ports.append(p)
+    return ports
+
+
+_RECAP = re.compile(r"^(\S+)\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.MULTILINE)
+
+
+class PlaybookRun:
+    def __init__(self, proc: subprocess.CompletedProcess, seconds: float, log: Path) -> None:
+        self.returncode = proc.returncode
+        self.output = proc.stdout
+        self.seconds = seconds
+        self.log = log
+        m = _RECAP.search(self.output)
+        self.recap = dict(zip(("ok", "changed", "unreachable", "failed"), map(int, m.groups()[1:]))) if m else {}
+
+    def tail(self, n: int = 6000) -> str:
+        return f"(full log: {self.log})\n" + self.output[-n:]
+
+    def changed_tasks(self) -> list[str]:
+        """Task names whose result was 'changed' (for a readable idempotence failure)."""
+        tasks, current = [], None
+        for line in self.output.splitlines():
+            if line.startswith("TASK ["):
+                current = line[6:].split("]")[0]
+            elif line.startswith("changed:") and current:
+                tasks.append(current)
+        return tasks
+
+
+class Deployment:
+    def __init__(self, work: Path, name: str, mode: str, bundle: Path | None) -> None:
+        self.work = work
+        self.name = name
+        self.mode = mode
+        self.bundle = bundle
+        (self.ssh_port, self.http_port, self.https_port, self.orchestrator_port, self.redis_port,
+         self.worker_port, self.worker_metrics_port) = _free_ports(7)
+        self.key = work / "id_ed25519"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "deploy-test", "-f", str(self.key)],
+                       check=True)
+        self.container = Container(work / "root", name, ARTIFACTS / f"{name}-console.log", offline=(mode == "offline"))
+        self.inventory = work / "inventory.yml"
+        self.runs: list[PlaybookRun] = []
+        self.install_run: PlaybookRun | None = None
+        self.pip_spec = ""  # online mode: what pip installs on the device
+        self.extra_vars: dict = {}  # more inventory variables (a test changing a setting)
+        for old in ARTIFACTS.glob(f"{name}-*.log"):  # this session's logs only
+            old.unlink()
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+
+    # -------------------------------------------------------------- container
+    def boot(self) -> None:
+        tarball = rootfs_tarball(log=lambda m: print(m, file=sys.stderr))
+        self.container.log_path.unlink(missing_ok=True)
+        self.container.unpack(tarball)
+        self.container.setup_ssh(self.ssh_port, self.key.with_suffix(".pub").read_text())
+        t0 = self.container.boot()
+        state = self.container.wait_running(60)
+        record(f"{self.mode}_container_boot_s", time.monotonic() - t0)
+        assert state in ("running", "degraded"), f"container: {state!r}\n{self.container.console()}"
+        self.write_inventory()
+
+    def teardown(self) -> None:
+        try:
+            self.save_journal()
+        finally:
+            self.container.destroy()
+
+    def save_journal(self) -> None:
+        if self.container.leader:
+            out = self.container.run("journalctl", "--no-pager", "-o", "short-monotonic", "-n", "3000", check=False)
+            (ARTIFACTS / f"{self.name}-journal.log").write_text(out.stdout + out.stderr)
+
+    # -------------------------------------------------------------- ansible
+    def host_vars(self) -> dict:
+        v = {
+            "ansible_host": "127.0.0.1",
+            "ansible_port": self.ssh_port,
+            "ansible_user": "root",
+            "ansible_ssh_private_key_file": str(self.key),
+            "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null",
+            "ansible_python_interpreter": "/usr/bin/python3",
+            "appliance_install_mode": self.mode,
+            "appliance_host": "localhost",
+            "appliance_http_port": self.http_port,
+            "appliance_https_port": self.https_port,
+            "appliance_orchestrator_port": self.orchestrator_port,
+            "appliance_redis_port": self.redis_port,
+            "appliance_tts_workers": [{"name": WORKER, "port": self.worker_port, "metrics_port": self.worker_metrics_port}],
+            "appliance_watchdog_sec": WATCHDOG_SEC,
+        }
+        if self.bundle is not None:
+            v["appliance_bundle_src"] = str(self.bundle)
+        if self.pip_spec:
+            v["appliance_pip_spec"] = self.pip_spec
+        return {**v, **self.extra_vars}
+
+    def write_inventory(self) -> None:
+        inv = {"all": {"hosts": {"appliance-test": self.host_vars()}}}
+        self.inventory.write_text(json.dumps(inv, indent=2) + "\n")  # JSON is YAML
+
+    def ansible_env(self) -> dict[str, str]:
+        tmp = self.work / "ansible-tmp"
+        tmp.mkdir(exist_ok=True)
+        return {
+            **os.environ,
+            "ANSIBLE_HOST_KEY_CHECKING": "False",
+            "ANSIBLE_PIPELINING": "True",
+            "ANSIBLE_NOCOLOR": "1",
+            "ANSIBLE_FORCE_COLOR": "0",
+            "ANSIBLE_RETRY_FILES_ENABLED": "False",
+            "ANSIBLE_LOCAL_TEMP": str(tmp),
+            "ANSIBLE_SSH_CONTROL_PATH_DIR": str(tmp / "cp"),
+            "ANSIBLE_PYTHON_INTERPRETER": "/usr/bin/python3",
+        }
+
+    def playbook(self, playbook: Path | None = None, timeout: float = 1500, label: str = "site") -> PlaybookRun:
+        playbook = playbook or site_playbook()
+        log = ARTIFACTS / f"{self.name}-{label}-{len(self.runs) + 1}.log"
+        t0 = time.monotonic()
+        proc = subprocess.run([ansible_playbook(), "-i", str(self.inventory), str(playbook)],
+                              cwd=playbook.parent, env=self.ansible_env(), capture_output=True, text=True,
+                              timeout=timeout, check=False)
+        run = PlaybookRun(proc, time.monotonic() - t0, log)
+        log.write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr)
+        if proc.returncode != 0:
+            run.output += "\n" + proc.stderr
+        self.runs.append(run)
+        return run
+
+    def install(self) -> PlaybookRun:
+        run = self.playbook()
+        assert run.returncode == 0 and run.recap.get("failed") == 0, f"site.yml failed:\n{run.tail()}"
+        record(f"{self.mode}_fresh_install_s", run.seconds)
+        self.install_run = run
+        return run
+
+    # -------------------------------------------------------------- units
+    def appliance_units(self) -> list[str]:
+        out = self.container.run("systemctl", "list-units", "--all", "--plain", "--no-legend", "appliance*").stdout
+        found = [line.split()[0] for line in out.splitlines() if line.strip()]
+        return sorted(set(found) | set(REQUIRED_UNITS))
+
+    def unit_states(self) -> dict[str, tuple[str, str]]:
+        """Every appliance service (and caddy, redis): (ActiveState, SubState); targets are left out."""
+        states = {}
+        for unit in self.appliance_units():
+            if unit.endswith(".service"):
+                p = self.container.systemctl_show(unit, "ActiveState", "SubState")
+                states[unit] = (p.get("ActiveState", "?"), p.get("SubState", "?"))
+        return states
+
+    def caddy_root_ca(self) -> Path:
+        return self.container.path("var/lib/caddy/.local/share/caddy/pki/authorities/local/root.crt")
+
+    @property
+    def https(self) -> str:
+        return f"https://localhost:{self.https_port}"
+
+
+# ------------------------------------------------------------------ checks from the host
+
+def ssl_context(dep) -> ssl.SSLContext:
+    roots = [dep.caddy_root_ca(), *dep.container.path("var/lib").glob("**/pki/authorities/local/root.crt")]
+    root = next((p for p in roots if p.exists()), None)
+    assert root is not None, "no Caddy internal root CA in the container"
+    return ssl.create_default_context(cafile=str(root))
+
+
+def healthz(dep, timeout: float = 30) -> tuple[int, bytes]:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(dep.https + "/healthz", timeout=5, context=ssl_context(dep)) as r:
+                return r.status, r.read()
+        except (OSError, AssertionError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def seconds(value: str) -> float:
+    """systemd's time span ("10s", "1min 30s", "500ms") in seconds."""
+    units = {"us": 1e-6, "ms": 1e-3, "s": 1, "min": 60, "h": 3600}
+    return sum(float(n) * units[u] for n, u in re.findall(r"([\d.]+)\s*(us|ms|min|s|h)", value))
+
+
+def worker_serving(port: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            try:
+                if stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status == health_pb2.HealthCheckResponse.SERVING:
+                    return True
+            except grpc.RpcError:
+                pass
+            time.sleep(0.3)
+    return False
+
+
+def wait_units_running(dep, timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        states = dep.unit_states()
+        if all(s == ("active", "running") for s in states.values()) or time.monotonic() > deadline:
+            return states
+        time.sleep(0.3)

@@ -1,0 +1,168 @@
+"""The Ansible roles without a host: the playbook passes `--syntax-check` with each example inventory;
+every role has the conventional layout and declares its defaults in meta/argument_specs.yml; every
+module is named by its FQCN; every command is idempotent (creates/removes/changed_when); every file
+a task copies or templates exists; every notified handler exists."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+yaml = pytest.importorskip("yaml", reason="PyYAML (comes with ansible-core) is not installed")
+
+ROOT = Path(__file__).resolve().parents[2]
+ANSIBLE = ROOT / "ansible"
+ROLES = sorted(p for p in (ANSIBLE / "roles").iterdir() if p.is_dir())
+EXPECTED_ROLES = {"base", "models", "redis", "caddy", "orchestrator", "tts_workers", "gpu"}
+INVENTORIES = sorted((ANSIBLE / "inventory").glob("*.yml"))
+
+
+def _playbook_bin() -> str | None:
+    beside = Path(sys.executable).parent / "ansible-playbook"
+    return str(beside) if beside.exists() else shutil.which("ansible-playbook")
+
+
+def _load(path: Path):
+    return yaml.safe_load(path.read_text()) or []
+
+
+def _task_files() -> list[Path]:
+    return sorted([*ANSIBLE.glob("roles/*/tasks/*.yml"), *ANSIBLE.glob("roles/*/handlers/*.yml")])
+
+
+def _tasks(items):
+    """Every task in a task list, blocks flattened."""
+    for item in items or []:
+        if "block" in item:
+            yield from _tasks(item["block"])
+            yield from _tasks(item.get("rescue"))
+            yield from _tasks(item.get("always"))
+        else:
+            yield item
+
+
+def _all_tasks():
+    for path in _task_files():
+        for task in _tasks(_load(path)):
+            yield path, task
+    for play in _load(ANSIBLE / "site.yml"):
+        for section in ("pre_tasks", "tasks", "post_tasks", "handlers"):
+            for task in _tasks(play.get(section)):
+                yield ANSIBLE / "site.yml", task
+
+
+def _keywords() -> set[str]:
+    Task = pytest.importorskip("ansible.playbook.task", reason="ansible-core is not installed").Task
+    return set(Task.fattributes) | {"with_items", "with_dict", "with_fileglob", "local_action", "listen"}
+
+
+def _module(task: dict, keywords: set[str]) -> str:
+    mods = [k for k in task if k not in keywords]
+    assert len(mods) == 1, f"task {task.get('name')!r}: cannot tell its module from {mods}"
+    return mods[0]
+
+
+@pytest.mark.skipif(_playbook_bin() is None, reason="ansible-playbook (ansible-core) is not installed")
+@pytest.mark.parametrize("inventory", INVENTORIES, ids=lambda p: p.name)
+def test_syntax_check_with_each_example_inventory(inventory, tmp_path):
+    env = {**os.environ, "ANSIBLE_LOCAL_TEMP": str(tmp_path), "ANSIBLE_NOCOLOR": "1"}
+    proc = subprocess.run(
+        [_playbook_bin(), "-i", str(inventory), "--syntax-check", "site.yml"],
+        cwd=ANSIBLE, env=env, capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_example_inventories_for_a_jetson_and_a_desktop_gpu():
+    assert {p.name for p in INVENTORIES} >= {"jetson.yml", "desktop-gpu.yml"}
+
+
+def test_site_runs_every_role():
+    (play,) = _load(ANSIBLE / "site.yml")
+    names = {r["role"] if isinstance(r, dict) else r for r in play["roles"]}
+    assert names == EXPECTED_ROLES == {p.name for p in ROLES}
+
+
+@pytest.mark.parametrize("role", ROLES, ids=lambda p: f"role-{p.name}")  # an id "gpu" would read as the gpu mark
+def test_role_layout_and_argument_specs_cover_defaults(role):
+    for part in ("defaults/main.yml", "tasks/main.yml", "handlers/main.yml", "meta/main.yml", "meta/argument_specs.yml"):
+        assert (role / part).is_file(), f"{role.name}: no {part}"
+    options = _load(role / "meta/argument_specs.yml")["argument_specs"]["main"]["options"]
+    defaults = _load(role / "defaults/main.yml") or {}
+    undeclared = sorted(set(defaults) - set(options))
+    assert not undeclared, f"{role.name}: defaults not in meta/argument_specs.yml: {undeclared}"
+    for name in defaults:
+        assert name.startswith("appliance_"), f"{role.name}: {name} is not namespaced"
+
+
+def test_every_module_is_named_by_its_fqcn():
+    keywords = _keywords()
+    bare = [f"{p.relative_to(ANSIBLE)}: {task.get('name')!r} uses {mod!r}"
+            for p, task in _all_tasks() if not (mod := _module(task, keywords)).startswith("ansible.builtin.")]
+    assert not bare, "\n".join(bare)
+
+
+def test_every_command_is_idempotent():
+    keywords = _keywords()
+    loose = []
+    for path, task in _all_tasks():
+        mod = _module(task, keywords)
+        if mod.rsplit(".", 1)[-1] in ("command", "shell", "raw", "script"):
+            args = task[mod] if isinstance(task[mod], dict) else {}
+            if not ({"creates", "removes"} & set(args) or "changed_when" in task):
+                loose.append(f"{path.relative_to(ANSIBLE)}: {task.get('name')!r}")
+    assert not loose, "commands without creates/removes/changed_when:\n" + "\n".join(loose)
+
+
+def test_templates_and_copied_files_exist():
+    keywords = _keywords()
+    missing = []
+    for path, task in _all_tasks():
+        mod = _module(task, keywords).rsplit(".", 1)[-1]
+        args = task[_module(task, keywords)]
+        if not isinstance(args, dict) or "src" not in args:
+            continue
+        src = args["src"]
+        role = path.parents[1]
+        if mod == "template":
+            if not (role / "templates" / src).is_file():
+                missing.append(f"{role.name}: templates/{src}")
+        elif mod == "copy" and "{{ appliance_source_dir }}/" in src:
+            rel = src.split("{{ appliance_source_dir }}/", 1)[1]
+            if not (ROOT / rel).is_file():
+                missing.append(f"{role.name}: {rel}")
+    assert not missing, missing
+
+
+def test_every_notified_handler_exists():
+    handlers = set()
+    for path in ANSIBLE.glob("roles/*/handlers/main.yml"):
+        for h in _load(path):
+            handlers |= {h["name"], *([h["listen"]] if "listen" in h else [])}
+    notified = set()
+    for _, task in _all_tasks():
+        n = task.get("notify", [])
+        notified |= {n} if isinstance(n, str) else set(n)
+    assert notified and notified <= handlers, notified - handlers
+
+
+def test_units_installed_are_the_ones_in_systemd_dir():
+    """The roles copy units from systemd/ (one source of truth with the unit tests)."""
+    text = "\n".join(p.read_text() for p in _task_files())
+    for unit in ("appliance-orchestrator.service", "appliance-tts@.service", "appliance.target"):
+        assert f"{{{{ appliance_source_dir }}}}/systemd/{unit}" in text, unit
+        assert (ROOT / "systemd" / unit).is_file()
+
+
+def test_secrets_are_never_world_readable():
+    keywords = _keywords()
+    for path, task in _all_tasks():
+        args = task[_module(task, keywords)]
+        if isinstance(args, dict) and re.search(r"redis\.(env|password)|appliance\.conf$", str(args.get("dest", ""))):
+            assert args.get("mode") in ("0600", "0640"), f"{path.name}: {task.get('name')} mode {args.get('mode')}"
