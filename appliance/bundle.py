@@ -38,6 +38,7 @@ import tarfile
 import tempfile
 import time
 import tomllib
+import zipfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -126,7 +127,47 @@ def build_wheels(tree: Path, dest: Path, requirements: Iterable[str] = (), platf
         _run([*pip, "download", "--quiet", "--dest", str(dest), "--find-links", str(dest),
               "--only-binary=:all:", "--platform", platform, "--python-version", python_version,
               "--implementation", "cp", *[str(a) for a in app], *requirements, *pip_args])
+    for _ in range(3):  # what the added wheels need in turn, too
+        missing = missing_on_target(dest)
+        if not missing:
+            break
+        target = ["--only-binary=:all:", "--platform", platform, "--python-version", python_version,
+                  "--implementation", "cp"] if platform else []
+        _run([*pip, "download", "--quiet", "--dest", str(dest), "--find-links", str(dest), *target,
+              *missing, *pip_args])
     return sorted(dest.glob("*.whl"))
+
+
+# The oldest patch release the target may run (Debian bookworm has 3.11.2). pip evaluates
+# dependency markers against the interpreter it runs in, whatever --python-version says, so a
+# marker such as redis's `async-timeout; python_full_version < "3.11.3"` is false here and the
+# wheel would be missing on the device.
+TARGET_PYTHON_FLOOR = "3.11.0"
+
+
+def missing_on_target(wheels_dir: Path, python_full_version: str = TARGET_PYTHON_FLOOR) -> list[str]:
+    """Requirements of the wheels in ``wheels_dir`` whose markers hold on the target's Python but
+    that have no wheel there (extras are not followed)."""
+    from packaging.markers import default_environment
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name, parse_wheel_filename
+
+    wheels = sorted(wheels_dir.glob("*.whl"))
+    have = {canonicalize_name(parse_wheel_filename(w.name)[0]) for w in wheels}
+    env = {**default_environment(), "python_full_version": python_full_version,
+           "python_version": ".".join(python_full_version.split(".")[:2]), "extra": ""}
+    missing = set()
+    for wheel in wheels:
+        with zipfile.ZipFile(wheel) as z:
+            meta = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
+            lines = z.read(meta).decode("utf-8", "replace").splitlines()
+        for line in lines:
+            if not line.startswith("Requires-Dist:"):
+                continue
+            req = Requirement(line.partition(":")[2].strip())
+            if req.marker is not None and canonicalize_name(req.name) not in have and req.marker.evaluate(env):
+                missing.add(f"{req.name}{req.specifier}")
+    return sorted(missing)
 
 
 # ---------------------------------------------------------------- debs

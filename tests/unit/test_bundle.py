@@ -138,3 +138,28 @@ def test_cli_has_the_bundle_command():
 
     args = build_parser().parse_args(["bundle", "--out", "/tmp/x", "--no-debs", "--models", "piper-en_US-joe-medium"])
     assert args.func is bundle.cmd_bundle and args.no_debs and not args.no_wheels
+
+
+def _wheel(directory, name: str, requires: list[str]) -> None:
+    import zipfile
+
+    with zipfile.ZipFile(directory / f"{name}-1.0-py3-none-any.whl", "w") as z:
+        meta = "Metadata-Version: 2.1\nName: %s\nVersion: 1.0\n" % name
+        meta += "".join(f"Requires-Dist: {r}\n" for r in requires)
+        z.writestr(f"{name}-1.0.dist-info/METADATA", meta)
+
+
+def test_wheels_needed_only_by_an_older_patch_release_are_found(tmp_path):
+    from appliance.bundle import missing_on_target
+
+    _wheel(tmp_path, "client", [
+        'async-timeout>=4.0.3; python_full_version < "3.11.3"',  # redis on Debian's 3.11.2
+        "present>=1",
+        'docs-only; extra == "docs"',
+        'legacy; python_version < "3.10"',
+    ])
+    _wheel(tmp_path, "present", [])
+    assert missing_on_target(tmp_path) == ["async-timeout>=4.0.3"]
+    assert missing_on_target(tmp_path, "3.11.7") == []
+    _wheel(tmp_path, "async_timeout", [])
+    assert missing_on_target(tmp_path) == []
