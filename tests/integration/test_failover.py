@@ -6,9 +6,12 @@ what the client received), and the session must never stay in SPEAKING."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import re
 import signal
+import time
 import urllib.request
 
 import pytest
@@ -55,15 +58,25 @@ async def _serving(workers: list[WorkerProcess]) -> WorkerProcess:
     raise AssertionError("no worker has a stream open")
 
 
-@pytest.fixture
-def cluster():
-    workers = [WorkerProcess(), WorkerProcess()]
+@contextlib.contextmanager
+def _cluster(redis=None):
+    """Two Piper workers and the orchestrator: a static worker list, or discovery through ``redis``."""
+    if redis is None:
+        workers = [WorkerProcess(), WorkerProcess()]
+    else:
+        secret = {"APPLIANCE_REDIS_PASSWORD": redis.password}
+        workers = [WorkerProcess("--redis-url", redis.url, env=secret) for _ in range(2)]
     orch = None
     try:
         for w in workers:
             w.wait_ready()
-        orch = OrchestratorProcess([w.address for w in workers])
+        if redis is None:
+            orch = OrchestratorProcess([w.address for w in workers])
+        else:
+            orch = OrchestratorProcess([], env={"APPLIANCE_REDIS_URL": redis.url, **secret})
         orch.wait_ready()
+        if redis is not None:
+            _wait_discovered(orch, {w.address for w in workers})
         yield orch, workers
     finally:
         if orch is not None:
@@ -72,6 +85,25 @@ def cluster():
             if w.proc.poll() is None:
                 os.kill(w.proc.pid, signal.SIGCONT)  # a stopped worker must be able to die
             w.stop()
+
+
+def _wait_discovered(orch: OrchestratorProcess, addresses: set[str], timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while not addresses <= set(json.loads(_get(orch.http + "/healthz"))["workers"]):
+        assert time.monotonic() < deadline, f"workers {addresses} not discovered: {_get(orch.http + '/healthz')}"
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def cluster():
+    with _cluster() as c:
+        yield c
+
+
+@pytest.fixture
+def redis_cluster(redis_server):
+    with _cluster(redis_server) as c:
+        yield c
 
 
 @pytest.fixture
@@ -103,6 +135,21 @@ def _assert_every_sentence_heard(client: WsClient) -> None:
 
 @pytest.mark.parametrize("sig, cause", [(signal.SIGKILL, "lost"), (signal.SIGSTOP, "stalled")])
 async def test_a_reply_survives_its_worker_dying_mid_reply(cluster, client, sig, cause):
+    await _reply_survives(cluster, client, sig, cause)
+
+
+async def test_a_reply_survives_its_discovered_worker_dying_mid_reply(redis_cluster):
+    """The same with the workers found in Redis: the routed pool excludes the dead worker too."""
+    orch, _ = redis_cluster
+    c = WsClient(orch.url)
+    await c.connect(16000)
+    try:
+        await _reply_survives(redis_cluster, c, signal.SIGKILL, "lost")
+    finally:
+        await c.close()
+
+
+async def _reply_survives(cluster, client, sig, cause):
     orch, workers = cluster
     victim = await _say_and_fail(client, workers, sig)
     await client.wait_for(lambda: client.rx.of_type("reply_end"), 60)
