@@ -153,8 +153,9 @@ async def _reply_survives(cluster, client, sig, cause):
     orch, workers = cluster
     victim = await _say_and_fail(client, workers, sig)
     await client.wait_for(lambda: client.rx.of_type("reply_end"), 60)
+    # The state message follows reply_end on the wire; it must come (never stuck in SPEAKING).
+    await client.wait_for(lambda: _states(client)[-1] == "WAITING_FOR_INPUT", 10)
     assert client.rx.of_type("error") == []
-    assert _states(client)[-1] == "WAITING_FOR_INPUT"
     assert all(len(f) == 1920 for _, f in client.rx.frames)
     _assert_every_sentence_heard(client)
 
@@ -167,7 +168,7 @@ async def _reply_survives(cluster, client, sig, cause):
     n = len(client.rx.of_type("reply_end"))
     await client.send_json({"type": "say", "text": "Back to normal."})
     await client.wait_for(lambda: len(client.rx.of_type("reply_end")) > n, 30)
-    assert _states(client)[-1] == "WAITING_FOR_INPUT"
+    await client.wait_for(lambda: _states(client)[-1] == "WAITING_FOR_INPUT", 10)
 
 
 async def test_with_no_worker_left_the_reply_ends_with_an_error(cluster, client):
