@@ -22,9 +22,14 @@ def _piper():
     return PiperVoice.load(joe.model_path(), config_path=joe.config_path())
 
 
-def piper_speech(text: str, rate: int = 16000) -> np.ndarray:
+def piper_speech(text: str, rate: int = 16000, steady: bool = False) -> np.ndarray:
+    """Piper saying ``text``. VITS samples noise on every call, so two renders differ; ``steady``
+    turns the noise off, for tests that need the same input on every run."""
+    from piper import SynthesisConfig
+
     voice = _piper()
-    audio = np.concatenate([c.audio_float_array for c in voice.synthesize(text)])
+    config = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0) if steady else None
+    audio = np.concatenate([c.audio_float_array for c in voice.synthesize(text, syn_config=config)])
     audio = 0.5 * audio / max(1e-6, float(np.abs(audio).max()))
     if rate != voice.config.sample_rate:
         audio = resample(audio.astype(np.float32), voice.config.sample_rate, rate)
