@@ -31,7 +31,9 @@ from appliance.tts.text import TextSegmenter, is_speakable
 log = logging.getLogger(__name__)
 
 CHANNEL_FRAMES = 250  # 5 s of audio ahead of the wire
-PLAYOUT_MARGIN_S = 1.0
+# A stream's next engine call ranks as due this long before its audio runs out: about one
+# call's time plus queueing, so that it still ranks after a stream that is waiting for its first words.
+PLAYOUT_MARGIN_S = 0.25
 # The first segment is what time-to-first-audio waits for. When other streams are already
 # synthesising, the cores are shared, so it is made shorter still.
 FIRST_SEGMENT = {"first_clause_max_words": 5, "first_segment_hard_max_words": 6}
@@ -230,11 +232,13 @@ class SynthesisStream:
                             await self._emit(frame)
                     chain = self._new_chain(adapter.sample_rate)
                 self.stats.segments += 1
+                # The output chain (loudness, resampling, framing) runs in the engine call too,
+                # so the event loop only moves finished frames.
                 async for pcm in adapter.stream(
-                    segment, cancel=self.session.cancel, run=self._runner(chain), tracker=self.tracker
+                    segment, cancel=self.session.cancel, run=self._runner(chain), tracker=self.tracker, post=chain.push
                 ):
                     self.stats.synth_s += pcm.synth_s
-                    for frame in chain.push(pcm.samples):
+                    for frame in pcm.processed:
                         await self._emit(frame)
                 self.voiced = end  # (but for the resampler's few-ms tail, still in the chain)
                 await self._release_held()
@@ -251,12 +255,17 @@ class SynthesisStream:
 
     def _runner(self, chain: OutputChain):
         """Engine calls for this stream, scheduled by when their audio will be needed: the
-        first audio at once, later audio when what was produced before it has played out."""
-        if self._audio_start is None:
-            deadline = self._arrived
-        else:
-            deadline = self._audio_start + chain.samples_out / OUTPUT_RATE - PLAYOUT_MARGIN_S
-        return lambda fn: self.scheduler.run(fn, deadline)
+        first audio at once, later audio when what was produced before it has nearly played
+        out. Worked out per call, since one segment takes several calls (decoder windows)."""
+
+        def run(fn):
+            if self._audio_start is None:
+                deadline = self._arrived
+            else:
+                deadline = self._audio_start + chain.samples_out / OUTPUT_RATE - PLAYOUT_MARGIN_S
+            return self.scheduler.run(fn, deadline)
+
+        return run
 
     def _new_chain(self, rate: int) -> OutputChain:
         return OutputChain(

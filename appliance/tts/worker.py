@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -29,6 +30,9 @@ SERVICE_NAME = "appliance.tts.v1.TTSService"
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 SESSION_IDLE_S = 300.0
 HOUSEKEEPING_S = 5.0
+# Engine threads run Python between their native calls (phonemes, loudness, resampling); at the
+# default 5 ms switch interval a control ack can wait that long for the GIL on every wake-up.
+GIL_SWITCH_S = 0.001
 
 
 class TTSWorker:
@@ -102,6 +106,7 @@ class TTSWorker:
 
     async def start(self) -> None:
         s = self.settings
+        sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_S))
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         if s.redis_url:
             from appliance.tts.registration import WorkerRegistration, describe_worker

@@ -61,6 +61,7 @@ class PcmChunk:
     sample_rate: int
     synth_s: float = 0.0  # wall time the engine took to make it
     text: str = field(default="", repr=False)
+    processed: object = field(default=None, repr=False)  # what ``stream(post=...)`` made of it
 
 
 _END = object()
@@ -105,9 +106,11 @@ class EngineAdapter(ABC):
         cancel: threading.Event | None = None,
         run: Callable[[Callable[[], object]], Awaitable] | None = None,
         tracker: SynthesisTracker | None = None,
+        post: Callable[[np.ndarray], object] | None = None,
     ) -> AsyncIterator[PcmChunk]:
         """Drive :meth:`synthesize` off the event loop, one chunk per ``run(fn)`` call (default:
-        the loop's executor); stop between chunks once ``cancel`` is set."""
+        the loop's executor); stop between chunks once ``cancel`` is set. ``post`` runs on each
+        chunk in the same call (off the loop too); its result is the chunk's ``processed``."""
         loop = asyncio.get_running_loop()
         run = run or (lambda fn: loop.run_in_executor(None, fn))
         gen = self.synthesize(text)
@@ -116,17 +119,22 @@ class EngineAdapter(ABC):
             token = tracker.begin() if tracker else None
             t0 = time.perf_counter()
             try:
-                return next(gen, _END), time.perf_counter() - t0
+                chunk = next(gen, _END)
+                took = time.perf_counter() - t0
             finally:
                 if tracker:
                     tracker.end(token)
+            if chunk is _END:
+                return chunk, took, None
+            samples = np.asarray(chunk, dtype=np.float32)
+            return samples, took, post(samples) if post else None
 
         try:
             while cancel is None or not cancel.is_set():
-                chunk, took = await run(next_chunk)
-                if chunk is _END or (cancel is not None and cancel.is_set()):
+                samples, took, processed = await run(next_chunk)
+                if samples is _END or (cancel is not None and cancel.is_set()):
                     return
-                yield PcmChunk(np.asarray(chunk, dtype=np.float32), self.sample_rate, took, text)
+                yield PcmChunk(samples, self.sample_rate, took, text, processed)
         finally:
             # Closing a generator another thread may still be inside raises; it is finished
             # or abandoned by now, and dropping it frees it either way.

@@ -1,5 +1,6 @@
-"""Piper (VITS, ONNX) through ``piper-tts``. One chunk per text segment: Piper only streams
-per sentence, so the worker hands it sentences (and clauses of a long first sentence)."""
+"""Piper (VITS, ONNX) through ``piper-tts``. The worker hands it sentences (and clauses of a long
+first sentence); each sentence streams in decoder windows (``vits_split``) when the voice's graph
+allows, else it comes out whole, as Piper itself gives it."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from appliance.tts.adapters.base import EngineAdapter
+from appliance.tts.adapters.vits_split import SplitVits
 
 log = logging.getLogger(__name__)
 
@@ -41,27 +43,47 @@ class PiperAdapter(EngineAdapter):
         # on one thread each, which beats all of them fighting over every core.
         adaptive = self.onnx_threads == 0 and not use_cuda
         solo_threads = max(1, (os.cpu_count() or 2) - 1) if adaptive else self.onnx_threads
-        self._solo = PiperVoice(session=_session(files["onnx"], solo_threads, use_cuda), config=config)
-        self._shared = self._solo
-        if adaptive and solo_threads > 1:
-            self._shared = PiperVoice(session=_session(files["onnx"], 1, use_cuda), config=config)
+        thread_counts = {"solo": solo_threads, "shared": 1 if adaptive else solo_threads}
+        self._voices, self._splits = {}, {}
+        for role, threads in thread_counts.items():
+            if role == "shared" and threads == solo_threads:
+                self._voices[role], self._splits[role] = self._voices["solo"], self._splits["solo"]
+                continue
+            self._voices[role] = PiperVoice(session=_session(files["onnx"], threads, use_cuda), config=config)
+            self._splits[role] = SplitVits.load(files["onnx"], lambda model, t=threads: _session(model, t, use_cuda))
         # Piper would peak-normalise every sentence to full scale; the worker does loudness itself.
         self._config = SynthesisConfig(normalize_audio=False)
+        self._scales = np.array([config.noise_scale, config.length_scale, config.noise_w_scale], dtype=np.float32)
+        self.streaming = self._splits["solo"] is not None
         self.actual_device = "cuda" if use_cuda else "cpu"
         self.loaded = True
-        log.info("loaded %s on %s from %s", self.spec.model_id, self.actual_device, files["onnx"])
+        log.info(
+            "loaded %s on %s from %s (%s)", self.spec.model_id, self.actual_device, files["onnx"],
+            "streams within sentences" if self.streaming else "a sentence at a time",
+        )
 
     def synthesize(self, text: str) -> Iterator[np.ndarray]:
-        voice = self._shared if self.contended() else self._solo
-        for chunk in voice.synthesize(text, syn_config=self._config):
-            yield chunk.audio_float_array
+        role = "shared" if self.contended() else "solo"
+        voice, split = self._voices[role], self._splits[role]
+        if split is None:
+            for chunk in voice.synthesize(text, syn_config=self._config):
+                yield chunk.audio_float_array
+            return
+        for phonemes in voice.phonemize(text):
+            if not phonemes:
+                continue
+            ids = np.array([voice.phonemes_to_ids(phonemes)], dtype=np.int64)
+            latent = split.latent({"input": ids, "input_lengths": np.array([ids.shape[1]], dtype=np.int64), "scales": self._scales})
+            for audio in split.decode(latent):
+                yield np.clip(audio, -1.0, 1.0).astype(np.float32, copy=False)
 
     def unload(self) -> None:
-        self._solo = self._shared = None
+        self._voices, self._splits = {}, {}
         self.loaded = False
 
 
-def _session(path, threads: int, use_cuda: bool):
+def _session(model, threads: int, use_cuda: bool):
+    """An onnxruntime session for a model path or a serialized model."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
@@ -69,4 +91,5 @@ def _session(path, threads: int, use_cuda: bool):
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
     providers = [("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC"})] if use_cuda else []
-    return onnxruntime.InferenceSession(str(path), sess_options=options, providers=providers + ["CPUExecutionProvider"])
+    source = model if isinstance(model, bytes) else str(model)
+    return onnxruntime.InferenceSession(source, sess_options=options, providers=providers + ["CPUExecutionProvider"])
