@@ -11,9 +11,14 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import os
 import threading
 from collections.abc import Callable
 from typing import Any
+
+# Engine threads are CPU-bound for tens of ms at a time; at a lower priority they cannot hold a
+# core that the event loop (frames, control acks) needs when it wakes. Linux: per-thread nice.
+ENGINE_NICE = 5
 
 
 class DeadlineScheduler:
@@ -47,6 +52,7 @@ class DeadlineScheduler:
         return future
 
     def _work(self) -> None:
+        _lower_priority(ENGINE_NICE)
         while True:
             with self._cond:
                 while not self._heap and not self._closed:
@@ -72,6 +78,14 @@ class DeadlineScheduler:
         if wait:
             for t in self._threads:
                 t.join()
+
+
+def _lower_priority(nice: int) -> None:
+    """Make this thread yield the CPU to the event loop and the RPC threads when they wake."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+    except (AttributeError, OSError):  # not Linux, or not allowed: keep the default
+        pass
 
 
 def _settle(future: asyncio.Future, result: Any, exc: BaseException | None) -> None:

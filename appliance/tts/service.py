@@ -163,7 +163,6 @@ class TTSService(tts_pb2_grpc.TTSServiceServicer):
             tracker=self.tracker,
             audio=self.settings.audio,
             max_chars=self.settings.max_text_chars,
-            busy_streams=len(self.streams),
         )
         self.streams[session.session_id] = stream
         self.metrics.active_streams.inc()

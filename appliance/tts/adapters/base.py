@@ -69,6 +69,8 @@ _END = object()
 
 class EngineAdapter(ABC):
     engine: ClassVar[str]
+    # True when a segment's first audio comes before the whole segment is made (set at load).
+    streams_within_segment: bool = False
 
     def __init__(self, spec: ModelSpec, device: str = "cpu") -> None:
         self.spec = spec

@@ -54,12 +54,12 @@ class PiperAdapter(EngineAdapter):
         # Piper would peak-normalise every sentence to full scale; the worker does loudness itself.
         self._config = SynthesisConfig(normalize_audio=False)
         self._scales = np.array([config.noise_scale, config.length_scale, config.noise_w_scale], dtype=np.float32)
-        self.streaming = self._splits["solo"] is not None
+        self.streams_within_segment = self._splits["solo"] is not None
         self.actual_device = "cuda" if use_cuda else "cpu"
         self.loaded = True
         log.info(
             "loaded %s on %s from %s (%s)", self.spec.model_id, self.actual_device, files["onnx"],
-            "streams within sentences" if self.streaming else "a sentence at a time",
+            "streams within sentences" if self.streams_within_segment else "a sentence at a time",
         )
 
     def synthesize(self, text: str) -> Iterator[np.ndarray]:
@@ -79,6 +79,7 @@ class PiperAdapter(EngineAdapter):
 
     def unload(self) -> None:
         self._voices, self._splits = {}, {}
+        self.streams_within_segment = False
         self.loaded = False
 
 
