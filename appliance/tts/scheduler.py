@@ -80,10 +80,11 @@ class DeadlineScheduler:
                 t.join()
 
 
-def _lower_priority(nice: int) -> None:
+def _lower_priority(step: int) -> None:
     """Make this thread yield the CPU to the event loop and the RPC threads when they wake."""
     try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + step))
     except (AttributeError, OSError):  # not Linux, or not allowed: keep the default
         pass
 

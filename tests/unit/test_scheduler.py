@@ -1,11 +1,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 
 import pytest
 
-from appliance.tts.scheduler import DeadlineScheduler
+from appliance.tts.scheduler import ENGINE_NICE, DeadlineScheduler
 
 
 async def test_earliest_deadline_runs_first():
@@ -66,3 +67,15 @@ async def test_cancelled_job_is_skipped_and_shutdown_refuses_new_work():
     scheduler.shutdown(wait=True)
     with pytest.raises(RuntimeError):
         scheduler.run(lambda: None, 0)
+
+
+@pytest.mark.skipif(not hasattr(os, "getpriority"), reason="thread priorities are a POSIX feature")
+async def test_engine_threads_run_at_a_lower_priority_than_the_loop():
+    scheduler = DeadlineScheduler(threads=1)
+    try:
+        loop_nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        engine_nice = await scheduler.run(lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id()), 0)
+        assert engine_nice == min(19, loop_nice + ENGINE_NICE)
+        assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == loop_nice  # the loop's is unchanged
+    finally:
+        scheduler.shutdown(wait=True)

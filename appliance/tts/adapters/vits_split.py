@@ -51,17 +51,19 @@ class SplitVits:
         try:
             model = onnx.load(str(path))
             latent = _decoder_input(model.graph)
+            if latent not in {v.name for v in model.graph.value_info}:  # exports usually carry it
+                model.graph.value_info.append(onnx.helper.make_tensor_value_info(latent, onnx.TensorProto.FLOAT, None))
             inputs = [i.name for i in model.graph.input]
             output = model.graph.output[0].name
             extractor = Extractor(model)
             front = extractor.extract_model(inputs, [latent])
             decoder = extractor.extract_model([latent], [output])
-            if [i.name for i in decoder.graph.input] != [latent]:
-                raise ValueError(f"the decoder needs more than {latent!r}")
+            if missing := _unresolved(decoder.graph) - {latent}:
+                raise ValueError(f"the decoder needs more than {latent!r}: {sorted(missing)}")
+            return cls(make_session(front.SerializeToString()), make_session(decoder.SerializeToString()), latent)
         except Exception as exc:  # an unusual graph is not an error: it is synthesised whole
             log.info("%s is synthesised a sentence at a time: %s", path.name, exc)
             return None
-        return cls(make_session(front.SerializeToString()), make_session(decoder.SerializeToString()), latent)
 
     def latent(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         """The front: Piper's model inputs -> latent frames, shape (1, channels, frames)."""
@@ -79,6 +81,12 @@ class SplitVits:
             skip = (start - left) * HOP
             yield audio[skip : skip + (end - start) * HOP]
             start, size = end, min(MAX_WINDOW, size * 2)
+
+
+def _unresolved(graph) -> set[str]:
+    """Names the graph's nodes read that no node, initializer or constant in it provides."""
+    provided = {i.name for i in graph.initializer} | {o for n in graph.node for o in n.output}
+    return {i for n in graph.node for i in n.input if i and i not in provided}
 
 
 def _decoder_input(graph) -> str:
