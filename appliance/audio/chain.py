@@ -46,13 +46,14 @@ class OutputChain:
         """48 kHz samples waiting for a full frame (not counting the resampler delay)."""
         return self._framer.pending_samples
 
-    def push(self, x: np.ndarray) -> list[bytes]:
-        """Process one chunk of engine audio; return the frames completed by it."""
+    def push(self, x: np.ndarray, continues: bool = False) -> list[bytes]:
+        """Process one chunk of engine audio; return the frames completed by it. ``continues``:
+        the chunk goes on with the sentence of the chunk before (see LoudnessNormalizer)."""
         x = finite_or_zero(as_mono_float32(x))
         if x.size == 0:
             return []
         if self._normalizer is not None:
-            x = self._normalizer.process(x)
+            x = self._normalizer.process(x, continues)
         return self._frame(self._resampler.process(x))
 
     def flush(self) -> list[bytes]:

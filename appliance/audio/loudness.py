@@ -19,6 +19,8 @@ from appliance.audio._arrays import as_mono_float32, check_rate, finite_or_zero
 
 # BS.1770 gating block length: the shortest signal pyloudnorm can measure.
 MIN_MEASURE_SECONDS = 0.4
+# A sentence that arrives in parts is measured over its most recent this-many seconds.
+MAX_SPAN_SECONDS = 4.0
 SILENCE_LUFS = -70.0
 _NEGLIGIBLE_DB = 1e-4
 
@@ -134,7 +136,9 @@ class LoudnessNormalizer:
     Chunks of at least 0.4 s are measured with BS.1770 (pyloudnorm). Shorter
     chunks are collected until together they reach 0.4 s and are then measured;
     until then the previous gain is kept (or, before any measurement, a rough RMS
-    estimate is used). Chunks quieter than -70 LUFS never change the gain, and the
+    estimate is used). A chunk passed with ``continues=True`` is measured together with
+    the rest of its sentence so far (its last ``MAX_SPAN_SECONDS``). Chunks quieter
+    than -70 LUFS never change the gain, and the
     gain never exceeds ``max_gain_db``. A new gain is approached with a one-pole
     glide (``smoothing_ms``) starting from the gain in use at the end of the last
     chunk; the very first measured gain is applied directly.
@@ -163,6 +167,7 @@ class LoudnessNormalizer:
         self.target_lufs = float(target_lufs)
         self.max_gain_db = float(max_gain_db)
         self._min_measure = math.ceil(MIN_MEASURE_SECONDS * self.sample_rate)
+        self._max_span = math.ceil(MAX_SPAN_SECONDS * self.sample_rate)
         self._glide = math.exp(-1000.0 / (smoothing_ms * self.sample_rate))
         self._limiter = PeakLimiter(
             self.sample_rate, ceiling_dbfs, lookahead_ms=lookahead_ms, release_ms=release_ms
@@ -188,32 +193,38 @@ class LoudnessNormalizer:
     def reset(self) -> None:
         self._gain_db: float | None = None
         self._target_db: float | None = None
-        self._short: list[np.ndarray] = []
-        self._short_len = 0
+        self._span: list[np.ndarray] = []  # what the next measurement covers
+        self._span_len = 0
+        self._span_measured = False
         self._limiter.reset()
 
-    def process(self, x: np.ndarray) -> np.ndarray:
-        """Normalise and limit one chunk; returns float32 of the same length."""
+    def process(self, x: np.ndarray, continues: bool = False) -> np.ndarray:
+        """Normalise and limit one chunk; returns float32 of the same length.
+
+        ``continues``: the chunk is the next part of the sentence of the chunk before it (an
+        engine that streams within a sentence). The gain is then re-targeted to the sentence so
+        far, so it settles as the sentence goes on instead of jumping with every part.
+        """
         x = finite_or_zero(as_mono_float32(x))
         if x.size == 0:
             return x
-        self._retarget(x)
+        self._retarget(x, continues)
         return self._limiter.process(self._apply_gain(x))
 
-    def _retarget(self, x: np.ndarray) -> None:
-        if x.size >= self._min_measure:
-            self._short, self._short_len = [], 0
-            lufs = integrated_loudness(x, self.sample_rate)
+    def _retarget(self, x: np.ndarray, continues: bool) -> None:
+        if not continues and (self._span_measured or x.size >= self._min_measure):
+            self._span, self._span_len, self._span_measured = [], 0, False  # a new sentence
+        self._span.append(x.copy())  # the caller may reuse its buffer
+        self._span_len += x.size
+        while len(self._span) > 1 and self._span_len - self._span[0].size >= self._max_span:
+            self._span_len -= self._span.pop(0).size
+        if self._span_len >= self._min_measure:
+            lufs = integrated_loudness(np.concatenate(self._span), self.sample_rate)
+            self._span_measured = True
+        elif self._target_db is None:
+            lufs = _rms_loudness(np.concatenate(self._span))
         else:
-            self._short.append(x.copy())  # the caller may reuse its buffer
-            self._short_len += x.size
-            if self._short_len >= self._min_measure:
-                lufs = integrated_loudness(np.concatenate(self._short), self.sample_rate)
-                self._short, self._short_len = [], 0
-            elif self._target_db is None:
-                lufs = _rms_loudness(np.concatenate(self._short))
-            else:
-                return
+            return
         if math.isfinite(lufs) and lufs >= SILENCE_LUFS:
             self._target_db = min(self.target_lufs - lufs, self.max_gain_db)
 

@@ -123,11 +123,21 @@ async def _ttfa(client: TTSClient, sid: str, text: str) -> tuple[float, float, f
     return (first - sent[0]) * 1000, (end - sent[0]) * 1000, audio_bytes / 2 / 48000
 
 
-async def _control_latency(client: TTSClient, trials: int) -> list[float]:
+async def _control_latency(client: TTSClient, trials: int) -> dict:
+    """PAUSE/RESUME acks while a long text is being synthesised and its frames read, as an
+    orchestrator would read them."""
     sid = f"bench-ctl-{uuid.uuid4().hex[:6]}"
     await client.start_session(sid)
     call = client.synthesize(sid, [LONG_TEXT])
     await call.read()
+    frames = 0
+
+    async def drain() -> None:
+        nonlocal frames
+        while (frame := await call.read()) is not grpc.aio.EOF:
+            frames += bool(frame.audio_data)
+
+    reader = asyncio.create_task(drain())
     times = []
     for i in range(trials):
         command = "pause" if i % 2 == 0 else "resume"
@@ -135,11 +145,11 @@ async def _control_latency(client: TTSClient, trials: int) -> list[float]:
         await client.control(sid, command)
         times.append((time.perf_counter() - t0) * 1000)
         await asyncio.sleep(0.01)
+    frames_during = frames
     await client.control(sid, "stop")
-    while await call.read() is not grpc.aio.EOF:
-        pass
+    await reader
     await client.end_session(sid)
-    return times
+    return {**_stats(times), "frames_during_trials": frames_during}
 
 
 async def _concurrent(client: TTSClient, sessions: int, rounds: int) -> list[float]:
@@ -175,11 +185,11 @@ async def run_bench(trials: int = 24, concurrency: int = 8, worker: str | None =
             w_total.append(total)
             w_rtf.append(total / 1000 / audio)
         await client.end_session(sid)
-        control = await _control_latency(client, max(trials, 40))
+        control = await _control_latency(client, max(trials, 100))
         rounds = max(1, -(-20 // concurrency))  # at least 20 samples
         concurrent = await _concurrent(client, concurrency, rounds)
 
-    ttfa_s, raw_s, ctl_s, conc_s = _stats(w_ttfa), _stats(raw_first), _stats(control), _stats(concurrent)
+    ttfa_s, raw_s, ctl_s, conc_s = _stats(w_ttfa), _stats(raw_first), control, _stats(concurrent)
     rtf = statistics.median(w_rtf)
     result = {
         "benchmark": "tts",

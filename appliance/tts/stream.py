@@ -41,6 +41,19 @@ FIRST_SEGMENT = {"first_clause_max_words": 5, "first_segment_hard_max_words": 6}
 FIRST_SEGMENT_STREAMING = {"first_clause_max_words": 10, "first_segment_hard_max_words": 12}
 
 
+def _segment_pusher(chain: OutputChain):
+    """chain.push for one segment's chunks: every chunk after the first continues the segment."""
+    pushed = False
+
+    def push(samples):
+        nonlocal pushed
+        frames = chain.push(samples, continues=pushed)
+        pushed = True
+        return frames
+
+    return push
+
+
 class StreamError(Exception):
     """Ends the stream with a gRPC status ``code`` and this message."""
 
@@ -235,7 +248,8 @@ class SynthesisStream:
                 # The output chain (loudness, resampling, framing) runs in the engine call too,
                 # so the event loop only moves finished frames.
                 async for pcm in adapter.stream(
-                    segment, cancel=self.session.cancel, run=self._runner(chain), tracker=self.tracker, post=chain.push
+                    segment, cancel=self.session.cancel, run=self._runner(chain), tracker=self.tracker,
+                    post=_segment_pusher(chain),
                 ):
                     self.stats.synth_s += pcm.synth_s
                     for frame in pcm.processed:

@@ -284,3 +284,43 @@ def test_meter_is_cached_per_rate():
 def test_invalid_arguments(kwargs):
     with pytest.raises(ValueError):
         LoudnessNormalizer(**kwargs)
+
+
+def test_a_sentence_in_parts_settles_on_the_gain_of_the_whole_sentence():
+    """An engine streaming a sentence in windows passes continues=True: the gain is re-targeted to
+    the sentence so far, so it settles instead of following each window's own loudness."""
+    rng = np.random.default_rng(7)
+    sentence = _to_lufs([_sentence(rng, 3.0)], -28.0)[0]
+    # A loud and a quiet stretch inside one sentence: measured window by window they would pull
+    # the gain apart by ~12 dB.
+    sentence[int(0.8 * RATE) : int(1.6 * RATE)] *= 2.0
+    sentence[int(1.6 * RATE) :] *= 0.5
+    cuts = [0, int(0.35 * RATE), int(1.05 * RATE), int(2.45 * RATE), sentence.size]
+    parts = [sentence[a:b] for a, b in zip(cuts, cuts[1:])]
+
+    whole = LoudnessNormalizer(RATE, TARGET, CEILING_DBFS)
+    whole.process(sentence)
+    separate, streamed = LoudnessNormalizer(RATE, TARGET, CEILING_DBFS), LoudnessNormalizer(RATE, TARGET, CEILING_DBFS)
+    separate_gains, streamed_gains = [], []
+    for i, part in enumerate(parts):
+        separate.process(part)
+        streamed.process(part, continues=i > 0)
+        separate_gains.append(separate.target_gain_db)
+        streamed_gains.append(streamed.target_gain_db)
+
+    # The last target is the whole sentence's gain (its last 4 s: here all of it)...
+    assert streamed_gains[-1] == pytest.approx(whole.target_gain_db, abs=0.01)
+    # ...and the streamed targets move far less than per-window ones do.
+    spread = lambda gains: max(gains[1:]) - min(gains[1:])  # noqa: E731 (from the first measurement on)
+    assert spread(separate_gains) > 6.0
+    assert spread(streamed_gains) < spread(separate_gains) / 2
+
+
+def test_a_new_sentence_starts_a_new_measurement():
+    rng = np.random.default_rng(8)
+    loud, quiet = _to_lufs([_sentence(rng, 1.5)], -10.0)[0], _to_lufs([_sentence(rng, 1.5)], -30.0)[0]
+    norm = LoudnessNormalizer(RATE, TARGET, CEILING_DBFS)
+    norm.process(loud[:8000])
+    norm.process(loud[8000:], continues=True)
+    norm.process(quiet)  # not continuing: measured on its own, as every sentence is
+    assert norm.target_gain_db == pytest.approx(TARGET - _lufs(quiet), abs=0.01)
