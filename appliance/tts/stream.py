@@ -38,7 +38,7 @@ PLAYOUT_MARGIN_S = 0.25
 # clause. An engine that streams within a segment (Piper's windowed decoder) waits only for the
 # segment's front pass, so it gets a longer first segment: fewer cuts, better prosody.
 FIRST_SEGMENT = {"first_clause_max_words": 5, "first_segment_hard_max_words": 6}
-FIRST_SEGMENT_STREAMING = {"first_clause_max_words": 10, "first_segment_hard_max_words": 12}
+FIRST_SEGMENT_STREAMING = {"first_clause_max_words": 8, "first_segment_hard_max_words": 10}
 
 
 def _segment_pusher(chain: OutputChain):
