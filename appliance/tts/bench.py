@@ -105,22 +105,23 @@ class RawPiper:
         return (t_first - t0) * 1000, (t_end - t0) * 1000, samples / self.rate
 
 
-async def _ttfa(client: TTSClient, sid: str, text: str) -> tuple[float, float, float]:
-    """Worker TTFA ms (first TextChunk sent → first audio frame), total ms, audio seconds."""
+async def _ttfa(client: TTSClient, sid: str, text: str) -> tuple[float, float, float, float]:
+    """Worker TTFA ms (first TextChunk sent → first audio frame), total ms, audio seconds, and the
+    worst lateness ms of a frame against real-time playback from the first one (> 0: a client
+    that starts playing at once would run dry that long)."""
     sent: list[float] = []
 
     async def texts():
         sent.append(time.perf_counter())
         yield text
 
-    first = None
-    audio_bytes = 0
+    arrivals: list[float] = []
     async for frame in client.synthesize(sid, texts()):
-        if frame.audio_data and first is None:
-            first = time.perf_counter()
-        audio_bytes += len(frame.audio_data)
+        if frame.audio_data:
+            arrivals.append(time.perf_counter())
     end = time.perf_counter()
-    return (first - sent[0]) * 1000, (end - sent[0]) * 1000, audio_bytes / 2 / 48000
+    late = max(t - (arrivals[0] + 0.02 * k) for k, t in enumerate(arrivals))
+    return (arrivals[0] - sent[0]) * 1000, (end - sent[0]) * 1000, len(arrivals) * 0.02, max(0.0, late * 1000)
 
 
 async def _control_latency(client: TTSClient, trials: int) -> dict:
@@ -152,16 +153,18 @@ async def _control_latency(client: TTSClient, trials: int) -> dict:
     return {**_stats(times), "frames_during_trials": frames_during}
 
 
-async def _concurrent(client: TTSClient, sessions: int, rounds: int) -> list[float]:
+async def _concurrent(client: TTSClient, sessions: int, rounds: int) -> tuple[list[float], list[float]]:
     ids = [f"bench-c{i}-{uuid.uuid4().hex[:6]}" for i in range(sessions)]
     await asyncio.gather(*(client.start_session(i) for i in ids))
     ttfas: list[float] = []
+    late: list[float] = []
     for r in range(rounds):
         texts = [SENTENCES[(r * sessions + i) % len(SENTENCES)] for i in range(sessions)]
         results = await asyncio.gather(*(_ttfa(client, sid, t) for sid, t in zip(ids, texts)))
         ttfas.extend(r[0] for r in results)
+        late.extend(r[3] for r in results)
     await asyncio.gather(*(client.end_session(i) for i in ids))
-    return ttfas
+    return ttfas, late
 
 
 async def run_bench(trials: int = 24, concurrency: int = 8, worker: str | None = None, model: str = "piper-en_US-joe-medium") -> dict:
@@ -180,14 +183,14 @@ async def run_bench(trials: int = 24, concurrency: int = 8, worker: str | None =
             raw_first.append(first)
             raw_total.append(total)
             raw_rtf.append(total / 1000 / audio)
-            ttfa, total, audio = await _ttfa(client, sid, text)
+            ttfa, total, audio, _late = await _ttfa(client, sid, text)
             w_ttfa.append(ttfa)
             w_total.append(total)
             w_rtf.append(total / 1000 / audio)
         await client.end_session(sid)
         control = await _control_latency(client, max(trials, 100))
         rounds = max(1, -(-20 // concurrency))  # at least 20 samples
-        concurrent = await _concurrent(client, concurrency, rounds)
+        concurrent, late = await _concurrent(client, concurrency, rounds)
 
     ttfa_s, raw_s, ctl_s, conc_s = _stats(w_ttfa), _stats(raw_first), control, _stats(concurrent)
     rtf = statistics.median(w_rtf)
@@ -201,7 +204,7 @@ async def run_bench(trials: int = 24, concurrency: int = 8, worker: str | None =
         "ttfa_overhead_p50_ms": round(ttfa_s["p50"] - raw_s["p50"], 2),
         "ttfa_ratio_p50": round(ttfa_s["p50"] / raw_s["p50"], 3) if raw_s["p50"] else None,
         "control_ack_ms": ctl_s,
-        "concurrent": {"sessions": concurrency, "ttfa_ms": conc_s},
+        "concurrent": {"sessions": concurrency, "ttfa_ms": conc_s, "playback_lateness_ms": _stats(late)},
     }
     result["targets"] = {
         "ttfa_p50_within_15ms_of_raw": result["ttfa_overhead_p50_ms"] <= 15,

@@ -115,7 +115,7 @@ def test_graphs_that_cannot_be_cut_fall_back(tmp_path, caplog, decoder_weight, e
 
 
 def test_adapter_falls_back_to_whole_sentences(monkeypatch):
-    monkeypatch.setattr(SplitVits, "load", classmethod(lambda cls, path, make: None))
+    monkeypatch.setattr("appliance.tts.adapters.piper.cut_graph", lambda path: None)
     adapter = PiperAdapter(Catalog().get(MODEL), device="cpu")
     adapter.load()
     assert adapter.streams_within_segment is False

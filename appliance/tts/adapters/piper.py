@@ -8,11 +8,12 @@ import json
 import logging
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 
 from appliance.tts.adapters.base import EngineAdapter
-from appliance.tts.adapters.vits_split import SplitVits
+from appliance.tts.adapters.vits_split import SplitVits, cut_graph
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +45,16 @@ class PiperAdapter(EngineAdapter):
         adaptive = self.onnx_threads == 0 and not use_cuda
         solo_threads = max(1, (os.cpu_count() or 2) - 1) if adaptive else self.onnx_threads
         thread_counts = {"solo": solo_threads, "shared": 1 if adaptive else solo_threads}
+        cut = cut_graph(Path(files["onnx"]))
         self._voices, self._splits = {}, {}
         for role, threads in thread_counts.items():
             if role == "shared" and threads == solo_threads:
                 self._voices[role], self._splits[role] = self._voices["solo"], self._splits["solo"]
                 continue
-            self._voices[role] = PiperVoice(session=_session(files["onnx"], threads, use_cuda), config=config)
-            self._splits[role] = SplitVits.load(files["onnx"], lambda model, t=threads: _session(model, t, use_cuda))
+            split = cut and SplitVits.from_cut(cut, lambda model, t=threads: _session(model, t, use_cuda))
+            # With the cut, the whole graph is not needed: PiperVoice only turns text into ids.
+            session = None if split else _session(files["onnx"], threads, use_cuda)
+            self._voices[role], self._splits[role] = PiperVoice(session=session, config=config), split
         # Piper would peak-normalise every sentence to full scale; the worker does loudness itself.
         self._config = SynthesisConfig(normalize_audio=False)
         self._scales = np.array([config.noise_scale, config.length_scale, config.noise_w_scale], dtype=np.float32)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,28 +42,18 @@ class SplitVits:
 
     @classmethod
     def load(cls, path: Path, make_session: SessionFactory) -> SplitVits | None:
-        """Cut the graph at ``path``; None (with a log line) when it cannot be cut."""
-        try:
-            import onnx
-            from onnx.utils import Extractor
-        except ImportError:
-            log.info("onnx is not installed: %s is synthesised a sentence at a time", path.name)
+        """Cut the graph at ``path`` and open both halves; None when it cannot be cut."""
+        cut = cut_graph(path)
+        if cut is None:
             return None
+        return cls.from_cut(cut, make_session)
+
+    @classmethod
+    def from_cut(cls, cut: GraphCut, make_session: SessionFactory) -> SplitVits | None:
         try:
-            model = onnx.load(str(path))
-            latent = _decoder_input(model.graph)
-            if latent not in {v.name for v in model.graph.value_info}:  # exports usually carry it
-                model.graph.value_info.append(onnx.helper.make_tensor_value_info(latent, onnx.TensorProto.FLOAT, None))
-            inputs = [i.name for i in model.graph.input]
-            output = model.graph.output[0].name
-            extractor = Extractor(model)
-            front = extractor.extract_model(inputs, [latent])
-            decoder = extractor.extract_model([latent], [output])
-            if missing := _unresolved(decoder.graph) - {latent}:
-                raise ValueError(f"the decoder needs more than {latent!r}: {sorted(missing)}")
-            return cls(make_session(front.SerializeToString()), make_session(decoder.SerializeToString()), latent)
-        except Exception as exc:  # an unusual graph is not an error: it is synthesised whole
-            log.info("%s is synthesised a sentence at a time: %s", path.name, exc)
+            return cls(make_session(cut.front), make_session(cut.decoder), cut.latent)
+        except Exception as exc:  # e.g. an execution provider that refuses a half
+            log.info("the cut graph does not open (%s): synthesising a sentence at a time", exc)
             return None
 
     def latent(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
@@ -81,6 +72,37 @@ class SplitVits:
             skip = (start - left) * HOP
             yield audio[skip : skip + (end - start) * HOP]
             start, size = end, min(MAX_WINDOW, size * 2)
+
+
+@dataclass(frozen=True)
+class GraphCut:
+    front: bytes  # serialized ONNX: Piper's inputs -> the latent
+    decoder: bytes  # serialized ONNX: the latent -> audio
+    latent: str  # the tensor between them
+
+
+def cut_graph(path: Path) -> GraphCut | None:
+    """Cut the voice at ``path`` at its decoder's input; None (with a log line) when it cannot be."""
+    try:
+        import onnx
+        from onnx.utils import Extractor
+    except ImportError:
+        log.info("onnx is not installed: %s is synthesised a sentence at a time", path.name)
+        return None
+    try:
+        model = onnx.load(str(path))
+        latent = _decoder_input(model.graph)
+        if latent not in {v.name for v in model.graph.value_info}:  # exports usually carry it
+            model.graph.value_info.append(onnx.helper.make_tensor_value_info(latent, onnx.TensorProto.FLOAT, None))
+        extractor = Extractor(model)
+        front = extractor.extract_model([i.name for i in model.graph.input], [latent])
+        decoder = extractor.extract_model([latent], [model.graph.output[0].name])
+        if missing := _unresolved(decoder.graph) - {latent}:
+            raise ValueError(f"the decoder needs more than {latent!r}: {sorted(missing)}")
+    except Exception as exc:  # an unusual graph is not an error: it is synthesised whole
+        log.info("%s is synthesised a sentence at a time: %s", path.name, exc)
+        return None
+    return GraphCut(front.SerializeToString(), decoder.SerializeToString(), latent)
 
 
 def _unresolved(graph) -> set[str]:
