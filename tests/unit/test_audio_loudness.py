@@ -311,7 +311,9 @@ def test_a_sentence_in_parts_settles_on_the_gain_of_the_whole_sentence():
     # The last target is the whole sentence's gain (its last 4 s: here all of it)...
     assert streamed_gains[-1] == pytest.approx(whole.target_gain_db, abs=0.01)
     # ...and the streamed targets move far less than per-window ones do.
-    spread = lambda gains: max(gains[1:]) - min(gains[1:])  # noqa: E731 (from the first measurement on)
+    def spread(gains):  # from the first measurement on
+        return max(gains[1:]) - min(gains[1:])
+
     assert spread(separate_gains) > 6.0
     assert spread(streamed_gains) < spread(separate_gains) / 2
 

@@ -4,6 +4,7 @@ every later call (a segment may take several) by when the audio made so far runs
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 from appliance.audio import OUTPUT_RATE
 from appliance.config import AudioSettings
@@ -69,7 +70,7 @@ async def test_first_call_is_due_on_arrival_and_later_calls_when_the_audio_runs_
     # Each later call is due PLAYOUT_MARGIN_S before the audio made so far has played out: that
     # grows by one word per call (counted as it leaves the resampler), so the deadlines step up by a word.
     later = deadlines[1:]
-    steps = [b - a for a, b in zip(later, later[1:]) if b != a]
+    steps = [b - a for a, b in itertools.pairwise(later) if b != a]
     assert all(d >= audio_start - PLAYOUT_MARGIN_S for d in later)
     assert all(abs(step - word_s) < 0.03 for step in steps), steps  # the resampler holds a few ms back
     assert abs(sum(steps) / len(steps) - word_s) < 0.01, steps
