@@ -201,6 +201,10 @@ class PlaybackSettings(_Section):
     tts_stall_ms: int = Field(
         1200, ge=200, description="a worker that sends no audio this long while it is due is failed over"
     )
+    tts_retry_s: float = Field(
+        5.0, ge=0, le=60,
+        description="with no TTS worker available (mid-reply or for a new reply), keep trying this long (0: give up at once)",
+    )
 
 
 class WebRtcSettings(_Section):

@@ -37,17 +37,22 @@ class ServiceProcess:
 class WorkerProcess(ServiceProcess):
     """A real `appliance tts-worker` process on loopback."""
 
-    def __init__(self, *extra: str, env: dict[str, str] | None = None, config: str | None = None) -> None:
-        self.port = free_port()
+    def __init__(
+        self, *extra: str, env: dict[str, str] | None = None, config: str | None = None, port: int | None = None
+    ) -> None:
+        self.port = port or free_port()
         self.metrics_port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         cmd = [
-            sys.executable, "-m", "appliance", "tts-worker",
+            *self._program(), "tts-worker",
             "--config", config or str(ROOT / "etc/appliance/tts/piper.toml"),
             "--host", "127.0.0.1", "--port", str(self.port), "--metrics-port", str(self.metrics_port),
             *extra,
         ]
         self._spawn("tts-worker", cmd, env)
+
+    def _program(self) -> list[str]:
+        return [sys.executable, "-m", "appliance"]
 
     def wait_ready(self, timeout: float = 60) -> None:
         import grpc
@@ -67,6 +72,20 @@ class WorkerProcess(ServiceProcess):
                 time.sleep(0.1)
         raise TimeoutError(f"worker not ready:\n{self.log()}")
 
+
+class MockWorkerProcess(WorkerProcess):
+    """A worker process serving the mock engine, slowed to ``delay_s`` per word (0.15 s of audio):
+    at the default, a reply streams barely faster than real time (RTF 0.67), so the orchestrator
+    holds little of it, like a streaming GPU engine (see `appliance bench failover`)."""
+
+    def __init__(self, *extra: str, delay_s: float = 0.1, port: int | None = None, env: dict[str, str] | None = None):
+        self.delay_s = delay_s
+        super().__init__(*extra, port=port, env={"APPLIANCE_MODELS__DEFAULT": "mock-sine", **(env or {})})
+
+    def _program(self) -> list[str]:
+        boot = ("import sys; from appliance.tts.adapters.mock import MockSineAdapter as M; "
+                f"M.delay_s = {self.delay_s}; from appliance.cli import main; sys.exit(main(sys.argv[1:]))")
+        return [sys.executable, "-c", boot]
 
 
 class OrchestratorProcess(ServiceProcess):

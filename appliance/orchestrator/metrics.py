@@ -39,6 +39,14 @@ class OrchestratorMetrics:
             buckets=_MS_BUCKETS,
             registry=r,
         )
+        self.worker_wait = Histogram(
+            "appliance_tts_worker_wait_seconds",
+            "Waits for a TTS worker when none was available ([playback] tts_retry_s), by outcome: "
+            "recovered, gave_up or cancelled",
+            ["outcome"],
+            buckets=(0.1, 0.2, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0),
+            registry=r,
+        )
 
     def observe_turn(self, times: TurnTimes) -> None:
         self.turns.inc()

@@ -2,7 +2,8 @@
 
 The interface the rest of the orchestrator uses: ``start_session`` picks a worker (never one in
 ``exclude``) and opens the session there; ``mark_down`` takes a worker out of rotation after a
-failure seen mid-stream (connection lost, deadline passed), so failover picks another.
+failure seen mid-stream (connection lost, deadline passed), so failover picks another; a worker
+marked down is tried again (last) and is back in rotation once it accepts a session.
 """
 
 from __future__ import annotations
@@ -17,6 +18,11 @@ from appliance.tts.client import TTSClient
 
 log = logging.getLogger(__name__)
 
+# A worker that died may be back on the same address within a second or two (systemd's
+# Restart=on-failure): its channel reconnects at most 1 s apart, not after gRPC's default backoff
+# that grows towards two minutes (RPCs on a channel in backoff fail at once).
+RECONNECT_OPTIONS = (("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 1000))
+
 
 class TtsUnavailable(Exception):
     pass
@@ -26,7 +32,7 @@ class WorkerPool:
     """A static worker list: the first worker that accepts the session wins."""
 
     def __init__(self, addresses: list[str]) -> None:
-        self.clients = [TTSClient(a) for a in addresses]
+        self.clients = [TTSClient(a, RECONNECT_OPTIONS) for a in addresses]
         self.down: set[str] = set()
 
     async def start_session(self, session_id: str, model_id: str = "", exclude: Iterable[str] = ()) -> TTSClient:

@@ -23,7 +23,7 @@ from prometheus_client.core import GaugeMetricFamily
 
 from appliance import discovery
 from appliance.config import ConfigError, OrchestratorSettings
-from appliance.orchestrator.pool import TtsUnavailable, WorkerPool
+from appliance.orchestrator.pool import RECONNECT_OPTIONS, TtsUnavailable, WorkerPool
 from appliance.orchestrator.registry import WorkerRegistry
 from appliance.orchestrator.routing import RouteRequest, route
 from appliance.rpc import tts_pb2 as pb
@@ -177,7 +177,7 @@ class RoutedPool:
     def _client(self, address: str) -> TTSClient:
         client = self.clients.get(address)
         if client is None:
-            client = self.clients[address] = TTSClient(address)
+            client = self.clients[address] = TTSClient(address, RECONNECT_OPTIONS)
         return client
 
     def _note_assigned(self, address: str) -> None:

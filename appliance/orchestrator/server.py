@@ -134,7 +134,7 @@ class Orchestrator:
             return
         tts = TtsLink(
             self.pool, sid, channel.hello.voice or s.playback.tts_model,
-            stall_s=s.playback.tts_stall_ms / 1000, metrics=self.metrics,
+            stall_s=s.playback.tts_stall_ms / 1000, retry_s=s.playback.tts_retry_s, metrics=self.metrics,
         )
         try:
             await tts.open()

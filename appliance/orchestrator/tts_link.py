@@ -1,6 +1,11 @@
 """The orchestrator's side of one worker session: replies as Synthesize streams (``reply.py``,
 with failover), and the controls barge-in needs (PAUSE, RESUME, STOP), always sent to the worker
-that serves the session now."""
+that serves the session now.
+
+When no worker accepts the session (a failover found none, or a reply starts while the only
+worker is down), the session is started again with backoff for up to ``retry_s``, on any worker
+including the one that failed: a one-worker appliance's worker may be restarted on the same
+address. Cancelling the reply (barge-in, STOP, the client gone) ends the wait at once."""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ import grpc
 
 from appliance.orchestrator.pool import TtsUnavailable, WorkerPool
 from appliance.orchestrator.reply import Reply
+from appliance.orchestrator.worker_wait import retry_until
 from appliance.rpc import tts_pb2 as pb
 from appliance.tts.client import COMMANDS, TTSClient
 
@@ -20,16 +26,19 @@ log = logging.getLogger(__name__)
 
 CONTROL_TIMEOUT_S = 1.0  # a control (or EndSession) a hung worker does not answer is given up on
 START_TIMEOUT_S = 3.0  # StartSession on another worker during a failover
+MIN_ATTEMPT_S = 0.2  # the last StartSession of a wait gets at least this long
 
 
 class TtsLink:
     def __init__(
-        self, pool: WorkerPool, session_id: str, model_id: str = "", *, stall_s: float = 1.2, metrics=None
+        self, pool: WorkerPool, session_id: str, model_id: str = "", *, stall_s: float = 1.2, retry_s: float = 0.0,
+        metrics=None,
     ) -> None:
         self.pool = pool
         self.session_id = session_id
         self.model_id = model_id
         self.stall_s = stall_s
+        self.retry_s = retry_s  # how long to wait for a worker when none is available (0: fail at once)
         self.metrics = metrics
         self.client: TTSClient | None = None
         self.paused = False  # a PAUSE is in force (barge-in): a failover holds the new stream back
@@ -37,6 +46,7 @@ class TtsLink:
         self._unpaused.set()
         self._starting: asyncio.Task | None = None
         self._background: set[asyncio.Task] = set()
+        self._unended: dict[str, TTSClient] = {}  # workers failed away from whose EndSession did not get through
 
     async def open(self) -> None:
         self.client = await self.pool.start_session(self.session_id, self.model_id)
@@ -51,25 +61,65 @@ class TtsLink:
             await asyncio.gather(self._starting, return_exceptions=True)
             self._starting = None
         if self.client is None:
-            await self._start(exclude=set())
+            await self._start_or_wait(exclude=set())
         assert self.client is not None
         return self.client
 
     async def failover(self, dead: TTSClient, cause: str, exclude: set[str], replace: bool = True) -> TTSClient | None:
         """Take ``dead`` out of rotation and move the session to another worker (not in ``exclude``).
-        Raises TtsUnavailable when none accepts it. ``replace=False``: only drop the dead one."""
+        With none, waits for any (``dead`` included) for up to ``retry_s``; raises TtsUnavailable
+        when none accepts it by then. ``replace=False``: only drop the dead one."""
         self.pool.mark_down(dead.address, cause)
         if self.client is dead:
             self.client = None
         self._spawn(self._end_on(dead))  # it may come back with the session still open
         if not replace:
             return None
-        await self._start(exclude)
+        await self._start_or_wait(exclude)
         return self.client
 
-    async def _start(self, exclude: set[str]) -> None:
+    async def _start_or_wait(self, exclude: set[str]) -> None:
+        try:
+            await self._start(exclude)
+        except TtsUnavailable as exc:
+            if self.retry_s <= 0:
+                raise
+            await self._wait_for_worker(str(exc))
+
+    async def _wait_for_worker(self, why: str) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        attempts = 0
+        outcome = "cancelled"
+        log.warning("tts worker wait session=%s: no worker available, waiting up to %.1fs (%s)",
+                    self.session_id, self.retry_s, why)
+
+        async def attempt(left_s: float) -> None:
+            nonlocal attempts
+            attempts += 1
+            await self._end_unended()
+            await self._start(set(), timeout_s=min(START_TIMEOUT_S, max(left_s, MIN_ATTEMPT_S)))
+
+        try:
+            await retry_until(attempt, self.retry_s, retry_on=(TtsUnavailable,))
+            outcome = "recovered"
+        except TtsUnavailable as exc:
+            outcome = "gave_up"
+            raise TtsUnavailable(f"no TTS worker available within {self.retry_s:.1f}s ({exc})") from None
+        finally:
+            waited_s = loop.time() - started
+            if self.metrics is not None:
+                self.metrics.worker_wait.labels(outcome).observe(waited_s)
+            worker = f" worker={self.client.address}" if outcome == "recovered" and self.client else ""
+            log.log(
+                logging.INFO if outcome == "recovered" else logging.WARNING,
+                "tts worker wait session=%s: %s after %.0f ms (%d attempts)%s",
+                self.session_id, outcome.replace("_", " "), waited_s * 1000, attempts, worker,
+            )
+
+    async def _start(self, exclude: set[str], timeout_s: float = START_TIMEOUT_S) -> None:
         # Shielded: a reply cancelled meanwhile (barge-in) must not leave the session half-moved.
-        self._starting = asyncio.ensure_future(self._start_session(exclude))
+        self._starting = asyncio.ensure_future(self._start_session(exclude, timeout_s))
         self._starting.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved, even if orphaned
         try:
             await asyncio.shield(self._starting)
@@ -77,13 +127,13 @@ class TtsLink:
             if self._starting.done():
                 self._starting = None
 
-    async def _start_session(self, exclude: set[str]) -> None:
+    async def _start_session(self, exclude: set[str], timeout_s: float) -> None:
         try:
             client = await asyncio.wait_for(
-                self.pool.start_session(self.session_id, self.model_id, exclude=exclude), START_TIMEOUT_S
+                self.pool.start_session(self.session_id, self.model_id, exclude=exclude), timeout_s
             )
         except TimeoutError:
-            raise TtsUnavailable(f"no TTS worker accepted the session within {START_TIMEOUT_S:.0f}s") from None
+            raise TtsUnavailable(f"no TTS worker accepted the session within {timeout_s:.1f}s") from None
         self.client = client
         log.info("tts session session=%s worker=%s (failover)", self.session_id, client.address)
 
@@ -127,7 +177,17 @@ class TtsLink:
             await client.stub.EndSession(pb.EndSessionRequest(session_id=self.session_id), timeout=CONTROL_TIMEOUT_S)
         except grpc.aio.AioRpcError as exc:
             if exc.code() != grpc.StatusCode.NOT_FOUND:
-                log.info("EndSession failed session=%s worker=%s: %s", self.session_id, client.address, exc.code().name)
+                if client.address not in self._unended:
+                    log.info("EndSession failed session=%s worker=%s: %s", self.session_id, client.address,
+                             exc.code().name)
+                self._unended[client.address] = client
+                return
+        self._unended.pop(client.address, None)
+
+    async def _end_unended(self) -> None:
+        """End the session on workers failed away from that did not hear it: one that was only
+        stalled still holds the session and would refuse it (ALREADY_EXISTS) when it recovers."""
+        await asyncio.gather(*(self._end_on(c) for c in list(self._unended.values())))
 
     def _spawn(self, coro) -> None:
         task = asyncio.ensure_future(coro)

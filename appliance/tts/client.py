@@ -26,9 +26,9 @@ class ReceivedFrame:
 
 
 class TTSClient:
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, options: Iterable[tuple[str, int | str]] = ()) -> None:
         self.address = address
-        self.channel = grpc.aio.insecure_channel(address)
+        self.channel = grpc.aio.insecure_channel(address, options=list(options))
         self.stub = tts_pb2_grpc.TTSServiceStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
 

@@ -182,7 +182,7 @@ async def test_with_no_worker_left_the_reply_ends_with_an_error(cluster, client)
     await client.wait_for(lambda: _states(client)[-1] == "WAITING_FOR_INPUT", 10)
     assert "SPEAKING" in _states(client)
 
-    # Still no worker: a new reply says so at once instead of hanging.
+    # Still no worker: a new reply says so once [playback] tts_retry_s has passed, instead of hanging.
     await client.send_json({"type": "say", "text": "Anyone there?"})
     await client.wait_for(lambda: len(client.rx.of_type("error")) >= 2, 15)
     assert client.rx.of_type("error")[1]["code"] == "tts_unavailable"

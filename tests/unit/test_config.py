@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from appliance.cli import main
-from appliance.config import ConfigError, WorkerSettings, guess_kind, load_settings
+from appliance.config import ConfigError, OrchestratorSettings, WorkerSettings, guess_kind, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "etc" / "appliance" / "tts" / "piper.toml"
@@ -69,6 +69,19 @@ def test_check_config_command(tmp_path, capsys):
     bad.write_text("[watchdog]\nstuck_synthesis = 3\n")
     assert main(["check-config", str(bad)]) == 2
     assert "watchdog.stuck_synthesis: unknown key" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["-1", "61", '"soon"'])
+def test_tts_retry_s_is_checked_and_named(tmp_path, capsys, value):
+    shipped = ROOT / "etc" / "appliance" / "orchestrator.toml"
+    assert load_settings(OrchestratorSettings, shipped).playback.tts_retry_s == 5.0
+    assert load_settings(OrchestratorSettings, None).playback.tts_retry_s == 5.0
+    cfg = tmp_path / "orchestrator.toml"
+    cfg.write_text("[playback]\ntts_retry_s = 0\n")
+    assert main(["check-config", str(cfg)]) == 0  # 0: give up at once
+    cfg.write_text(f"[playback]\ntts_retry_s = {value}\n")
+    assert main(["check-config", str(cfg)]) == 2
+    assert "playback.tts_retry_s:" in capsys.readouterr().err
 
 
 def test_guess_kind(tmp_path):
