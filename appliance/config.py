@@ -229,7 +229,8 @@ ROUTING_FLAGS = ("streaming", "zero_shot", "lora", "cpu_ok", "emotive_zero_promp
 
 class OrchestratorDiscoverySettings(_RedisSection):
     resync_s: float = Field(10.0, gt=0, description="full re-read of the worker keys this often (pub/sub may drop)")
-    health_check_s: float = Field(2.0, gt=0, description="gRPC probes of down workers (of all, while Redis is down)")
+    health_check_s: float = Field(
+        2.0, gt=0, description="gRPC probes of down and static-only workers (of all, while Redis is down)")
     language: str = Field("", description='language replies need, e.g. "en" (empty: any)')
     require: list[str] = Field(default_factory=lambda: ["streaming"], description=f"of {', '.join(ROUTING_FLAGS)}")
 
@@ -259,6 +260,11 @@ class OrchestratorSettings(_ServiceSettings):
 
     _empty_redis_is_none = field_validator("redis_url")(lambda v: v or None)
     _redis_url_scheme = field_validator("redis_url")(_redis_scheme)
+
+    def listed_workers(self) -> list[str]:
+        """The static worker list as the operator gave it (file, env or flag); empty when only the built-in
+        default is there, which is for running without Redis and is not used alongside it."""
+        return list(self.workers) if "workers" in self.model_fields_set else []
 
     @field_validator("workers")
     @classmethod

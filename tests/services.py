@@ -38,9 +38,9 @@ class WorkerProcess(ServiceProcess):
     """A real `appliance tts-worker` process on loopback."""
 
     def __init__(
-        self, *extra: str, env: dict[str, str] | None = None, config: str | None = None, port: int | None = None
+        self, *extra: str, env: dict[str, str] | None = None, config: str | None = None, port: int | None = None,
     ) -> None:
-        self.port = port or free_port()
+        self.port = port or free_port()  # a port given: e.g. a restart where the last one listened
         self.metrics_port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         cmd = [

@@ -9,6 +9,11 @@ fresh TTL to re-register in (a restarted Redis starts empty). Records that are n
 
 A worker marked down (by failover, or a failed probe) stays out of routing until it proves healthy:
 a new heartbeat after the mark, or a passing health check (:meth:`clear_down`).
+
+Workers from the orchestrator's static list are entries too (:meth:`add_static`, fed by
+:mod:`static_workers`): they never expire. While Redis holds a record for the same address, that
+record describes the worker; when it leaves Redis (deregistered, expired) the static entry stays,
+described by its gRPC probes (:meth:`describe`).
 """
 
 from __future__ import annotations
@@ -38,6 +43,19 @@ class Entry:
     version: int  # bumps on every new record
     down: str | None = None  # why it is out of routing
     down_at: float = 0.0
+    static: bool = False  # listed in the orchestrator's config: never expires
+    in_redis: bool = True  # described by a Redis record (else by gRPC probes: a static-only entry)
+
+    @property
+    def source(self) -> str:
+        return source_label(static=self.static, in_redis=self.in_redis)
+
+
+def source_label(*, static: bool, in_redis: bool) -> str:
+    """Where an entry came from, as the operator view shows it."""
+    if static and in_redis:
+        return "static+redis"
+    return "static" if static else "redis"
 
 
 class WorkerRegistry:
@@ -62,27 +80,60 @@ class WorkerRegistry:
 
     # --- the view --------------------------------------------------------------------------
 
+    @property
+    def in_outage(self) -> bool:
+        """Redis could not be reached on the last try (False before the first try ends)."""
+        return self._outage_since is not None
+
     def records(self) -> list[WorkerRecord]:
         return [e.record for e in self.entries.values()]
 
     def down_addresses(self) -> set[str]:
         return {a for a, e in self.entries.items() if e.down is not None}
 
+    def static_only_addresses(self) -> set[str]:
+        """Static entries with no Redis record: only gRPC probes tell how they are."""
+        return {a for a, e in self.entries.items() if e.static and not e.in_redis}
+
     def mark_down(self, address: str, reason: str) -> bool:
         entry = self.entries.get(address)
         if entry is None or entry.down is not None:
             return False
         entry.down, entry.down_at = reason, self._clock()
-        log.warning("worker marked down worker=%s address=%s reason=%s", entry.record.name, address, reason)
+        log.warning("worker marked down worker=%s address=%s source=%s reason=%s",
+                    entry.record.name, address, entry.source, reason)
         self._notify()
         return True
 
-    def clear_down(self, address: str, how: str) -> None:
+    def clear_down(self, address: str, how: str, *, announce: bool = True) -> None:
         entry = self.entries.get(address)
         if entry is not None and entry.down is not None:
-            log.info("worker back in rotation worker=%s address=%s (%s)", entry.record.name, address, how)
+            if announce:
+                log.info("worker back in rotation worker=%s address=%s source=%s (%s)",
+                         entry.record.name, address, entry.source, how)
             entry.down = None
             self._notify()
+
+    def add_static(self, record: WorkerRecord, down: str | None = None) -> None:
+        """An entry for a worker of the static list (``down``: why it is not routable yet)."""
+        entry = self.entries.get(record.address)
+        if entry is not None:  # Redis knows it already: its record is richer and fresher
+            entry.static = True
+            self._notify()
+            return
+        now = self._clock()
+        self.entries[record.address] = Entry(record, now, self._next_version(), down=down,
+                                             down_at=now if down else 0.0, static=True, in_redis=False)
+        self._notify()
+
+    def describe(self, record: WorkerRecord) -> bool:
+        """A static-only entry's record from a gRPC probe; False (ignored) while Redis describes it."""
+        entry = self.entries.get(record.address)
+        if entry is None or not entry.static or entry.in_redis:
+            return False
+        entry.record, entry.seen_at, entry.version = record, self._clock(), self._next_version()
+        self._notify()
+        return True
 
     def refresh(self, address: str, **changes) -> None:
         """Local knowledge newer than the last record (a finished LoadModel, a gRPC probe)."""
@@ -96,10 +147,9 @@ class WorkerRegistry:
         address = record.address
         entry = self.entries.get(address)
         if event == "deregister":
-            if entry is not None and (not record.instance or record.instance == entry.record.instance):
-                del self.entries[address]
-                log.info("worker left worker=%s address=%s", record.name, address)
-                self._notify()
+            same_instance = entry is not None and (not record.instance or record.instance == entry.record.instance)
+            if same_instance and entry.in_redis:
+                self._leave_redis(address, "worker left")
             return
         now = self._clock()
         if entry is None:
@@ -108,6 +158,14 @@ class WorkerRegistry:
                 "worker joined worker=%s address=%s models=%s languages=%s",
                 record.name, address, ",".join(record.resident_models) or "-", ",".join(record.capabilities.languages),
             )
+            self._notify()
+            return
+        if not entry.in_redis:  # a static worker (re-)registered: its own record takes over from the probes
+            log.info("static worker registered in Redis worker=%s address=%s", record.name, address)
+            entry.in_redis = True
+            entry.record, entry.seen_at, entry.version = record, now, self._next_version()
+            if entry.down is not None and now - entry.down_at >= DOWN_GRACE_S:
+                self.clear_down(address, "new heartbeat")
             self._notify()
             return
         old = entry.record
@@ -148,14 +206,25 @@ class WorkerRegistry:
         if not self.connected:
             return []
         now = self._clock()
-        gone = [a for a, e in self.entries.items() if now - e.seen_at > e.record.ttl_s]
-        for address in gone:
-            entry = self.entries.pop(address)
-            log.warning("worker expired worker=%s address=%s (no heartbeat for %.0fs)",
-                        entry.record.name, address, now - entry.seen_at)
-        if gone:
-            self._notify()
+        stale = [a for a, e in self.entries.items() if e.in_redis and now - e.seen_at > e.record.ttl_s]
+        gone = []
+        for address in stale:
+            why = f" (no heartbeat for {now - self.entries[address].seen_at:.0f}s)"
+            if self._leave_redis(address, "worker expired", why, level=logging.WARNING):
+                gone.append(address)
         return gone
+
+    def _leave_redis(self, address: str, event: str, why: str = "", *, level: int = logging.INFO) -> bool:
+        """The Redis record is gone: drop the entry (True), or keep a static one, probed from now on."""
+        entry = self.entries[address]
+        if entry.static:
+            entry.in_redis = False
+            why += ": kept as a static worker"
+        else:
+            del self.entries[address]
+        log.log(level, "%s worker=%s address=%s%s", event, entry.record.name, address, why)
+        self._notify()
+        return not entry.static
 
     async def wait_until(self, predicate: Callable[[], object], timeout: float):
         """Wait until ``predicate()`` is truthy (checked on every change); for tests and benchmarks."""

@@ -1,8 +1,9 @@
 """Worker pools with the interface the orchestrator uses (``start_session``, ``mark_down``, ``close``):
 
-- :class:`RoutedPool` — workers discovered in Redis (:mod:`registry`), chosen by the policy in
-  :mod:`routing`, with LoadModel on demand and gRPC health probes (of down workers, and of every
-  known worker while Redis is unreachable);
+- :class:`RoutedPool` — workers discovered in Redis (:mod:`registry`) plus those of the static list
+  (:mod:`static_workers`), chosen by the policy in :mod:`routing`, with LoadModel on demand and gRPC
+  health probes (of down workers and static ones with no Redis record, and of every known worker
+  while Redis is unreachable);
 - :class:`StaticPool` — the static list from the config (no Redis: the embedded default).
 
 Both count the sessions routed to each worker in ``appliance_worker_routed_total``.
@@ -26,6 +27,7 @@ from appliance.config import ConfigError, OrchestratorSettings
 from appliance.orchestrator.pool import RECONNECT_OPTIONS, TtsUnavailable, WorkerPool
 from appliance.orchestrator.registry import WorkerRegistry
 from appliance.orchestrator.routing import RouteRequest, route
+from appliance.orchestrator.static_workers import StaticWorkers, describe_failure
 from appliance.rpc import tts_pb2 as pb
 from appliance.tts.client import TTSClient
 
@@ -67,7 +69,8 @@ class StaticPool(WorkerPool):
 
     def view(self) -> dict:
         return {"redis": None, "workers": [
-            {"name": c.address, "address": c.address, "down": "marked down" if c.address in self.down else None,
+            {"name": c.address, "address": c.address, "source": "static",
+             "down": "marked down" if c.address in self.down else None,
              "routed": _count(self.metrics.routed, c.address, c.address)} for c in self.clients
         ]}
 
@@ -76,8 +79,10 @@ class RoutedPool:
     def __init__(
         self, registry: WorkerRegistry, request: RouteRequest | None = None, *,
         metrics_registry: CollectorRegistry | None = None, health_check_s: float = 2.0,
+        static_workers: list[str] | None = None,
     ) -> None:
         self.registry = registry
+        self.static = StaticWorkers(registry, static_workers or [], self.probe)
         self.request = request or RouteRequest()
         self.health_check_s = health_check_s
         self.metrics = RoutingMetrics(metrics_registry)
@@ -99,19 +104,34 @@ class RoutedPool:
             raise ConfigError(str(exc)) from None
         if not password:
             log.warning("Redis at %s is used without a password", discovery.redact(s.redis_url))
-        log.info("workers are discovered in Redis at %s (prefix %r); the static workers list is not used",
-                 discovery.redact(s.redis_url), d.key_prefix)
+        static = s.listed_workers()
+        log.info("workers are discovered in Redis at %s (prefix %r)%s", discovery.redact(s.redis_url),
+                 d.key_prefix, f" and listed statically: {', '.join(static)}" if static else "")
         registry = WorkerRegistry(s.redis_url or "", password, d.key_prefix, resync_s=d.resync_s)
         request = RouteRequest(language=d.language, require=frozenset(d.require))
-        return cls(registry, request, metrics_registry=metrics_registry, health_check_s=d.health_check_s)
+        return cls(registry, request, metrics_registry=metrics_registry, health_check_s=d.health_check_s,
+                   static_workers=static)
 
     async def start(self) -> None:
         self.registry.start()
-        try:
-            await self.registry.wait_until(lambda: self.registry.connected, INITIAL_SYNC_S)
-        except TimeoutError:
-            log.warning("Redis not reachable yet at %s: no workers until it is", discovery.redact(self.registry.url))
+        await asyncio.gather(self.static.seed(), self._wait_for_redis())
         self._health_task = asyncio.create_task(self._health_loop(), name="worker-health")
+
+    async def _wait_for_redis(self) -> None:
+        # With static workers there is something to route to: a failed first try is answer enough.
+        has_static = bool(self.static.addresses)
+        try:
+            await self.registry.wait_until(
+                lambda: self.registry.connected or (has_static and self.registry.in_outage), INITIAL_SYNC_S)
+        except TimeoutError:
+            pass
+        if not self.registry.connected:
+            url = discovery.redact(self.registry.url)
+            if has_static:
+                log.warning("Redis not reachable yet at %s: routing to the %d static workers until it is",
+                            url, len(self.static.addresses))
+            else:
+                log.warning("Redis not reachable yet at %s: no workers until it is", url)
 
     # --- the pool interface ----------------------------------------------------------------
 
@@ -227,13 +247,14 @@ class RoutedPool:
         try:
             caps = await self.probe(address)
         except (grpc.aio.AioRpcError, RuntimeError) as exc:
-            reason = exc.code().name if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
-            self.mark_down(address, f"health check: {reason}")
+            self.mark_down(address, f"health check: {describe_failure(exc)}")
             return
         entry = self.registry.entries.get(address)
         if entry is None:
             return
-        if not self.registry.connected:  # no heartbeats: the probe is the freshest news
+        # A static worker with no Redis record is described by the probe as a whole; one known from
+        # Redis gets the probe's live figures while Redis is away (no heartbeats: the freshest news).
+        if not self.static.probe_passed(address, caps) and not self.registry.connected:
             metrics = replace(entry.record.metrics, active_sessions=caps.active_sessions)
             self.registry.refresh(address, resident_models=tuple(caps.resident_models), metrics=metrics)
         self.registry.clear_down(address, "health check passed")
@@ -244,7 +265,7 @@ class RoutedPool:
     async def _health_loop(self) -> None:
         while True:
             await asyncio.sleep(self.health_check_s)
-            targets = self.registry.down_addresses()
+            targets = self.registry.down_addresses() | self.registry.static_only_addresses()
             if not self.registry.connected:
                 targets = set(self.registry.entries)
             try:
@@ -264,7 +285,8 @@ class RoutedPool:
                 "languages": list(r.capabilities.languages), "active_sessions": r.metrics.active_sessions,
                 "max_sessions": r.capabilities.max_concurrent_sessions, "queue_depth": r.metrics.queue_depth,
                 "ttfa_p50_ms": r.metrics.ttfa_p50_ms, "rtf": r.metrics.rtf, "healthy": r.healthy,
-                "down": e.down, "heartbeat_age_s": round(max(0.0, now_wall - r.heartbeat_at), 1),
+                "down": e.down, "source": e.source,
+                "heartbeat_age_s": round(max(0.0, now_wall - r.heartbeat_at), 1) if e.in_redis else None,
                 "seen_age_s": round(now - e.seen_at, 1), "routed": _count(self.metrics.routed, r.name, address),
             })
         return {"redis": {"url": discovery.redact(self.registry.url), "connected": self.registry.connected,
@@ -272,7 +294,7 @@ class RoutedPool:
 
 
 def make_pool(settings: OrchestratorSettings, metrics_registry: CollectorRegistry | None = None):
-    """Redis configured: the routed pool; else the static worker list (the embedded default)."""
+    """Redis configured: the routed pool (with the static workers listed); else the static worker list."""
     if settings.redis_url:
         return RoutedPool.from_settings(settings, metrics_registry)
     return StaticPool(settings.workers, metrics_registry)

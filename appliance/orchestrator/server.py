@@ -72,7 +72,11 @@ class Orchestrator:
         site = web.TCPSite(self._runner, s.host, s.port)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # the real port when 0 was asked for
-        workers = f"discovered in Redis at {redact(s.redis_url)}" if s.redis_url else ", ".join(s.workers)
+        workers = ", ".join(s.workers)
+        if s.redis_url:
+            listed = s.listed_workers()
+            workers = f"discovered in Redis at {redact(s.redis_url)}"
+            workers += f" and listed: {', '.join(listed)}" if listed else ""
         log.info("orchestrator listening on http://%s:%d (workers: %s)", s.host, self.port, workers)
         self.notifier.ready(self._status_line())
         dog = Watchdog(self.notifier, interval=watchdog_interval(default=10.0), status=self._status_line)
