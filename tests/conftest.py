@@ -58,3 +58,23 @@ def redis_server():
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture
+async def start_orchestrator():
+    """Start in-process orchestrators (``settings`` as load_settings keywords; ``asr`` optional),
+    stopped at the end of the test."""
+    from appliance.config import OrchestratorSettings, load_settings
+    from appliance.orchestrator.server import Orchestrator
+
+    started = []
+
+    async def start(asr=None, **settings):
+        orch = Orchestrator(load_settings(OrchestratorSettings, None, host="127.0.0.1", port=0, **settings), asr=asr)
+        await orch.start()
+        started.append(orch)
+        return orch
+
+    yield start
+    for orch in started:
+        await orch.stop()

@@ -7,27 +7,18 @@ import asyncio
 
 import pytest
 
-from appliance.config import OrchestratorSettings, load_settings
 from appliance.orchestrator.server import Orchestrator
-from appliance.transport.ws_client import WsClient
 from appliance.process import free_port
+from appliance.transport.ws_client import WsClient
 
 
 @pytest.fixture
-async def make_orchestrator(piper_worker):
-    started = []
-
+def make_orchestrator(piper_worker, start_orchestrator):
     async def make(**overrides) -> Orchestrator:
         overrides.setdefault("workers", [piper_worker.address])
-        settings = load_settings(OrchestratorSettings, None, host="127.0.0.1", port=0, **overrides)
-        orch = Orchestrator(settings)
-        await orch.start()
-        started.append(orch)
-        return orch
+        return await start_orchestrator(**overrides)
 
-    yield make
-    for orch in started:
-        await orch.stop()
+    return make
 
 
 async def _connect(orch: Orchestrator) -> WsClient:

@@ -17,7 +17,6 @@ import redis.asyncio as aioredis
 from services import ROOT, WorkerProcess
 from speech import transcribe, wer
 
-from appliance.config import OrchestratorSettings, load_settings
 from appliance.orchestrator.pool import TtsUnavailable
 from appliance.orchestrator.server import Orchestrator
 from appliance.transport.ws_client import WsClient
@@ -49,22 +48,14 @@ async def rclient(redis_server):
 
 
 @pytest.fixture
-async def make_orchestrator(redis_server):
-    started = []
-
+def make_orchestrator(redis_server, start_orchestrator):
     async def make(**discovery) -> Orchestrator:
-        settings = load_settings(
-            OrchestratorSettings, None, host="127.0.0.1", port=0, redis_url=redis_server.url,
-            redis_password=redis_server.password, discovery={"health_check_s": 0.5, **discovery},
+        return await start_orchestrator(
+            redis_url=redis_server.url, redis_password=redis_server.password,
+            discovery={"health_check_s": 0.5, **discovery},
         )
-        orch = Orchestrator(settings)
-        await orch.start()
-        started.append(orch)
-        return orch
 
-    yield make
-    for orch in started:
-        await orch.stop()
+    return make
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ import pytest
 from redis_server import PASSWORD, RedisServer
 from services import ROOT, WorkerProcess
 
-from appliance.config import OrchestratorSettings, load_settings
 from appliance.orchestrator.pool import TtsUnavailable
 from appliance.orchestrator.server import Orchestrator
 from appliance.process import free_port
@@ -63,20 +62,13 @@ def registered_worker(workers: list[WorkerProcess], tmp_path, name: str, redis: 
 
 
 @pytest.fixture
-async def make_orchestrator():
-    started: list[Orchestrator] = []
-
+def make_orchestrator(start_orchestrator):
     async def make(redis_url: str, static: list[str], **settings) -> Orchestrator:
-        s = load_settings(OrchestratorSettings, None, host="127.0.0.1", port=0, redis_url=redis_url,
-                          workers=static, discovery={"health_check_s": 0.5}, **settings)
-        orch = Orchestrator(s, asr=StubAsr())
-        await orch.start()
-        started.append(orch)
-        return orch
+        return await start_orchestrator(
+            asr=StubAsr(), redis_url=redis_url, workers=static, discovery={"health_check_s": 0.5}, **settings
+        )
 
-    yield make
-    for orch in started:
-        await orch.stop()
+    return make
 
 
 async def wait_registry(orch: Orchestrator, predicate, timeout: float = 60) -> None:

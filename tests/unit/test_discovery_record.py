@@ -8,10 +8,10 @@ import logging
 from dataclasses import replace
 
 import pytest
+from fake_registry import registry_on_fake_clock
 
 from appliance import discovery
 from appliance.discovery import BadRecord, Capabilities, LiveMetrics, WorkerRecord
-from appliance.orchestrator.registry import WorkerRegistry
 
 GOOD = WorkerRecord(
     name="piper", address="127.0.0.1:7001",
@@ -106,17 +106,7 @@ def test_connect_rejects_other_schemes():
 # --- the registry's view, with a fake clock ------------------------------------------------
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.t = 100.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
-def _registry() -> tuple[WorkerRegistry, Clock]:
-    clock = Clock()
-    return WorkerRegistry("redis://127.0.0.1:1/0", None, clock=clock), clock
+_registry = registry_on_fake_clock
 
 
 def _beat(seq: int, instance: str = "abc", **changes) -> WorkerRecord:

@@ -8,10 +8,11 @@ import logging
 from dataclasses import replace
 
 import pytest
+from fake_registry import registry_on_fake_clock
 
 from appliance.config import OrchestratorSettings, load_settings
 from appliance.discovery import Capabilities, LiveMetrics, WorkerRecord
-from appliance.orchestrator.registry import WorkerRegistry, source_label
+from appliance.orchestrator.registry import source_label
 from appliance.orchestrator.routing import RouteRequest, route
 from appliance.orchestrator.static_workers import NOT_REACHED, StaticWorkers, record_from_capabilities
 from appliance.rpc import tts_pb2 as pb
@@ -30,17 +31,7 @@ CAPS = pb.GetCapabilitiesResponse(
 )
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.t = 100.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
-def _registry() -> tuple[WorkerRegistry, Clock]:
-    clock = Clock()
-    return WorkerRegistry("redis://127.0.0.1:1/0", None, clock=clock), clock
+_registry = registry_on_fake_clock
 
 
 def _static(address: str = ADDRESS, name: str = "static") -> WorkerRecord:
