@@ -195,24 +195,27 @@ class TTSService(tts_pb2_grpc.TTSServiceServicer):
             except StreamError as exc:
                 error = exc
             stream.stats.frames = seq
-            if error is not None:
-                await self._abort(context, "Synthesize", grpc.StatusCode[error.code], str(error))
-            await context.write(
-                pb.AudioFrame(
-                    session_id=session.session_id,
-                    sample_rate=OUTPUT_RATE,
-                    frame_duration_ms=FRAME_MS,
-                    sequence_number=seq,
-                    is_final=True,
-                    text_offset=voiced if session.stopped else stream.stats.chars,
-                )
-            )
-            self._observe(session, stream)
+            final_offset = voiced if session.stopped else stream.stats.chars
         finally:
+            # The session is free before the final frame goes out: a client that opens its next
+            # stream as soon as it sees that frame must not find this one still open.
             await stream.close()
             self.streams.pop(session.session_id, None)
             session.end_stream()
             self.metrics.active_streams.dec()
+        if error is not None:
+            await self._abort(context, "Synthesize", grpc.StatusCode[error.code], str(error))
+        await context.write(
+            pb.AudioFrame(
+                session_id=session.session_id,
+                sample_rate=OUTPUT_RATE,
+                frame_duration_ms=FRAME_MS,
+                sequence_number=seq,
+                is_final=True,
+                text_offset=final_offset,
+            )
+        )
+        self._observe(session, stream)
 
     def _observe(self, session: WorkerSession, stream: SynthesisStream) -> None:
         stats = stream.stats

@@ -8,6 +8,7 @@ import grpc
 
 from appliance.config import WorkerSettings, load_settings
 from appliance.tts.client import TTSClient
+from appliance.tts.stream import SynthesisStream
 from appliance.tts.worker import TTSWorker
 
 
@@ -37,5 +38,40 @@ async def test_resume_continues_exactly_where_pause_stopped():
             for sid in ("ref", "paused"):
                 await client.end_session(sid)
             assert worker.manager.total_refcount() == 0
+    finally:
+        await worker.stop(grace=0)
+
+
+async def test_next_stream_may_open_as_soon_as_the_final_frame_arrives(monkeypatch):
+    """A client (the orchestrator) opens a session's next stream the moment it reads the last one's
+    final frame, normally or after STOP: the worker must not still count the old stream as open,
+    however long its clean-up takes (here made slow on purpose)."""
+    close = SynthesisStream.close
+
+    async def slow_close(self):
+        await asyncio.sleep(0.05)
+        await close(self)
+
+    monkeypatch.setattr(SynthesisStream, "close", slow_close)
+    settings = load_settings(WorkerSettings, None, name="mock", port=0, metrics_port=None, models={"default": "mock-sine"})
+    worker = TTSWorker(settings)
+    await worker.start()
+    try:
+        async with TTSClient(worker.address) as client:
+            await client.start_session("s")
+            for i in range(40):
+                call = client.synthesize("s", [f"turn {i} one two"])
+                if i % 2:  # every other stream is stopped early, as barge-in does
+                    await call.read()
+                    await client.control("s", "stop")
+                frames = []
+                while (frame := await call.read()) is not grpc.aio.EOF:
+                    frames.append(frame)
+                    if frame.is_final:
+                        break  # the next stream opens now, before the server's handler has returned
+                assert frames and frames[-1].is_final, f"stream {i} ended without its final frame"
+            await client.end_session("s")
+            assert worker.manager.total_refcount() == 0
+            assert not worker.service.streams
     finally:
         await worker.stop(grace=0)
