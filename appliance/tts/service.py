@@ -176,16 +176,7 @@ class TTSService(tts_pb2_grpc.TTSServiceServicer):
                     if not await session.gate():
                         break
                     try:
-                        await context.write(
-                            pb.AudioFrame(
-                                session_id=session.session_id,
-                                audio_data=frame,
-                                sample_rate=OUTPUT_RATE,
-                                frame_duration_ms=FRAME_MS,
-                                sequence_number=seq,
-                                text_offset=text_offset,
-                            )
-                        )
+                        await context.write(_audio_frame(session.session_id, seq, text_offset, frame))
                     finally:
                         session.write_done()
                     voiced = text_offset
@@ -205,16 +196,7 @@ class TTSService(tts_pb2_grpc.TTSServiceServicer):
             self.metrics.active_streams.dec()
         if error is not None:
             await self._abort(context, "Synthesize", grpc.StatusCode[error.code], str(error))
-        await context.write(
-            pb.AudioFrame(
-                session_id=session.session_id,
-                sample_rate=OUTPUT_RATE,
-                frame_duration_ms=FRAME_MS,
-                sequence_number=seq,
-                is_final=True,
-                text_offset=final_offset,
-            )
-        )
+        await context.write(_audio_frame(session.session_id, seq, final_offset, is_final=True))
         self._observe(session, stream)
 
     def _observe(self, session: WorkerSession, stream: SynthesisStream) -> None:
@@ -343,3 +325,10 @@ async def _prepend(first, rest: AsyncIterator) -> AsyncIterator:
     yield first
     async for item in rest:
         yield item
+
+
+def _audio_frame(session_id: str, seq: int, text_offset: int, audio: bytes = b"", is_final: bool = False) -> pb.AudioFrame:
+    return pb.AudioFrame(
+        session_id=session_id, audio_data=audio, sample_rate=OUTPUT_RATE, frame_duration_ms=FRAME_MS,
+        sequence_number=seq, is_final=is_final, text_offset=text_offset,
+    )
