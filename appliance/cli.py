@@ -99,7 +99,7 @@ def _report(result: dict, out: str | None) -> int:
 
 
 def cmd_bench_tts(args: argparse.Namespace) -> int:
-    from appliance.tts.bench import run_bench
+    from appliance.bench.tts import run_bench
 
     result = asyncio.run(
         run_bench(trials=args.trials, concurrency=args.concurrency, worker=args.worker, model=args.model)
@@ -108,7 +108,7 @@ def cmd_bench_tts(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_conversation(args: argparse.Namespace) -> int:
-    from appliance.orchestrator.bench import run_bench
+    from appliance.bench.conversation import run_bench
 
     result = asyncio.run(run_bench(turns=args.turns, url=args.url))
     return _report(result, args.out)
@@ -133,7 +133,7 @@ def cmd_workers(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_routing(args: argparse.Namespace) -> int:
-    from appliance.orchestrator.bench_routing import run_bench
+    from appliance.bench.routing import run_bench
 
     result = asyncio.run(
         run_bench(workers=args.workers, trials=args.trials, spawn_trials=args.spawn_trials, redis_url=args.redis_url)
@@ -142,7 +142,7 @@ def cmd_bench_routing(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_failover(args: argparse.Namespace) -> int:
-    from appliance.orchestrator.bench_failover import run_bench
+    from appliance.bench.failover import run_bench
 
     engines = ("mock", "piper") if args.engine == "both" else (args.engine,)
     result = asyncio.run(run_bench(trials=args.trials, engines=engines, stall_ms=args.stall_ms))

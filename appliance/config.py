@@ -12,8 +12,23 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from appliance.audio.vad import VadConfig
 
 _toml_path: contextvars.ContextVar[Path | None] = contextvars.ContextVar("toml_path", default=None)
 
@@ -149,16 +164,9 @@ class AsrSettings(_Section):
     )
 
 
-class VadSettings(_Section):
-    aggressiveness: int = Field(2, ge=0, le=3)
-    onset_ms: int = Field(60, ge=20)
-    endpoint_silence_ms: int = Field(300, ge=100)
-    provisional_silence_ms: int = Field(120, ge=20)
-    min_speech_ms: int = Field(250, ge=0)
-    max_utterance_s: float = Field(30.0, gt=1)
-    gate_margin_db: float = Field(9.0, ge=0)
-    speaking_factor: float = Field(2.0, ge=1)
-    barged_in_factor: float = Field(1.2, ge=1)
+class VadSettings(VadConfig):
+    """The VAD's parameters (one model, :class:`appliance.audio.vad.VadConfig`) and the echo estimate's."""
+
     echo_return_loss_db: float = Field(
         20.0, ge=0, le=60, description="how much quieter the appliance's own voice is assumed to be in the mic"
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from appliance.orchestrator.registry import WorkerRegistry
+from appliance.orchestrator.workers.registry import WorkerRegistry
 
 
 class Clock:

@@ -1,4 +1,7 @@
-"""Output audio path: loudness normalisation, resampling to 48 kHz, 20 ms PCM16 framing.
+"""Audio DSP. The output path (exported here): loudness normalisation, resampling to 48 kHz, 20 ms
+PCM16 framing. The listening side, imported from its modules: :mod:`.vad` (speech detection and
+endpointing), :mod:`.noise_gate` (its adaptive energy gate), :mod:`.echo` (how loud the reply is in
+the microphone).
 
 Bottom layer: imports nothing from other ``appliance`` subpackages.
 """

@@ -14,11 +14,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from appliance.asr import WhisperAsr
 from appliance.config import OrchestratorSettings
 from appliance.discovery import redact
-from appliance.orchestrator.conversation import Conversation
 from appliance.orchestrator.metrics import OrchestratorMetrics
-from appliance.orchestrator.responder import create_responder
-from appliance.orchestrator.routed_pool import RoutedPool, make_pool
-from appliance.orchestrator.tts_link import TtsLink, TtsUnavailable, WorkerPool
+from appliance.orchestrator.respond import create_responder
+from appliance.orchestrator.session import Conversation
+from appliance.orchestrator.workers import TtsLink, TtsUnavailable, WorkerPool, make_pool
 from appliance.process import serve_until_signalled
 from appliance.systemd import Notifier, Watchdog, watchdog_interval
 from appliance.transport.base import CloseCode
@@ -39,7 +38,7 @@ class Orchestrator:
             beam_size=a.beam_size, language=a.language, models_dir=a.models_dir,
         )
         self.metrics = OrchestratorMetrics()
-        self.pool: WorkerPool | RoutedPool = make_pool(settings, self.metrics.registry)  # Redis-routed, or the static list
+        self.pool: WorkerPool = make_pool(settings, self.metrics.registry)  # Redis-routed, or the static list
         self.conversations: dict[str, Conversation] = {}
         self.webrtc = WebRtcEndpoint(
             lambda channel: self.converse(channel, "webrtc"), ice_servers=settings.webrtc.ice_servers,
@@ -148,11 +147,7 @@ class Orchestrator:
             await channel.send_error("tts_unavailable", str(exc))
             await channel.close(CloseCode.UNAVAILABLE, "no TTS worker available")
             return
-        r = s.responder
-        responder = create_responder(
-            r.kind, url=r.url, model=r.model, api_key=r.api_key, system_prompt=r.system_prompt,
-            timeout_s=r.timeout_s, first_token_timeout_s=r.first_token_timeout_s,
-        )
+        responder = create_responder(**s.responder.model_dump())
         conv = Conversation(sid, channel, s, asr=self.asr, responder=responder, tts=tts, metrics=self.metrics)
         self.conversations[sid] = conv
         self.metrics.sessions.labels(transport).inc()

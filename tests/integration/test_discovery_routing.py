@@ -17,8 +17,8 @@ import redis.asyncio as aioredis
 from services import ROOT, WorkerProcess
 from speech import transcribe, wer
 
-from appliance.orchestrator.pool import TtsUnavailable
 from appliance.orchestrator.server import Orchestrator
+from appliance.orchestrator.workers import TtsUnavailable
 from appliance.transport.ws_client import WsClient
 
 PIPER = "piper-en_US-joe-medium"
@@ -265,7 +265,7 @@ async def test_bad_records_are_ignored_with_a_log_line(redis_server, rclient, wo
                                                                     "capabilities": {"streaming": "yes"}}))
     await rclient.set("appliance:worker:10.0.0.8:7001", json.dumps([1, 2, 3]))
     await rclient.hset("appliance:worker:hash:1", "name", "x")  # not even a string
-    with caplog.at_level("WARNING", logger="appliance.orchestrator.registry"):
+    with caplog.at_level("WARNING", logger="appliance.orchestrator.workers.registry"):
         orch = await make_orchestrator(resync_s=0.3)
         await wait_workers(orch, [a.address])
         await rclient.publish("appliance:workers", "garbage")

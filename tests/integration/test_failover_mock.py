@@ -1,5 +1,5 @@
 """Failover plumbing, bit-exact, with the deterministic mock engine: two real gRPC worker servers
-in this process, the orchestrator's TtsLink/Reply against them. (test_failover.py proves the
+in this process, the orchestrator's TtsLink/ReplyStream against them. (test_failover.py proves the
 feature with real Piper worker processes.)"""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 
 from appliance.config import WorkerSettings, load_settings
 from appliance.orchestrator.metrics import OrchestratorMetrics
-from appliance.orchestrator.tts_link import TtsLink, WorkerPool
+from appliance.orchestrator.workers import StaticPool, TtsLink
 from appliance.tts.adapters.mock import MockSineAdapter
 from appliance.tts.client import TTSClient
 from appliance.tts.text import split_text
@@ -41,7 +41,7 @@ async def workers(monkeypatch):
 
 @pytest.fixture
 async def link(workers):
-    pool = WorkerPool([w.address for w in workers])
+    pool = StaticPool([w.address for w in workers])
     link = TtsLink(pool, "conv-1", stall_s=STALL_S, metrics=OrchestratorMetrics())
     await link.open()
     assert link.client.address == workers[0].address
@@ -181,7 +181,7 @@ async def test_no_stall_while_the_responder_has_not_finished_a_sentence(workers,
 
 
 async def test_with_no_worker_left_frames_raises(workers, link):
-    from appliance.orchestrator.tts_link import TtsUnavailable
+    from appliance.orchestrator.workers import TtsUnavailable
 
     reply = link.reply()
     reply.feed(TEXT)

@@ -1,6 +1,6 @@
 """Waiting for the only worker to come back ([playback] tts_retry_s), bit-exact with the mock
 engine: one real gRPC worker server in this process, stopped mid-reply and started again on the
-same port, and the orchestrator's TtsLink/Reply against it. (test_failover_wait.py proves it with
+same port, and the orchestrator's TtsLink/ReplyStream against it. (test_failover_wait.py proves it with
 worker processes, SIGKILL and the real orchestrator.)"""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 
 from appliance.config import WorkerSettings, load_settings
 from appliance.orchestrator.metrics import OrchestratorMetrics
-from appliance.orchestrator.tts_link import TtsLink, TtsUnavailable, WorkerPool
+from appliance.orchestrator.workers import StaticPool, TtsLink, TtsUnavailable
 from appliance.tts.adapters.mock import MockSineAdapter
 from appliance.tts.client import TTSClient
 from appliance.tts.worker import TTSWorker
@@ -69,7 +69,7 @@ async def one_worker(monkeypatch):
 
 
 async def _link(one_worker: OneWorker, retry_s: float = RETRY_S):
-    pool = WorkerPool([one_worker.address])
+    pool = StaticPool([one_worker.address])
     link = TtsLink(pool, "conv-1", stall_s=0.4, retry_s=retry_s, metrics=OrchestratorMetrics())
     await link.open()
     return pool, link

@@ -16,8 +16,8 @@ from contextlib import aclosing
 import pytest
 from aiohttp import web
 
-from appliance.orchestrator.openai_responder import OpenAIResponder
-from appliance.orchestrator.responder import ResponderError, Turn, create_responder
+from appliance.orchestrator.respond import ResponderError, Turn, create_responder
+from appliance.orchestrator.respond.openai import OpenAIResponder
 
 SECRET = "sk-test-0123456789abcdef-secret"
 TOKENS = ["The", " time", " is", " half", " past", " four", "."]
@@ -135,13 +135,15 @@ async def expect_error(responder: OpenAIResponder, code: str) -> ResponderError:
 async def test_pieces_arrive_while_the_server_is_still_writing(llm):
     llm.behaviour = "stream_gated"
     pieces: list[str] = []
-    async with OpenAIResponder(llm.base_url, "test-model") as responder:
-        async with aclosing(responder.respond("what time is it", [])) as stream:
-            async for piece in stream:
-                if not pieces:
-                    assert not llm.sent_all, "the first piece should come before the server has finished"
-                    llm.proceed.set()
-                pieces.append(piece)
+    async with (
+        OpenAIResponder(llm.base_url, "test-model") as responder,
+        aclosing(responder.respond("what time is it", [])) as stream,
+    ):
+        async for piece in stream:
+            if not pieces:
+                assert not llm.sent_all, "the first piece should come before the server has finished"
+                llm.proceed.set()
+            pieces.append(piece)
     assert pieces == TOKENS
     assert "".join(pieces) == "The time is half past four."
     assert llm.sent_all

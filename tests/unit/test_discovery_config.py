@@ -6,7 +6,7 @@ import pytest
 
 from appliance.cli import main
 from appliance.config import ConfigError, OrchestratorSettings, WorkerSettings, load_settings
-from appliance.orchestrator.routed_pool import RoutedPool, StaticPool, make_pool
+from appliance.orchestrator.workers import RoutedPool, StaticPool, make_pool
 
 
 def test_defaults():

@@ -157,7 +157,7 @@ def test_down_mark_holds_until_a_new_heartbeat():
 def test_bad_values_are_logged_once_and_never_raise(caplog):
     reg, _ = _registry()
     key = "appliance:worker:127.0.0.1:7001"
-    with caplog.at_level(logging.WARNING, logger="appliance.orchestrator.registry"):
+    with caplog.at_level(logging.WARNING, logger="appliance.orchestrator.workers.registry"):
         for _ in range(3):
             assert reg.apply_raw(b"garbage", key) is None
         assert reg.apply_raw(_with(address="127.0.0.1:7002"), key) is None  # key and address disagree

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from appliance.orchestrator.echo import EchoEstimate
+from appliance.audio.echo import EchoEstimate
 
 
 def frame(dbfs: float) -> bytes:

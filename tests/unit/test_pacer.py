@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import asyncio
 
-from appliance.orchestrator.pacer import Pacer
+from appliance.orchestrator.session.pacer import Pacer
 
 
 class Sink:

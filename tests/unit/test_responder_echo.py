@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from appliance.orchestrator.openai_responder import DEFAULT_SYSTEM_PROMPT, OpenAIResponder
-from appliance.orchestrator.responder import EchoResponder, Responder, Turn, create_responder
+from appliance.orchestrator.respond import EchoResponder, Responder, Turn, create_responder
+from appliance.orchestrator.respond.openai import DEFAULT_SYSTEM_PROMPT, OpenAIResponder
 
 
 async def collect(responder: Responder, text: str, history: list[Turn] | None = None) -> list[str]:

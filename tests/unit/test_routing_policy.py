@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 
 from appliance.discovery import Capabilities, LiveMetrics, WorkerRecord
-from appliance.orchestrator.routing import RouteRequest, language_matches, route
+from appliance.orchestrator.workers.routing import RouteRequest, language_matches, route
 
 PIPER = "piper-en_US-joe-medium"
 MOCK = "mock-sine"

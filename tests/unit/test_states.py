@@ -4,7 +4,7 @@ import itertools
 
 import pytest
 
-from appliance.orchestrator.states import TRANSITIONS, InvalidTransition, State, StateMachine
+from appliance.orchestrator.session.states import TRANSITIONS, InvalidTransition, State, StateMachine
 
 
 def test_a_conversation_with_a_barge_in():

@@ -12,9 +12,9 @@ from fake_registry import registry_on_fake_clock
 
 from appliance.config import OrchestratorSettings, load_settings
 from appliance.discovery import Capabilities, LiveMetrics, WorkerRecord
-from appliance.orchestrator.registry import source_label
-from appliance.orchestrator.routing import RouteRequest, route
-from appliance.orchestrator.static_workers import NOT_REACHED, StaticWorkers, record_from_capabilities
+from appliance.orchestrator.workers.registry import source_label
+from appliance.orchestrator.workers.routing import RouteRequest, route
+from appliance.orchestrator.workers.static_workers import NOT_REACHED, StaticWorkers, record_from_capabilities
 from appliance.rpc import tts_pb2 as pb
 
 ADDRESS = "127.0.0.1:7001"

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from appliance.audio import float_to_pcm16, pcm16_to_float, resample
-from appliance.orchestrator.noise_gate import NoiseFloor, frame_energy_db
-from appliance.orchestrator.vad import (
+from appliance.audio.noise_gate import NoiseFloor, frame_energy_db
+from appliance.audio.vad import (
     ProvisionalEnd,
     SpeechDetector,
     SpeechDiscarded,
@@ -199,7 +199,7 @@ def test_other_frame_sizes(sentence, frame_ms):
 
 @needs_espeak
 def test_pre_roll_is_in_the_utterance_audio(sentence):
-    clean, x = scene(silence(1000), sentence, silence(700))
+    _clean, x = scene(silence(1000), sentence, silence(700))
     pcm = float_to_pcm16(x)
     det = SpeechDetector(VadConfig(), RATE)
     seen_during = []

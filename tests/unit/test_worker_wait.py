@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 
-from appliance.orchestrator.worker_wait import Backoff, retry_until
+from appliance.orchestrator.workers.wait import Backoff, retry_until
 
 
 class Unavailable(Exception):

@@ -1,12 +1,8 @@
-"""Worker pools with the interface the orchestrator uses (``start_session``, ``mark_down``, ``close``):
-
-- :class:`RoutedPool` — workers discovered in Redis (:mod:`registry`) plus those of the static list
-  (:mod:`static_workers`), chosen by the policy in :mod:`routing`, with LoadModel on demand and gRPC
-  health probes (of down workers and static ones with no Redis record, and of every known worker
-  while Redis is unreachable);
-- :class:`StaticPool` — the static list from the config (no Redis: the embedded default).
-
-Both count the sessions routed to each worker in ``appliance_worker_routed_total``.
+"""The routed worker pool: workers discovered in Redis (:mod:`.registry`) plus those of the static
+list (:mod:`.static_workers`), chosen by the policy in :mod:`.routing`, with LoadModel on demand and
+gRPC health probes (of down workers and static ones with no Redis record, and of every known worker
+while Redis is unreachable). It counts the sessions routed to each worker in
+``appliance_worker_routed_total``, as the static pool does.
 """
 
 from __future__ import annotations
@@ -19,60 +15,26 @@ from dataclasses import replace
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
 
 from appliance import discovery
 from appliance.config import ConfigError, OrchestratorSettings
-from appliance.orchestrator.pool import RECONNECT_OPTIONS, TtsUnavailable, WorkerPool
-from appliance.orchestrator.registry import WorkerRegistry
-from appliance.orchestrator.routing import RouteRequest, route
-from appliance.orchestrator.static_workers import StaticWorkers, describe_failure
+from appliance.orchestrator.workers.pool import RECONNECT_OPTIONS, RoutingMetrics, TtsUnavailable, WorkerPool
+from appliance.orchestrator.workers.registry import WorkerRegistry
+from appliance.orchestrator.workers.routing import RouteRequest, route
+from appliance.orchestrator.workers.static_pool import StaticPool
+from appliance.orchestrator.workers.static_workers import StaticWorkers, describe_failure
 from appliance.rpc import tts_pb2 as pb
 from appliance.tts.client import TTSClient
 
 log = logging.getLogger(__name__)
 
-START_TIMEOUT_S = 10.0  # StartSession on a worker with the model resident
+RESIDENT_START_TIMEOUT_S = 10.0  # StartSession on a worker with the model resident
 LOAD_TIMEOUT_S = 120.0  # StartSession that loads the model, and LoadModel
 PROBE_TIMEOUT_S = 1.0
 INITIAL_SYNC_S = 3.0  # how long start() waits for the first read of Redis
 _DEAD = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-
-
-class RoutingMetrics:
-    def __init__(self, registry: CollectorRegistry | None) -> None:
-        self.routed = Counter(
-            "appliance_worker_routed_total", "Sessions routed to each TTS worker", ["worker", "address"],
-            registry=registry,
-        )
-        self.loads = Counter(
-            "appliance_worker_model_loads_total", "LoadModel requests made by routing (model not resident anywhere)",
-            ["worker", "model", "outcome"], registry=registry,
-        )
-
-
-class StaticPool(WorkerPool):
-    """The static worker list (first that accepts wins), counting routes per worker."""
-
-    def __init__(self, addresses: list[str], metrics_registry: CollectorRegistry | None = None) -> None:
-        super().__init__(addresses)
-        self.metrics = RoutingMetrics(metrics_registry)
-
-    async def start(self) -> None:
-        pass
-
-    async def start_session(self, session_id: str, model_id: str = "", exclude: Iterable[str] = ()) -> TTSClient:
-        client = await super().start_session(session_id, model_id, exclude)
-        self.metrics.routed.labels(client.address, client.address).inc()
-        return client
-
-    def view(self) -> dict:
-        return {"redis": None, "workers": [
-            {"name": c.address, "address": c.address, "source": "static",
-             "down": "marked down" if c.address in self.down else None,
-             "routed": _count(self.metrics.routed, c.address, c.address)} for c in self.clients
-        ]}
 
 
 class RoutedPool:
@@ -151,7 +113,7 @@ class RoutedPool:
             client = self._client(w.address)
             request = pb.StartSessionRequest(session_id=session_id, model_id=attempt.model_id)
             try:
-                await client.stub.StartSession(request, timeout=START_TIMEOUT_S if attempt.resident else LOAD_TIMEOUT_S)
+                await client.stub.StartSession(request, timeout=RESIDENT_START_TIMEOUT_S if attempt.resident else LOAD_TIMEOUT_S)
             except grpc.aio.AioRpcError as exc:
                 errors.append(f"{w.name}@{w.address}: {exc.code().name} {exc.details()}")
                 if exc.code() in _DEAD:
@@ -287,25 +249,17 @@ class RoutedPool:
                 "ttfa_p50_ms": r.metrics.ttfa_p50_ms, "rtf": r.metrics.rtf, "healthy": r.healthy,
                 "down": e.down, "source": e.source,
                 "heartbeat_age_s": round(max(0.0, now_wall - r.heartbeat_at), 1) if e.in_redis else None,
-                "seen_age_s": round(now - e.seen_at, 1), "routed": _count(self.metrics.routed, r.name, address),
+                "seen_age_s": round(now - e.seen_at, 1), "routed": self.metrics.routed_to(r.name, address),
             })
         return {"redis": {"url": discovery.redact(self.registry.url), "connected": self.registry.connected,
                           "bad_records": self.registry.bad_records}, "workers": workers}
 
 
-def make_pool(settings: OrchestratorSettings, metrics_registry: CollectorRegistry | None = None):
+def make_pool(settings: OrchestratorSettings, metrics_registry: CollectorRegistry | None = None) -> WorkerPool:
     """Redis configured: the routed pool (with the static workers listed); else the static worker list."""
     if settings.redis_url:
         return RoutedPool.from_settings(settings, metrics_registry)
     return StaticPool(settings.workers, metrics_registry)
-
-
-def _count(counter: Counter, *labels: str) -> int:
-    for metric in counter.collect():
-        for sample in metric.samples:
-            if sample.name.endswith("_total") and tuple(sample.labels.values()) == labels:
-                return int(sample.value)
-    return 0
 
 
 class _RegistryCollector:

@@ -1,5 +1,5 @@
 """`appliance bench conversation`: voice-to-voice, barge-in and false barge-in over the real
-WebSocket (DESIGN.md metric definitions), with the raw Whisper + Piper floor measured in the
+WebSocket (the latencies as the `metrics` event defines them), with the raw Whisper + Piper floor measured in the
 same run. JSON out; p50/p95 over ≥20 turns."""
 
 from __future__ import annotations

@@ -73,7 +73,7 @@ async def _worker(address: str | None, model: str):
         "--host", "127.0.0.1", "--port", str(port), "--metrics-port", str(free_port()), "--name", "bench",
     ]
     env = {**os.environ, "APPLIANCE_MODELS__DEFAULT": model, "APPLIANCE_LOG_LEVEL": "warning"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # noqa: ASYNC220 (returns at once)
     try:
         yield f"127.0.0.1:{port}"
     finally:

@@ -3,7 +3,7 @@ SIGSTOPped) mid-reply. Real processes: three workers, the orchestrator with all 
 static list, a WebSocket client saying a two-sentence text. JSON out.
 
 Per trial, from the orchestrator's failover log line (its own clock):
-  gap_ms       last frame from the failed worker → first frame from the next (the issue's metric;
+  gap_ms       last frame from the failed worker → first frame from the next (the headline figure;
                it includes the time the worker was already silent before it died)
   detect_ms    last frame from the failed worker → failure detected
   failover_ms  failure detected → first frame from the next worker (gap − detect)

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 import grpc
 
 from appliance.discovery import Capabilities, LiveMetrics, WorkerRecord
-from appliance.orchestrator.registry import WorkerRegistry
+from appliance.orchestrator.workers.registry import WorkerRegistry
 from appliance.rpc import tts_pb2 as pb
 from appliance.tts.registration import ENGINE_CAPS
 

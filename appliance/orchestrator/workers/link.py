@@ -1,6 +1,5 @@
-"""The orchestrator's side of one worker session: replies as Synthesize streams (``reply.py``,
-with failover), and the controls barge-in needs (PAUSE, RESUME, STOP), always sent to the worker
-that serves the session now.
+"""The orchestrator's side of one worker session: its replies (:mod:`.reply_stream`), and the
+controls barge-in needs (PAUSE, RESUME, STOP), always sent to the worker that serves the session now.
 
 When no worker accepts the session (a failover found none, or a reply starts while the only
 worker is down), the session is started again with backoff for up to ``retry_s``, on any worker
@@ -11,22 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 import grpc
 
-from appliance.orchestrator.pool import TtsUnavailable, WorkerPool
-from appliance.orchestrator.reply import Reply
-from appliance.orchestrator.worker_wait import retry_until
+from appliance.orchestrator.workers.pool import TtsUnavailable, WorkerPool
+from appliance.orchestrator.workers.reply_stream import ReplyStream
+from appliance.orchestrator.workers.wait import wait_for_worker
 from appliance.rpc import tts_pb2 as pb
 from appliance.tts.client import COMMANDS, TTSClient
-
-__all__ = ["Reply", "TtsLink", "TtsUnavailable", "WorkerPool"]
 
 log = logging.getLogger(__name__)
 
 CONTROL_TIMEOUT_S = 1.0  # a control (or EndSession) a hung worker does not answer is given up on
-START_TIMEOUT_S = 3.0  # StartSession on another worker during a failover
-MIN_ATTEMPT_S = 0.2  # the last StartSession of a wait gets at least this long
+FAILOVER_START_TIMEOUT_S = 3.0  # StartSession on another worker during a failover (or a wait's attempt)
 
 
 class TtsLink:
@@ -52,8 +49,11 @@ class TtsLink:
         self.client = await self.pool.start_session(self.session_id, self.model_id)
         log.info("tts session session=%s worker=%s", self.session_id, self.client.address)
 
-    def reply(self) -> Reply:
-        return Reply(self)
+    def reply(
+        self, *, buffered: Callable[[], float] | None = None, on_failover: Callable[[int], None] | None = None,
+    ) -> ReplyStream:
+        """A new reply on this session; see :class:`ReplyStream` for the callbacks."""
+        return ReplyStream(self, metrics=self.metrics, buffered=buffered, on_failover=on_failover)
 
     async def current(self) -> TTSClient:
         """The worker serving the session; after a failover that found none, try again."""
@@ -84,40 +84,16 @@ class TtsLink:
         except TtsUnavailable as exc:
             if self.retry_s <= 0:
                 raise
-            await self._wait_for_worker(str(exc))
-
-    async def _wait_for_worker(self, why: str) -> None:
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        attempts = 0
-        outcome = "cancelled"
-        log.warning("tts worker wait session=%s: no worker available, waiting up to %.1fs (%s)",
-                    self.session_id, self.retry_s, why)
-
-        async def attempt(left_s: float) -> None:
-            nonlocal attempts
-            attempts += 1
-            await self._end_unended()
-            await self._start(set(), timeout_s=min(START_TIMEOUT_S, max(left_s, MIN_ATTEMPT_S)))
-
-        try:
-            await retry_until(attempt, self.retry_s, retry_on=(TtsUnavailable,))
-            outcome = "recovered"
-        except TtsUnavailable as exc:
-            outcome = "gave_up"
-            raise TtsUnavailable(f"no TTS worker available within {self.retry_s:.1f}s ({exc})") from None
-        finally:
-            waited_s = loop.time() - started
-            if self.metrics is not None:
-                self.metrics.worker_wait.labels(outcome).observe(waited_s)
-            worker = f" worker={self.client.address}" if outcome == "recovered" and self.client else ""
-            log.log(
-                logging.INFO if outcome == "recovered" else logging.WARNING,
-                "tts worker wait session=%s: %s after %.0f ms (%d attempts)%s",
-                self.session_id, outcome.replace("_", " "), waited_s * 1000, attempts, worker,
+            await wait_for_worker(
+                self._retry_start, self.retry_s, str(exc), session_id=self.session_id, metrics=self.metrics,
+                serving=lambda: self.client.address if self.client else None,
             )
 
-    async def _start(self, exclude: set[str], timeout_s: float = START_TIMEOUT_S) -> None:
+    async def _retry_start(self, timeout_s: float) -> None:
+        await self._end_unended()
+        await self._start(set(), timeout_s=min(FAILOVER_START_TIMEOUT_S, timeout_s))
+
+    async def _start(self, exclude: set[str], timeout_s: float = FAILOVER_START_TIMEOUT_S) -> None:
         # Shielded: a reply cancelled meanwhile (barge-in) must not leave the session half-moved.
         self._starting = asyncio.ensure_future(self._start_session(exclude, timeout_s))
         self._starting.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved, even if orphaned
@@ -146,7 +122,7 @@ class TtsLink:
             self.paused = True
             self._unpaused.clear()
         elif command in ("resume", "stop"):
-            self.paused = False
+            self.paused = False  # a PAUSE is in force (barge-in): a failover holds the new stream back
             self._unpaused.set()
         client = self.client
         if client is None:
@@ -193,4 +169,3 @@ class TtsLink:
         task = asyncio.ensure_future(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
-

@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from appliance.orchestrator.responder import Responder, ResponderError, Turn
+from appliance.orchestrator.respond.base import Responder, ResponderError, Turn
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +200,7 @@ async def _sse_data(lines: AsyncIterator[str]) -> AsyncIterator[str]:
     async for line in lines:
         if line.startswith("data:"):
             value = line[5:]
-            yield value[1:] if value.startswith(" ") else value
+            yield value.removeprefix(" ")
 
 
 def _error_text(payload: Any) -> str:

@@ -1,18 +1,21 @@
-"""One reply's audio: text in, 20 ms frames out, across worker failures.
+"""One reply's audio: text in, 20 ms frames out, as a Synthesize stream that survives worker failures.
 
-A reply is a Synthesize stream on the session's worker. Every frame says how much of the text is
-fully voiced once it has played (``AudioFrame.text_offset``: the last frame of a segment carries
-the segment's end). When the worker dies (the stream fails: connection lost, the worker's own
-error) or hangs (no frame while one is due, for ``stall_s``), the reply fails over: the worker is
-marked down, the session is started on another one, and the text from the end of the last fully
-voiced segment — plus whatever is fed later — is sent there on a new stream. ``frames()`` keeps
-yielding as if nothing happened; the client hears a gap (and the segment that was under way again
-from its start), never a loss. With no worker left, ``frames()`` raises ``TtsUnavailable``.
+Every frame says how much of the text is fully voiced once it has played
+(``AudioFrame.text_offset``: the last frame of a segment carries the segment's end). When the
+worker dies (the stream fails: connection lost, the worker's own error) or hangs (no frame while
+one is due, for ``stall_s``), the reply fails over: the worker is marked down, the session is
+started on another one, and the text from the end of the last fully voiced segment — plus whatever
+is fed later — is sent there on a new stream. ``frames()`` keeps yielding as if nothing happened;
+the client hears a gap (and the segment that was under way again from its start), never a loss.
+With no worker left, ``frames()`` raises :class:`TtsUnavailable`.
 
 A frame is *due* when there is text the worker can voice (a finished reply, or a complete sentence
 not yet voiced), the reply is not paused by barge-in, and the audio the orchestrator still holds
 for the client is down to ``LOW_WATER_S``: a worker that synthesises ahead is never suspected
 while the client still has audio to play, however long the next sentence takes.
+
+A reply sees its session (:class:`.link.TtsLink`) only through :class:`StreamHost`, and its player
+only through the two callbacks it is given: the dependency runs one way, session → reply.
 """
 
 from __future__ import annotations
@@ -22,16 +25,15 @@ import logging
 import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import grpc
 
-from appliance.orchestrator.pool import TtsUnavailable
+from appliance.orchestrator.workers.pool import TtsUnavailable
 from appliance.rpc import tts_pb2 as pb
 from appliance.tts.client import TTSClient
 
-if TYPE_CHECKING:
-    from appliance.orchestrator.tts_link import TtsLink
+__all__ = ["Failover", "ReplyStream", "StreamHost"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,24 @@ FAILOVER_CODES = frozenset({
 _VOICEABLE = re.compile(r"[.!?…][\"'”’»)\]]*\s|\n")  # a sentence end the worker's segmenter can act on
 _EOS = object()
 _CANCELLED = object()
+
+
+class StreamHost(Protocol):
+    """What a reply needs from its session."""
+
+    session_id: str
+    stall_s: float  # no frame this long while one is due: the worker hangs
+    paused: bool  # a PAUSE is in force (barge-in): frames are not due, a new stream waits
+
+    async def unpaused(self) -> None: ...
+
+    async def current(self) -> TTSClient:
+        """The worker serving the session (waits for one if there is none)."""
+        ...
+
+    async def failover(self, dead: TTSClient, cause: str, exclude: set[str], replace: bool = True) -> TTSClient | None:
+        """Take ``dead`` out of rotation; with ``replace``, the worker the session moved to."""
+        ...
 
 
 class WorkerFailed(Exception):
@@ -68,23 +88,28 @@ class Failover:
     gap_s: float | None = None  # last frame from the failed worker → first frame from the next
 
 
-class Reply:
+class ReplyStream:
     """``feed`` text as the responder produces it, ``finish``, and read ``frames``.
 
-    The conversation may set ``buffered`` (seconds of reply audio it still holds for the client)
-    and ``on_failover`` (called with how many frames of an unfinished segment it was given: that
-    segment is voiced again from its start, so frames of it not yet sent should be dropped)."""
+    ``buffered``: seconds of reply audio the player still holds for the client (frames are due
+    once it is low). ``on_failover``: called with how many frames of an unfinished segment it was
+    given — that segment is voiced again from its start, so frames of it not yet sent should be
+    dropped."""
 
-    def __init__(self, link: TtsLink) -> None:
-        self.link = link
-        self.session_id = link.session_id
+    def __init__(
+        self, host: StreamHost, *, metrics=None, buffered: Callable[[], float] | None = None,
+        on_failover: Callable[[int], None] | None = None,
+    ) -> None:
+        self.host = host
+        self.session_id = host.session_id
+        self.metrics = metrics
+        self.buffered = buffered or (lambda: 0.0)
+        self.on_failover = on_failover
         self.text = ""  # everything fed
         self.finished = False
         self.voiced = 0  # text[:voiced] is fully voiced by the frames yielded so far
         self.partial_frames = 0  # frames yielded since: an unfinished segment
         self.failovers: list[Failover] = []
-        self.buffered: Callable[[], float] = lambda: 0.0
-        self.on_failover: Callable[[int], None] | None = None
         self._more = asyncio.Event()  # text fed, or finished: wakes the request stream
         self._generation = 0  # streams of earlier generations stop sending
         self._call = None
@@ -107,16 +132,14 @@ class Reply:
         if self._call is not None:
             self._call.cancel()
 
-    # --- the stream ----------------------------------------------------------------------
-
     async def frames(self) -> AsyncIterator[bytes]:
         loop = asyncio.get_running_loop()
-        client = await self.link.current()
+        client = await self.host.current()
         exclude: set[str] = set()
         pending: Failover | None = None
         while True:
             if pending is not None:
-                await self.link.unpaused()  # a PAUSE in force holds the new stream back until RESUME
+                await self.host.unpaused()  # a PAUSE in force holds the new stream back until RESUME
             self._call = self._open(client)
             try:
                 async for frame in self._receive(self._call):
@@ -135,10 +158,10 @@ class Reply:
             exclude.add(client.address)
             if self.finished and self.voiced >= len(self.text):  # only the final frame was missing
                 self._report(pending)
-                await self.link.failover(client, pending.cause, exclude, replace=False)
+                await self.host.failover(client, pending.cause, exclude, replace=False)
                 return
             try:
-                client = await self.link.failover(client, pending.cause, exclude)
+                client = await self.host.failover(client, pending.cause, exclude)
             except TtsUnavailable:
                 self._report(pending)
                 raise
@@ -176,7 +199,7 @@ class Reply:
                     item = items.get_nowait() if items.qsize() else await asyncio.wait_for(items.get(), CHECK_S)
                 except TimeoutError:
                     if self._stalled(loop.time()):
-                        raise WorkerFailed("stalled", f"no audio for {self.link.stall_s:.1f}s while it was due") from None
+                        raise WorkerFailed("stalled", f"no audio for {self.host.stall_s:.1f}s while it was due") from None
                     continue
                 if self._cancelled or item is _CANCELLED:
                     return
@@ -202,7 +225,7 @@ class Reply:
 
     def _stalled(self, now: float) -> bool:
         due = (
-            not self.link.paused
+            not self.host.paused
             and (self.finished or _VOICEABLE.search(self.text, self.voiced) is not None)
             and self.buffered() <= LOW_WATER_S
         )
@@ -212,7 +235,7 @@ class Reply:
         if self._due_since is None:
             # Due since the last frame, or since it became due (text fed, RESUME, buffer low).
             self._due_since = max(self._last_frame_at, now - CHECK_S)
-        return now - self._due_since >= self.link.stall_s
+        return now - self._due_since >= self.host.stall_s
 
     def _failed(self, address: str, failure: WorkerFailed) -> Failover:
         loop = asyncio.get_running_loop()
@@ -221,16 +244,16 @@ class Reply:
             detected_at=loop.time(), resend_from=self.voiced, text_len=len(self.text), repeated=self.partial_frames,
         )
         self.failovers.append(record)
-        if self.link.metrics is not None:
-            self.link.metrics.failovers.labels(address, failure.cause).inc()
+        if self.metrics is not None:
+            self.metrics.failovers.labels(address, failure.cause).inc()
         if self.on_failover is not None and self.partial_frames:
             self.on_failover(self.partial_frames)
         self.partial_frames = 0
         return record
 
     def _report(self, f: Failover) -> None:
-        if f.gap_s is not None and self.link.metrics is not None:
-            self.link.metrics.failover_gap.observe(f.gap_s)
+        if f.gap_s is not None and self.metrics is not None:
+            self.metrics.failover_gap.observe(f.gap_s)
         log.warning(
             "tts failover session=%s worker=%s cause=%s (%s) to=%s resend_from=%d/%d%s repeated_frames=%d "
             "detect_ms=%.0f gap_ms=%s",

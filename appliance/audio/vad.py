@@ -46,8 +46,9 @@ import numpy as np
 import webrtcvad
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from appliance.audio import StreamResampler, float_to_pcm16, pcm16_to_float
-from appliance.orchestrator.noise_gate import MODES, EnergyGate, Mode, NoiseFloor, frame_energy_db
+from appliance.audio.framing import float_to_pcm16, pcm16_to_float
+from appliance.audio.noise_gate import MODES, EnergyGate, Mode, NoiseFloor, frame_energy_db
+from appliance.audio.resample import StreamResampler
 
 __all__ = [
     "MODES", "Mode", "ProvisionalEnd", "SpeechDetector", "SpeechDiscarded", "SpeechEnd", "SpeechResumed",
@@ -64,15 +65,17 @@ _RESAMPLE_QUALITY = "MQ"  # ≈15–30 ms of streaming delay; HQ would add up to
 
 
 class VadConfig(BaseModel):
+    """The VAD's parameters; the orchestrator's ``[vad]`` section is this model (plus its echo setting)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     aggressiveness: int = Field(2, ge=0, le=3, description="webrtcvad mode")
     frame_ms: Literal[10, 20, 30] = 20
-    onset_ms: int = Field(60, ge=10, description="voiced time needed to declare a speech start")
-    endpoint_silence_ms: int = Field(300, ge=20, description="silence after speech that ends the turn")
-    provisional_silence_ms: int = Field(120, ge=10, description="silence at which ProvisionalEnd is emitted")
+    onset_ms: int = Field(60, ge=20, description="voiced time needed to declare a speech start")
+    endpoint_silence_ms: int = Field(300, ge=100, description="silence after speech that ends the turn")
+    provisional_silence_ms: int = Field(120, ge=20, description="silence at which ProvisionalEnd is emitted")
     min_speech_ms: int = Field(250, ge=0, description="shorter bursts are discarded, not turns")
-    max_utterance_s: float = Field(30.0, gt=0)
+    max_utterance_s: float = Field(30.0, ge=1, description="longer speech is cut into turns of this length")
     noise_percentile: float = Field(20.0, ge=0, le=100)
     noise_window_s: float = Field(3.0, gt=0)
     gate_margin_db: float = Field(9.0, ge=0)
@@ -139,7 +142,7 @@ class SpeechDetector:
 
     def __init__(self, config: VadConfig | None = None, input_rate: int = VAD_RATE) -> None:
         if isinstance(input_rate, bool) or not isinstance(input_rate, int | np.integer):
-            raise ValueError(f"input_rate must be an integer in Hz, got {input_rate!r}")
+            raise ValueError(f"input_rate must be an integer in Hz, got {input_rate!r}")  # noqa: TRY004 (documented)
         if not MIN_INPUT_RATE <= int(input_rate) <= MAX_INPUT_RATE:
             raise ValueError(f"input_rate={input_rate} Hz is outside {MIN_INPUT_RATE}..{MAX_INPUT_RATE} Hz")
         self.config = cfg = config if config is not None else VadConfig()

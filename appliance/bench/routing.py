@@ -20,9 +20,9 @@ from subprocess import DEVNULL
 
 from appliance import discovery
 from appliance.discovery import Capabilities, LiveMetrics, WorkerRecord
-from appliance.orchestrator.registry import WorkerRegistry
-from appliance.orchestrator.routed_pool import RoutedPool
-from appliance.orchestrator.routing import RouteRequest
+from appliance.orchestrator.workers import RoutedPool
+from appliance.orchestrator.workers.registry import WorkerRegistry
+from appliance.orchestrator.workers.routing import RouteRequest
 from appliance.process import free_port, terminate
 
 MODELS = ("piper-en_US-joe-medium", "mock-sine", "voice-a", "voice-b", "voice-c")
@@ -52,7 +52,7 @@ def synthetic_workers(n: int, seed: int = 7) -> list[WorkerRecord]:
 
 
 def bench_decisions(n_workers: int, trials: int) -> dict:
-    quiet = logging.getLogger("appliance.orchestrator.registry")
+    quiet = logging.getLogger("appliance.orchestrator.workers.registry")
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # not 100 "joined" lines
     try:

@@ -1,0 +1,157 @@
+"""The microphone side of a conversation: VAD events become turns, with ASR started early.
+
+Every input chunk goes through the VAD (:mod:`appliance.audio.vad`), whose bar is kept above the
+echo of the appliance's own reply (:mod:`appliance.audio.echo`). A ``ProvisionalEnd`` starts a
+*speculative* transcription of the utterance so far; if the turn then ends where that one did, its
+transcript is used as it is (speech that went on makes it stale). During a long turn a partial
+transcript is sent every ``[asr] partial_interval_ms``. What the speech means for the session
+(barge-in, a new turn) is the host's to decide.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Protocol
+
+import numpy as np
+
+from appliance.asr import AsrEngine, Transcript
+from appliance.audio import vad
+from appliance.audio.echo import EchoEstimate
+from appliance.config import OrchestratorSettings
+from appliance.orchestrator.session.states import State, StateMachine
+from appliance.orchestrator.session.timeline import InputTimeline
+from appliance.orchestrator.session.turn import TurnTimes
+
+SPECULATION_MATCH_MS = 40  # a speculative transcript is used if the turn ended this close to where it did
+
+
+class ListeningHost(Protocol):
+    def speech_started(self) -> None: ...
+
+    def speech_ended(self) -> bool:
+        """Speech ended: is it a turn (rather than speech under the barge-in bar while speaking)?"""
+        ...
+
+    def turn_heard(self, audio: np.ndarray, speculative: asyncio.Task | None, times: TurnTimes) -> None: ...
+
+    def speech_discarded(self) -> None: ...
+
+
+class Listener:
+    def __init__(
+        self, settings: OrchestratorSettings, sample_rate: int, asr: AsrEngine, sm: StateMachine, host: ListeningHost,
+        *, emit: Callable[[dict], None], spawn: Callable[..., asyncio.Task],
+    ) -> None:
+        self.settings = settings
+        self.sample_rate = sample_rate
+        self.asr = asr
+        self.sm = sm
+        self.host = host
+        self._emit = emit
+        self._spawn = spawn
+        self.detector = vad.SpeechDetector(settings.vad, sample_rate)
+        self.echo = EchoEstimate(settings.vad.echo_return_loss_db)
+        self.timeline = InputTimeline()
+        self.speech_start_ms: float | None = None
+        self._speculative: tuple[float, asyncio.Task] | None = None  # (utterance end ms, ASR task)
+        self._partial: asyncio.Task | None = None
+        self._partial_at_ms = 0.0  # utterance length at the last partial transcript
+
+    @property
+    def onset_pending(self) -> bool:
+        """A voiced frame above the bar, not confirmed as speech yet."""
+        return self.detector.onset_pending
+
+    def spoken_ms(self) -> float | None:
+        """How long the speech under way has lasted (None: none is)."""
+        return None if self.speech_start_ms is None else self.timeline.position_ms - self.speech_start_ms
+
+    def set_state(self, state: State) -> None:
+        self.detector.set_mode({State.SPEAKING: "speaking", State.BARGED_IN: "barged_in"}.get(state, "listening"))
+
+    def played(self, frame: bytes, at: float) -> None:
+        """A reply frame went to the client: it may come back in the microphone."""
+        self.echo.played(frame, at)
+
+    def hear(self, pcm: bytes) -> None:
+        now = asyncio.get_running_loop().time()
+        self.timeline.add(len(pcm) / 2 / self.sample_rate * 1000, now)
+        self.detector.set_echo_level(self.echo.level_db(now))
+        for event in self.detector.process(pcm):
+            if isinstance(event, vad.SpeechStart):
+                self.speech_start_ms = event.t_ms
+                self._partial_at_ms = 0.0
+                self._emit({"type": "vad", "event": "speech_start"})
+                self.host.speech_started()
+            elif isinstance(event, vad.ProvisionalEnd):
+                self._start_speculative_asr(event.t_ms)
+            elif isinstance(event, vad.SpeechResumed):
+                self._drop_speculative()
+            elif isinstance(event, vad.SpeechEnd):
+                self._on_speech_end(event)
+            elif isinstance(event, vad.SpeechDiscarded):
+                self.speech_start_ms = None
+                self._drop_speculative()
+                self.host.speech_discarded()
+        self._maybe_partial_transcript()
+
+    def _on_speech_end(self, event: vad.SpeechEnd) -> None:
+        self.speech_start_ms = None
+        self._emit({"type": "vad", "event": "speech_end"})
+        if not self.host.speech_ended():
+            return
+        loop = asyncio.get_running_loop()
+        times = TurnTimes(speech_end_arrival=self.timeline.arrival_of(event.t_ms), endpoint_at=loop.time())
+        self.host.turn_heard(event.audio, self._take_speculative(event.t_ms), times)
+
+    async def transcribe(self, audio: np.ndarray, speculative: asyncio.Task | None) -> Transcript:
+        """The turn's transcript: the speculative one if it is still good, else a fresh one."""
+        if speculative is not None:
+            try:
+                return await speculative
+            except asyncio.CancelledError:
+                pass
+        return await self.asr.transcribe(audio)
+
+    def _maybe_partial_transcript(self) -> None:
+        """During a long turn, a `transcript` with final: false every partial_interval_ms."""
+        interval = self.settings.asr.partial_interval_ms
+        spoken = self.spoken_ms()
+        if not interval or spoken is None or self.sm.state is not State.LISTENING:
+            return
+        busy = (self._partial and not self._partial.done()) or self._speculative is not None
+        if spoken - self._partial_at_ms < interval or busy:
+            return
+        self._partial_at_ms = spoken
+        self._partial = self._spawn(self._partial_transcript(self.detector.utterance_audio()))
+
+    async def _partial_transcript(self, audio: np.ndarray) -> None:
+        transcript = await self.asr.transcribe(audio, partial=True)
+        if self.speech_start_ms is not None and transcript.text.strip():
+            self._emit({"type": "transcript", "text": transcript.text.strip(), "final": False})
+
+    def _start_speculative_asr(self, end_ms: float) -> None:
+        self._drop_speculative()
+        if self.sm.state in (State.SPEAKING, State.BARGED_IN):
+            return
+        audio = self.detector.utterance_audio()
+        self._speculative = (end_ms, asyncio.ensure_future(self.asr.transcribe(audio)))
+
+    def _drop_speculative(self) -> None:
+        if self._speculative:
+            self._speculative[1].cancel()
+            self._speculative = None
+
+    def _take_speculative(self, end_ms: float) -> asyncio.Task | None:
+        """The speculative transcript, if the utterance did not change after it was started."""
+        spec, self._speculative = self._speculative, None
+        if spec and abs(spec[0] - end_ms) <= SPECULATION_MATCH_MS:
+            return spec[1]
+        if spec:
+            spec[1].cancel()
+        return None
+
+    def close(self) -> None:
+        self._drop_speculative()

@@ -1,0 +1,43 @@
+"""A session's outbound events, in order: one sender task, so that inbound handling never waits
+on the client."""
+
+from __future__ import annotations
+
+import asyncio
+
+from appliance.transport.base import Channel
+
+
+class Outbox:
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+        self._queue: asyncio.Queue[dict] = asyncio.Queue()
+        self._sender: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._sender = asyncio.ensure_future(self._send())
+
+    def emit(self, event: dict) -> None:
+        self._queue.put_nowait(event)
+
+    async def flush(self, timeout: float = 1.0) -> None:
+        """Wait (a while) until every event emitted so far has been sent."""
+        try:
+            await asyncio.wait_for(self._queue.join(), timeout)
+        except TimeoutError:
+            pass
+
+    async def close(self) -> None:
+        if self._sender is not None:
+            self._sender.cancel()
+            await asyncio.gather(self._sender, return_exceptions=True)
+
+    async def _send(self) -> None:
+        while True:
+            event = await self._queue.get()
+            try:
+                await self.channel.send_event(event)
+            except ConnectionError:
+                pass
+            finally:
+                self._queue.task_done()
