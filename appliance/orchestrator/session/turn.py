@@ -1,4 +1,4 @@
-"""Per-turn timings and the `metrics` message (definitions in DESIGN.md, "Metrics")."""
+"""Per-turn timings and the `metrics` event (fields defined by the WebSocket protocol, docs/protocol.md)."""
 
 from __future__ import annotations
 
