@@ -12,7 +12,7 @@ from appliance.config import WorkerSettings, load_settings
 from appliance.orchestrator.metrics import OrchestratorMetrics
 from appliance.orchestrator.tts_link import TtsLink, WorkerPool
 from appliance.tts.adapters.mock import MockSineAdapter
-from appliance.tts.client import TTSClient
+from appliance.tts.client import Control, TTSClient
 from appliance.tts.text import split_text
 from appliance.tts.worker import TTSWorker
 
@@ -129,7 +129,7 @@ async def test_a_stalled_worker_is_detected_by_deadline(workers, link):
 
     async def hang_a(n):
         if n == 120:  # the worker stops sending, unknown to the orchestrator
-            await hung.control("conv-1", "pause")
+            await hung.control("conv-1", Control.PAUSE)
 
     t0 = asyncio.get_running_loop().time()
     frames, switch, dropped = await _play(reply, hang_a)
