@@ -12,8 +12,23 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from appliance.discovery import split_host_port
 
 _toml_path: contextvars.ContextVar[Path | None] = contextvars.ContextVar("toml_path", default=None)
 
@@ -89,9 +104,7 @@ def _redis_scheme(v: str | None) -> str | None:
 
 def _host_port_or_none(v: str | None) -> str | None:
     if v:
-        host, _, port = v.rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"{v!r} is not HOST:PORT")
+        split_host_port(v)
     return v or None
 
 
@@ -270,9 +283,7 @@ class OrchestratorSettings(_ServiceSettings):
     @classmethod
     def _host_port(cls, v: list[str]) -> list[str]:
         for w in v:
-            host, _, port = w.rpartition(":")
-            if not host or not port.isdigit():
-                raise ValueError(f"{w!r} is not HOST:PORT")
+            split_host_port(w)
         return v
 
 

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import ClassVar, Literal
 
-from appliance.audio.framing import FRAME_MS, OUTPUT_RATE
+from appliance.audio import FRAME_MS, OUTPUT_RATE
 
 MIN_RATE, MAX_RATE = 8000, 48000  # the client's microphone rate, declared in hello
 MIN_AUDIO_MS = 10

@@ -27,7 +27,7 @@ from aiohttp import web
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
-from appliance.audio.framing import FRAME_BYTES, FRAME_MS, FRAME_SAMPLES, OUTPUT_RATE
+from appliance.audio import FRAME_BYTES, FRAME_MS, FRAME_SAMPLES, OUTPUT_RATE
 from appliance.transport.base import Channel
 from appliance.transport.protocol import (
     MAX_MESSAGE_BYTES,

@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 
 import grpc
 
+from appliance.audio import FRAME_S
 from appliance.process import free_port, terminate
 from appliance.tts.client import Control, TTSClient
 
@@ -120,8 +121,8 @@ async def _ttfa(client: TTSClient, sid: str, text: str) -> tuple[float, float, f
         if frame.audio_data:
             arrivals.append(time.perf_counter())
     end = time.perf_counter()
-    late = max(t - (arrivals[0] + 0.02 * k) for k, t in enumerate(arrivals))
-    return (arrivals[0] - sent[0]) * 1000, (end - sent[0]) * 1000, len(arrivals) * 0.02, max(0.0, late * 1000)
+    late = max(t - (arrivals[0] + FRAME_S * k) for k, t in enumerate(arrivals))
+    return (arrivals[0] - sent[0]) * 1000, (end - sent[0]) * 1000, len(arrivals) * FRAME_S, max(0.0, late * 1000)
 
 
 async def _control_latency(client: TTSClient, trials: int) -> dict:
