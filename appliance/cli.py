@@ -242,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", help="also write the JSON here")
     q.set_defaults(func=cmd_bench_failover)
 
-    from appliance.bundle import add_parser as add_bundle_parser  # stdlib only: cheap
+    from appliance.offline_bundle import add_parser as add_bundle_parser  # stdlib only: cheap
 
     add_bundle_parser(sub)
     return parser
