@@ -1,4 +1,4 @@
-"""The gRPC servicer: Contract 1 of DESIGN.md on top of the model manager and the sessions.
+"""The gRPC servicer: the TTS worker ABI (proto/appliance/tts/v1/tts.proto) on top of the model manager and the sessions.
 
 Every failure is a gRPC status with a message that says what to do; nothing here may crash the
 worker or leave a model lease behind."""
