@@ -95,3 +95,39 @@ def test_check_audio():
         p.check_audio(bytes(3), 16000)
     with pytest.raises(p.ProtocolError, match="limited to 100 ms"):
         p.check_audio(bytes(3232), 16000)
+
+
+async def test_a_channel_sends_typed_events_as_their_json():
+    from appliance.transport.base import Channel
+
+    class Recording(Channel):
+        def __init__(self):
+            self.sent = []
+
+        async def receive(self):
+            return None
+
+        async def send_message(self, message):
+            self.sent.append(message)
+
+        async def send_audio(self, frame):
+            pass
+
+        async def close(self, code=1000, reason=""):
+            pass
+
+        @property
+        def closed(self):
+            return False
+
+    channel = Recording()
+    await channel.send_event(p.Ready("s1"))
+    await channel.send_event(p.StateChanged("LISTENING"))
+    await channel.send_event({"type": "reply_end"})  # a plain dict still passes, until every sender is typed
+    await channel.send_error("busy", "full")
+    assert channel.sent == [
+        {"type": "ready", "session_id": "s1", "sample_rate": 48000, "frame_ms": 20},
+        {"type": "state", "state": "LISTENING"},
+        {"type": "reply_end"},
+        {"type": "error", "code": "busy", "message": "full"},
+    ]
