@@ -29,8 +29,8 @@ CHROMIUM_ARGS = [
 # Chromium's fake capture plays its WAV on a fixed timeline from the moment the microphone opens, so a
 # test cannot make speech wait for something on the page. This one replaces getUserMedia (in the test's
 # browser only) with a WebAudio track that is silent until `window.fedMic.play(base64 PCM16LE, rate)`;
-# the page captures and sends it exactly as it would a real microphone. play() resolves when the
-# speech has been played.
+# the page captures and sends it exactly as it would a real microphone. play() resolves, once the
+# speech has been played, with the performance.now() at which it started.
 FED_MIC_SCRIPT = """
 (() => {
   if (!navigator.mediaDevices) return;
@@ -56,8 +56,9 @@ FED_MIC_SCRIPT = """
       src.connect(out);
       const at = Math.max(ctx.currentTime, queuedUntil);
       queuedUntil = at + buf.duration;
+      const startsAt = performance.now() + (at - ctx.currentTime) * 1000;
       src.start(at);
-      return new Promise((resolve) => { src.onended = () => resolve(); });
+      return new Promise((resolve) => { src.onended = () => resolve(startsAt); });
     },
   };
   navigator.mediaDevices.getUserMedia = async () => {
@@ -138,9 +139,10 @@ async def chromium(profile: Path, mic_wav: Path | None = None, fed_mic: bool = F
             await context.close()
 
 
-async def feed_mic(page, pcm16: bytes, rate: int) -> None:
-    """Play speech (PCM16LE mono) into a fed microphone; returns once it has been played."""
-    await page.evaluate("([b64, rate]) => window.fedMic.play(b64, rate)", [base64.b64encode(pcm16).decode(), rate])
+async def feed_mic(page, pcm16: bytes, rate: int) -> float:
+    """Play speech (PCM16LE mono) into a fed microphone; returns once it has been played, with the
+    page's performance.now() at which it started."""
+    return await page.evaluate("([b64, rate]) => window.fedMic.play(b64, rate)", [base64.b64encode(pcm16).decode(), rate])
 
 
 def save_screenshot_path(name: str) -> Path:

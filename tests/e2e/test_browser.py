@@ -122,6 +122,19 @@ async def audible_seconds(page) -> float:
     }""")
 
 
+async def wait_quiet(page, ms: float = 500, timeout: float = 30) -> None:
+    """Wait until the page has played nothing audible for the last `ms` (a reply's tail included,
+    which on WebRTC can trail its reply_end by a jitter buffer's worth)."""
+    await page.wait_for_function("""async (ms) => {
+        const t = window.applianceTest;
+        if (t.recordingOriginMs === null) return true;
+        const s = await t.recordedSamples();
+        const due = Math.floor((performance.now() - t.recordingOriginMs) * 48);
+        for (let i = Math.max(0, due - ms * 48); i < Math.min(due, s.length); i++) if (Math.abs(s[i]) > 0.01) return false;
+        return true;
+    }""", arg=ms, timeout=timeout * 1000, polling=100)
+
+
 async def speaking_for(page, seconds: float, timeout: float) -> None:
     """Wait until the server is SPEAKING and the page has played `seconds` of the reply."""
     deadline = time.monotonic() + timeout
