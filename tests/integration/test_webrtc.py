@@ -232,10 +232,11 @@ async def test_interrupt_cuts_the_reply_audio_at_once(orch, client):
     t_interrupt = loop.time()
     await client.wait_for(lambda: client.of_type("barge_in"), 5)
     await asyncio.sleep(1.0)
-    after = client.voiced_times(t_interrupt)
-    last = after[-1] - t_interrupt if after else 0.0
-    print(f"last voiced reply frame {last * 1000:.0f} ms after the interrupt")
-    assert last <= 0.3, f"reply audio kept coming {last * 1000:.0f} ms after the interrupt"
+    # How much reply audio still came, not when it arrived: a loaded machine delivers what was
+    # already in flight late, but no more of it.
+    after_s = len(client.voiced_times(t_interrupt)) * 0.02
+    print(f"{after_s * 1000:.0f} ms of voiced reply audio came after the interrupt")
+    assert after_s <= 0.3, f"reply audio kept coming: {after_s * 1000:.0f} ms of it after the interrupt"
     assert len(client.frames) and client.frames[-1][0] > t_interrupt + 0.8, "the track stopped instead of going silent"
     assert [e["state"] for e in client.of_type("state")][-1] == "WAITING_FOR_INPUT"
     assert not client.of_type("reply_end")
