@@ -1,8 +1,10 @@
 """Helpers for the e2e tests: the real orchestrator and Piper worker behind a real Caddy (tls internal), driven by
-Debian's Chromium through Playwright with a fake microphone playing a speech WAV."""
+Debian's Chromium through Playwright with a fake microphone: a speech WAV played once from the start, or a
+fed microphone that stays silent until the test gives it speech."""
 
 from __future__ import annotations
 
+import base64
 import os
 import ssl
 import subprocess
@@ -11,8 +13,8 @@ import urllib.request
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-
 from appliance.process import free_port, terminate
+
 ROOT = Path(__file__).resolve().parents[2]
 
 CHROMIUM = "/usr/bin/chromium"
@@ -24,6 +26,47 @@ CHROMIUM_ARGS = [
     "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
 ]
 
+# Chromium's fake capture plays its WAV on a fixed timeline from the moment the microphone opens, so a
+# test cannot make speech wait for something on the page. This one replaces getUserMedia (in the test's
+# browser only) with a WebAudio track that is silent until `window.fedMic.play(base64 PCM16LE, rate)`;
+# the page captures and sends it exactly as it would a real microphone. play() resolves, once the
+# speech has been played, with the performance.now() at which it started.
+FED_MIC_SCRIPT = """
+(() => {
+  if (!navigator.mediaDevices) return;
+  const ctx = new AudioContext({ sampleRate: 48000 });
+  const out = ctx.createMediaStreamDestination();
+  out.channelCount = 1;
+  // Without a source playing, the track delivers no audio at all, and WebRTC then sends nothing
+  // (the server would never hear the silence that ends a turn): a zero source keeps it flowing.
+  const zero = ctx.createConstantSource();
+  zero.offset.value = 0;
+  zero.connect(out);
+  zero.start();
+  let queuedUntil = 0;
+  window.fedMic = {
+    play(b64, rate) {
+      const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+      const pcm = new Int16Array(bytes.buffer);
+      const buf = ctx.createBuffer(1, pcm.length, rate);
+      const ch = buf.getChannelData(0);
+      for (let i = 0; i < pcm.length; i++) ch[i] = pcm[i] / 32768;
+      const src = ctx.createBufferSource();
+      src.buffer = buf;
+      src.connect(out);
+      const at = Math.max(ctx.currentTime, queuedUntil);
+      queuedUntil = at + buf.duration;
+      const startsAt = performance.now() + (at - ctx.currentTime) * 1000;
+      src.start(at);
+      return new Promise((resolve) => { src.onended = () => resolve(startsAt); });
+    },
+  };
+  navigator.mediaDevices.getUserMedia = async () => {
+    await ctx.resume();
+    return new MediaStream(out.stream.getAudioTracks().map((t) => t.clone()));
+  };
+})();
+"""
 
 
 class CaddyProcess:
@@ -76,8 +119,9 @@ class CaddyProcess:
 
 
 @asynccontextmanager
-async def chromium(profile: Path, mic_wav: Path | None = None):
-    """A fresh persistent Chromium profile with a fake microphone (the WAV, played once)."""
+async def chromium(profile: Path, mic_wav: Path | None = None, fed_mic: bool = False):
+    """A fresh persistent Chromium profile with a fake microphone: the WAV, played once, or with
+    ``fed_mic`` the microphone that `feed_mic` gives speech to."""
     from playwright.async_api import async_playwright
 
     args = list(CHROMIUM_ARGS)
@@ -87,10 +131,18 @@ async def chromium(profile: Path, mic_wav: Path | None = None):
         context = await p.chromium.launch_persistent_context(
             str(profile), executable_path=CHROMIUM, headless=False, args=args, ignore_https_errors=True,
         )
+        if fed_mic:
+            await context.add_init_script(FED_MIC_SCRIPT)
         try:
             yield context
         finally:
             await context.close()
+
+
+async def feed_mic(page, pcm16: bytes, rate: int) -> float:
+    """Play speech (PCM16LE mono) into a fed microphone; returns once it has been played, with the
+    page's performance.now() at which it started."""
+    return await page.evaluate("([b64, rate]) => window.fedMic.play(b64, rate)", [base64.b64encode(pcm16).decode(), rate])
 
 
 def save_screenshot_path(name: str) -> Path:

@@ -11,48 +11,46 @@ import statistics
 import numpy as np
 import pytest
 
-from appliance.audio.wavio import write_wav
-from e2e_helpers import chromium, save_screenshot_path
-from test_browser import RATE, events, open_page, recorded_audio, wait_event
+from e2e_helpers import chromium, feed_mic, save_screenshot_path
+from test_browser import RATE, events, open_page, recorded_audio, wait_event, wait_quiet
 from voices import piper_speech
 
 pytestmark = pytest.mark.e2e
 CLIPS = ["What time is it?", "Turn on the kitchen lights.", "How far away is the moon?",
          "Set a timer for five minutes.", "Play some quiet music."]
-LEAD_IN_S, GAP_S = 1.5, 5.0
 
 
-def _mic(tmp_path) -> tuple[str, list[float]]:
-    """The clips with gaps, and where each clip's speech ends (seconds into the file)."""
-    pieces, ends, t = [np.zeros(int(LEAD_IN_S * RATE), np.int16)], [], LEAD_IN_S
-    for text in CLIPS:
-        speech = piper_speech(text, RATE)
-        loud = np.flatnonzero(np.abs(speech) > 32768 * 10 ** (-40 / 20))
-        ends.append(t + (loud[-1] + 1) / RATE)
-        pieces += [speech, np.zeros(int(GAP_S * RATE), np.int16)]
-        t += len(speech) / RATE + GAP_S
-    path = tmp_path / "clips.wav"
-    write_wav(path, np.concatenate(pieces).tobytes(), RATE)
-    return path, ends
+def _clip(text: str) -> tuple[bytes, float]:
+    """The clip as PCM16, and where its speech ends (seconds into it)."""
+    speech = piper_speech(text, RATE)
+    loud = np.flatnonzero(np.abs(speech) > 32768 * 10 ** (-40 / 20))
+    return speech.tobytes(), (loud[-1] + 1) / RATE
 
 
 async def _measure(caddy, tmp_path, transport: str) -> dict:
-    mic, ends = _mic(tmp_path)
-    async with chromium(tmp_path / f"profile-{transport}", mic) as context:
+    clips = [_clip(text) for text in CLIPS]
+    async with chromium(tmp_path / f"profile-{transport}", fed_mic=True) as context:
         page, _ = await open_page(context, caddy, transport)
         await page.click("[data-testid=start]")
-        await wait_event(page, "reply_end", 60, count=len(CLIPS))
+        await wait_event(page, "ready", 30)
+        await page.wait_for_function("() => window.applianceTest.micStartedAt !== null", timeout=30000)
+        ends = []
+        # Each clip is spoken once the reply to the one before has been heard to its end, however
+        # long that took.
+        for i, (pcm, end_s) in enumerate(clips):
+            await wait_quiet(page)
+            started = await feed_mic(page, pcm, RATE)
+            ends.append(started + end_s * 1000)  # when the end of speech left the microphone
+            await wait_event(page, "reply_end", 90, count=i + 1)
         audio = np.abs((await recorded_audio(page)).astype(np.float64) / 32768)
         origin = await page.evaluate("() => window.applianceTest.recordingOriginMs")
-        mic_start = await page.evaluate("() => window.applianceTest.micStartedAt")
         server = [e["voice_to_voice_ms"] for e in await events(page) if e.get("type") == "metrics"]
     client = []
-    for end_s in ends:
-        end_ms = mic_start + end_s * 1000  # when the end of speech left the fake microphone
-        start = max(0, int((end_ms - origin) * 48))
+    for end_ms in ends:
+        start = max(0, int((end_ms - origin) * 48))  # the timeline may begin after it (WebSocket)
         loud = np.flatnonzero(audio[start:] > 0.01)
         if len(loud):
-            client.append(round(loud[0] / 48, 1))
+            client.append(round((start + loud[0]) / 48 + origin - end_ms, 1))
     return {"client_voice_to_voice_ms": client, "server_voice_to_voice_ms": server}
 
 

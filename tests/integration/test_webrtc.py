@@ -232,10 +232,11 @@ async def test_interrupt_cuts_the_reply_audio_at_once(orch, client):
     t_interrupt = loop.time()
     await client.wait_for(lambda: client.of_type("barge_in"), 5)
     await asyncio.sleep(1.0)
-    after = client.voiced_times(t_interrupt)
-    last = after[-1] - t_interrupt if after else 0.0
-    print(f"last voiced reply frame {last * 1000:.0f} ms after the interrupt")
-    assert last <= 0.3, f"reply audio kept coming {last * 1000:.0f} ms after the interrupt"
+    # How much reply audio still came, not when it arrived: a loaded machine delivers what was
+    # already in flight late, but no more of it.
+    after_s = len(client.voiced_times(t_interrupt)) * 0.02
+    print(f"{after_s * 1000:.0f} ms of voiced reply audio came after the interrupt")
+    assert after_s <= 0.3, f"reply audio kept coming: {after_s * 1000:.0f} ms of it after the interrupt"
     assert len(client.frames) and client.frames[-1][0] > t_interrupt + 0.8, "the track stopped instead of going silent"
     assert [e["state"] for e in client.of_type("state")][-1] == "WAITING_FOR_INPUT"
     assert not client.of_type("reply_end")
@@ -289,17 +290,25 @@ def test_uplink_frames_of_any_shape_become_mono_48k_pcm16():
     assert 0.08 * 48000 <= len(samples) <= 0.1 * 48000 and abs(int(samples[-200:].mean()) - 8192) < 200
 
 
-async def test_downlink_track_paces_20ms_frames_and_holds_at_most_the_lead():
+async def test_downlink_track_paces_20ms_frames_and_holds_at_most_the_lead(monkeypatch):
     from appliance.transport.webrtc import OutboundAudio
 
     track = OutboundAudio(max_frames=6)
     for i in range(10):
         track.push(bytes([i + 1]) * 1920)
     assert track.dropped == 4  # only the newest 120 ms are kept
+    # Real time, seen from the track: it never hands a frame out before its slot, and the waits it
+    # asks for add up to no more than the schedule (how late the loop wakes it is the machine's).
+    waits, sleep = [], asyncio.sleep
+    monkeypatch.setattr(asyncio, "sleep", lambda s, *a: (waits.append(s), sleep(s, *a))[1])
     loop = asyncio.get_running_loop()
     start = loop.time()
-    frames = [await track.recv() for _ in range(10)]
-    assert 0.17 <= loop.time() - start <= 0.3  # 9 frame periods after the first, in real time
+    frames, handed_out = [], []
+    for _ in range(10):
+        frames.append(await track.recv())
+        handed_out.append(loop.time() - start)
+    assert all(t >= k * 0.02 - 0.002 for k, t in enumerate(handed_out)), handed_out
+    assert handed_out[-1] >= 0.17 and sum(waits) <= 0.18 + 1e-6, (handed_out, waits)
     assert [f.pts for f in frames] == [i * 960 for i in range(10)]
     assert all(f.samples == 960 and f.sample_rate == RATE and f.format.name == "s16" and f.layout.name == "mono" for f in frames)
     first = [bytes(f.planes[0])[:1920] for f in frames]

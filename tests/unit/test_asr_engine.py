@@ -197,13 +197,16 @@ async def test_close_unloads_and_the_engine_can_be_used_again():
 
 
 async def test_aclose_waits_for_the_running_recognition_without_blocking_the_loop():
-    engine = FakeEngine(delay_s=0.2)
+    engine = FakeEngine(delay_s=0.5)
     job = asyncio.create_task(engine.transcribe(seconds(1)))
-    await asyncio.sleep(0.05)
-    started = time.perf_counter()
+    deadline = time.monotonic() + 10
+    while not engine.running:  # the recognition has started in its thread
+        assert time.monotonic() < deadline, "the recognition never started"
+        await asyncio.sleep(0.005)
     closing = asyncio.create_task(engine.aclose())
     await asyncio.sleep(0.01)
-    assert time.perf_counter() - started < 0.1  # the loop was not held by close()
+    # The loop got control back while close() still waits for the running recognition.
+    assert engine.running and not closing.done()
     await closing
     assert (await job).text == "16000 samples"
     assert not engine.loaded
