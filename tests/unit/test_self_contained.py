@@ -104,15 +104,28 @@ def test_paths_the_docs_name_exist():
     assert not missing, "the docs name paths that are not in the repository:\n" + "\n".join(missing)
 
 
+def anchors(markdown: Path) -> set[str]:
+    """The anchors GitHub gives a page's headings: lower case, punctuation dropped, spaces → hyphens."""
+    text = markdown.read_text(encoding="utf-8")
+    text = re.sub(r"^```.*?^```", "", text, flags=re.DOTALL | re.MULTILINE)  # no headings in code blocks
+    return {
+        re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        for heading in re.findall(r"^#{1,6} (.+)$", text, flags=re.MULTILINE)
+    }
+
+
 def test_relative_links_in_the_docs_resolve():
     broken = []
     for doc in DOCS:
-        base = (ROOT / doc).parent
-        for number, line in enumerate((ROOT / doc).read_text(encoding="utf-8").splitlines(), 1):
+        page = ROOT / doc
+        for number, line in enumerate(page.read_text(encoding="utf-8").splitlines(), 1):
             for target in LINK.findall(line):
-                if re.match(r"^[a-z]+:", target) or target.startswith("#"):
-                    continue  # a URL, or an anchor in the same page
-                file = target.split("#", 1)[0]
-                if not (base / file).exists():
-                    broken.append(f"{doc}:{number}: {target}")
-    assert not broken, "links to files that do not exist:\n" + "\n".join(broken)
+                if re.match(r"^[a-z]+:", target):
+                    continue  # a URL
+                file, _, anchor = target.partition("#")
+                linked = (page.parent / file) if file else page
+                if not linked.exists():
+                    broken.append(f"{doc}:{number}: {target} (no such file)")
+                elif anchor and linked.suffix == ".md" and anchor not in anchors(linked):
+                    broken.append(f"{doc}:{number}: {target} (no such heading)")
+    assert not broken, "links that go nowhere:\n" + "\n".join(broken)
