@@ -35,12 +35,13 @@ _SENTENCE_END = re.compile(r"(?<=[.!?…])\s+")
 class Conversation:
     def __init__(
         self, session_id: str, channel: Channel, settings: OrchestratorSettings, *, asr: AsrEngine,
-        responder: Responder, tts: TtsLink, metrics=None,
+        responder: Responder, tts: TtsLink, metrics=None, responder_description: str | None = None,
     ) -> None:
         self.id = session_id
         self.channel = channel
         self.settings = settings
         self.responder = responder
+        self.responder_description = responder_description or responder.name
         self.tts = tts
         self.metrics = metrics
         self.outbox = Outbox(channel)
@@ -62,7 +63,8 @@ class Conversation:
         self.playback.start()
         self.outbox.start()
         await self.channel.send_event(
-            {"type": "ready", "session_id": self.id, "sample_rate": 48000, "frame_ms": 20}
+            {"type": "ready", "session_id": self.id, "sample_rate": 48000, "frame_ms": 20,
+             "responder": self.responder_description}
         )
         self.sm.to(State.LISTENING)
         try:
@@ -210,11 +212,36 @@ class Conversation:
     async def _answer(self, text: str, times: TurnTimes) -> None:
         self.history.append(Turn("user", text))
         reply = self.playback.reply(self.tts)
+        times.responder_started = asyncio.get_running_loop().time()
+        pump = asyncio.ensure_future(self.playback.pump(reply, times))
+        said: Turn | None = None
+        try:
+            spoken = await self._reply(text, reply, pump, times)
+            if spoken:
+                said = Turn("assistant", " ".join(spoken))
+                self.history.append(said)
+            await self._finish_reply(reply, pump)
+        except asyncio.CancelledError:  # barge-in or interrupt: remember only what was heard
+            self._keep_heard(reply, said)
+            raise
+        self.outbox.emit(times.message())
+        if self.metrics:
+            self.metrics.observe_turn(times)
+
+    def _keep_heard(self, reply: ReplyStream, said: Turn | None) -> None:
+        """The assistant's turn in the history becomes the text voiced by the last frame played
+        (so the model never believes it said what nobody heard); nothing heard, no turn."""
+        heard = reply.text[: self.playback.heard_offset(reply)].strip()
+        self.history = [turn for turn in self.history if turn is not said]
+        if heard:
+            self.history.append(Turn("assistant", heard))
+        log.info("reply stopped session=%s heard %d of %d chars", self.id, len(heard), len(reply.text.strip()))
+
+    async def _reply(self, text: str, reply: ReplyStream, pump: asyncio.Future, times: TurnTimes) -> list[str]:
+        """Feed the responder's reply to the worker; the sentences said go to the client as they complete."""
         loop = asyncio.get_running_loop()
-        times.responder_started = loop.time()
         spoken: list[str] = []
         pending = ""
-        pump = asyncio.ensure_future(self.playback.pump(reply, times))
         try:
             async with contextlib.aclosing(self.responder.respond(text, self.history[:-1])) as pieces:
                 async for piece in pieces:
@@ -237,12 +264,7 @@ class Conversation:
             reply.cancel()
             pump.cancel()
             raise
-        if spoken:
-            self.history.append(Turn("assistant", " ".join(spoken)))
-        await self._finish_reply(reply, pump)
-        self.outbox.emit(times.message())
-        if self.metrics:
-            self.metrics.observe_turn(times)
+        return spoken
 
     async def _speak(self, text: str) -> None:
         times = TurnTimes(transcribed_at=asyncio.get_running_loop().time())
