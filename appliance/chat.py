@@ -8,7 +8,9 @@ import sys
 import aiohttp
 import numpy as np
 
+from appliance.audio import FRAME_S, OUTPUT_RATE
 from appliance.audio.wavio import read_wav, write_wav
+from appliance.transport.protocol import MAX_RATE, MIN_RATE, ErrorEvent, ReplyText, Transcript, TurnMetrics
 from appliance.transport.ws_client import WsClient
 
 TRAILING_SILENCE_S = 1.0
@@ -16,15 +18,15 @@ TRAILING_SILENCE_S = 1.0
 
 async def chat(wav: str, url: str, out: str | None, timeout: float = 60.0) -> int:
     samples, rate = read_wav(wav)
-    if not 8000 <= rate <= 48000:
-        print(f"appliance chat: {wav} is {rate} Hz; 8000-48000 Hz is supported", file=sys.stderr)
+    if not MIN_RATE <= rate <= MAX_RATE:
+        print(f"appliance chat: {wav} is {rate} Hz; {MIN_RATE}-{MAX_RATE} Hz is supported", file=sys.stderr)
         return 2
     client = WsClient(url)
     try:
         try:
             ready = await client.connect(rate)
         except ConnectionError as exc:
-            errors = client.rx.of_type("error")
+            errors = client.rx.of_type(ErrorEvent.type)
             if client.ws is None:
                 print(f"appliance chat: cannot connect to {url}: {exc}", file=sys.stderr)
             else:
@@ -40,23 +42,23 @@ async def chat(wav: str, url: str, out: str | None, timeout: float = 60.0) -> in
 
         def turn_done():
             kinds = [e.get("type") for _, e in client.rx.events]
-            if "metrics" in kinds:
+            if TurnMetrics.type in kinds:
                 return True
             # A turn with nothing understood ends without a reply.
-            return any(e.get("final") and not e.get("text") for e in client.rx.of_type("transcript")) or "error" in kinds
+            return any(e.get("final") and not e.get("text") for e in client.rx.of_type(Transcript.type)) or ErrorEvent.type in kinds
 
         await client.wait_for(turn_done, timeout)
     finally:
         await client.close()
-    for event in client.rx.of_type("transcript"):
+    for event in client.rx.of_type(Transcript.type):
         print(f"you:       {event['text']}" if event.get("final") else f"(partial)  {event['text']}")
-    reply = " ".join(e["text"] for e in client.rx.of_type("reply"))
+    reply = " ".join(e["text"] for e in client.rx.of_type(ReplyText.type))
     print(f"appliance: {reply}")
-    for event in client.rx.of_type("error"):
+    for event in client.rx.of_type(ErrorEvent.type):
         print(f"error:     {event['code']}: {event['message']}", file=sys.stderr)
-    for event in client.rx.of_type("metrics"):
+    for event in client.rx.of_type(TurnMetrics.type):
         print("metrics:   " + json.dumps({k: v for k, v in event.items() if k != "type"}))
     if out:
-        write_wav(out, client.rx.audio(), 48000)
-        print(f"reply audio: {out} ({len(client.rx.frames) * 0.02:.2f} s)")
+        write_wav(out, client.rx.audio(), OUTPUT_RATE)
+        print(f"reply audio: {out} ({len(client.rx.frames) * FRAME_S:.2f} s)")
     return 0 if reply else 1

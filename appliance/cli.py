@@ -1,4 +1,4 @@
-"""The `appliance` command (Contract 3 of DESIGN.md)."""
+"""The `appliance` command: the services, the tools, the benchmarks (docs/configuration.md)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,17 @@ from pathlib import Path
 import grpc
 
 from appliance.config import SERVICE_KINDS, ConfigError, WorkerSettings, guess_kind, load_settings
+from appliance.discovery import split_host_port
 from appliance.modelstore import commands as models_commands
+
+
+def _host_port(value: str) -> str:
+    """An argparse type: a worker address, checked like every other."""
+    try:
+        split_host_port(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
 
 
 def _worker_settings(args: argparse.Namespace) -> WorkerSettings:
@@ -185,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("say", help="synthesise text to a WAV file (48 kHz mono)")
     p.add_argument("text")
     p.add_argument("--out", required=True, help="WAV file to write")
-    p.add_argument("--worker", help="HOST:PORT of a running worker (absent: start one in this process)")
+    p.add_argument("--worker", type=_host_port, help="HOST:PORT of a running worker (absent: start one in this process)")
     p.add_argument("--model", help="model id (absent: the worker's default)")
     p.set_defaults(func=cmd_say)
 
@@ -209,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = bsub.add_parser("tts", help="TTFA, RTF and control latency through a real gRPC worker")
     q.add_argument("--trials", type=int, default=24)
     q.add_argument("--concurrency", type=int, default=8)
-    q.add_argument("--worker", help="HOST:PORT of a running worker (absent: start one as a subprocess)")
+    q.add_argument("--worker", type=_host_port, help="HOST:PORT of a running worker (absent: start one as a subprocess)")
     q.add_argument("--model", default="piper-en_US-joe-medium")
     q.add_argument("--out", help="also write the JSON here")
     q.set_defaults(func=cmd_bench_tts)
@@ -232,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", help="also write the JSON here")
     q.set_defaults(func=cmd_bench_failover)
 
-    from appliance.bundle import add_parser as add_bundle_parser  # stdlib only: cheap
+    from appliance.offline_bundle import add_parser as add_bundle_parser  # stdlib only: cheap
 
     add_bundle_parser(sub)
     return parser

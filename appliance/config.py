@@ -28,7 +28,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from appliance.audio.vad import VadConfig
+from appliance.audio.vad_config import VadConfig
+from appliance.discovery import split_host_port
 
 _toml_path: contextvars.ContextVar[Path | None] = contextvars.ContextVar("toml_path", default=None)
 
@@ -104,9 +105,7 @@ def _redis_scheme(v: str | None) -> str | None:
 
 def _host_port_or_none(v: str | None) -> str | None:
     if v:
-        host, _, port = v.rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"{v!r} is not HOST:PORT")
+        split_host_port(v)
     return v or None
 
 
@@ -165,7 +164,7 @@ class AsrSettings(_Section):
 
 
 class VadSettings(VadConfig):
-    """The VAD's parameters (one model, :class:`appliance.audio.vad.VadConfig`) and the echo estimate's."""
+    """The VAD's parameters (one model: :class:`appliance.audio.vad_config.VadConfig`) and the echo estimate's."""
 
     echo_return_loss_db: float = Field(
         20.0, ge=0, le=60, description="how much quieter the appliance's own voice is assumed to be in the mic"
@@ -293,9 +292,7 @@ class OrchestratorSettings(_ServiceSettings):
     @classmethod
     def _host_port(cls, v: list[str]) -> list[str]:
         for w in v:
-            host, _, port = w.rpartition(":")
-            if not host or not port.isdigit():
-                raise ValueError(f"{w!r} is not HOST:PORT")
+            split_host_port(w)
         return v
 
 

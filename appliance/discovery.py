@@ -8,7 +8,8 @@ Keys (``prefix`` defaults to ``appliance:``):
 - ``{prefix}workers`` — a pub/sub channel: ``{"event": "register"|"heartbeat"|"update"|"deregister",
   "record": {…}}`` on every write, so the orchestrator does not have to poll.
 
-This module is at the bottom layer: it imports nothing from ``orchestrator`` or ``tts``.
+This module is at the bottom layer: it imports nothing from ``orchestrator`` or ``tts`` (only the
+output format from ``audio``, which costs nothing to import).
 """
 
 from __future__ import annotations
@@ -16,9 +17,12 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
+
+from appliance.audio import OUTPUT_RATE
 
 SCHEMA_VERSION = 1
 DEFAULT_PREFIX = "appliance:"
@@ -40,8 +44,42 @@ class Capabilities:
     languages: tuple[str, ...] = ()
     emotive_zero_prompt: bool = False
     max_concurrent_sessions: int = 64
-    sample_rates: tuple[int, ...] = (48000,)
+    sample_rates: tuple[int, ...] = (OUTPUT_RATE,)
     gpu: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class EngineCapabilities:
+    """What one TTS engine can do: each engine adapter declares its own (``EngineAdapter.capabilities``).
+    A worker's routing flags combine those of the engines it serves (``flags_for``)."""
+
+    zero_shot: bool = False  # clones a voice from a reference clip
+    lora: bool = False  # takes voice adapters
+    cpu_ok: bool = True  # runs in real time on a CPU
+    emotive_zero_prompt: bool = False  # expressive without a prompt clip
+
+
+UNKNOWN_ENGINE = EngineCapabilities(cpu_ok=False)
+
+# The engines this release ships, by the name a worker reports (``GetCapabilities.engines``): the
+# adapters declare these very objects, so an orchestrator that knows a worker only by its gRPC
+# answer (a static worker) derives the same flags as the worker's own record.
+ENGINE_CAPABILITIES: dict[str, EngineCapabilities] = {
+    "piper": EngineCapabilities(cpu_ok=True),
+    "mock": EngineCapabilities(cpu_ok=True),
+}
+
+
+def flags_for(engines: Iterable[str | EngineCapabilities]) -> EngineCapabilities:
+    """The flags of a worker serving ``engines`` (names or declarations): a flag is set when any
+    engine has it, except ``cpu_ok``, which needs every one (and at least one engine)."""
+    caps = [e if isinstance(e, EngineCapabilities) else ENGINE_CAPABILITIES.get(e, UNKNOWN_ENGINE) for e in engines]
+    return EngineCapabilities(
+        zero_shot=any(c.zero_shot for c in caps),
+        lora=any(c.lora for c in caps),
+        cpu_ok=bool(caps) and all(c.cpu_ok for c in caps),
+        emotive_zero_prompt=any(c.emotive_zero_prompt for c in caps),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +178,7 @@ def record_from_dict(obj: dict) -> WorkerRecord:
                 languages=_strings(caps, "languages"),
                 emotive_zero_prompt=_get(caps, "emotive_zero_prompt", bool, False),
                 max_concurrent_sessions=_count(caps, "max_concurrent_sessions", 64),
-                sample_rates=tuple(_get_list(caps, "sample_rates", int, [48000])),
+                sample_rates=tuple(_get_list(caps, "sample_rates", int, [OUTPUT_RATE])),
                 gpu=_get(caps, "gpu", bool, False),
             ),
             default_model=_get(obj, "default_model", str, ""),
@@ -163,10 +201,20 @@ def record_from_dict(obj: dict) -> WorkerRecord:
         raise BadRecord(f"worker {name} at {address}: {exc}") from None
 
 
-def check_address(address: str) -> str:
+def split_host_port(address: str) -> tuple[str, int]:
+    """``HOST:PORT`` (a port 1-65535, no whitespace) → (host, port); ValueError "'…' is not HOST:PORT".
+    The one check for every worker address: records, settings and command lines."""
     host, sep, port = address.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536 or any(c.isspace() for c in address):
-        raise BadRecord(f"address: {address[:80]!r} is not HOST:PORT")
+        raise ValueError(f"{address[:80]!r} is not HOST:PORT")
+    return host, int(port)
+
+
+def check_address(address: str) -> str:
+    try:
+        split_host_port(address)
+    except ValueError as exc:
+        raise BadRecord(f"address: {exc}") from None
     return address
 
 

@@ -3,25 +3,31 @@ PCM16 framing. The listening side, imported from its modules: :mod:`.vad` (speec
 endpointing), :mod:`.noise_gate` (its adaptive energy gate), :mod:`.echo` (how loud the reply is in
 the microphone).
 
-Bottom layer: imports nothing from other ``appliance`` subpackages.
+Bottom layer: imports nothing from other ``appliance`` subpackages. The format constants are
+imported at once; the processing parts when first used, so that naming the format (worker
+records, the session protocol) does not load numpy, soxr and pyloudnorm (over a second).
 """
 
-from appliance.audio.chain import OutputChain
-from appliance.audio.framing import (
-    FRAME_BYTES,
-    FRAME_MS,
-    FRAME_SAMPLES,
-    OUTPUT_RATE,
-    FrameAssembler,
-    float_to_pcm16,
-    pcm16_to_float,
-)
-from appliance.audio.loudness import LoudnessNormalizer
-from appliance.audio.resample import StreamResampler, resample
+from __future__ import annotations
+
+import importlib
+
+from appliance.audio.format import FRAME_BYTES, FRAME_MS, FRAME_S, FRAME_SAMPLES, OUTPUT_RATE
+
+_LAZY = {
+    "FrameAssembler": "framing",
+    "float_to_pcm16": "framing",
+    "pcm16_to_float": "framing",
+    "OutputChain": "chain",
+    "LoudnessNormalizer": "loudness",
+    "StreamResampler": "resampling",
+    "resample": "resampling",
+}
 
 __all__ = [
     "FRAME_BYTES",
     "FRAME_MS",
+    "FRAME_S",
     "FRAME_SAMPLES",
     "OUTPUT_RATE",
     "FrameAssembler",
@@ -32,3 +38,11 @@ __all__ = [
     "pcm16_to_float",
     "resample",
 ]
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    globals()[name] = value
+    return value

@@ -7,7 +7,7 @@ import numpy as np
 from appliance.audio._arrays import as_mono_float32, finite_or_zero
 from appliance.audio.framing import OUTPUT_RATE, FrameAssembler, float_to_pcm16
 from appliance.audio.loudness import LoudnessNormalizer
-from appliance.audio.resample import StreamResampler
+from appliance.audio.resampling import StreamResampler
 
 
 class OutputChain:

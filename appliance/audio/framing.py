@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-OUTPUT_RATE = 48_000
-FRAME_MS = 20
-FRAME_SAMPLES = OUTPUT_RATE * FRAME_MS // 1000  # 960
-FRAME_BYTES = FRAME_SAMPLES * 2  # 1920 (mono int16)
+from appliance.audio.format import FRAME_BYTES, FRAME_MS, FRAME_SAMPLES, OUTPUT_RATE
+
+__all__ = ["FRAME_BYTES", "FRAME_MS", "FRAME_SAMPLES", "OUTPUT_RATE", "FrameAssembler", "float_to_pcm16", "pcm16_to_float"]
 
 _PCM16_SCALE = 32767.0
 _PCM16_LE = np.dtype("<i2")

@@ -40,15 +40,14 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 import webrtcvad
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from appliance.audio.framing import float_to_pcm16, pcm16_to_float
 from appliance.audio.noise_gate import MODES, EnergyGate, Mode, NoiseFloor, frame_energy_db
-from appliance.audio.resample import StreamResampler
+from appliance.audio.resampling import StreamResampler
+from appliance.audio.vad_config import VadConfig
 
 __all__ = [
     "MODES", "Mode", "ProvisionalEnd", "SpeechDetector", "SpeechDiscarded", "SpeechEnd", "SpeechResumed",
@@ -62,37 +61,6 @@ _CANDIDATE_MAX_GAP_MS = 40
 _WARMUP_S = 0.2
 _FLOOR_DB = -60.0  # until the noise has been heard
 _RESAMPLE_QUALITY = "MQ"  # ≈15–30 ms of streaming delay; HQ would add up to 66 ms at 8 kHz
-
-
-class VadConfig(BaseModel):
-    """The VAD's parameters; the orchestrator's ``[vad]`` section is this model (plus its echo setting)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    aggressiveness: int = Field(2, ge=0, le=3, description="webrtcvad mode")
-    frame_ms: Literal[10, 20, 30] = 20
-    onset_ms: int = Field(60, ge=20, description="voiced time needed to declare a speech start")
-    endpoint_silence_ms: int = Field(300, ge=100, description="silence after speech that ends the turn")
-    provisional_silence_ms: int = Field(120, ge=20, description="silence at which ProvisionalEnd is emitted")
-    min_speech_ms: int = Field(250, ge=0, description="shorter bursts are discarded, not turns")
-    max_utterance_s: float = Field(30.0, ge=1, description="longer speech is cut into turns of this length")
-    noise_percentile: float = Field(20.0, ge=0, le=100)
-    noise_window_s: float = Field(3.0, gt=0)
-    gate_margin_db: float = Field(9.0, ge=0)
-    speaking_factor: float = Field(2.0, ge=1)
-    barged_in_factor: float = Field(1.2, ge=1)
-    pre_roll_ms: int = Field(200, ge=0)
-    unvoiced_ms: int = Field(
-        200, ge=0, description="reach of energy-only frames around voiced speech (unvoiced consonants)"
-    )
-
-    @model_validator(mode="after")
-    def _check_order(self) -> VadConfig:
-        if self.provisional_silence_ms > self.endpoint_silence_ms:
-            raise ValueError("provisional_silence_ms must not exceed endpoint_silence_ms")
-        if self.max_utterance_s * 1000 < self.min_speech_ms:
-            raise ValueError("max_utterance_s must be at least min_speech_ms")
-        return self
 
 
 @dataclass(frozen=True)

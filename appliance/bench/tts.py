@@ -15,8 +15,9 @@ from contextlib import asynccontextmanager
 
 import grpc
 
+from appliance.audio import FRAME_S
 from appliance.process import free_port, terminate
-from appliance.tts.client import TTSClient
+from appliance.tts.client import Control, TTSClient
 
 SENTENCES = [
     "Hello!",
@@ -73,7 +74,7 @@ async def _worker(address: str | None, model: str):
         "--host", "127.0.0.1", "--port", str(port), "--metrics-port", str(free_port()), "--name", "bench",
     ]
     env = {**os.environ, "APPLIANCE_MODELS__DEFAULT": model, "APPLIANCE_LOG_LEVEL": "warning"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # noqa: ASYNC220 (returns at once)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # noqa: ASYNC220 — starting it does not block
     try:
         yield f"127.0.0.1:{port}"
     finally:
@@ -120,8 +121,8 @@ async def _ttfa(client: TTSClient, sid: str, text: str) -> tuple[float, float, f
         if frame.audio_data:
             arrivals.append(time.perf_counter())
     end = time.perf_counter()
-    late = max(t - (arrivals[0] + 0.02 * k) for k, t in enumerate(arrivals))
-    return (arrivals[0] - sent[0]) * 1000, (end - sent[0]) * 1000, len(arrivals) * 0.02, max(0.0, late * 1000)
+    late = max(t - (arrivals[0] + FRAME_S * k) for k, t in enumerate(arrivals))
+    return (arrivals[0] - sent[0]) * 1000, (end - sent[0]) * 1000, len(arrivals) * FRAME_S, max(0.0, late * 1000)
 
 
 async def _control_latency(client: TTSClient, trials: int) -> dict:
@@ -141,13 +142,13 @@ async def _control_latency(client: TTSClient, trials: int) -> dict:
     reader = asyncio.create_task(drain())
     times = []
     for i in range(trials):
-        command = "pause" if i % 2 == 0 else "resume"
+        command = Control.PAUSE if i % 2 == 0 else Control.RESUME
         t0 = time.perf_counter()
         await client.control(sid, command)
         times.append((time.perf_counter() - t0) * 1000)
         await asyncio.sleep(0.01)
     frames_during = frames
-    await client.control(sid, "stop")
+    await client.control(sid, Control.STOP)
     await reader
     await client.end_session(sid)
     return {**_stats(times), "frames_during_trials": frames_during}

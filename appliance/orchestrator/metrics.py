@@ -50,6 +50,6 @@ class OrchestratorMetrics:
 
     def observe_turn(self, times: TurnTimes) -> None:
         self.turns.inc()
-        for key, value in times.message().items():
-            if key.endswith("_ms") and value is not None:
-                self.stage.labels(key[: -len("_ms")]).observe(value / 1000)
+        for stage, ms in times.stages_ms().items():
+            if ms is not None:
+                self.stage.labels(stage).observe(ms / 1000)

@@ -20,7 +20,7 @@ from appliance.orchestrator.session import Conversation
 from appliance.orchestrator.workers import TtsLink, TtsUnavailable, WorkerPool, make_pool
 from appliance.process import serve_until_signalled
 from appliance.systemd import Notifier, Watchdog, watchdog_interval
-from appliance.transport.base import CloseCode
+from appliance.transport.protocol import CloseCode
 from appliance.transport.webrtc import WebRtcEndpoint
 from appliance.transport.websocket import WebSocketChannel
 

@@ -1,81 +1,33 @@
-"""What a transport hands the orchestrator: a duplex channel of audio and JSON events.
+"""What a transport hands the orchestrator: a duplex channel of audio and protocol messages.
 
-A transport knows nothing of sessions or models. It validates the wire protocol (Contract 2 of
-DESIGN.md), turns each client message into one of the small dataclasses below, and sends back
-audio frames and events."""
+A transport knows nothing of sessions or models. It validates the wire protocol
+(``appliance.transport.protocol``, described in docs/protocol.md), turns each client message into
+one of that module's dataclasses, and sends back audio frames and typed server events."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 
-MIN_RATE, MAX_RATE = 8000, 48000
-MAX_AUDIO_MS = 100
-MIN_AUDIO_MS = 10
-MAX_MESSAGE_BYTES = 1 << 20
-
-
-# Close codes (≥ 4000: application-defined, with a reason string).
-class CloseCode:
-    PROTOCOL = 4001  # binary before hello, no hello, hello twice
-    BAD_RATE = 4002
-    UNAUTHORIZED = 4003
-    SLOW_CONSUMER = 4008
-    TOO_BIG = 4009
-    BUSY = 4029  # session limit reached
-    UNAVAILABLE = 4503  # no TTS worker
-    INTERNAL = 4500
-    IDLE_TIMEOUT = 4100
-    MAX_DURATION = 4101
-    MAX_TURNS = 4102
-
-
-@dataclass(frozen=True)
-class Hello:
-    sample_rate: int
-    token: str | None = None
-    voice: str | None = None
-
-
-@dataclass(frozen=True)
-class AudioIn:
-    pcm: bytes  # PCM16LE mono at Hello.sample_rate
-
-
-@dataclass(frozen=True)
-class TextTurn:
-    text: str
-
-
-@dataclass(frozen=True)
-class Say:
-    text: str
-
-
-@dataclass(frozen=True)
-class Interrupt:
-    pass
-
-
-@dataclass(frozen=True)
-class Bye:
-    pass
-
-
-Inbound = AudioIn | TextTurn | Say | Interrupt | Bye
-
-
-class ProtocolError(Exception):
-    """A client message that breaks the protocol. Fatal ones close the connection with ``close_code``."""
-
-    def __init__(self, code: str, message: str, close_code: int | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.close_code = close_code
-
-    @property
-    def fatal(self) -> bool:
-        return self.close_code is not None
+# Kept until the orchestrator switches: it imports these names from here; they live in protocol.
+from appliance.transport.protocol import (  # noqa: F401
+    MAX_AUDIO_MS,
+    MAX_MESSAGE_BYTES,
+    MAX_RATE,
+    MIN_AUDIO_MS,
+    MIN_RATE,
+    AudioIn,
+    Bye,
+    CloseCode,
+    ErrorEvent,
+    Hello,
+    Inbound,
+    Interrupt,
+    ProtocolError,
+    Say,
+    ServerEvent,
+    TextTurn,
+    to_message,
+)
 
 
 class Channel(ABC):
@@ -87,8 +39,13 @@ class Channel(ABC):
         """The next valid client message; None once the client is gone.
         Non-fatal protocol errors are reported to the client here and skipped."""
 
+    async def send_event(self, event: ServerEvent | dict) -> None:
+        """Send one server → client event. (A plain dict is still taken: kept until the orchestrator switches.)"""
+        await self.send_message(to_message(event))
+
     @abstractmethod
-    async def send_event(self, event: dict) -> None: ...
+    async def send_message(self, message: dict) -> None:
+        """Put one JSON message (an event's ``to_dict()``) on the wire."""
 
     @abstractmethod
     async def send_audio(self, frame: bytes) -> None: ...
@@ -101,4 +58,4 @@ class Channel(ABC):
     def closed(self) -> bool: ...
 
     async def send_error(self, code: str, message: str) -> None:
-        await self.send_event({"type": "error", "code": code, "message": message})
+        await self.send_event(ErrorEvent(code, message))

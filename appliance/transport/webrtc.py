@@ -2,7 +2,7 @@
 
 Signalling is one request, no trickle ICE: the client gathers its candidates, posts
 ``{"sdp", "type": "offer"}`` and gets ``{"sdp", "type": "answer"}`` with all of ours. The offer
-carries a data channel labelled ``"events"`` (Contract 2's JSON messages, both ways; no hello)
+carries a data channel labelled ``"events"`` (the session protocol's JSON messages, both ways; no hello)
 and one ``sendrecv`` audio transceiver: the microphone comes in on it and reply audio goes out on it.
 
 Uplink: remote frames → mono PCM16 48 kHz → ``AudioIn`` (a queue of at most 2 s; the oldest audio
@@ -17,7 +17,6 @@ import asyncio
 import collections
 import contextlib
 import fractions
-import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -28,27 +27,33 @@ from aiohttp import web
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
-from appliance.transport.base import (
+from appliance.audio import FRAME_BYTES, FRAME_MS, FRAME_SAMPLES, OUTPUT_RATE
+from appliance.transport.base import Channel
+from appliance.transport.protocol import (
     MAX_MESSAGE_BYTES,
     AudioIn,
-    Channel,
+    BargeIn,
+    ErrorEvent,
     Hello,
     Inbound,
     Interrupt,
     ProtocolError,
+    Ready,
+    ServerEvent,
+    encode,
+    parse_event,
+    parse_text_message,
 )
-from appliance.transport.websocket import parse_event, parse_text_message
 
 log = logging.getLogger(__name__)
 
-RATE = 48000
-FRAME_SAMPLES = 960  # 20 ms
-FRAME_BYTES = FRAME_SAMPLES * 2
+RATE = OUTPUT_RATE  # the microphone is taken at the rate reply audio goes out at
 SILENCE = bytes(FRAME_BYTES)
 TIME_BASE = fractions.Fraction(1, RATE)
 MAX_INBOUND_S = 2.0  # microphone audio queued for a lagging session before the oldest is dropped
 CONNECT_TIMEOUT_S = 30.0  # the peer must open its "events" data channel this soon after the answer
 CLOSE_DRAIN_S = 0.5  # how long close() lets queued events reach the client
+DRAIN_POLL_S = 0.02
 PC_CLOSE_TIMEOUT_S = 5.0
 MAX_BUFFERED_BYTES = 1 << 20  # events not yet taken by the client: more means it is not reading
 MAX_SDP_CHARS = 100_000
@@ -137,7 +142,7 @@ class WebRtcChannel(Channel):
     def __init__(self, pc: RTCPeerConnection, peer: str, max_lead_ms: int = 100) -> None:
         self.pc, self.peer, self.hello = pc, peer, Hello(sample_rate=RATE)
         self.session_id: str | None = None  # learnt from the ready event, for the logs
-        self.outbound = OutboundAudio(max_frames=max_lead_ms // 20 + 1)
+        self.outbound = OutboundAudio(max_frames=max_lead_ms // FRAME_MS + 1)
         self.dc = None
         self.opened = asyncio.Event()  # the "events" data channel is open
         self.finished = asyncio.Event()  # the PC is closed and every task ended
@@ -225,7 +230,7 @@ class WebRtcChannel(Channel):
             message = parse_event(obj)
         except ProtocolError as exc:
             log.info("bad message %s code=%s %s", self._where(), exc.code, exc)
-            _spawn(self._tasks, self._send_quietly({"type": "error", "code": exc.code, "message": str(exc)}))
+            _spawn(self._tasks, self._send_quietly(ErrorEvent(exc.code, str(exc))))
             return
         log.info("event in %s type=%s", self._where(), obj["type"])
         if isinstance(message, Interrupt):
@@ -247,7 +252,7 @@ class WebRtcChannel(Channel):
             await self._wake.wait()
         return None
 
-    async def send_event(self, event: dict) -> None:
+    async def send_message(self, message: dict) -> None:
         dc = self.dc
         if self._ended or dc is None or dc.readyState != "open":
             raise ConnectionResetError("data channel closed")
@@ -255,15 +260,15 @@ class WebRtcChannel(Channel):
             log.warning("slow consumer %s: closing", self._where())
             self._end("client is not reading its events")
             raise ConnectionResetError("slow consumer")
-        kind = event.get("type")
-        if kind == "ready":
-            self.session_id = event.get("session_id")
-        elif kind == "barge_in":
+        kind = message.get("type")
+        if kind == Ready.type:
+            self.session_id = message.get("session_id")
+        elif kind == BargeIn.type:
             self.outbound.flush()
-        dc.send(json.dumps(event, separators=(",", ":")))
+        dc.send(encode(message))
         log.debug("event out %s type=%s", self._where(), kind)
 
-    async def _send_quietly(self, event: dict) -> None:
+    async def _send_quietly(self, event: ServerEvent) -> None:
         with contextlib.suppress(ConnectionError):
             await self.send_event(event)
 
@@ -286,11 +291,11 @@ class WebRtcChannel(Channel):
             dc = self.dc
             if dc is not None and dc.readyState == "open" and not self._ended:
                 if code == 1001:  # no close frame on WebRTC: say why, as the session does before its own closes
-                    await self._send_quietly({"type": "error", "code": "going_away", "message": reason or "server shutting down"})
+                    await self._send_quietly(ErrorEvent("going_away", reason or "server shutting down"))
                 loop = asyncio.get_running_loop()
                 deadline = loop.time() + CLOSE_DRAIN_S
                 while dc.bufferedAmount and loop.time() < deadline and not self._ended:
-                    await asyncio.sleep(0.02)  # let the last events (error, TERMINATED) reach the client
+                    await asyncio.sleep(DRAIN_POLL_S)  # let the last events (error, TERMINATED) reach the client
                 dc.close()
             self._ended = True
             self._wake.set()

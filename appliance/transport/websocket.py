@@ -1,29 +1,26 @@
-"""The WebSocket transport (path /ws, Contract 2 of DESIGN.md) on aiohttp."""
+"""The WebSocket transport (path /ws) on aiohttp: the session protocol of ``protocol`` over one socket."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import socket
 
 from aiohttp import WSMsgType, web
 
-from appliance.transport.base import (
-    MAX_AUDIO_MS,
+from appliance.transport.base import Channel
+from appliance.transport.protocol import (
     MAX_MESSAGE_BYTES,
-    MAX_RATE,
-    MIN_RATE,
     AudioIn,
-    Bye,
-    Channel,
     CloseCode,
     Hello,
     Inbound,
-    Interrupt,
     ProtocolError,
-    Say,
-    TextTurn,
+    check_audio,
+    encode,
+    parse_event,
+    parse_hello,
+    parse_text_message,
 )
 
 log = logging.getLogger(__name__)
@@ -31,58 +28,6 @@ log = logging.getLogger(__name__)
 HELLO_TIMEOUT_S = 10.0
 SEND_TIMEOUT_S = 2.0
 SEND_BUFFER_BYTES = 64 * 1024  # a client that cannot take one message in this long is not reading
-MAX_TEXT_CHARS = 4000
-
-
-def parse_hello(obj: dict) -> Hello:
-    rate = obj.get("sample_rate")
-    if not isinstance(rate, int) or isinstance(rate, bool) or not MIN_RATE <= rate <= MAX_RATE:
-        raise ProtocolError(
-            "unsupported_sample_rate",
-            f"sample_rate must be an integer from {MIN_RATE} to {MAX_RATE} Hz (got {rate!r})",
-            CloseCode.BAD_RATE,
-        )
-    token, voice = obj.get("token"), obj.get("voice")
-    for name, value in (("token", token), ("voice", voice)):
-        if value is not None and not isinstance(value, str):
-            raise ProtocolError("bad_message", f"{name} must be a string", CloseCode.PROTOCOL)
-    return Hello(rate, token, voice)
-
-
-def parse_text_message(raw: str) -> dict:
-    try:
-        obj = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise ProtocolError("bad_json", f"message is not valid JSON: {exc.msg} at position {exc.pos}") from None
-    if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
-        raise ProtocolError("bad_message", 'a text message must be a JSON object with a string "type"')
-    return obj
-
-
-def parse_event(obj: dict) -> Inbound:
-    kind = obj["type"]
-    if kind in ("text", "say"):
-        text = obj.get("text")
-        if not isinstance(text, str) or not text.strip():
-            raise ProtocolError("bad_message", f'"{kind}" needs a non-empty string "text"')
-        if len(text) > MAX_TEXT_CHARS:
-            raise ProtocolError("text_too_long", f'"text" is limited to {MAX_TEXT_CHARS} characters (got {len(text)})')
-        return TextTurn(text) if kind == "text" else Say(text)
-    if kind == "interrupt":
-        return Interrupt()
-    if kind == "bye":
-        return Bye()
-    if kind == "hello":
-        raise ProtocolError("bad_message", "hello was already received", None)
-    raise ProtocolError("unknown_type", f"unknown message type {kind!r} (expected text, say, interrupt, bye)")
-
-
-def check_audio(pcm: bytes, rate: int) -> None:
-    if len(pcm) % 2:
-        raise ProtocolError("bad_audio", f"PCM16 audio must have an even number of bytes (got {len(pcm)})")
-    ms = len(pcm) / 2 / rate * 1000
-    if ms > MAX_AUDIO_MS + 0.5:
-        raise ProtocolError("audio_too_long", f"audio messages are limited to {MAX_AUDIO_MS} ms (got {ms:.0f} ms)")
 
 
 class WebSocketChannel(Channel):
@@ -106,7 +51,7 @@ class WebSocketChannel(Channel):
         channel.hello = None
         try:
             channel.hello = await asyncio.wait_for(channel._read_hello(), HELLO_TIMEOUT_S)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             await channel._fail(ProtocolError("no_hello", f"no hello within {HELLO_TIMEOUT_S:.0f} s", CloseCode.PROTOCOL))
         except ProtocolError as exc:
             await channel._fail(exc)
@@ -129,7 +74,7 @@ class WebSocketChannel(Channel):
         log.warning("protocol error peer=%s code=%s %s", self.peer, exc.code, exc)
         try:
             await self.send_error(exc.code, str(exc))
-        except Exception:
+        except Exception:  # noqa: BLE001, S110 — however the client went, the close below still runs
             pass
         await self.close(exc.close_code or CloseCode.PROTOCOL, str(exc))
 
@@ -163,13 +108,13 @@ class WebSocketChannel(Channel):
         async with self._send_lock:
             try:
                 await asyncio.wait_for(coro_factory(), SEND_TIMEOUT_S)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 log.warning("slow consumer peer=%s: closing", self.peer)
                 asyncio.ensure_future(self.close(CloseCode.SLOW_CONSUMER, "client is not reading (slow consumer)"))
                 raise ConnectionResetError("slow consumer") from None
 
-    async def send_event(self, event: dict) -> None:
-        await self._send(lambda: self.ws.send_str(json.dumps(event, separators=(",", ":"))))
+    async def send_message(self, message: dict) -> None:
+        await self._send(lambda: self.ws.send_str(encode(message)))
 
     async def send_audio(self, frame: bytes) -> None:
         await self._send(lambda: self.ws.send_bytes(frame))
@@ -178,7 +123,7 @@ class WebSocketChannel(Channel):
         if not self.ws.closed:
             try:
                 await asyncio.wait_for(self.ws.close(code=code, message=reason[:120].encode()), 2)
-            except (asyncio.TimeoutError, ConnectionError):
+            except (TimeoutError, ConnectionError):
                 pass
 
     @property

@@ -1,5 +1,5 @@
-"""A client of the WebSocket protocol (Contract 2): streams microphone-like audio in real time and
-records every event and reply frame with its arrival time. Used by `appliance chat`, the
+"""A client of the WebSocket session protocol (``protocol``, docs/protocol.md): streams
+microphone-like audio in real time and records every event and reply frame with its arrival time. Used by `appliance chat`, the
 conversation benchmark and the tests."""
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 import aiohttp
 import numpy as np
+
+from appliance.transport.protocol import Bye, Hello
 
 
 @dataclass
@@ -36,12 +38,12 @@ class WsClient:
         self._changed = asyncio.Event()
         self.ready: dict | None = None
 
-    async def connect(self, sample_rate: int = 16000, **hello) -> dict:
+    async def connect(self, sample_rate: int = 16000, token: str | None = None, voice: str | None = None) -> dict:
         self._session = aiohttp.ClientSession()
         kwargs = {} if self._ssl is None else {"ssl": self._ssl}
         self.ws = await self._session.ws_connect(self.url, max_msg_size=4 << 20, **kwargs)
         self._reader = asyncio.create_task(self._read())
-        await self.send_json({"type": "hello", "sample_rate": sample_rate, **hello})
+        await self.send_json(Hello(sample_rate, token, voice).to_dict())
         self.ready = await self.wait_for(lambda: next(iter(self.rx.of_type("ready")), None), 30)
         return self.ready
 
@@ -73,7 +75,7 @@ class WsClient:
             self._changed.clear()
             try:
                 await asyncio.wait_for(self._changed.wait(), left)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def send_json(self, obj: dict) -> None:
@@ -100,7 +102,7 @@ class WsClient:
     async def close(self) -> None:
         if self.ws is not None and not self.ws.closed:
             try:
-                await self.send_json({"type": "bye"})
+                await self.send_json(Bye().to_dict())
             except ConnectionError:
                 pass
             await self.ws.close()

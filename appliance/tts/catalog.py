@@ -16,10 +16,17 @@ from pathlib import Path
 from appliance.modelstore import find_installed
 
 
-class UnknownModel(KeyError):
-    def __init__(self, model_id: str, known: list[str]) -> None:
-        super().__init__(model_id)
+class ModelError(Exception):
+    """A model operation that cannot be done; subclasses say why (the worker maps each to a gRPC status)."""
+
+    def __init__(self, model_id: str, message: str) -> None:
+        super().__init__(message)
         self.model_id = model_id
+
+
+class UnknownModel(ModelError):
+    def __init__(self, model_id: str, known: list[str]) -> None:
+        super().__init__(model_id, f"unknown model id {model_id!r}")
         self.known = known
 
     def __str__(self) -> str:

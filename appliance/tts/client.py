@@ -1,12 +1,14 @@
-"""An asyncio client for a TTS worker (used by `appliance say`, the benchmarks, the tests and,
-later, the orchestrator)."""
+"""An asyncio client for a TTS worker (used by `appliance say`, the benchmarks, the tests and the
+orchestrator's worker link)."""
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import itertools
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
+from typing import Self
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -14,7 +16,17 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from appliance.rpc import tts_pb2 as pb
 from appliance.rpc import tts_pb2_grpc
 
-COMMANDS = {"pause": pb.PAUSE, "resume": pb.RESUME, "stop": pb.STOP, "reload": pb.RELOAD}
+
+class Control(enum.IntEnum):
+    """A session's control commands; each value is the protobuf ``ControlCommand`` it sends."""
+
+    PAUSE = pb.PAUSE
+    RESUME = pb.RESUME
+    STOP = pb.STOP
+    RELOAD = pb.RELOAD
+
+
+COMMANDS = {c.name.lower(): c for c in Control}  # kept until the orchestrator switches
 
 
 @dataclass
@@ -32,7 +44,7 @@ class TTSClient:
         self.stub = tts_pb2_grpc.TTSServiceStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
 
-    async def __aenter__(self) -> TTSClient:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc) -> None:
@@ -65,9 +77,9 @@ class TTSClient:
     async def end_session(self, session_id: str) -> pb.EndSessionResponse:
         return await self.stub.EndSession(pb.EndSessionRequest(session_id=session_id))
 
-    async def control(self, session_id: str, command: str | int) -> pb.ControlResponse:
-        cmd = COMMANDS[command.lower()] if isinstance(command, str) else command
-        return await self.stub.Control(pb.ControlRequest(session_id=session_id, command=cmd))
+    async def control(self, session_id: str, command: Control | int) -> pb.ControlResponse:
+        """Send ``command`` (any protobuf value is passed on as is, for testing the worker's checks)."""
+        return await self.stub.Control(pb.ControlRequest(session_id=session_id, command=int(command)))
 
     def synthesize(self, session_id: str, texts: Iterable[str] | AsyncIterator[str]):
         """Open a Synthesize stream; returns the call (iterate it for AudioFrames, or cancel it)."""

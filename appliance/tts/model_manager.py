@@ -19,18 +19,13 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Self
 
 from appliance.tts.adapters import create_adapter
 from appliance.tts.adapters.base import EngineAdapter
-from appliance.tts.catalog import Catalog, ModelSpec, UnknownModel  # UnknownModel: re-exported
+from appliance.tts.catalog import Catalog, ModelError, ModelSpec, UnknownModel  # errors: re-exported
 
 log = logging.getLogger(__name__)
-
-class ModelError(Exception):
-    def __init__(self, model_id: str, message: str) -> None:
-        super().__init__(message)
-        self.model_id = model_id
-
 
 class ModelInUse(ModelError):
     def __init__(self, model_id: str, refcount: int) -> None:
@@ -125,7 +120,7 @@ class ModelLease:
         self._released = True
         self._manager._release_entry(self._entry)
 
-    def __enter__(self) -> ModelLease:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *_exc: object) -> None:

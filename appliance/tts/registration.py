@@ -14,22 +14,20 @@ import socket
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 from redis.exceptions import RedisError
 
 from appliance import discovery
+from appliance.audio import OUTPUT_RATE
 from appliance.config import ConfigError, WorkerSettings
-from appliance.discovery import Capabilities, LiveMetrics, WorkerRecord
+from appliance.discovery import UNKNOWN_ENGINE, Capabilities, LiveMetrics, WorkerRecord, flags_for
+from appliance.tts.adapters import ENGINES
 
 log = logging.getLogger(__name__)
 
-# What each engine can do (the record's capability flags are the union over the engines a worker serves;
-# cpu_ok only when every one of them runs on a CPU).
-ENGINE_CAPS: dict[str, dict[str, bool]] = {
-    "piper": {"zero_shot": False, "lora": False, "cpu_ok": True, "emotive_zero_prompt": False},
-    "mock": {"zero_shot": False, "lora": False, "cpu_ok": True, "emotive_zero_prompt": False},
-}
+# Kept until the orchestrator switches to discovery.flags_for: the adapters' declarations as dicts.
+ENGINE_CAPS: dict[str, dict[str, bool]] = {name: asdict(cls.capabilities) for name, cls in ENGINES.items()}
 MIN_UPDATE_GAP_S = 0.1  # changes are coalesced into at most one update this often
 DEREGISTER_TIMEOUT_S = 1.0
 
@@ -50,21 +48,20 @@ def describe_worker(worker) -> WorkerRecord:
     """The record of a running :class:`~appliance.tts.worker.TTSWorker` as it is now (unstamped)."""
     s = worker.settings
     snapshot = worker.manager.snapshot()
-    engines = {m.engine for m in snapshot}
-    flags = [ENGINE_CAPS.get(e, {"cpu_ok": False}) for e in engines]
+    flags = flags_for(ENGINES[e].capabilities if e in ENGINES else UNKNOWN_ENGINE for e in {m.engine for m in snapshot})
     recent_ttfa, recent_rtf = list(worker.metrics.recent_ttfa_s), list(worker.metrics.recent_rtf)
     return WorkerRecord(
         name=s.name,
         address=worker.advertised,
         capabilities=Capabilities(
             streaming=True,
-            zero_shot=any(f.get("zero_shot", False) for f in flags),
-            lora=any(f.get("lora", False) for f in flags),
-            cpu_ok=bool(flags) and all(f.get("cpu_ok", False) for f in flags),
+            zero_shot=flags.zero_shot,
+            lora=flags.lora,
+            cpu_ok=flags.cpu_ok,
             languages=tuple(s.discovery.languages or sorted({m.language for m in snapshot})),
-            emotive_zero_prompt=any(f.get("emotive_zero_prompt", False) for f in flags),
+            emotive_zero_prompt=flags.emotive_zero_prompt,
             max_concurrent_sessions=s.max_sessions,
-            sample_rates=(48000,),
+            sample_rates=(OUTPUT_RATE,),
             gpu=worker.service.gpu,
         ),
         default_model=s.models.default,

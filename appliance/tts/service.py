@@ -1,4 +1,4 @@
-"""The gRPC servicer: Contract 1 of DESIGN.md on top of the model manager and the sessions.
+"""The gRPC servicer: the TTS worker ABI (proto/appliance/tts/v1/tts.proto) on top of the model manager and the sessions.
 
 Every failure is a gRPC status with a message that says what to do; nothing here may crash the
 worker or leave a model lease behind."""
@@ -102,8 +102,6 @@ class TTSService(tts_pb2_grpc.TTSServiceServicer):
             lease = await self.manager.acquire(request.model_id or None)
         except ModelError as exc:
             await self._abort(context, "StartSession", _model_code(exc), str(exc))
-        except UnknownModel as exc:
-            await self._abort(context, "StartSession", grpc.StatusCode.NOT_FOUND, str(exc))
         try:
             self.sessions.add(WorkerSession(sid, lease, dict(request.options)))
         except SessionError as exc:  # a concurrent StartSession with the same id won the race
@@ -252,7 +250,7 @@ class TTSService(tts_pb2_grpc.TTSServiceServicer):
         else:
             try:
                 ms = await self.manager.reload(session.model_id)
-            except (ModelError, UnknownModel) as exc:
+            except ModelError as exc:
                 await self._abort(context, "Control", _model_code(exc), str(exc))
             message = f"reloaded {session.model_id} in {ms:.0f} ms"
         self.metrics.control.labels(name).observe(time.perf_counter() - t0)
@@ -281,7 +279,7 @@ class TTSService(tts_pb2_grpc.TTSServiceServicer):
     async def LoadModel(self, request, context):
         try:
             ms = await self.manager.load(request.model_id)
-        except (ModelError, UnknownModel) as exc:
+        except ModelError as exc:
             await self._abort(context, "LoadModel", _model_code(exc), str(exc))
         self._update_gauges()
         message = f"loaded in {ms:.0f} ms" if ms else "already resident"
@@ -290,7 +288,7 @@ class TTSService(tts_pb2_grpc.TTSServiceServicer):
     async def UnloadModel(self, request, context):
         try:
             await self.manager.unload(request.model_id)
-        except (ModelError, UnknownModel) as exc:
+        except ModelError as exc:
             await self._abort(context, "UnloadModel", _model_code(exc), str(exc))
         self._update_gauges()
         return pb.UnloadModelResponse(success=True, message="unloaded")

@@ -5,13 +5,11 @@ tokens) is cut into segments as soon as a segment is certain to be complete.
 
 Rules (see ``TextSegmenter``):
 
-* A sentence ends after a run of ``. ! ? …`` plus any closing quotes/brackets,
-  when followed by whitespace (or end of input at ``flush``). A newline always
-  ends a segment. Not a sentence end: a single ``.`` after a known abbreviation
-  (Mr. Dr. etc. vs. ...), after dotted acronyms (e.g. i.e. a.m. U.S.), after a
-  single capital initial (J. R. R.; not "I"), after a 1-3 digit list number at
-  the start of a segment ("1. Item"); a dot not followed by whitespace (3.14);
-  an ellipsis (``..``, ``...``, ``…``) whose next word starts lower-case.
+* Sentence ends: the rule in ``appliance.sentences`` (a run of ``. ! ? …``
+  plus closing quotes/brackets before whitespace, or a newline; not after
+  abbreviations, acronyms, initials, a list number at the start of a segment,
+  nor an ellipsis before a lower-case word), with the end of input at
+  ``flush`` counting as a newline.
 * Clause boundaries: ``, ; :`` or an en/em dash followed by whitespace, a
   spaced hyphen `` - ``/`` -- ``, or the whitespace before one of the
   conjunctions in ``CONJUNCTIONS``.
@@ -50,32 +48,26 @@ import re
 from bisect import bisect_left
 from itertools import islice
 
+from appliance.sentences import SentenceScanner
+
 __all__ = ["CONJUNCTIONS", "SOFT_WORDS", "TextSegmenter", "is_speakable", "split_text"]
 
 CONJUNCTIONS = ("and", "but", "or", "so", "because", "while", "which", "although", "when")
 SOFT_WORDS = tuple(
-    "with from to for at in on of about into after before until like than by as if that then where "
+    "with from to for at in on of about into after before until like than by as if that then where "  # noqa: SIM905
     "who whose during without through since unless whether".split()
 )
 _MIN_REST = 3  # words a first-segment cut must leave in the sentence after it
 _CLINGING = frozenset(  # a fallback cut should not end on these: they lean on the next word
-    "a an the this these those my your his her its our their some any no every each all both many much "
+    "a an the this these those my your his her its our their some any no every each all both many much "  # noqa: SIM905
     "few several is are was were am be been will would can could shall should may might must do does did "
     "have has had not very too just i we they he she nor yet".split() + list(CONJUNCTIONS + SOFT_WORDS)
 )
 
-_ABBREVIATIONS = frozenset(
-    "mr mrs ms mx dr prof st jr sr rev gen capt col lt sgt etc vs approx inc ltd corp co mt fig cf".split()
-)
-
-_CANDIDATE = re.compile(r"[.!?…\n]")
-_TERMS = re.compile(r"[.!?…]*")
-_CLOSERS = re.compile(r"[\"'”’»›)\]}]*")
 _EDGE = re.compile(r"\s\S|\S\s")
 _NON_SPACE = re.compile(r"\S")
 _SPACE = re.compile(r"\s")
 _WORD = re.compile(r"\S+")
-_DOTTED = re.compile(r"(?:[^\W\d_]\.)+[^\W\d_]")
 # A match's end() is the clause boundary: just after the punctuation, or at the
 # start of the conjunction. Every alternative needs one character after the
 # thing it recognises, so an incomplete match at the buffer end is never taken.
@@ -134,10 +126,7 @@ class TextSegmenter:
         self._base = self._fed  # offset of _buf[0] in everything pushed
         self._buf = ""
         self._pos = 0  # start of the pending segment in _buf
-        self._scan = 0  # no sentence end in _buf[_pos:_scan]
-        # Sentence end at _buf[i] not yet decidable: (i, end of terminators,
-        # end of closers, end of the spaces seen after an ellipsis).
-        self._hold: tuple[int, int, int, int] | None = None
+        self._sentences = SentenceScanner()
         self._dirty = False  # worth re-checking the open (unterminated) sentence
         self._first = True  # no speakable segment emitted yet in this utterance
 
@@ -170,9 +159,7 @@ class TextSegmenter:
         if pos:
             self._base += pos
             self._buf = self._buf[pos:]
-            self._scan -= pos
-            if self._hold:
-                self._hold = tuple(x - pos for x in self._hold)
+            self._sentences.rebase(pos)
             self._pos = 0
         # Decisions about an unterminated sentence can only change where a word
         # starts or ends; re-checking only then keeps long words/spaces linear.
@@ -189,10 +176,9 @@ class TextSegmenter:
         while True:
             m = _NON_SPACE.search(buf, self._pos)
             self._pos = m.start() if m else len(buf)
-            self._scan = max(self._scan, self._pos)
             if m is None:
                 break
-            end = self._sentence_end()
+            end = self._sentences.find(buf, self._pos)
             if end is None and not self._dirty:
                 break
             cut = self._choose(end)
@@ -207,60 +193,6 @@ class TextSegmenter:
                 self._first = False
             self._dirty = True
         return out
-
-    def _sentence_end(self) -> int | None:
-        """End index of the pending sentence, or None if not known yet."""
-        buf, n = self._buf, len(self._buf)
-        pos = self._scan
-        while True:
-            m = _CANDIDATE.search(buf, pos)
-            if m is None:
-                self._scan = n
-                return None
-            i = self._scan = m.start()
-            if buf[i] == "\n":
-                return i
-            if self._hold and self._hold[0] == i:  # resume, don't rescan long runs
-                _, j, k, ws_from = self._hold
-            else:
-                j = k = ws_from = i
-            if j == k:
-                j = k = _TERMS.match(buf, j).end()
-            k = _CLOSERS.match(buf, k).end()
-            if k == n:
-                self._hold = (i, j, k, k)
-                return None  # "3." or "Hi!" at the end: wait for the next character
-            pos = k
-            if not buf[k].isspace():
-                continue
-            run = buf[i:j]
-            if run == ".":
-                if self._dot_is_not_an_end(i):
-                    continue
-            elif "!" not in run and "?" not in run:  # ellipsis: look at the next word
-                ws_from = max(k, ws_from)
-                nxt = _NON_SPACE.search(buf, ws_from)
-                if buf.find("\n", ws_from, nxt.start() if nxt else n) < 0:
-                    if nxt is None:
-                        self._hold = (i, j, k, n)
-                        return None
-                    if buf[nxt.start()].islower():
-                        continue
-            return k
-
-    def _dot_is_not_an_end(self, i: int) -> bool:
-        buf, s = self._buf, i
-        while s > self._pos and (buf[s - 1].isalpha() or buf[s - 1] == "."):
-            s -= 1
-        token = buf[s:i]
-        if not token:  # list marker "12." at the start of a segment
-            d = i
-            while d > self._pos and buf[d - 1].isdigit():
-                d -= 1
-            return d == self._pos and 0 < i - d <= 3
-        if token.lower() in _ABBREVIATIONS or _DOTTED.fullmatch(token):
-            return True
-        return len(token) == 1 and token.isupper() and token != "I"
 
     def _choose(self, end: int | None) -> int | None:
         """Where to cut the pending text now, or None to wait for more."""

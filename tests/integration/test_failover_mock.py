@@ -12,7 +12,7 @@ from appliance.config import WorkerSettings, load_settings
 from appliance.orchestrator.metrics import OrchestratorMetrics
 from appliance.orchestrator.workers import StaticPool, TtsLink
 from appliance.tts.adapters.mock import MockSineAdapter
-from appliance.tts.client import TTSClient
+from appliance.tts.client import Control, TTSClient
 from appliance.tts.text import split_text
 from appliance.tts.worker import TTSWorker
 
@@ -129,7 +129,7 @@ async def test_a_stalled_worker_is_detected_by_deadline(workers, link):
 
     async def hang_a(n):
         if n == 120:  # the worker stops sending, unknown to the orchestrator
-            await hung.control("conv-1", "pause")
+            await hung.control("conv-1", Control.PAUSE)
 
     t0 = asyncio.get_running_loop().time()
     frames, switch, dropped = await _play(reply, hang_a)
@@ -150,10 +150,10 @@ async def test_a_pause_in_force_holds_the_new_worker_until_resume(workers, link)
 
     async def pause_then_kill(n):
         if n == 60:
-            await link.control("pause")  # barge-in: a PAUSE is in force …
+            await link.control(Control.PAUSE)  # barge-in: a PAUSE is in force …
             await a.stop(grace=0)  # … when the worker dies
             gate["killed"] = asyncio.get_running_loop().time()
-            asyncio.get_running_loop().call_later(0.8, lambda: asyncio.ensure_future(link.control("resume")))
+            asyncio.get_running_loop().call_later(0.8, lambda: asyncio.ensure_future(link.control(Control.RESUME)))
 
     frames, switch, _dropped = await _play(reply, pause_then_kill)
     [failover] = reply.failovers

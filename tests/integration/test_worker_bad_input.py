@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 from appliance.rpc import tts_pb2 as pb
-from appliance.tts.client import TTSClient
+from appliance.tts.client import Control, TTSClient
 
 
 @pytest.fixture
@@ -68,7 +68,7 @@ async def test_unknown_model_is_not_found(client):
 
 
 async def test_unknown_session_for_control_synthesize_and_end(client):
-    await expect_status(grpc.StatusCode.NOT_FOUND, client.control("ghost", "pause"))
+    await expect_status(grpc.StatusCode.NOT_FOUND, client.control("ghost", Control.PAUSE))
     await expect_status(grpc.StatusCode.NOT_FOUND, client.synthesize_all("ghost", "Hello."))
     await expect_status(grpc.StatusCode.NOT_FOUND, client.end_session("ghost"))
 
@@ -113,7 +113,7 @@ async def test_second_stream_on_a_session_is_refused(client):
 async def test_stream_with_no_chunks_is_invalid(client):
     async def nothing():
         return
-        yield  # noqa: unreachable — an empty async generator
+        yield  # unreachable: it makes this an empty async generator
 
     call = client.stub.Synthesize(nothing())
     await expect_status(grpc.StatusCode.INVALID_ARGUMENT, call.read())

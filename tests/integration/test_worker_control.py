@@ -6,10 +6,10 @@ import asyncio
 import uuid
 
 import pytest
+from speech import transcribe, wer
 
 from appliance.rpc import tts_pb2 as pb
-from appliance.tts.client import TTSClient
-from speech import transcribe, wer
+from appliance.tts.client import Control, TTSClient
 
 LONG_TEXT = (
     "Once upon a time there was a lighthouse keeper who lived alone on a small island. "
@@ -58,11 +58,11 @@ async def _new_session(client) -> str:
 async def test_pause_stops_frames_at_once_and_resume_loses_nothing(client):
     sid = await _new_session(client)
     # Reference: the same text without a pause.
-    ref_pcm, ref_frames = await client.synthesize_all(sid, LONG_TEXT)
+    _, ref_frames = await client.synthesize_all(sid, LONG_TEXT)
 
     rx = Receiver(client.synthesize(sid, [LONG_TEXT]))
     await asyncio.wait_for(rx.got_some.wait(), 20)
-    ack = await client.control(sid, "pause")
+    ack = await client.control(sid, Control.PAUSE)
     loop = asyncio.get_running_loop()
     acked_at = loop.time()
     assert ack.success and ack.timestamp_ms > 0
@@ -73,7 +73,7 @@ async def test_pause_stops_frames_at_once_and_resume_loses_nothing(client):
     assert late == [], f"{len(late)} frames arrived after PAUSE was acknowledged"
     assert not rx.task.done()
 
-    resume = await client.control(sid, "resume")
+    resume = await client.control(sid, Control.RESUME)
     assert resume.success
     await asyncio.wait_for(rx.task, 60)
     frames = rx.frames
@@ -90,7 +90,7 @@ async def test_stop_ends_the_stream_and_discards_pending_text(client):
     sid = await _new_session(client)
     rx = Receiver(client.synthesize(sid, [LONG_TEXT]))
     await asyncio.wait_for(rx.got_some.wait(), 20)
-    ack = await client.control(sid, "stop")
+    ack = await client.control(sid, Control.STOP)
     assert ack.success
     await asyncio.wait_for(rx.task, 5)
     assert rx.frames[-1].is_final
@@ -106,8 +106,8 @@ async def test_stop_while_paused_ends_the_stream(client):
     sid = await _new_session(client)
     rx = Receiver(client.synthesize(sid, [LONG_TEXT]))
     await asyncio.wait_for(rx.got_some.wait(), 20)
-    await client.control(sid, "pause")
-    await client.control(sid, "stop")
+    await client.control(sid, Control.PAUSE)
+    await client.control(sid, Control.STOP)
     await asyncio.wait_for(rx.task, 5)
     assert rx.frames[-1].is_final
     await client.end_session(sid)
@@ -115,9 +115,9 @@ async def test_stop_while_paused_ends_the_stream(client):
 
 async def test_reload_swaps_the_model_under_a_session(client):
     sid = await _new_session(client)
-    ack = await client.control(sid, "reload")
+    ack = await client.control(sid, Control.RELOAD)
     assert ack.success and "reloaded" in ack.message
-    pcm, frames = await client.synthesize_all(sid, "The model was reloaded.")
+    pcm, _ = await client.synthesize_all(sid, "The model was reloaded.")
     assert wer("The model was reloaded.", transcribe(pcm, 48000)) <= 0.25
     await client.end_session(sid)
 
@@ -126,9 +126,9 @@ async def test_control_latency_is_small_and_acks_carry_a_timestamp(client):
     sid = await _new_session(client)
     rx = Receiver(client.synthesize(sid, [LONG_TEXT]))
     await asyncio.wait_for(rx.got_some.wait(), 20)
-    for command in ("pause", "resume", "pause", "resume"):
+    for command in (Control.PAUSE, Control.RESUME, Control.PAUSE, Control.RESUME):
         reply = await client.control(sid, command)
         assert reply.success, reply.message
-    await client.control(sid, "stop")
+    await client.control(sid, Control.STOP)
     await asyncio.wait_for(rx.task, 5)
     await client.end_session(sid)

@@ -7,7 +7,7 @@ import asyncio
 import grpc
 
 from appliance.config import WorkerSettings, load_settings
-from appliance.tts.client import TTSClient
+from appliance.tts.client import Control, TTSClient
 from appliance.tts.stream import SynthesisStream
 from appliance.tts.worker import TTSWorker
 
@@ -28,9 +28,9 @@ async def test_resume_continues_exactly_where_pause_stopped():
             for _ in range(3):  # pause and resume three times along the way
                 for _ in range(40):
                     frames.append(await call.read())
-                await client.control("paused", "pause")
+                await client.control("paused", Control.PAUSE)
                 await asyncio.sleep(0.2)
-                await client.control("paused", "resume")
+                await client.control("paused", Control.RESUME)
             while (frame := await call.read()) is not grpc.aio.EOF:
                 frames.append(frame)
             assert [f.sequence_number for f in frames] == list(range(len(frames)))
@@ -63,7 +63,7 @@ async def test_next_stream_may_open_as_soon_as_the_final_frame_arrives(monkeypat
                 call = client.synthesize("s", [f"turn {i} one two"])
                 if i % 2:  # every other stream is stopped early, as barge-in does
                     await call.read()
-                    await client.control("s", "stop")
+                    await client.control("s", Control.STOP)
                 frames = []
                 while (frame := await call.read()) is not grpc.aio.EOF:
                     frames.append(frame)

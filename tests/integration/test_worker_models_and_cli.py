@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import urllib.request
@@ -10,11 +11,11 @@ import uuid
 import grpc
 import numpy as np
 import pytest
+from speech import transcribe, wer
 
 from appliance.audio.wavio import read_wav
 from appliance.rpc import tts_pb2 as pb
-from appliance.tts.client import TTSClient
-from speech import transcribe, wer
+from appliance.tts.client import Control, TTSClient
 
 DEFAULT = "piper-en_US-joe-medium"
 
@@ -63,8 +64,9 @@ async def test_metrics_endpoint_reports_what_happened(client, piper_worker):
     await client.synthesize_all(sid, "Counting frames.")
     await client.end_session(sid)
     with pytest.raises(grpc.aio.AioRpcError):
-        await client.control("ghost", "pause")
-    body = urllib.request.urlopen(f"http://127.0.0.1:{piper_worker.metrics_port}/metrics", timeout=5).read().decode()
+        await client.control("ghost", Control.PAUSE)
+    url = f"http://127.0.0.1:{piper_worker.metrics_port}/metrics"
+    body = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read().decode())
     assert "appliance_tts_ttfa_seconds_count" in body
     assert f'appliance_tts_frames_total{{model="{DEFAULT}"}}' in body
     assert 'appliance_tts_errors_total{code="NOT_FOUND",rpc="Control"}' in body
@@ -73,7 +75,7 @@ async def test_metrics_endpoint_reports_what_happened(client, piper_worker):
 
 
 def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "appliance", *args], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "appliance", *args], capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def test_say_with_an_in_process_worker(tmp_path):

@@ -55,3 +55,9 @@ async def test_a_missing_password_file_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="password file"):
         make_pool(load_settings(OrchestratorSettings, None, redis_url="redis://127.0.0.1:1/0",
                                 discovery={"password_file": str(tmp_path / "nope")}))
+
+
+@pytest.mark.parametrize("workers", [["nohost"], ["h:99999"], ["h:1", "h :2"]])
+def test_a_static_worker_list_is_checked_like_any_address(workers):
+    with pytest.raises(ConfigError, match="is not HOST:PORT"):
+        load_settings(OrchestratorSettings, None, workers=workers)

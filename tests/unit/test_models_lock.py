@@ -34,7 +34,7 @@ def test_the_lock_has_the_models_the_services_use(lock):
     piper = lock.get("piper-en_US-joe-medium")
     assert [f.name for f in piper.files] == ["en_US-joe-medium.onnx", "en_US-joe-medium.onnx.json"]
     onnx = piper.file("en_US-joe-medium.onnx")
-    assert onnx.sha256.startswith("58afce03") and onnx.sha256.endswith("3baf06")  # as DESIGN.md quotes it
+    assert onnx.sha256.startswith("58afce03") and onnx.sha256.endswith("3baf06")  # the published voice file
     assert {f.name for f in lock.get("whisper-tiny.en").files} == {
         "model.bin", "config.json", "tokenizer.json", "vocabulary.txt"}
 

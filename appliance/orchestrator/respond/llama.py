@@ -109,7 +109,7 @@ class LlamaEngine:
             params.cpuparams_batch.n_threads = s.threads
         try:
             self._server = xllamacpp.Server(params)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the binding raises whatever llama.cpp reported
             raise ModelLoadError(f"llama.cpp could not load {path}: {exc}; reinstall it with `{hint}`") from None
         log.info("LLM loaded: %s (context %d tokens × %d slots, n_gpu_layers=%d)",
                  path.name, s.context_tokens, s.parallel, s.n_gpu_layers)
@@ -142,7 +142,7 @@ class LlamaEngine:
         self.running += 1
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
-        future = loop.run_in_executor(self._pool, self._run, {**request, "stream": True}, gen, loop, queue)
+        loop.run_in_executor(self._pool, self._run, {**request, "stream": True}, gen, loop, queue)
         try:
             while True:
                 item = await queue.get()

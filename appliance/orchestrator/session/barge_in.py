@@ -16,14 +16,16 @@ from appliance.orchestrator.session.listening import Listener
 from appliance.orchestrator.session.playback import Playback
 from appliance.orchestrator.session.states import State, StateMachine
 from appliance.orchestrator.workers import TtsLink
+from appliance.transport.protocol import BargeIn, ServerEvent
+from appliance.tts.client import Control
 
 log = logging.getLogger(__name__)
 
 
-class BargeIn:
+class BargeInControl:
     def __init__(
         self, session_id: str, settings: OrchestratorSettings, sm: StateMachine, playback: Playback, tts: TtsLink, *,
-        emit: Callable[[dict], None], spawn: Callable[..., asyncio.Task], stop_turn: Callable[[], None], metrics=None,
+        emit: Callable[[ServerEvent], None], spawn: Callable[..., asyncio.Task], stop_turn: Callable[[], None], metrics=None,
     ) -> None:
         self.session_id = session_id
         self.settings = settings
@@ -51,9 +53,9 @@ class BargeIn:
 
     def begin(self) -> None:
         self.playback.hold()
-        self._spawn(self.tts.control("pause"))
+        self._spawn(self.tts.control(Control.PAUSE))
         self.sm.to(State.BARGED_IN)
-        self._emit({"type": "barge_in"})
+        self._emit(BargeIn())
         if self.metrics:
             self.metrics.barge_ins.inc()
         self._timer = asyncio.get_running_loop().call_later(
@@ -78,19 +80,19 @@ class BargeIn:
         log.info("barge-in false alarm session=%s (%s): resuming", self.session_id, why)
         if self.metrics:
             self.metrics.false_barge_ins.inc()
-        self._spawn(self.tts.control("resume"))
+        self._spawn(self.tts.control(Control.RESUME))
         self.sm.to(State.SPEAKING)
         self.playback.release()
 
     def stop_reply(self) -> None:
         self.playback.stop()
         self._stop_turn()
-        self._spawn(self.tts.control("stop"))
+        self._spawn(self.tts.control(Control.STOP))
 
     def now(self) -> None:
         """Stop the reply under way at once (an interrupt, or a turn that replaces it)."""
         if self.sm.state is State.SPEAKING:
             self.sm.to(State.BARGED_IN)
-            self._emit({"type": "barge_in"})
+            self._emit(BargeIn())
         self.cancel_timer()
         self.stop_reply()

@@ -2,34 +2,43 @@
 
 Inbound audio is handled on the channel's reading task and must never wait on a model: VAD is
 microseconds per frame, and everything slow (ASR, the responder, synthesis) runs in the turn
-task. The parts: :mod:`.listening` (VAD and ASR), :mod:`.barge_in`, :mod:`.playback` (reply
-audio), :mod:`.limits` and :mod:`.outbox` (events to the client); the session states are those of
+task. The parts: :mod:`.listening` (VAD and ASR), :mod:`.barge_in`, :mod:`.replying` and
+:mod:`.playback` (reply text and audio), :mod:`.limits` and :mod:`.outbox` (events to the client); the session states are those of
 the WebSocket protocol (docs/protocol.md).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import re
 
 from appliance.asr import AsrEngine
 from appliance.config import OrchestratorSettings
-from appliance.orchestrator.respond import Responder, ResponderError, Turn
-from appliance.orchestrator.session.barge_in import BargeIn
+from appliance.orchestrator.respond import Responder
+from appliance.orchestrator.session.barge_in import BargeInControl
 from appliance.orchestrator.session.limits import SessionEnded, SessionLimits
 from appliance.orchestrator.session.listening import Listener
 from appliance.orchestrator.session.outbox import Outbox
 from appliance.orchestrator.session.playback import Playback
+from appliance.orchestrator.session.replying import Replier
 from appliance.orchestrator.session.states import State, StateMachine
 from appliance.orchestrator.session.turn import TurnTimes
-from appliance.orchestrator.workers import ReplyStream, TtsLink, TtsUnavailable
-from appliance.transport.base import AudioIn, Bye, Channel, CloseCode, Interrupt, Say, TextTurn
+from appliance.orchestrator.workers import TtsLink
+from appliance.transport.base import Channel
+from appliance.transport.protocol import (
+    AudioIn,
+    Bye,
+    CloseCode,
+    ErrorEvent,
+    Interrupt,
+    Ready,
+    Say,
+    StateChanged,
+    TextTurn,
+    Transcript,
+)
 
 log = logging.getLogger(__name__)
-
-_SENTENCE_END = re.compile(r"(?<=[.!?…])\s+")
 
 
 class Conversation:
@@ -49,10 +58,11 @@ class Conversation:
         self.listening = Listener(settings, channel.hello.sample_rate, asr, self.sm, self,
                                   emit=self.outbox.emit, spawn=self._spawn)
         self.playback = Playback(self._send_audio, settings.playback.lead_ms / 1000, self.sm)
-        self.barge_in = BargeIn(session_id, settings, self.sm, self.playback, tts, emit=self.outbox.emit,
+        self.barge_in = BargeInControl(session_id, settings, self.sm, self.playback, tts, emit=self.outbox.emit,
                                 spawn=self._spawn, stop_turn=self._stop_turn, metrics=metrics)
         self.limits = SessionLimits(settings.session)
-        self.history: list[Turn] = []
+        self.replier = Replier(session_id, responder, tts, self.playback, self.sm, emit=self.outbox.emit,
+                               settle=self._settle_after_turn, metrics=metrics)
         self.turns = 0
         self._turn_task: asyncio.Task | None = None
         self._background: set[asyncio.Task] = set()
@@ -62,10 +72,7 @@ class Conversation:
     async def run(self) -> None:
         self.playback.start()
         self.outbox.start()
-        await self.channel.send_event(
-            {"type": "ready", "session_id": self.id, "sample_rate": 48000, "frame_ms": 20,
-             "responder": self.responder_description}
-        )
+        await self.channel.send_event(Ready(self.id, responder=self.responder_description))
         self.sm.to(State.LISTENING)
         try:
             while True:
@@ -77,12 +84,12 @@ class Conversation:
                 elif isinstance(message, TextTurn):
                     self._start_turn(self._text_turn(message.text))
                 elif isinstance(message, Say):
-                    self._start_turn(self._speak(message.text))
+                    self._start_turn(self.replier.speak(message.text))
                 elif isinstance(message, Interrupt):
                     await self._interrupt()
         except SessionEnded as end:
             log.info("session ending session=%s reason=%s", self.id, end.code)
-            self.outbox.emit({"type": "error", "code": end.code, "message": str(end)})
+            self.outbox.emit(ErrorEvent(end.code, str(end)))
             if not self.sm.terminated:
                 self.sm.to(State.TERMINATED)
             await self.outbox.flush()  # the TERMINATED state reaches the client before the close
@@ -111,7 +118,7 @@ class Conversation:
 
     def _on_state(self, old: State, new: State) -> None:
         self.listening.set_state(new)
-        self.outbox.emit({"type": "state", "state": new.value})
+        self.outbox.emit(StateChanged(new.value))
 
     async def _send_audio(self, frame: bytes) -> None:
         await self.channel.send_audio(frame)
@@ -187,7 +194,7 @@ class Conversation:
             pass
         except Exception:
             log.exception("turn failed session=%s", self.id)
-            self.outbox.emit({"type": "error", "code": "internal", "message": "this turn failed; please try again"})
+            self.outbox.emit(ErrorEvent("internal", "this turn failed; please try again"))
             self._settle_after_turn()
 
     async def _spoken_turn(self, audio, speculative: asyncio.Task | None, times: TurnTimes) -> None:
@@ -195,98 +202,19 @@ class Conversation:
         times.asr_ms = transcript.asr_ms
         times.transcribed_at = asyncio.get_running_loop().time()
         text = transcript.text.strip()
-        self.outbox.emit({"type": "transcript", "text": text, "final": True})
+        self.outbox.emit(Transcript(text, final=True))
         log.info("transcript session=%s asr_ms=%.0f text=%r", self.id, transcript.asr_ms, text[:200])
         if not text:
             self._settle_after_turn()
             return
-        await self._answer(text, times)
+        await self.replier.answer(text, times)
 
     async def _text_turn(self, text: str) -> None:
         if self.sm.state is State.WAITING_FOR_INPUT:
             self.sm.to(State.LISTENING)
         times = TurnTimes(transcribed_at=asyncio.get_running_loop().time())
-        self.outbox.emit({"type": "transcript", "text": text, "final": True})
-        await self._answer(text, times)
-
-    async def _answer(self, text: str, times: TurnTimes) -> None:
-        self.history.append(Turn("user", text))
-        reply = self.playback.reply(self.tts)
-        times.responder_started = asyncio.get_running_loop().time()
-        pump = asyncio.ensure_future(self.playback.pump(reply, times))
-        said: Turn | None = None
-        try:
-            spoken = await self._reply(text, reply, pump, times)
-            if spoken:
-                said = Turn("assistant", " ".join(spoken))
-                self.history.append(said)
-            await self._finish_reply(reply, pump)
-        except asyncio.CancelledError:  # barge-in or interrupt: remember only what was heard
-            self._keep_heard(reply, said)
-            raise
-        self.outbox.emit(times.message())
-        if self.metrics:
-            self.metrics.observe_turn(times)
-
-    def _keep_heard(self, reply: ReplyStream, said: Turn | None) -> None:
-        """The assistant's turn in the history becomes the text voiced by the last frame played
-        (so the model never believes it said what nobody heard); nothing heard, no turn."""
-        heard = reply.text[: self.playback.heard_offset(reply)].strip()
-        self.history = [turn for turn in self.history if turn is not said]
-        if heard:
-            self.history.append(Turn("assistant", heard))
-        log.info("reply stopped session=%s heard %d of %d chars", self.id, len(heard), len(reply.text.strip()))
-
-    async def _reply(self, text: str, reply: ReplyStream, pump: asyncio.Future, times: TurnTimes) -> list[str]:
-        """Feed the responder's reply to the worker; the sentences said go to the client as they complete."""
-        loop = asyncio.get_running_loop()
-        spoken: list[str] = []
-        pending = ""
-        try:
-            async with contextlib.aclosing(self.responder.respond(text, self.history[:-1])) as pieces:
-                async for piece in pieces:
-                    if times.first_text_at is None:
-                        times.first_text_at = loop.time()
-                    reply.feed(piece)
-                    *done, pending = _SENTENCE_END.split(pending + piece)
-                    spoken += done
-                    for sentence in done:
-                        self.outbox.emit({"type": "reply", "text": sentence})
-            if pending.strip():
-                spoken.append(pending.strip())
-                self.outbox.emit({"type": "reply", "text": pending.strip()})
-            reply.finish()
-        except ResponderError as exc:
-            reply.finish()
-            log.warning("responder failed session=%s code=%s %s", self.id, exc.code, exc)
-            self.outbox.emit({"type": "error", "code": exc.code, "message": str(exc)})
-        except BaseException:
-            reply.cancel()
-            pump.cancel()
-            raise
-        return spoken
-
-    async def _speak(self, text: str) -> None:
-        times = TurnTimes(transcribed_at=asyncio.get_running_loop().time())
-        reply = self.playback.reply(self.tts)
-        times.responder_started = times.first_text_at = asyncio.get_running_loop().time()
-        reply.feed(text)
-        reply.finish()
-        self.outbox.emit({"type": "reply", "text": text})
-        await self._finish_reply(reply, asyncio.ensure_future(self.playback.pump(reply, times)))
-
-    async def _finish_reply(self, reply: ReplyStream, pump: asyncio.Future) -> None:
-        """Wait until the reply's audio has been sent, then say so and settle the state."""
-        await self.playback.finish(reply, pump, self._tts_failed)
-        if self.sm.state is State.SPEAKING:
-            self.outbox.emit({"type": "reply_end"})
-        self._settle_after_turn()
-
-    def _tts_failed(self, exc: TtsUnavailable) -> None:
-        log.error("reply failed session=%s: %s", self.id, exc)
-        self.outbox.emit({"type": "error", "code": "tts_unavailable", "message": str(exc)})
-        if self.metrics:
-            self.metrics.errors.labels("tts_unavailable").inc()
+        self.outbox.emit(Transcript(text, final=True))
+        await self.replier.answer(text, times)
 
     def _settle_after_turn(self) -> None:
         if self.sm.state in (State.LISTENING, State.SPEAKING):

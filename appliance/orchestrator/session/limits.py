@@ -6,7 +6,8 @@ import asyncio
 import time
 
 from appliance.config import SessionSettings
-from appliance.transport.base import Channel, CloseCode
+from appliance.transport.base import Channel
+from appliance.transport.protocol import CloseCode
 
 
 class SessionEnded(Exception):

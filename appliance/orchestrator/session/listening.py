@@ -23,6 +23,8 @@ from appliance.config import OrchestratorSettings
 from appliance.orchestrator.session.states import State, StateMachine
 from appliance.orchestrator.session.timeline import InputTimeline
 from appliance.orchestrator.session.turn import TurnTimes
+from appliance.transport.protocol import ServerEvent, VadEvent
+from appliance.transport.protocol import Transcript as TranscriptEvent
 
 SPECULATION_MATCH_MS = 40  # a speculative transcript is used if the turn ended this close to where it did
 
@@ -42,7 +44,7 @@ class ListeningHost(Protocol):
 class Listener:
     def __init__(
         self, settings: OrchestratorSettings, sample_rate: int, asr: AsrEngine, sm: StateMachine, host: ListeningHost,
-        *, emit: Callable[[dict], None], spawn: Callable[..., asyncio.Task],
+        *, emit: Callable[[ServerEvent], None], spawn: Callable[..., asyncio.Task],
     ) -> None:
         self.settings = settings
         self.sample_rate = sample_rate
@@ -83,7 +85,7 @@ class Listener:
             if isinstance(event, vad.SpeechStart):
                 self.speech_start_ms = event.t_ms
                 self._partial_at_ms = 0.0
-                self._emit({"type": "vad", "event": "speech_start"})
+                self._emit(VadEvent("speech_start"))
                 self.host.speech_started()
             elif isinstance(event, vad.ProvisionalEnd):
                 self._start_speculative_asr(event.t_ms)
@@ -99,7 +101,7 @@ class Listener:
 
     def _on_speech_end(self, event: vad.SpeechEnd) -> None:
         self.speech_start_ms = None
-        self._emit({"type": "vad", "event": "speech_end"})
+        self._emit(VadEvent("speech_end"))
         if not self.host.speech_ended():
             return
         loop = asyncio.get_running_loop()
@@ -130,7 +132,7 @@ class Listener:
     async def _partial_transcript(self, audio: np.ndarray) -> None:
         transcript = await self.asr.transcribe(audio, partial=True)
         if self.speech_start_ms is not None and transcript.text.strip():
-            self._emit({"type": "transcript", "text": transcript.text.strip(), "final": False})
+            self._emit(TranscriptEvent(transcript.text.strip(), final=False))
 
     def _start_speculative_asr(self, end_ms: float) -> None:
         self._drop_speculative()

@@ -6,18 +6,19 @@ from __future__ import annotations
 import asyncio
 
 from appliance.transport.base import Channel
+from appliance.transport.protocol import ServerEvent
 
 
 class Outbox:
     def __init__(self, channel: Channel) -> None:
         self.channel = channel
-        self._queue: asyncio.Queue[dict] = asyncio.Queue()
+        self._queue: asyncio.Queue[ServerEvent] = asyncio.Queue()
         self._sender: asyncio.Task | None = None
 
     def start(self) -> None:
         self._sender = asyncio.ensure_future(self._send())
 
-    def emit(self, event: dict) -> None:
+    def emit(self, event: ServerEvent) -> None:
         self._queue.put_nowait(event)
 
     async def flush(self, timeout: float = 1.0) -> None:

@@ -1,5 +1,6 @@
 """Maps positions in the client's input audio to the loop time they arrived at, so latencies can
-be measured from "the instant the user's speech ended in the input audio" (DESIGN.md metrics)."""
+be measured from "the instant the user's speech ended in the input audio" (as the latency metrics
+are defined)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,10 @@
-"""Per-turn timings and the `metrics` message (definitions in DESIGN.md, "Metrics")."""
+"""Per-turn timings and the `metrics` event (fields defined by the WebSocket protocol, docs/protocol.md)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from appliance.transport.protocol import TurnMetrics
 
 
 @dataclass
@@ -20,12 +22,15 @@ class TurnTimes:
     def _ms(a: float | None, b: float | None) -> float | None:
         return None if a is None or b is None else round((b - a) * 1000, 1)
 
-    def message(self) -> dict:
+    def stages_ms(self) -> dict[str, float | None]:
+        """Each stage's latency in ms (None: not measured in this turn), by stage name."""
         return {
-            "type": "metrics",
-            "endpoint_ms": self._ms(self.speech_end_arrival, self.endpoint_at),
-            "asr_ms": None if self.asr_ms is None else round(self.asr_ms, 1),
-            "responder_ms": self._ms(self.responder_started, self.first_text_at),
-            "tts_first_frame_ms": self._ms(self.first_text_at, self.first_frame_at),
-            "voice_to_voice_ms": self._ms(self.speech_end_arrival, self.first_sent_at),
+            "endpoint": self._ms(self.speech_end_arrival, self.endpoint_at),
+            "asr": None if self.asr_ms is None else round(self.asr_ms, 1),
+            "responder": self._ms(self.responder_started, self.first_text_at),
+            "tts_first_frame": self._ms(self.first_text_at, self.first_frame_at),
+            "voice_to_voice": self._ms(self.speech_end_arrival, self.first_sent_at),
         }
+
+    def event(self) -> TurnMetrics:
+        return TurnMetrics(**{f"{stage}_ms": ms for stage, ms in self.stages_ms().items()})

@@ -18,7 +18,7 @@ from appliance.orchestrator.workers.pool import TtsUnavailable, WorkerPool
 from appliance.orchestrator.workers.reply_stream import ReplyStream
 from appliance.orchestrator.workers.wait import wait_for_worker
 from appliance.rpc import tts_pb2 as pb
-from appliance.tts.client import COMMANDS, TTSClient
+from appliance.tts.client import Control, TTSClient
 
 log = logging.getLogger(__name__)
 
@@ -116,25 +116,24 @@ class TtsLink:
     async def unpaused(self) -> None:
         await self._unpaused.wait()
 
-    async def control(self, command: str) -> bool:
-        command = command.lower()
-        if command == "pause":
+    async def control(self, command: Control) -> bool:
+        if command is Control.PAUSE:
             self.paused = True
             self._unpaused.clear()
-        elif command in ("resume", "stop"):
+        elif command in (Control.RESUME, Control.STOP):
             self.paused = False  # a PAUSE is in force (barge-in): a failover holds the new stream back
             self._unpaused.set()
         client = self.client
         if client is None:
             return False
         try:
-            request = pb.ControlRequest(session_id=self.session_id, command=COMMANDS[command])
+            request = pb.ControlRequest(session_id=self.session_id, command=int(command))
             await client.stub.Control(request, timeout=CONTROL_TIMEOUT_S)
             return True
         except grpc.aio.AioRpcError as exc:
             log.warning(
                 "control %s failed session=%s worker=%s: %s %s",
-                command, self.session_id, client.address, exc.code().name, exc.details(),
+                command.name.lower(), self.session_id, client.address, exc.code().name, exc.details(),
             )
             return False
 

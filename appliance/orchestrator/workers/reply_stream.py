@@ -10,7 +10,7 @@ the client hears a gap (and the segment that was under way again from its start)
 With no worker left, ``frames()`` raises :class:`TtsUnavailable`.
 
 A frame is *due* when there is text the worker can voice (a finished reply, or a complete sentence
-not yet voiced), the reply is not paused by barge-in, and the audio the orchestrator still holds
+not yet voiced, by the rule the worker's segmenter uses: :mod:`appliance.sentences`), the reply is not paused by barge-in, and the audio the orchestrator still holds
 for the client is down to ``LOW_WATER_S``: a worker that synthesises ahead is never suspected
 while the client still has audio to play, however long the next sentence takes.
 
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -31,6 +30,7 @@ import grpc
 
 from appliance.orchestrator.workers.pool import TtsUnavailable
 from appliance.rpc import tts_pb2 as pb
+from appliance.sentences import find_voiceable_end
 from appliance.tts.client import TTSClient
 
 __all__ = ["Failover", "ReplyStream", "StreamHost"]
@@ -45,7 +45,6 @@ FAILOVER_CODES = frozenset({
     grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL,
     grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED, grpc.StatusCode.NOT_FOUND,
 })
-_VOICEABLE = re.compile(r"[.!?…][\"'”’»)\]]*\s|\n")  # a sentence end the worker's segmenter can act on
 _EOS = object()
 _CANCELLED = object()
 
@@ -226,7 +225,7 @@ class ReplyStream:
     def _stalled(self, now: float) -> bool:
         due = (
             not self.host.paused
-            and (self.finished or _VOICEABLE.search(self.text, self.voiced) is not None)
+            and (self.finished or find_voiceable_end(self.text, self.voiced) is not None)
             and self.buffered() <= LOW_WATER_S
         )
         if not due:

@@ -18,9 +18,9 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, replace
 
+from appliance.audio.format import OUTPUT_RATE
 from appliance.discovery import WorkerRecord
 
-OUTPUT_RATE = 48000
 _INF = float("inf")
 
 

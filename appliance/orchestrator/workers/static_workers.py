@@ -15,10 +15,9 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 
-from appliance.discovery import Capabilities, LiveMetrics, WorkerRecord
+from appliance.discovery import Capabilities, LiveMetrics, WorkerRecord, flags_for
 from appliance.orchestrator.workers.registry import WorkerRegistry
 from appliance.rpc import tts_pb2 as pb
-from appliance.tts.registration import ENGINE_CAPS
 
 log = logging.getLogger(__name__)
 
@@ -30,17 +29,17 @@ Probe = Callable[[str], Awaitable[pb.GetCapabilitiesResponse]]
 
 def record_from_capabilities(address: str, caps: pb.GetCapabilitiesResponse) -> WorkerRecord:
     """The routing record of a worker as its ``GetCapabilities`` answer describes it."""
-    flags = [ENGINE_CAPS.get(e, {"cpu_ok": False}) for e in caps.engines]  # as the worker's own record does
+    flags = flags_for(caps.engines)  # as the worker's own record does
     return WorkerRecord(
         name=caps.worker_name or address,
         address=address,
         capabilities=Capabilities(
             streaming=caps.streaming,
-            zero_shot=any(f.get("zero_shot", False) for f in flags),
-            lora=any(f.get("lora", False) for f in flags),
-            cpu_ok=bool(flags) and all(f.get("cpu_ok", False) for f in flags),
+            zero_shot=flags.zero_shot,
+            lora=flags.lora,
+            cpu_ok=flags.cpu_ok,
             languages=tuple(caps.languages),
-            emotive_zero_prompt=any(f.get("emotive_zero_prompt", False) for f in flags),
+            emotive_zero_prompt=flags.emotive_zero_prompt,
             max_concurrent_sessions=max(caps.max_sessions, 0) or _DEFAULT_CAPS.max_concurrent_sessions,
             sample_rates=tuple(caps.output_sample_rates) or _DEFAULT_CAPS.sample_rates,
             gpu=caps.gpu,

@@ -18,6 +18,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from appliance.discovery import UNKNOWN_ENGINE, EngineCapabilities
 from appliance.tts.catalog import ModelSpec
 
 WARMUP_TEXT = "Hello, this is a warm-up."
@@ -69,6 +70,8 @@ _END = object()
 
 class EngineAdapter(ABC):
     engine: ClassVar[str]
+    # What the engine can do, for routing; the worker's record combines those of its engines.
+    capabilities: ClassVar[EngineCapabilities] = UNKNOWN_ENGINE
     # True when a segment's first audio comes before the whole segment is made (set at load).
     streams_within_segment: bool = False
 

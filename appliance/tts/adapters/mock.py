@@ -7,11 +7,13 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from appliance.discovery import ENGINE_CAPABILITIES
 from appliance.tts.adapters.base import EngineAdapter
 
 
 class MockSineAdapter(EngineAdapter):
     engine = "mock"
+    capabilities = ENGINE_CAPABILITIES["mock"]
     word_s = 0.12
     gap_s = 0.03
     # Seconds each chunk takes to "synthesise"; tests raise it to simulate a slow or hung engine.

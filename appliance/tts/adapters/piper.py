@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from appliance.discovery import ENGINE_CAPABILITIES
 from appliance.tts.adapters.base import EngineAdapter
 from appliance.tts.adapters.vits_split import SplitVits, cut_graph
 
@@ -28,6 +29,7 @@ def cuda_available() -> bool:
 
 class PiperAdapter(EngineAdapter):
     engine = "piper"
+    capabilities = ENGINE_CAPABILITIES["piper"]  # CPU real time; no cloning, no adapters
 
     def load(self) -> None:
         from piper import PiperVoice, SynthesisConfig

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance import bundle
+from appliance import offline_bundle as bundle
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,7 +43,7 @@ def test_parse_depends_keeps_real_packages_once():
 
 
 def test_locked_models_come_from_models_lock():
-    from appliance.modelstore.bundle import pins
+    from appliance.modelstore.model_wheels import pins
 
     chosen = bundle.locked_models(bundle.DEFAULT_MODELS, ROOT / "models.lock")
     assert [m.id for m in chosen] == list(bundle.DEFAULT_MODELS)
@@ -150,7 +150,7 @@ def _wheel(directory, name: str, requires: list[str]) -> None:
 
 
 def test_wheels_needed_only_by_an_older_patch_release_are_found(tmp_path):
-    from appliance.bundle import missing_on_target
+    from appliance.offline_bundle import missing_on_target
 
     _wheel(tmp_path, "client", [
         'async-timeout>=4.0.3; python_full_version < "3.11.3"',  # redis on Debian's 3.11.2

