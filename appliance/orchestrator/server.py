@@ -30,8 +30,9 @@ WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 
 
 class Orchestrator:
-    def __init__(self, settings: OrchestratorSettings, asr=None) -> None:
+    def __init__(self, settings: OrchestratorSettings, asr=None, responder_note: str | None = None) -> None:
         self.settings = settings
+        self.responder_note = responder_note  # why this responder (e.g. the echo fallback's reason)
         a = settings.asr
         self.asr = asr or WhisperAsr(
             model=a.model, device=a.device, compute_type=a.compute_type, cpu_threads=a.cpu_threads,
@@ -97,13 +98,13 @@ class Orchestrator:
             raise ConfigError(f"[responder] kind = \"embedded\": {exc}") from None
 
     def responder_description(self) -> str:
-        """What answers: "echo", "openai <model> at <url>", "embedded <file>" (the page and /healthz show it)."""
+        """What answers: "echo", "openai <model>", "embedded <file>" (the page and /healthz show it)."""
         r = self.settings.responder
         if r.kind == "embedded" and self.llm is not None:
             return f"embedded {self.llm.name}"
         if r.kind == "openai":
             return f"openai {r.model}"
-        return r.kind
+        return r.kind + (f" ({self.responder_note})" if self.responder_note else "")
 
     def _status_line(self) -> str:
         return f"serving on {self.settings.host}:{self.port}, {len(self.conversations)} sessions"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -18,18 +19,22 @@ from voices import pad, piper_speech
 def test_run_then_chat_with_a_wav(tmp_path):
     port = free_port()
     log = (tmp_path / "run.log").open("wb")
-    run = subprocess.Popen([sys.executable, "-m", "appliance", "run", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
+    # The echo responder (named in the environment): this test is about the plumbing, and the
+    # embedded LLM's own spoken turns are tested in test_conversation_llm.py.
+    run = subprocess.Popen([sys.executable, "-m", "appliance", "run", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
+                           env={**os.environ, "APPLIANCE_RESPONDER__KIND": "echo"})
     try:
         deadline = time.monotonic() + 120
         while True:
             try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).read()
+                health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).read())
                 break
             except OSError:
                 assert run.poll() is None, (tmp_path / "run.log").read_text()
                 assert time.monotonic() < deadline, "appliance run did not come up"
                 time.sleep(0.3)
         assert f"http://localhost:{port}/" in (tmp_path / "run.log").read_text()
+        assert health["responder"] == "echo"
 
         question = tmp_path / "question.wav"
         write_wav(question, pad(piper_speech("Can you turn on the radio?", 22050), 22050, 0.3, 0.2).tobytes(), 22050)

@@ -41,17 +41,20 @@ class EmbeddedResponder(Responder):
         self.first_token_timeout_s = first_token_timeout_s
         self.last: Generation | None = None  # the latest generation's counters (tests, the bench)
         self.last_timings: dict = {}
+        self.produced = ""  # the latest reply as far as it was written
 
     def request(self, messages: list[dict[str, str]]) -> dict:
         return {"messages": messages, "max_tokens": self.max_tokens, "temperature": self.temperature}
 
     async def respond(self, text: str, history: list[Turn]) -> AsyncIterator[str]:
+        self.produced = ""
         budget = self.memory.budget_tokens
         for attempt in range(3):
             messages = self.memory.messages(text, history, budget if attempt < 2 else 0)
             try:
                 async with aclosing(self._stream(messages)) as pieces:
                     async for piece in pieces:
+                        self.produced += piece
                         yield piece
                 return
             except ContextOverflow as exc:
