@@ -103,6 +103,7 @@ class LlamaEngine:
         params.n_ctx = s.context_tokens * s.parallel  # llama.cpp splits the context across its slots
         params.n_gpu_layers = s.n_gpu_layers
         params.warmup = False
+        params.verbosity = 0  # llama.cpp's own log is per token; failures come back as exceptions and errors
         params.ctx_shift = False  # overflow is handled here (history trimmed), not by dropping tokens
         if s.threads > 0:
             params.cpuparams.n_threads = s.threads
