@@ -6,6 +6,7 @@ Greedy sampling (temperature 0) keeps the small model's answers the same on ever
 from __future__ import annotations
 
 import asyncio
+import itertools
 from contextlib import aclosing
 
 import pytest
@@ -163,3 +164,29 @@ async def test_the_orchestrator_refuses_to_start_without_its_model(start_orchest
             workers=[piper_worker.address],
             responder={"kind": "embedded", "model": "llama-3.2-3b-instruct", "models_dir": str(tmp_path)})
     assert "appliance models fetch" in str(err.value) and "llama-3.2-3b-instruct" in str(err.value)
+
+
+async def test_the_event_loop_keeps_turning_while_a_reply_is_generated(engine):
+    """Generation runs on the engine's thread with the GIL released: another task (another
+    session's audio) runs between the reply's tokens, not only after the reply."""
+    ticks = 0
+    stop = asyncio.Event()
+
+    async def ticker():
+        nonlocal ticks
+        while not stop.is_set():
+            ticks += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.ensure_future(ticker())
+    at_token: list[int] = []
+    try:
+        async with aclosing(responder(engine, max_tokens=24).respond("Tell me about the sea.", [])) as stream:
+            async for _ in stream:
+                at_token.append(ticks)
+    finally:
+        stop.set()
+        await task
+    assert len(at_token) > 3
+    gaps = [b - a for a, b in itertools.pairwise(at_token)]
+    assert sum(1 for g in gaps if g > 0) >= len(gaps) // 2, gaps  # the loop ran between most tokens

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import threading
 from collections.abc import AsyncIterator
@@ -167,19 +168,26 @@ class LlamaEngine:
                 return True
             item = _parse(chunk)
             if item is not None:
-                loop.call_soon_threadsafe(put, item)
+                try:
+                    loop.call_soon_threadsafe(put, item)
+                except RuntimeError:  # the loop is gone (shutdown): nobody to tell, stop
+                    gen.stop.set()
+                    return True
             return False
+
+        def tell(item: Any) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop may be gone (shutdown)
+                loop.call_soon_threadsafe(put, item)
 
         try:
             result = self._server.handle_chat_completions(request, on_chunk)
             if isinstance(result, dict) and "error" in result:  # refused before the first token
-                loop.call_soon_threadsafe(put, _error(result["error"]))
+                tell(_error(result["error"]))
         except Exception as exc:  # noqa: BLE001 - reported to the consumer, never lost
-            loop.call_soon_threadsafe(put, ResponderError("responder_unavailable", f"llama.cpp failed: {exc}"))
+            tell(ResponderError("responder_unavailable", f"llama.cpp failed: {exc}"))
         finally:
             gen.done.set()
-            if not loop.is_closed():
-                loop.call_soon_threadsafe(put, _END)
+            tell(_END)
 
 
 def _parse(chunk: Any) -> Chunk | ResponderError | ContextOverflow | None:
