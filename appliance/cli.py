@@ -247,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = bsub.add_parser("responder", help="the embedded LLM: first token/sentence, tokens/s, cancel, vs the raw runtime")
     q.add_argument("--prompts", type=int, default=20)
     q.add_argument("--model", default="local", help="a models.lock LLM id or a .gguf path (local: smollm2-135m-instruct)")
-    q.add_argument("--threads", type=int, default=0, help="llama.cpp CPU threads (0: its default)")
+    q.add_argument("--threads", type=int, default=0, help="llama.cpp CPU threads (0: half the cores)")
     q.add_argument("--n-gpu-layers", type=int, default=0)
     q.add_argument("--max-tokens", type=int, default=60)
     q.add_argument("--cancel-trials", type=int, default=10)

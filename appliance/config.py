@@ -190,7 +190,7 @@ class ResponderSettings(_Section):
     max_tokens: int = Field(120, ge=8, le=4096, description="embedded: the longest reply, in tokens")
     temperature: float = Field(0.3, ge=0, le=2, description="embedded: sampling temperature")
     n_gpu_layers: int = Field(0, ge=-1, description="embedded: layers offloaded to the GPU (-1: all; 0: CPU only)")
-    threads: int = Field(0, ge=0, description="embedded: CPU threads for llama.cpp (0: its default)")
+    threads: int = Field(0, ge=0, description="embedded: CPU threads for llama.cpp (0: half the cores, at least 1)")
     parallel: int = Field(2, ge=1, le=64, description="embedded: replies generated at once (llama.cpp slots)")
     max_waiting: int = Field(
         2, ge=0, description="embedded: replies that may wait for a free slot; more are refused with responder_busy")

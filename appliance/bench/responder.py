@@ -24,6 +24,7 @@ import numpy as np
 from appliance.config import ResponderSettings
 from appliance.orchestrator.respond import create_responder
 from appliance.orchestrator.respond.embedded import engine_for
+from appliance.orchestrator.respond.llama import default_threads
 from appliance.sentences import split_sentences
 
 PROMPTS = [
@@ -146,7 +147,7 @@ async def run_bench(prompts: int = 20, model: str = "local", threads: int = 0, n
     result = {
         "bench": "responder",
         "model": engine.name,
-        "settings": {"threads": threads or "default", "n_gpu_layers": n_gpu_layers, "max_tokens": max_tokens,
+        "settings": {"threads": threads or default_threads(), "n_gpu_layers": n_gpu_layers, "max_tokens": max_tokens,
                      "context_tokens": context_tokens, "temperature": 0.0},
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_1m": os.getloadavg()[0]},
         "load_s": round(load_s, 2),
