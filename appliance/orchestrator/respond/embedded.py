@@ -42,6 +42,7 @@ class EmbeddedResponder(Responder):
         self.last: Generation | None = None  # the latest generation's counters (tests, the bench)
         self.last_timings: dict = {}
         self.produced = ""  # the latest reply as far as it was written
+        self.overflows = 0  # prompts the runtime found too long (then sent again, trimmed)
 
     def request(self, messages: list[dict[str, str]]) -> dict:
         return {"messages": messages, "max_tokens": self.max_tokens, "temperature": self.temperature}
@@ -58,8 +59,12 @@ class EmbeddedResponder(Responder):
                         yield piece
                 return
             except ContextOverflow as exc:
+                self.overflows += 1
                 fits = self.engine.settings.context_tokens - self.max_tokens
-                budget = min(budget, fits) // 2 if attempt == 0 else 0
+                if attempt == 0 and exc.prompt_tokens > 0:  # scale the estimate by the runtime's own count
+                    budget = int(min(budget, fits) * fits / exc.prompt_tokens * 0.9)
+                else:
+                    budget = min(budget, fits) // 2 if attempt == 0 else 0
                 log.info("prompt overflowed the context (%s); trimming the history to %d tokens", exc, budget)
         raise ResponderError("responder_bad_response", "the question alone does not fit the model's context")
 

@@ -45,7 +45,12 @@ class ModelLoadError(RuntimeError):
 
 
 class ContextOverflow(Exception):
-    """The prompt does not fit the slot's context."""
+    """The prompt does not fit the slot's context (the runtime's own token counts, when it gave them)."""
+
+    def __init__(self, message: str, prompt_tokens: int = 0, context_tokens: int = 0) -> None:
+        super().__init__(message)
+        self.prompt_tokens = prompt_tokens
+        self.context_tokens = context_tokens
 
 
 @dataclass
@@ -218,5 +223,6 @@ def _error(error: Any) -> ResponderError | ContextOverflow:
     message = error.get("message", str(error)) if isinstance(error, dict) else str(error)
     kind = error.get("type", "") if isinstance(error, dict) else ""
     if kind == "exceed_context_size_error" or "context" in message.lower() and "exceed" in message.lower():
-        return ContextOverflow(message)
+        counts = error if isinstance(error, dict) else {}
+        return ContextOverflow(message, int(counts.get("n_prompt_tokens") or 0), int(counts.get("n_ctx") or 0))
     return ResponderError("responder_unavailable", f"llama.cpp refused the request: {message}")
