@@ -65,7 +65,7 @@ async def test_an_interrupted_reply_is_remembered_only_as_far_as_it_was_heard(cl
     history = conv.replier.history
     assert [t.role for t in history] == ["user", "assistant"]
     heard = normal(history[1].text)
-    produced = normal(conv.responder.produced)  # everything the model wrote before the stop
+    produced = normal(conv.replier.responder.produced)  # everything the model wrote before the stop
     assert heard, "nothing kept, though seconds of the reply were played"
     assert produced.startswith(heard), (heard, produced)
     assert len(heard) < len(produced), "the whole reply was kept, not only what was heard"
