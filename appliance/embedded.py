@@ -3,6 +3,7 @@ orchestrator on this machine; no Redis, no root."""
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import subprocess
@@ -48,6 +49,10 @@ def choose_responder(settings: OrchestratorSettings) -> tuple[OrchestratorSettin
     if "kind" in settings.responder.model_fields_set:
         return settings, None
     model = settings.responder.model if settings.responder.model not in ("", "local") else DEFAULT_LLM
+    if importlib.util.find_spec("xllamacpp") is None:
+        note = "llama.cpp (the xllamacpp wheel) is not installed; `pip install xllamacpp` adds it"
+        log.warning("answering with the echo responder: %s", note)
+        return settings, note
     if installed(model, settings.responder.models_dir) is None:
         note = f"no LLM installed; `{fetch_command(model)}` installs one"
         log.warning("answering with the echo responder: %s", note)
