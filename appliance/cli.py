@@ -124,6 +124,15 @@ def cmd_bench_conversation(args: argparse.Namespace) -> int:
     return _report(result, args.out)
 
 
+def cmd_bench_responder(args: argparse.Namespace) -> int:
+    from appliance.bench.responder import run_bench
+
+    result = asyncio.run(run_bench(
+        prompts=args.prompts, model=args.model, threads=args.threads, n_gpu_layers=args.n_gpu_layers,
+        max_tokens=args.max_tokens, cancel_trials=args.cancel_trials))
+    return _report(result, args.out)
+
+
 def cmd_workers(args: argparse.Namespace) -> int:
     from appliance.config import OrchestratorSettings
     from appliance.orchestrator.operator_view import fetch_orchestrator, format_table, read_redis
@@ -235,6 +244,15 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--redis-url", help="a running Redis (absent: start a redis-server on a free port)")
     q.add_argument("--out", help="also write the JSON here")
     q.set_defaults(func=cmd_bench_routing)
+    q = bsub.add_parser("responder", help="the embedded LLM: first token/sentence, tokens/s, cancel, vs the raw runtime")
+    q.add_argument("--prompts", type=int, default=20)
+    q.add_argument("--model", default="local", help="a models.lock LLM id or a .gguf path (local: smollm2-135m-instruct)")
+    q.add_argument("--threads", type=int, default=0, help="llama.cpp CPU threads (0: half the cores)")
+    q.add_argument("--n-gpu-layers", type=int, default=0)
+    q.add_argument("--max-tokens", type=int, default=60)
+    q.add_argument("--cancel-trials", type=int, default=10)
+    q.add_argument("--out", help="also write the JSON here")
+    q.set_defaults(func=cmd_bench_responder)
     q = bsub.add_parser("failover", help="the gap when the worker serving a reply is SIGKILLed or SIGSTOPped")
     q.add_argument("--trials", type=int, default=20)
     q.add_argument("--engine", choices=["mock", "piper", "both"], default="both")

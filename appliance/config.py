@@ -172,13 +172,28 @@ class VadSettings(VadConfig):
 
 
 class ResponderSettings(_Section):
-    kind: Literal["echo", "openai"] = "echo"
+    kind: Literal["echo", "openai", "embedded"] = "echo"
     url: str | None = Field(None, description="OpenAI-compatible base URL, e.g. http://127.0.0.1:8081/v1")
-    model: str = "local"
+    model: str = Field(
+        "local", description='openai: the model name sent; embedded: a models.lock id or a .gguf path '
+        '("local": smollm2-135m-instruct)')
     api_key: str | None = None
     system_prompt: str | None = None
     timeout_s: float = Field(20.0, gt=0)
     first_token_timeout_s: float = Field(8.0, gt=0)
+    models_dir: Path | None = Field(
+        None, description="embedded: where `appliance models fetch` installed the model, used before the packaged copy "
+        "(absent: $APPLIANCE_MODELS_DIR, else /var/lib/appliance/models)")
+    context_tokens: int = Field(2048, ge=256, le=131072, description="embedded: context of one generation (prompt + reply)")
+    history_tokens: int = Field(
+        0, ge=0, description="embedded: prompt budget (system prompt + history + question); 0: context_tokens - max_tokens")
+    max_tokens: int = Field(120, ge=8, le=4096, description="embedded: the longest reply, in tokens")
+    temperature: float = Field(0.3, ge=0, le=2, description="embedded: sampling temperature")
+    n_gpu_layers: int = Field(0, ge=-1, description="embedded: layers offloaded to the GPU (-1: all; 0: CPU only)")
+    threads: int = Field(0, ge=0, description="embedded: CPU threads for llama.cpp (0: half the cores, at least 1)")
+    parallel: int = Field(2, ge=1, le=64, description="embedded: replies generated at once (llama.cpp slots)")
+    max_waiting: int = Field(
+        2, ge=0, description="embedded: replies that may wait for a free slot; more are refused with responder_busy")
 
     @field_validator("url")
     @classmethod

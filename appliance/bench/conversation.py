@@ -5,6 +5,7 @@ same run. JSON out; p50/p95 over ≥20 turns."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import platform
 import subprocess
@@ -72,6 +73,15 @@ def _speech_bounds(samples: np.ndarray) -> tuple[float, float]:
     frames = samples[: len(samples) // hop * hop].astype(np.float32).reshape(-1, hop) / 32768
     loud = np.flatnonzero(np.sqrt(np.mean(frames**2, axis=1)) > 10 ** (-45 / 20))
     return loud[0] * 0.01, (loud[-1] + 1) * 0.01
+
+
+def _responder(ws_url: str) -> str | None:
+    """What answers there (the orchestrator's /healthz says; `appliance run` picks the embedded LLM when installed)."""
+    base = ws_url.replace("ws://", "http://", 1).replace("wss://", "https://", 1).rsplit("/ws", 1)[0]
+    try:
+        return json.loads(urllib.request.urlopen(base + "/healthz", timeout=5).read()).get("responder")
+    except (OSError, ValueError):
+        return None
 
 
 def _start_appliance(port: int) -> subprocess.Popen:
@@ -163,6 +173,7 @@ async def run_bench(turns: int = 20, url: str | None = None, port: int = 18080) 
     asr.close()
     proc = None if url else _start_appliance(port)
     url = url or f"ws://127.0.0.1:{port}/ws"
+    responder = _responder(url)
     try:
         v2v, stages, _words = [], {}, []
         for samples, _ in clips:
@@ -189,6 +200,7 @@ async def run_bench(turns: int = 20, url: str | None = None, port: int = 18080) 
     return {
         "benchmark": "conversation",
         "turns": turns,
+        "responder": responder,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "voice_to_voice_ms": v2v_stats,
         "server_stages_ms": {k: _stats(v) for k, v in stages.items()},

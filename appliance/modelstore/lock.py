@@ -36,7 +36,7 @@ from typing import Any
 
 LOCK_VERSION = 1
 LOCK_ENV = "APPLIANCE_MODELS_LOCK"
-KINDS = ("tts", "asr", "vad")
+KINDS = ("tts", "asr", "vad", "llm")
 SOURCE_TYPES = ("pypi", "assemble", "url")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")

@@ -12,7 +12,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from appliance.asr import WhisperAsr
-from appliance.config import OrchestratorSettings
+from appliance.config import ConfigError, OrchestratorSettings
 from appliance.discovery import redact
 from appliance.orchestrator.metrics import OrchestratorMetrics
 from appliance.orchestrator.respond import create_responder
@@ -30,8 +30,9 @@ WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 
 
 class Orchestrator:
-    def __init__(self, settings: OrchestratorSettings, asr=None) -> None:
+    def __init__(self, settings: OrchestratorSettings, asr=None, responder_note: str | None = None) -> None:
         self.settings = settings
+        self.responder_note = responder_note  # why this responder (e.g. the echo fallback's reason)
         a = settings.asr
         self.asr = asr or WhisperAsr(
             model=a.model, device=a.device, compute_type=a.compute_type, cpu_threads=a.cpu_threads,
@@ -44,6 +45,7 @@ class Orchestrator:
             lambda channel: self.converse(channel, "webrtc"), ice_servers=settings.webrtc.ice_servers,
             max_peers=settings.webrtc.max_peers, max_lead_ms=settings.playback.lead_ms,
         )
+        self.llm = None  # the embedded responder's loaded model, shared by every session
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
         self.notifier = Notifier()  # Type=notify: READY=1 once serving, WATCHDOG=1 while the loop turns
@@ -63,6 +65,8 @@ class Orchestrator:
 
     async def start(self) -> None:
         s = self.settings
+        if s.responder.kind == "embedded":
+            await self._load_llm()  # first: a missing model fails the start before anything else loads
         await self.pool.start()
         log.info("loading ASR model %s", s.asr.model)
         await self.asr.load_async()
@@ -81,6 +85,29 @@ class Orchestrator:
         dog = Watchdog(self.notifier, interval=watchdog_interval(default=10.0), status=self._status_line)
         self._watchdog = asyncio.create_task(dog.run(), name="watchdog")
 
+    async def _load_llm(self) -> None:
+        from appliance.orchestrator.respond.embedded import engine_for
+        from appliance.orchestrator.respond.llama import ModelLoadError
+        from appliance.orchestrator.respond.llm_files import LlmNotInstalled
+
+        try:
+            self.llm = engine_for(self.settings.responder)
+            log.info("loading LLM %s", self.llm.settings.model_path)
+            await self.llm.load_async()
+        except (LlmNotInstalled, ModelLoadError, ValueError) as exc:
+            raise ConfigError(f"[responder] kind = \"embedded\": {exc}") from None
+        except ImportError:
+            raise ConfigError('[responder] kind = "embedded" needs llama.cpp: pip install xllamacpp') from None
+
+    def responder_description(self) -> str:
+        """What answers: "echo", "openai <model>", "embedded <file>" (the page and /healthz show it)."""
+        r = self.settings.responder
+        if r.kind == "embedded" and self.llm is not None:
+            return f"embedded {self.llm.name}"
+        if r.kind == "openai":
+            return f"openai {r.model}"
+        return r.kind + (f" ({self.responder_note})" if self.responder_note else "")
+
     def _status_line(self) -> str:
         return f"serving on {self.settings.host}:{self.port}, {len(self.conversations)} sessions"
 
@@ -95,6 +122,8 @@ class Orchestrator:
             await self._runner.cleanup()
         await self.pool.close()
         self.asr.close()
+        if self.llm is not None:
+            self.llm.close()
 
     async def serve_forever(self) -> None:
         await serve_until_signalled(self.start, self.stop)
@@ -110,7 +139,8 @@ class Orchestrator:
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response(
             {"status": "ok", "asr": self.settings.asr.model, "sessions": len(self.conversations),
-             "workers": [w["address"] for w in self.pool.view()["workers"]]}
+             "workers": [w["address"] for w in self.pool.view()["workers"]],
+             "responder": self.responder_description()}
         )
 
     async def prometheus(self, request: web.Request) -> web.Response:
@@ -147,8 +177,9 @@ class Orchestrator:
             await channel.send_error("tts_unavailable", str(exc))
             await channel.close(CloseCode.UNAVAILABLE, "no TTS worker available")
             return
-        responder = create_responder(**s.responder.model_dump())
-        conv = Conversation(sid, channel, s, asr=self.asr, responder=responder, tts=tts, metrics=self.metrics)
+        responder = create_responder(**s.responder.model_dump(), engine=self.llm)
+        conv = Conversation(sid, channel, s, asr=self.asr, responder=responder, tts=tts, metrics=self.metrics,
+                            responder_description=self.responder_description())
         self.conversations[sid] = conv
         self.metrics.sessions.labels(transport).inc()
         self.metrics.sessions_total.labels(transport).inc()

@@ -184,6 +184,13 @@ class Ready(ServerEvent):
     session_id: str
     sample_rate: int = OUTPUT_RATE
     frame_ms: int = FRAME_MS
+    responder: str | None = None  # what answers ("echo", "embedded <model file>", …); left out when not given
+
+    def to_dict(self) -> dict:
+        d = super().to_dict()
+        if d["responder"] is None:
+            del d["responder"]
+        return d
 
 
 SessionState = Literal["IDLE", "LISTENING", "SPEAKING", "BARGED_IN", "WAITING_FOR_INPUT", "TERMINATED"]

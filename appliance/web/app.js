@@ -91,7 +91,8 @@ function onEvent(transport, msg) {
     case "ready":
       app.sessionId = msg.session_id || null;
       app.sawTerminated = false;
-      ui.setSession(app.sessionId ? `session ${app.sessionId} · ${transport.name}` : transport.name);
+      ui.setSession((app.sessionId ? `session ${app.sessionId} · ${transport.name}` : transport.name) +
+        (msg.responder ? ` · answers: ${msg.responder}` : ""));
       break;
     case "state": {
       app.thinking = false;

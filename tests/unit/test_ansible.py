@@ -188,6 +188,8 @@ def test_every_model_the_roles_install_is_in_models_lock():
             lists[inv.name] = models
     unknown = {where: sorted(set(ids) - locked) for where, ids in lists.items() if set(ids) - locked}
     assert not unknown, unknown
+    llm = _load(ANSIBLE / "roles/base/defaults/main.yml")["appliance_llm"]
+    assert llm == {"kind": "embedded", "model": "smollm2-135m-instruct"} and llm["model"] in locked
 
 
 def test_without_a_pip_spec_the_playbook_installs_a_wheel_of_its_own_checkout():

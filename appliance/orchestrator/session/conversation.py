@@ -44,11 +44,12 @@ log = logging.getLogger(__name__)
 class Conversation:
     def __init__(
         self, session_id: str, channel: Channel, settings: OrchestratorSettings, *, asr: AsrEngine,
-        responder: Responder, tts: TtsLink, metrics=None,
+        responder: Responder, tts: TtsLink, metrics=None, responder_description: str | None = None,
     ) -> None:
         self.id = session_id
         self.channel = channel
         self.settings = settings
+        self.responder_description = responder_description or responder.name  # the ready event names it
         self.tts = tts
         self.metrics = metrics
         self.outbox = Outbox(channel)
@@ -70,7 +71,7 @@ class Conversation:
     async def run(self) -> None:
         self.playback.start()
         self.outbox.start()
-        await self.channel.send_event(Ready(self.id))
+        await self.channel.send_event(Ready(self.id, responder=self.responder_description))
         self.sm.to(State.LISTENING)
         try:
             while True:

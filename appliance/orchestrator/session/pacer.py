@@ -3,7 +3,9 @@
 The client plays what it receives at once, so what it holds is "how far ahead of real time the
 audio sent so far reaches". Keeping that at most ``lead`` means a barge-in leaves at most
 ``lead`` of reply audio in the client's hands. ``hold()`` stops sending at once (before the
-next frame); ``clear()`` drops the frames queued here; ``release()`` continues."""
+next frame); ``clear()`` drops the frames queued here; ``release()`` continues. A frame may carry
+a ``mark`` (what it stands for, e.g. how much of the reply text it completes); ``sent_mark`` is
+the mark of the last frame sent."""
 
 from __future__ import annotations
 
@@ -22,7 +24,8 @@ class Pacer:
     ) -> None:
         self._send = send
         self.lead_s = lead_s
-        self._frames: collections.deque[bytes] = collections.deque()
+        self._frames: collections.deque[tuple[bytes, object]] = collections.deque()
+        self.sent_mark: object = None
         self._ready = asyncio.Event()
         self._open = asyncio.Event()
         self._open.set()
@@ -46,8 +49,8 @@ class Pacer:
         """Call ``callback`` once, right after the next frame is sent (first reply frame timing)."""
         self._on_next_send = callback
 
-    def push(self, frame: bytes) -> None:
-        self._frames.append(frame)
+    def push(self, frame: bytes, mark: object = None) -> None:
+        self._frames.append((frame, mark))
         self._drained.clear()
         self._ready.set()
 
@@ -104,7 +107,7 @@ class Pacer:
                 continue  # re-check: a hold or clear may have come meanwhile
             if not self._frames or not self._open.is_set():
                 continue
-            frame = self._frames.popleft()
+            frame, mark = self._frames.popleft()
             self._playout_end = max(self._playout_end, now) + FRAME_S
             self._sending = True
             try:
@@ -116,6 +119,7 @@ class Pacer:
             finally:
                 self._sending = False
             self.sent += 1
+            self.sent_mark = mark
             if self._on_next_send is not None:
                 callback, self._on_next_send = self._on_next_send, None
                 callback()

@@ -45,6 +45,14 @@ class Playback:
         drops the queued frames of a segment that a failover voices again from its start."""
         return link.reply(buffered=self._buffered_s, on_failover=self.pacer.drop_last)
 
+    def heard_offset(self, reply: ReplyStream) -> int:
+        """How much of ``reply.text`` the client has been sent whole: the text offset of the last
+        frame of this reply that went out (a sentence cut off mid-way does not count)."""
+        mark = self.pacer.sent_mark
+        if isinstance(mark, tuple) and mark[0] is reply:
+            return mark[1]
+        return 0
+
     def _buffered_s(self) -> float:
         return self.pacer.queued * FRAME_MS / 1000 + self.pacer.playout_remaining()
 
@@ -61,7 +69,7 @@ class Playback:
                 self.pacer.on_next_send(lambda: setattr(times, "first_sent_at", loop.time()))
             if self.sm.state not in (State.SPEAKING, State.BARGED_IN):
                 return  # the reply was stopped
-            self.pacer.push(frame)
+            self.pacer.push(frame, (reply, reply.voiced))  # once played, reply.text[:voiced] was heard
 
     async def finish(
         self, reply: ReplyStream, pump: asyncio.Future, unavailable: Callable[[TtsUnavailable], None],

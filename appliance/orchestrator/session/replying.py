@@ -38,11 +38,36 @@ class Replier:
     async def answer(self, text: str, times: TurnTimes) -> None:
         self.history.append(Turn("user", text))
         reply = self.playback.reply(self.tts)
+        times.responder_started = asyncio.get_running_loop().time()
+        pump = asyncio.ensure_future(self.playback.pump(reply, times))
+        said: Turn | None = None
+        try:
+            spoken = await self._write(text, reply, pump, times)
+            if spoken:
+                said = Turn("assistant", " ".join(spoken))
+                self.history.append(said)
+            await self._finish(reply, pump)
+        except asyncio.CancelledError:  # barge-in or interrupt: remember only what was heard
+            self._keep_heard(reply, said)
+            raise
+        self._emit(times.event())
+        if self.metrics:
+            self.metrics.observe_turn(times)
+
+    def _keep_heard(self, reply: ReplyStream, said: Turn | None) -> None:
+        """The assistant's turn in the history becomes the text voiced by the last frame played
+        (so the model never believes it said what nobody heard); nothing heard, no turn."""
+        heard = reply.text[: self.playback.heard_offset(reply)].strip()
+        self.history = [turn for turn in self.history if turn is not said]
+        if heard:
+            self.history.append(Turn("assistant", heard))
+        log.info("reply stopped session=%s heard %d of %d chars", self.id, len(heard), len(reply.text.strip()))
+
+    async def _write(self, text: str, reply: ReplyStream, pump: asyncio.Future, times: TurnTimes) -> list[str]:
+        """The responder's words to the worker as they come; the sentences said, as the client saw them."""
         loop = asyncio.get_running_loop()
-        times.responder_started = loop.time()
         spoken: list[str] = []
         pending = ""
-        pump = asyncio.ensure_future(self.playback.pump(reply, times))
         try:
             async with contextlib.aclosing(self.responder.respond(text, self.history[:-1])) as pieces:
                 async for piece in pieces:
@@ -61,12 +86,7 @@ class Replier:
             reply.cancel()
             pump.cancel()
             raise
-        if spoken:
-            self.history.append(Turn("assistant", " ".join(spoken)))
-        await self._finish(reply, pump)
-        self._emit(times.event())
-        if self.metrics:
-            self.metrics.observe_turn(times)
+        return spoken
 
     def _show(self, sentences: list[str], spoken: list[str]) -> None:
         """Reply text for the client, a sentence at a time (as the worker voices it)."""
