@@ -51,6 +51,12 @@ class WyomingHandler(AsyncEventHandler):
         self._audio_s = 0.0
         self._language: str | None = None
 
+    async def run(self) -> None:
+        try:
+            await super().run()
+        except (ConnectionError, asyncio.IncompleteReadError):  # the client went away mid-event
+            log.info("wyoming client gone peer=%s", self.peer)
+
     async def handle_event(self, event: Event) -> bool:
         if self._busy:
             await self._error("busy", f"the appliance is serving its maximum of {self.service.max_clients} clients")
