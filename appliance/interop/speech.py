@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections.abc import AsyncIterator
 
+from appliance.audio import OUTPUT_RATE
 from appliance.config import OrchestratorSettings
 from appliance.orchestrator.workers import ReplyStream, TtsLink, TtsUnavailable, WorkerPool
 
@@ -17,11 +19,27 @@ __all__ = ["SpeechSession", "TtsUnavailable", "speech_session"]
 
 
 class SpeechSession:
-    """One request's text in (``feed``/``finish``, or ``say``), its frames out (``frames``)."""
+    """One request's text in (``feed``/``finish``), its frames out (``frames``).
+
+    The client is taken to play what it is sent in real time from the first frame, so the audio
+    it still holds is what was sent minus the time since: while that lasts, a worker that is slow
+    to the next frame is not suspected of hanging. After a failover the segment under way is voiced
+    again from its start; the frames of it already sent are skipped, not sent twice."""
 
     def __init__(self, link: TtsLink) -> None:
         self.link = link
-        self.reply: ReplyStream = link.reply()
+        self._sent_s = 0.0
+        self._first_at: float | None = None
+        self._skip = 0
+        self.reply: ReplyStream = link.reply(buffered=self._buffered, on_failover=self._failed_over)
+
+    def _buffered(self) -> float:
+        if self._first_at is None:
+            return 0.0
+        return max(0.0, self._sent_s - (time.monotonic() - self._first_at))
+
+    def _failed_over(self, repeated_frames: int) -> None:
+        self._skip += repeated_frames
 
     def feed(self, text: str) -> None:
         self.reply.feed(text)
@@ -33,6 +51,12 @@ class SpeechSession:
         """20 ms PCM16 frames at 48 kHz; raises :class:`TtsUnavailable` when no worker can go on."""
         try:
             async for frame in self.reply.frames():
+                if self._skip:
+                    self._skip -= 1
+                    continue
+                if self._first_at is None:
+                    self._first_at = time.monotonic()
+                self._sent_s += len(frame) / (2 * OUTPUT_RATE)
                 yield frame
         finally:
             self.reply.cancel()
