@@ -23,6 +23,7 @@ class Format:
     codec: str
     content_type: str
     rate: int | None = None  # the rate this format is always written at (None: the input's)
+    options: tuple[tuple[str, str], ...] = ()  # muxer options
 
 
 FORMATS: dict[str, Format] = {
@@ -30,7 +31,8 @@ FORMATS: dict[str, Format] = {
     "pcm": Format("", "pcm_s16le", "audio/pcm", rate=24_000),
     "wav": Format("wav", "pcm_s16le", "audio/wav"),
     "mp3": Format("mp3", "libmp3lame", "audio/mpeg"),
-    "opus": Format("ogg", "libopus", "audio/ogg"),  # Opus in Ogg, as OpenAI serves it
+    # Opus in Ogg, as OpenAI serves it; a page per packet, not per second, so it streams.
+    "opus": Format("ogg", "libopus", "audio/ogg", options=(("page_duration", "20000"),)),
     "flac": Format("flac", "flac", "audio/flac"),
     "aac": Format("adts", "aac", "audio/aac"),
 }
@@ -66,7 +68,7 @@ class StreamEncoder:
         self._sink = _Sink()
         self._container = None
         if fmt.container:
-            self._container = av.open(self._sink, mode="w", format=fmt.container)
+            self._container = av.open(self._sink, mode="w", format=fmt.container, options=dict(fmt.options))
             self._stream = self._container.add_stream(fmt.codec, rate=self.out_rate, layout="mono")
             self._fifo = av.AudioFifo()
             self._frame_size = self._stream.codec_context.frame_size or 1024
