@@ -45,6 +45,11 @@ async def transcription_ms(client: httpx.AsyncClient, wav: bytes) -> float:
     return (time.perf_counter() - t0) * 1000
 
 
+def _spawn(args: list[str], env: dict) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "appliance", *args], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+
 def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 180.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -61,15 +66,11 @@ def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 180.0) -> None
 async def run_bench(trials: int = 20) -> dict:
     worker, http = free_port(), free_port()
     env = {**os.environ, "APPLIANCE_LOG_LEVEL": "warning", "APPLIANCE_API__LOOPBACK_WITHOUT_KEY": "true"}
-    procs = [
-        subprocess.Popen([sys.executable, "-m", "appliance", "tts-worker", "--host", "127.0.0.1", "--port", str(worker),
-                          "--metrics-port", str(free_port())], env=env, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL),
-    ]
+    procs = [_spawn(["tts-worker", "--host", "127.0.0.1", "--port", str(worker), "--metrics-port", str(free_port())],
+                    env)]
     try:
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "appliance", "orchestrator", "--host", "127.0.0.1", "--port", str(http),
-             "--worker", f"127.0.0.1:{worker}"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        procs.append(_spawn(["orchestrator", "--host", "127.0.0.1", "--port", str(http),
+                             "--worker", f"127.0.0.1:{worker}"], env))
         await asyncio.to_thread(_wait_http, f"http://127.0.0.1:{http}/healthz", procs[-1])
         sentences = [SENTENCES[i % len(SENTENCES)] for i in range(max(trials, 1))]
         result: dict = {"trials": len(sentences), "host": platform.node(), "cpus": os.cpu_count()}

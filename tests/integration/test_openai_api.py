@@ -174,12 +174,12 @@ async def _sessions(address: str) -> int:
 
 async def test_a_client_gone_mid_stream_leaves_no_worker_session(api, piper_worker):
     text = " ".join(["This answer is long, and the client hangs up while it is still being made."] * 6)
-    async with httpx.AsyncClient(base_url=api.http, headers={"Authorization": f"Bearer {KEY}"}) as http:
-        async with http.stream("POST", "/v1/audio/speech", json={"model": "tts-1", "voice": "default", "input": text,
-                                                                 "response_format": "pcm"}) as response:
-            assert response.status_code == 200
-            async for _chunk in response.aiter_bytes():
-                break  # and hang up
+    body = {"model": "tts-1", "voice": "default", "input": text, "response_format": "pcm"}
+    async with (httpx.AsyncClient(base_url=api.http, headers={"Authorization": f"Bearer {KEY}"}) as http,
+                http.stream("POST", "/v1/audio/speech", json=body) as response):
+        assert response.status_code == 200
+        async for _chunk in response.aiter_bytes():
+            break  # and hang up
     deadline = time.monotonic() + 15
     while await _sessions(piper_worker.address) and time.monotonic() < deadline:
         await asyncio.sleep(0.1)

@@ -6,10 +6,10 @@ import pytest
 
 pytest.importorskip("zeroconf")
 
-from zeroconf import IPVersion  # noqa: E402
-from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf  # noqa: E402
+from zeroconf import IPVersion
+from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 
-from appliance.interop.zeroconf import SERVICE_TYPE, Advertiser  # noqa: E402
+from appliance.interop.zeroconf import SERVICE_TYPE, Advertiser
 
 
 async def test_the_advertised_service_resolves_to_its_port():
