@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 from appliance.config import OrchestratorSettings, load_settings
+from appliance.interop.openai_api import OpenAiApi
 from appliance.orchestrator.server import Orchestrator
 from appliance.process import free_port, terminate, wait_for_signal
 from appliance.tts.client import TTSClient
@@ -28,6 +29,7 @@ async def run_embedded(port: int = 8080, host: str = "127.0.0.1", worker_config:
             await client.wait_ready(180)
         settings = load_settings(OrchestratorSettings, None, host=host, port=port, workers=[f"127.0.0.1:{worker_port}"])
         orchestrator = Orchestrator(settings)
+        OpenAiApi.mount(orchestrator)
         await orchestrator.start()
         shown = "localhost" if host in ("127.0.0.1", "0.0.0.0", "::") else host
         print(f"\n  appliance is running: http://{shown}:{orchestrator.port}/   (WebSocket: ws://{shown}:{orchestrator.port}/ws)\n"

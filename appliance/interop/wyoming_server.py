@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 __version__ = version("appliance")
 
-APPLIANCE = Attribution(name="appliance", url="https://github.com/appliance")
+APPLIANCE = Attribution(name="appliance", url="")
 WHISPER = Attribution(name="OpenAI Whisper (faster-whisper)", url="https://github.com/SYSTRAN/faster-whisper")
 
 

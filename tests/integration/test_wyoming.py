@@ -185,12 +185,34 @@ async def test_several_clients_at_once(wyoming):
     assert wer(SAID, Transcript.from_event(results[-1][-2]).text) <= 0.2
 
 
-async def test_audio_resampled_to_the_rate_asked_for(piper_worker):
-    server = WyomingProcess([piper_worker.address], env={"APPLIANCE_WYOMING__TTS_SAMPLE_RATE": "22050"})
+async def _admitted(port: int) -> AsyncTcpClient:
+    """A connection the server serves: a client that just hung up may still hold the one place."""
+    deadline = time.monotonic() + 10
+    while True:
+        client = AsyncTcpClient("127.0.0.1", port)
+        await client.connect()
+        await client.write_event(Describe().event())
+        if Info.is_type((await asyncio.wait_for(client.read_event(), 10)).type) or time.monotonic() > deadline:
+            return client
+        await client.disconnect()
+        await asyncio.sleep(0.1)
+
+
+async def test_audio_resampled_to_the_rate_asked_for_and_a_client_over_the_limit_refused(piper_worker):
+    env = {"APPLIANCE_WYOMING__TTS_SAMPLE_RATE": "22050", "APPLIANCE_WYOMING__MAX_CLIENTS": "1"}
+    server = WyomingProcess([piper_worker.address], env=env)
     try:
         await asyncio.to_thread(server.wait_ready)
-        _, pcm, rate = await synthesize(server.port, SAID)
+        holder = await _admitted(server.port)
+        async with AsyncTcpClient("127.0.0.1", server.port) as extra:
+            await extra.write_event(Describe().event())
+            refused = await asyncio.wait_for(extra.read_event(), 10)
+        await holder.write_event(Synthesize(text=SAID).event())
+        events = await _read_until(holder, "audio-stop")
+        await holder.disconnect()
     finally:
         server.stop()
+    assert refused.type == "error" and refused.data["code"] == "busy"
+    pcm, rate = _audio(events)
     assert rate == 22050
     assert wer(SAID, transcribe(pcm, rate)) <= 0.2
