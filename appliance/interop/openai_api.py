@@ -144,7 +144,8 @@ class OpenAiApi:
             log.info("speech client gone mid-stream peer=%s", request.remote)
         except TtsUnavailable as exc:  # headers are out: all a client can be told is a cut stream
             log.warning("speech cut mid-stream: %s", exc)
-            request.transport and request.transport.close()
+            if request.transport is not None:
+                request.transport.close()
         finally:
             await frames.aclose()
         return response

@@ -50,6 +50,9 @@ class WyomingHandler(AsyncEventHandler):
         self._audio_rate = 0
         self._audio_s = 0.0
         self._language: str | None = None
+        # A request already answered with an error ("synthesize": a stream, "audio": a transcription):
+        # the rest of its events are dropped quietly, up to its stop event, not answered one by one.
+        self._dropping: str | None = None
 
     async def run(self) -> None:
         try:
@@ -76,7 +79,12 @@ class WyomingHandler(AsyncEventHandler):
         elif Ping.is_type(event.type):
             await self.write_event(Pong(text=Ping.from_event(event).text).event())
         elif SynthesizeStart.is_type(event.type):
+            self._dropping = None
             await self._synthesize_start(SynthesizeStart.from_event(event))
+        elif self._dropping == "synthesize" and event.type in ("synthesize-chunk", "synthesize", "synthesize-stop"):
+            self._dropping = None if SynthesizeStop.is_type(event.type) else self._dropping
+        elif self._dropping == "audio" and event.type in ("audio-chunk", "audio-stop"):
+            self._dropping = None if AudioStop.is_type(event.type) else self._dropping
         elif SynthesizeChunk.is_type(event.type):
             if self._speech is None:
                 await self._error("out_of_order", "synthesize-chunk without synthesize-start")
@@ -91,6 +99,7 @@ class WyomingHandler(AsyncEventHandler):
             self._language = Transcribe.from_event(event).language
         elif AudioStart.is_type(event.type):
             self._audio, self._audio_rate, self._audio_s = [], AudioStart.from_event(event).rate, 0.0
+            self._dropping = None
         elif AudioChunk.is_type(event.type):
             await self._audio_chunk(AudioChunk.from_event(event))
         elif AudioStop.is_type(event.type):
@@ -129,11 +138,13 @@ class WyomingHandler(AsyncEventHandler):
             return
         model_id = await self._voice(request.voice)
         if model_id is None:
+            self._dropping = "synthesize"
             return
         session = speech_session(self.service.pool, self.service.settings, model_id, "wyoming")
         try:
             self._speech = await session.__aenter__()
         except TtsUnavailable as exc:
+            self._dropping = "synthesize"
             await self._error("tts_unavailable", str(exc))
             return
         self._stream_session = session
@@ -198,18 +209,18 @@ class WyomingHandler(AsyncEventHandler):
             await self._error("out_of_order", "audio-chunk without audio-start")
             return
         if chunk.rate != self._audio_rate:
-            self._audio = None
+            self._audio, self._dropping = None, "audio"
             await self._error("bad_audio", f"audio-chunk at {chunk.rate} Hz after audio-start at {self._audio_rate} Hz")
             return
         try:
             samples = pcm_to_mono_float(chunk.audio, chunk.width, chunk.channels)
         except ValueError as exc:
-            self._audio = None
+            self._audio, self._dropping = None, "audio"
             await self._error("bad_audio", str(exc))
             return
         self._audio_s += samples.size / chunk.rate
         if self._audio_s > self.service.settings.wyoming.max_audio_s:
-            self._audio = None
+            self._audio, self._dropping = None, "audio"
             await self._error("too_long", f"more than {self.service.settings.wyoming.max_audio_s:g} s of audio")
             return
         self._audio.append(samples)

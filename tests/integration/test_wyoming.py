@@ -137,9 +137,16 @@ async def test_events_out_of_order_get_an_error_and_the_connection_goes_on(wyomi
             answer = await asyncio.wait_for(client.read_event(), 10)
             assert answer.type == "error" and answer.data["code"] == "out_of_order", answer
         await client.write_event(AudioStart(rate=16000, width=5, channels=1).event())
-        await client.write_event(AudioChunk(rate=16000, width=5, channels=1, audio=b"\0" * 10).event())
+        for _ in range(3):  # one error for the request, not one per chunk
+            await client.write_event(AudioChunk(rate=16000, width=5, channels=1, audio=b"\0" * 10).event())
+        await client.write_event(AudioStop().event())
         answer = await asyncio.wait_for(client.read_event(), 10)
         assert answer.type == "error" and answer.data["code"] == "bad_audio"
+        await client.write_event(SynthesizeStart(voice=SynthesizeVoice(name="no-such-voice")).event())
+        for event in (SynthesizeChunk(text="Hello.").event(), Synthesize(text="Hello.").event(), SynthesizeStop().event()):
+            await client.write_event(event)
+        answer = await asyncio.wait_for(client.read_event(), 10)
+        assert answer.type == "error" and answer.data["code"] == "unknown_voice"
         await client.write_event(Describe().event())
         assert Info.is_type((await asyncio.wait_for(client.read_event(), 10)).type)
 
