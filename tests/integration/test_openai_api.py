@@ -23,7 +23,7 @@ from appliance.interop.api_keys import hash_key, new_key
 from appliance.tts.client import TTSClient
 
 KEY = new_key()
-SAID = "The library closes at eight tonight and opens again at nine tomorrow morning."
+SAID = "The weather today is sunny with a light breeze from the west."
 HEARD = "Remember to water the plants on the balcony before you leave."
 
 

@@ -63,7 +63,7 @@ def test_transcript_formats():
     assert vtt.startswith("WEBVTT\n\n00:00:00.000 --> 00:00:01.500\nHello there.\n")
 
 
-def test_the_openapi_document_describes_exactly_the_routes_served():
+async def test_the_openapi_document_describes_exactly_the_routes_served():  # the orchestrator is made in a loop
     orchestrator = Orchestrator(load_settings(OrchestratorSettings, None, workers=["127.0.0.1:1"]))
     OpenAiApi.mount(orchestrator)
     served = {(r.method.lower(), r.resource.canonical) for r in orchestrator.app().router.routes()
