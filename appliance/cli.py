@@ -12,6 +12,7 @@ import grpc
 
 from appliance.config import SERVICE_KINDS, ConfigError, WorkerSettings, guess_kind, load_settings
 from appliance.discovery import split_host_port
+from appliance.interop import commands as interop_commands
 from appliance.modelstore import commands as models_commands
 
 
@@ -52,6 +53,7 @@ def cmd_tts_worker(args: argparse.Namespace) -> int:
 
 def cmd_orchestrator(args: argparse.Namespace) -> int:
     from appliance.config import OrchestratorSettings
+    from appliance.interop.openai_api import OpenAiApi
     from appliance.logs import setup_logging
     from appliance.orchestrator.server import Orchestrator
 
@@ -61,7 +63,9 @@ def cmd_orchestrator(args: argparse.Namespace) -> int:
     setup_logging(settings.log_level)
 
     async def serve() -> None:  # gRPC channels bind to the loop they are made in
-        await Orchestrator(settings).serve_forever()
+        orchestrator = Orchestrator(settings)
+        OpenAiApi.mount(orchestrator)  # the OpenAI audio API under /v1
+        await orchestrator.serve_forever()
 
     asyncio.run(serve())
     return 0
@@ -168,6 +172,18 @@ def cmd_bench_failover(args: argparse.Namespace) -> int:
     return _report(result, args.out)
 
 
+def cmd_bench_wyoming(args: argparse.Namespace) -> int:
+    from appliance.bench.wyoming import run_bench
+
+    return _report(asyncio.run(run_bench(trials=args.trials, peer_python=args.peer_python)), args.out)
+
+
+def cmd_bench_openai(args: argparse.Namespace) -> int:
+    from appliance.bench.openai_api import run_bench
+
+    return _report(asyncio.run(run_bench(trials=args.trials)), args.out)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="appliance", description="Self-hosted full-duplex voice assistant")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -222,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_check_config)
 
     models_commands.add_parser(sub)  # appliance models list|verify|fetch|bundle|lock
+    interop_commands.add_parser(sub)  # appliance wyoming, appliance api-key
 
     p = sub.add_parser("bench", help="benchmarks (JSON out)")
     bsub = p.add_subparsers(dest="bench_command", required=True, metavar="WHAT")
@@ -259,6 +276,15 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--stall-ms", type=int, default=1200, help="the orchestrator's playback.tts_stall_ms")
     q.add_argument("--out", help="also write the JSON here")
     q.set_defaults(func=cmd_bench_failover)
+    q = bsub.add_parser("wyoming", help="Wyoming TTS first audio and ASR latency against wyoming-piper/-faster-whisper")
+    q.add_argument("--trials", type=int, default=20)
+    q.add_argument("--peer-python", help="the Python of a venv with wyoming-piper and wyoming-faster-whisper")
+    q.add_argument("--out", help="also write the JSON here")
+    q.set_defaults(func=cmd_bench_wyoming)
+    q = bsub.add_parser("openai", help="/v1/audio/speech time to first byte (streaming) and transcription latency")
+    q.add_argument("--trials", type=int, default=20)
+    q.add_argument("--out", help="also write the JSON here")
+    q.set_defaults(func=cmd_bench_openai)
 
     from appliance.offline_bundle import add_parser as add_bundle_parser  # stdlib only: cheap
 

@@ -246,6 +246,50 @@ class WebRtcSettings(_Section):
         return v
 
 
+class ApiSettings(_Section):
+    """The OpenAI-compatible HTTP API under /v1 (docs/interop.md)."""
+
+    enabled: bool = True
+    keys_sha256: list[str] = Field(
+        default_factory=list,
+        description="Bearer API keys, as sha256 hex digests (`appliance api-key new` makes one); empty: none",
+    )
+    loopback_without_key: bool = Field(
+        False, description="requests from 127.0.0.1/::1 with no X-Forwarded-For need no key (never through Caddy)",
+    )
+    max_input_chars: int = Field(4096, ge=1, description="longest /v1/audio/speech input")
+    max_upload_mb: float = Field(25.0, gt=0, description="largest /v1/audio/transcriptions file")
+
+    @field_validator("keys_sha256")
+    @classmethod
+    def _hex_digests(cls, v: list[str]) -> list[str]:
+        for key in v:
+            if len(key) != 64 or any(c not in "0123456789abcdef" for c in key):
+                raise ValueError("each key must be a sha256 hex digest (64 lowercase hex digits), not the key")
+        return v
+
+
+class WyomingSettings(_Section):
+    """`appliance wyoming`: the Wyoming protocol server for Home Assistant (docs/interop.md)."""
+
+    uri: str = Field("tcp://127.0.0.1:10200", description="where it listens: tcp://HOST:PORT or unix://PATH")
+    zeroconf: bool = Field(False, description="advertise _wyoming._tcp over mDNS so Home Assistant discovers it")
+    zeroconf_name: str = Field("", description="the advertised instance name (empty: appliance-<hostname>)")
+    zeroconf_host: str = Field("", description="the address advertised (empty: the one routed to the mDNS group)")
+    tts_sample_rate: int = Field(
+        0, ge=0, le=48_000, description="TTS audio rate sent to clients (0: the workers' 48 kHz frames)",
+    )
+    max_clients: int = Field(16, ge=1, description="connections served at once (more get an error event)")
+    max_audio_s: float = Field(60.0, gt=0, description="longest audio one transcribe request may send")
+
+    @field_validator("uri")
+    @classmethod
+    def _scheme(cls, v: str) -> str:
+        if not v.startswith(("tcp://", "unix://")):
+            raise ValueError("must be tcp://HOST:PORT or unix://PATH")
+        return v
+
+
 ROUTING_FLAGS = ("streaming", "zero_shot", "lora", "cpu_ok", "emotive_zero_prompt")
 
 
@@ -279,6 +323,8 @@ class OrchestratorSettings(_ServiceSettings):
     session: SessionSettings = Field(default_factory=SessionSettings)
     playback: PlaybackSettings = Field(default_factory=PlaybackSettings)
     webrtc: WebRtcSettings = Field(default_factory=WebRtcSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    wyoming: WyomingSettings = Field(default_factory=WyomingSettings)
 
     _empty_redis_is_none = field_validator("redis_url")(lambda v: v or None)
     _redis_url_scheme = field_validator("redis_url")(_redis_scheme)

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 from appliance.config import OrchestratorSettings, load_settings
+from appliance.interop.openai_api import OpenAiApi
 from appliance.orchestrator.server import Orchestrator
 from appliance.process import free_port, terminate, wait_for_signal
 from appliance.tts.client import TTSClient
@@ -30,6 +31,7 @@ async def run_embedded(port: int = 8080, host: str = "127.0.0.1", worker_config:
         settings = load_settings(OrchestratorSettings, None, host=host, port=port, workers=[f"127.0.0.1:{worker_port}"])
         settings, note = choose_responder(settings)
         orchestrator = Orchestrator(settings, responder_note=note)
+        OpenAiApi.mount(orchestrator)
         await orchestrator.start()
         log.info("responder: %s", orchestrator.responder_description())
         shown = "localhost" if host in ("127.0.0.1", "0.0.0.0", "::") else host

@@ -117,3 +117,29 @@ class OrchestratorProcess(ServiceProcess):
 
 
 
+
+
+class WyomingProcess(ServiceProcess):
+    """A real `appliance wyoming` process on loopback, talking to ``workers``."""
+
+    def __init__(self, workers: list[str], env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        cmd = [sys.executable, "-m", "appliance", "wyoming", "--config", str(ROOT / "etc/appliance/orchestrator.toml"),
+               "--uri", f"tcp://127.0.0.1:{self.port}"]
+        for w in workers:
+            cmd += ["--worker", w]
+        self._spawn("wyoming", cmd, env)
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        import socket
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"wyoming exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.2)
+        raise TimeoutError(f"wyoming not ready:\n{self.log()}")

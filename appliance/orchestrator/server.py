@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -50,6 +51,7 @@ class Orchestrator:
         self.port: int | None = None
         self.notifier = Notifier()  # Type=notify: READY=1 once serving, WATCHDOG=1 while the loop turns
         self._watchdog: asyncio.Task | None = None
+        self.mounts: list[Callable[[web.Application], None]] = []  # more routes, e.g. the /v1 API (appliance.interop)
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -61,6 +63,8 @@ class Orchestrator:
         app.router.add_get("/workers", self.workers)
         if WEB_DIR.is_dir():
             app.router.add_static("/static/", WEB_DIR, show_index=False)
+        for mount in self.mounts:
+            mount(app)
         return app
 
     async def start(self) -> None:

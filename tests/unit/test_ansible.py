@@ -155,7 +155,7 @@ def test_every_notified_handler_exists():
 def test_units_installed_are_the_ones_in_systemd_dir():
     """The roles copy units from systemd/ (one source of truth with the unit tests)."""
     text = "\n".join(p.read_text() for p in _task_files())
-    for unit in ("appliance-orchestrator.service", "appliance-tts@.service", "appliance.target"):
+    for unit in ("appliance-orchestrator.service", "appliance-wyoming.service", "appliance-tts@.service", "appliance.target"):
         assert f"{{{{ appliance_source_dir }}}}/systemd/{unit}" in text, unit
         assert (ROOT / "systemd" / unit).is_file()
 

@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 UNITS = ROOT / "systemd"
-SERVICES = ("appliance-orchestrator.service", "appliance-tts@piper.service")
+SERVICES = ("appliance-orchestrator.service", "appliance-wyoming.service", "appliance-tts@piper.service")
 MAX_EXPOSURE = 4.0
 SYSTEM_UNITS = next((p for p in (Path("/usr/lib/systemd/system"), Path("/lib/systemd/system")) if p.is_dir()), None)
 
@@ -81,7 +81,7 @@ def test_security_exposure_at_most_4(fake_root, service):
     assert exposure <= MAX_EXPOSURE, proc.stdout
 
 
-@pytest.mark.parametrize("name", ["appliance-orchestrator.service", "appliance-tts@.service"])
+@pytest.mark.parametrize("name", ["appliance-orchestrator.service", "appliance-wyoming.service", "appliance-tts@.service"])
 def test_services_notify_watchdog_restart_and_belong_to_the_target(name):
     unit = _unit(name)
     svc = unit["Service"]
