@@ -8,7 +8,7 @@ and one ``sendrecv`` audio transceiver: the microphone comes in on it and reply 
 Uplink: remote frames → mono PCM16 48 kHz → ``AudioIn`` (a queue of at most 2 s; the oldest audio
 is dropped if the session lags). Downlink: ``send_audio()`` queues 20 ms frames that an outgoing
 track plays in real time, silence in between; the queue holds at most the pacer's lead plus one
-frame, and it is flushed on ``interrupt`` and ``barge_in`` so a stopped reply ends at once.
+frame and one loop stall's slack, and it is flushed on ``interrupt`` and ``barge_in`` so a stopped reply ends at once.
 """
 
 from __future__ import annotations
@@ -55,6 +55,10 @@ CONNECT_TIMEOUT_S = 30.0  # the peer must open its "events" data channel this so
 CLOSE_DRAIN_S = 0.5  # how long close() lets queued events reach the client
 DRAIN_POLL_S = 0.02
 PC_CLOSE_TIMEOUT_S = 5.0
+# When the event loop stalls past 100 ms the track moves its schedule later while the pacer keeps to
+# the wall clock, so up to one stall's worth of frames more than the pacer's lead can be queued; a
+# barge-in flushes the queue, so this slack never reaches the listener as extra reply audio.
+STALL_SLACK_FRAMES = 10
 MAX_BUFFERED_BYTES = 1 << 20  # events not yet taken by the client: more means it is not reading
 MAX_SDP_CHARS = 100_000
 LABEL = "events"
@@ -142,7 +146,7 @@ class WebRtcChannel(Channel):
     def __init__(self, pc: RTCPeerConnection, peer: str, max_lead_ms: int = 100) -> None:
         self.pc, self.peer, self.hello = pc, peer, Hello(sample_rate=RATE)
         self.session_id: str | None = None  # learnt from the ready event, for the logs
-        self.outbound = OutboundAudio(max_frames=max_lead_ms // FRAME_MS + 1)
+        self.outbound = OutboundAudio(max_frames=max_lead_ms // FRAME_MS + 1 + STALL_SLACK_FRAMES)
         self.dc = None
         self.opened = asyncio.Event()  # the "events" data channel is open
         self.finished = asyncio.Event()  # the PC is closed and every task ended
