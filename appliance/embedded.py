@@ -24,7 +24,7 @@ async def run_embedded(port: int = 8080, host: str = "127.0.0.1", worker_config:
            "--name", "embedded", "--metrics-port", str(free_port())]
     if worker_config:
         cmd += ["--config", worker_config]
-    worker = subprocess.Popen(cmd, env={**os.environ})
+    worker = subprocess.Popen(cmd, env={**os.environ})  # noqa: ASYNC220 -- a fork and exec, no wait
     try:
         async with TTSClient(f"127.0.0.1:{worker_port}") as client:
             await client.wait_ready(180)

@@ -9,8 +9,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-from redis_server import RedisServer  # noqa: E402
-from services import OrchestratorProcess, WorkerProcess  # noqa: E402  (after the sys.path line)
+from redis_server import RedisServer
+from services import OrchestratorProcess, WorkerProcess
 
 
 @pytest.fixture(scope="session")

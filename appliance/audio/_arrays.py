@@ -36,7 +36,7 @@ def finite_or_zero(x: np.ndarray) -> np.ndarray:
 def check_rate(rate: object, name: str = "sample_rate") -> int:
     """Validate a sample rate (an integer in MIN_RATE..MAX_RATE Hz) and return it as int."""
     if isinstance(rate, bool) or not isinstance(rate, numbers.Integral):
-        raise ValueError(f"{name} must be an integer sample rate in Hz, got {rate!r}")
+        raise ValueError(f"{name} must be an integer sample rate in Hz, got {rate!r}")  # noqa: TRY004 -- callers report every bad rate as a value error
     if not MIN_RATE <= int(rate) <= MAX_RATE:
         raise ValueError(f"{name}={rate} Hz is outside the supported range {MIN_RATE}..{MAX_RATE} Hz")
     return int(rate)

@@ -25,7 +25,7 @@ SILENCE_LUFS = -70.0
 _NEGLIGIBLE_DB = 1e-4
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _meter(sample_rate: int) -> pyloudnorm.Meter:
     # Building the K-weighting filters is not free, so share one meter per rate.
     # integrated_loudness() only writes a diagnostic attribute we never read.

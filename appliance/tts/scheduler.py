@@ -64,7 +64,7 @@ class DeadlineScheduler:
                 continue
             try:
                 outcome = (fn(), None)
-            except BaseException as exc:  # handed to the awaiting coroutine
+            except BaseException as exc:  # noqa: BLE001 -- handed to the awaiting coroutine
                 outcome = (None, exc)
             try:
                 loop.call_soon_threadsafe(_settle, future, *outcome)

@@ -138,7 +138,7 @@ class WorkerSession:
             return
         try:
             await asyncio.wait_for(self._write_idle.wait(), WRITE_SETTLE_S)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("control ack without write completion session=%s (client not reading)", self.session_id)
 
 

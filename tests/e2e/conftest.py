@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from e2e_helpers import CaddyProcess  # noqa: E402
+from e2e_helpers import CaddyProcess
 
 
 @pytest.fixture(scope="session")

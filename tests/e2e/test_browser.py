@@ -11,11 +11,11 @@ import time
 
 import numpy as np
 import pytest
-
-from appliance.audio.wavio import write_wav
 from e2e_helpers import chromium, feed_mic, save_screenshot_path
 from speech import transcribe, wer
 from voices import piper_speech
+
+from appliance.audio.wavio import write_wav
 
 pytestmark = pytest.mark.e2e
 RATE = 16000
@@ -222,8 +222,8 @@ def silent_mic(tmp_path):
 
 @pytest.mark.parametrize("transport", ["websocket", "webrtc"])
 async def test_orchestrator_restart_is_survived_by_reconnecting(piper_worker, tmp_path, transport):
-    from services import OrchestratorProcess
     from e2e_helpers import CaddyProcess
+    from services import OrchestratorProcess
 
     orch = OrchestratorProcess([piper_worker.address])
     orch.wait_ready()

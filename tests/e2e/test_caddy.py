@@ -22,7 +22,7 @@ def test_https_headers_and_health(caddy):
 
 
 def test_root_certificate_and_instructions(caddy):
-    status, cert, headers = caddy.get("/ca.crt")
+    status, cert, _headers = caddy.get("/ca.crt")
     assert status == 200 and b"BEGIN CERTIFICATE" in cert
     status, page, _ = caddy.get("/trust")
     assert status == 200 and b"/ca.crt" in page and b"Android" in page and b"Windows" in page

@@ -10,7 +10,6 @@ import statistics
 
 import numpy as np
 import pytest
-
 from e2e_helpers import chromium, feed_mic, save_screenshot_path
 from test_browser import RATE, events, open_page, recorded_audio, wait_event, wait_quiet
 from voices import piper_speech
@@ -56,10 +55,10 @@ async def _measure(caddy, tmp_path, transport: str) -> dict:
 
 async def test_voice_to_voice_webrtc_vs_websocket(caddy, tmp_path):
     result = {t: await _measure(caddy, tmp_path, t) for t in ("websocket", "webrtc")}
-    for t in result:
-        assert len(result[t]["client_voice_to_voice_ms"]) == len(CLIPS), result
-        values = result[t]["client_voice_to_voice_ms"]
-        result[t]["client_p50_ms"] = statistics.median(values)
+    for measured in result.values():
+        assert len(measured["client_voice_to_voice_ms"]) == len(CLIPS), result
+        values = measured["client_voice_to_voice_ms"]
+        measured["client_p50_ms"] = statistics.median(values)
     result["webrtc_minus_websocket_p50_ms"] = round(
         result["webrtc"]["client_p50_ms"] - result["websocket"]["client_p50_ms"], 1
     )

@@ -8,10 +8,10 @@ import functools
 
 import numpy as np
 import pytest
-
-from appliance.transport.ws_client import WsClient
 from speech import transcribe, wer
 from voices import espeak_speech, pad, piper_speech, with_noise
+
+from appliance.transport.ws_client import WsClient
 
 RATE = 16000
 

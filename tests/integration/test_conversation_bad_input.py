@@ -14,8 +14,8 @@ import aiohttp
 import numpy as np
 import pytest
 
-from appliance.tts.client import TTSClient
 from appliance.transport.ws_client import WsClient
+from appliance.tts.client import TTSClient
 
 
 async def _raw(url: str):

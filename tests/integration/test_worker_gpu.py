@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from speech import transcribe, wer
 
 from appliance.config import WorkerSettings, load_settings
 from appliance.tts.client import TTSClient
 from appliance.tts.worker import TTSWorker
-from speech import transcribe, wer
 
 pytestmark = pytest.mark.gpu
 

@@ -7,11 +7,11 @@ import uuid
 
 import numpy as np
 import pytest
+from speech import transcribe, wer
 
 from appliance.audio import FRAME_BYTES
 from appliance.rpc import tts_pb2 as pb
 from appliance.tts.client import TTSClient
-from speech import transcribe, wer
 
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",

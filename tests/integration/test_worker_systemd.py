@@ -12,12 +12,12 @@ import uuid
 
 import grpc
 import pytest
+from services import WorkerProcess
 
 from appliance.config import WorkerSettings, load_settings
 from appliance.tts.adapters.mock import MockSineAdapter
 from appliance.tts.client import TTSClient
 from appliance.tts.worker import TTSWorker
-from services import WorkerProcess
 
 
 class NotifySocket:
@@ -35,7 +35,7 @@ class NotifySocket:
         while not self._stop:
             try:
                 data = self.sock.recv(4096)
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 continue
             for line in data.decode().splitlines():
                 self.messages.append((time.monotonic(), line))

@@ -1,3 +1,5 @@
+import itertools
+
 import numpy as np
 import pyloudnorm
 import pytest
@@ -151,7 +153,7 @@ def test_limiter_gain_is_down_before_the_peak_and_releases_smoothly():
     assert _max_step_per_sample(gain, idx) < 0.01  # ramps, never steps
     onset = np.searchsorted(idx, burst.start)
     assert gain[onset - 1] < 0.95  # already reducing before the burst arrives
-    after = lambda ms: gain[np.searchsorted(idx, burst.stop + rate * ms // 1000)]  # noqa: E731
+    after = lambda ms: gain[np.searchsorted(idx, burst.stop + rate * ms // 1000)]
     assert after(5) < 0.9  # release is gradual...
     assert after(400) > 0.99  # ...but complete
     assert gain[: np.searchsorted(idx, burst.start - 200)].min() > 0.999  # untouched before
@@ -296,7 +298,7 @@ def test_a_sentence_in_parts_settles_on_the_gain_of_the_whole_sentence():
     sentence[int(0.8 * RATE) : int(1.6 * RATE)] *= 2.0
     sentence[int(1.6 * RATE) :] *= 0.5
     cuts = [0, int(0.35 * RATE), int(1.05 * RATE), int(2.45 * RATE), sentence.size]
-    parts = [sentence[a:b] for a, b in zip(cuts, cuts[1:])]
+    parts = [sentence[a:b] for a, b in itertools.pairwise(cuts)]
 
     whole = LoudnessNormalizer(RATE, TARGET, CEILING_DBFS)
     whole.process(sentence)

@@ -52,7 +52,7 @@ class SplitVits:
     def from_cut(cls, cut: GraphCut, make_session: SessionFactory) -> SplitVits | None:
         try:
             return cls(make_session(cut.front), make_session(cut.decoder), cut.latent)
-        except Exception as exc:  # e.g. an execution provider that refuses a half
+        except Exception as exc:  # noqa: BLE001 -- e.g. an execution provider that refuses a half
             log.info("the cut graph does not open (%s): synthesising a sentence at a time", exc)
             return None
 
@@ -99,7 +99,7 @@ def cut_graph(path: Path) -> GraphCut | None:
         decoder = extractor.extract_model([latent], [model.graph.output[0].name])
         if missing := _unresolved(decoder.graph) - {latent}:
             raise ValueError(f"the decoder needs more than {latent!r}: {sorted(missing)}")
-    except Exception as exc:  # an unusual graph is not an error: it is synthesised whole
+    except Exception as exc:  # noqa: BLE001 -- an unusual graph is not an error: it is synthesised whole
         log.info("%s is synthesised a sentence at a time: %s", path.name, exc)
         return None
     return GraphCut(front.SerializeToString(), decoder.SerializeToString(), latent)
