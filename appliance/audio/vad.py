@@ -199,6 +199,11 @@ class SpeechDetector:
         return np.concatenate(self._utt_frames)
 
     @property
+    def voiced_ms(self) -> int | None:
+        """Span of the utterance under way from its start to the end of its last voiced frame."""
+        return self._t(self._last_voiced_end - self._utt_start) if self._in_speech else None
+
+    @property
     def in_pause(self) -> bool:
         """In speech, silent for at least provisional_silence_ms, and no new run of voice begun."""
         return self._in_speech and self._provisional_sent and self._cand_start is None

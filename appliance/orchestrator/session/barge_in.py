@@ -90,7 +90,10 @@ class BargeInControl:
                 self.playback.release()
         spoken = listening.spoken_ms()
         self._speech_on = spoken is not None
-        confirm_ms = self.settings.turn.backchannel_max_ms if self.backchannels else self.settings.vad.min_speech_ms
+        if self.backchannels:  # only speech longer than a backchannel is an interruption before it ends
+            spoken, confirm_ms = listening.voiced_ms(), self.settings.turn.backchannel_max_ms
+        else:
+            confirm_ms = self.settings.vad.min_speech_ms
         if self.sm.state is State.BARGED_IN and spoken is not None and spoken >= confirm_ms:
             self.confirm()
 

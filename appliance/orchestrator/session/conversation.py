@@ -151,7 +151,7 @@ class Conversation:
             # The person goes on before the reply is heard: no reply may start while they talk, and
             # what they say next belongs to the same turn.
             self._carried, self._heard = self._heard, None
-            self._stop_turn()
+            self.barge_in.stop_reply()
 
     def _answering_silently(self) -> bool:
         turn_running = self._turn_task is not None and not self._turn_task.done()

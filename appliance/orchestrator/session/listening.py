@@ -79,6 +79,10 @@ class Listener:
         """How long the speech under way has lasted (None: none is)."""
         return None if self.speech_start_ms is None else self.timeline.position_ms - self.speech_start_ms
 
+    def voiced_ms(self) -> float | None:
+        """How long the speech under way has lasted up to its last voiced frame (None: none is)."""
+        return self.detector.voiced_ms
+
     def set_state(self, state: State) -> None:
         self.detector.set_mode({State.SPEAKING: "speaking", State.BARGED_IN: "barged_in"}.get(state, "listening"))
 
