@@ -158,8 +158,11 @@ class Listener:
         if spoken - self._partial_at_ms < interval or busy or self.detector.in_pause:
             return
         self._partial_at_ms = spoken
-        # The turn may end this soon after the speech stops: a longer pass could hold up its final.
-        if not self.asr.worth_starting(Priority.PARTIAL, self.end_of_turn.soonest_end_ms(self.vad_config)):
+        # A pass no longer than the least silence that ends a turn can never hold up its final; one
+        # up to half the interval only rarely and briefly (asr_queue_ms says how long); the engine
+        # slower than that gets no partials at all.
+        budget = max(self.end_of_turn.soonest_end_ms(self.vad_config), interval / 2)
+        if not self.asr.worth_starting(Priority.PARTIAL, budget):
             return
         self._partial = self._spawn(self._partial_transcript(self.detector.utterance_audio()))
 
