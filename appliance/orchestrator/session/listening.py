@@ -159,9 +159,9 @@ class Listener:
             return
         self._partial_at_ms = spoken
         # A pass no longer than the least silence that ends a turn can never hold up its final; one
-        # up to half the interval only rarely and briefly (asr_queue_ms says how long); the engine
-        # slower than that gets no partials at all.
-        budget = max(self.end_of_turn.soonest_end_ms(self.vad_config), interval / 2)
+        # up to the interval only now and then, and by less than a pass (asr_queue_ms says how long);
+        # an engine slower than the interval gets no partials at all.
+        budget = max(self.end_of_turn.soonest_end_ms(self.vad_config), interval)
         if not self.asr.worth_starting(Priority.PARTIAL, budget):
             return
         self._partial = self._spawn(self._partial_transcript(self.detector.utterance_audio()))
