@@ -10,7 +10,7 @@ sentence ends:
 
 * a single ``.`` after a known abbreviation (Mr. Dr. etc. vs. …), after a dotted acronym (e.g. i.e.
   a.m. U.S.), after a single capital initial (J. R. R.; but "I." ends a sentence), or after a 1–3
-  digit list number at the start of a sentence ("1. Item");
+  digit list number at the start of a sentence ("1. Item"; for the segmenter, of a segment);
 * a mark not followed by whitespace (3.14, "Hi!" at the very end of the text so far);
 * an ellipsis (``..``, ``...``, ``…``) whose next word starts lower-case ("Wait... what?" is one
   sentence); an ellipsis followed only by whitespace is undecided until the next word comes.

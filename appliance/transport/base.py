@@ -8,26 +8,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
-# Kept until the orchestrator switches: it imports these names from here; they live in protocol.
-from appliance.transport.protocol import (  # noqa: F401
-    MAX_AUDIO_MS,
-    MAX_MESSAGE_BYTES,
-    MAX_RATE,
-    MIN_AUDIO_MS,
-    MIN_RATE,
-    AudioIn,
-    Bye,
-    CloseCode,
-    ErrorEvent,
-    Hello,
-    Inbound,
-    Interrupt,
-    ProtocolError,
-    Say,
-    ServerEvent,
-    TextTurn,
-    to_message,
-)
+from appliance.transport.protocol import ErrorEvent, Hello, Inbound, ServerEvent, to_message
 
 
 class Channel(ABC):

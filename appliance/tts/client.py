@@ -26,9 +26,6 @@ class Control(enum.IntEnum):
     RELOAD = pb.RELOAD
 
 
-COMMANDS = {c.name.lower(): c for c in Control}  # kept until the orchestrator switches
-
-
 @dataclass
 class ReceivedFrame:
     audio: bytes

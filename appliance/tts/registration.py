@@ -14,7 +14,7 @@ import socket
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import replace
 
 from redis.exceptions import RedisError
 
@@ -26,8 +26,6 @@ from appliance.tts.adapters import ENGINES
 
 log = logging.getLogger(__name__)
 
-# Kept until the orchestrator switches to discovery.flags_for: the adapters' declarations as dicts.
-ENGINE_CAPS: dict[str, dict[str, bool]] = {name: asdict(cls.capabilities) for name, cls in ENGINES.items()}
 MIN_UPDATE_GAP_S = 0.1  # changes are coalesced into at most one update this often
 DEREGISTER_TIMEOUT_S = 1.0
 

@@ -522,7 +522,7 @@ async def test_close_unloads_everything_even_in_use(make, engines):
     assert manager.resident_ids() == []
     assert [a.unload_calls for a in engines.created] == [1, 1, 1]
     with pytest.raises(NotResident):
-        lease.adapter
+        _ = lease.adapter
 
 
 async def test_real_mock_sine_adapter_through_the_default_factory():

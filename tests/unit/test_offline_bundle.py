@@ -144,7 +144,7 @@ def _wheel(directory, name: str, requires: list[str]) -> None:
     import zipfile
 
     with zipfile.ZipFile(directory / f"{name}-1.0-py3-none-any.whl", "w") as z:
-        meta = "Metadata-Version: 2.1\nName: %s\nVersion: 1.0\n" % name
+        meta = f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n"
         meta += "".join(f"Requires-Dist: {r}\n" for r in requires)
         z.writestr(f"{name}-1.0.dist-info/METADATA", meta)
 

@@ -3,8 +3,8 @@
 Inbound audio is handled on the channel's reading task and must never wait on a model: VAD is
 microseconds per frame, and everything slow (ASR, the responder, synthesis) runs in the turn
 task. The parts: :mod:`.listening` (VAD and ASR), :mod:`.barge_in`, :mod:`.replying` and
-:mod:`.playback` (reply text and audio), :mod:`.limits` and :mod:`.outbox` (events to the client); the session states are those of
-the WebSocket protocol (docs/protocol.md).
+:mod:`.playback` (reply text and audio), :mod:`.limits`, and :mod:`.outbox` (events to the
+client). The session states and events are those of the WebSocket protocol (docs/protocol.md).
 """
 
 from __future__ import annotations
@@ -53,7 +53,6 @@ class Conversation:
         self.id = session_id
         self.channel = channel
         self.settings = settings
-        self.responder = responder
         self.tts = tts
         self.metrics = metrics
         self.outbox = Outbox(channel)
