@@ -42,7 +42,7 @@ function silentSink(ctx) {
 
 // --- microphone ------------------------------------------------------------------------------
 
-/** The rate microphone frames are sent at from this context: its own, at most 48 kHz (Contract 2
+/** The rate microphone frames are sent at from this context: its own, at most 48 kHz (the protocol
  * accepts 8000–48000; a 96 kHz device is decimated), or a lower `want` (8000–48000). */
 export function captureRate(ctx, want = 0) {
   const native = ctx ? Math.round(ctx.sampleRate) : 48000;
@@ -66,7 +66,7 @@ export class Microphone {
     this.startedAt = null; // performance.now() of the first captured frame
   }
 
-  /** The rate of the frames: the context's, at most 48 kHz (Contract 2 accepts 8000–48000),
+  /** The rate of the frames: the context's, at most 48 kHz (the protocol accepts 8000–48000),
    * or a lower one asked for with `frameRate` in the constructor's options. */
   get frameRate() {
     return captureRate(this.ctx, this.wantRate);

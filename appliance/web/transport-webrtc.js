@@ -1,5 +1,5 @@
 // The WebRTC transport: one audio transceiver (sendrecv) and a data channel "events" that carries
-// the JSON events of Contract 2 (minus hello and binary audio). Offer/answer over
+// the JSON events of the WebSocket protocol (minus hello and binary audio). Offer/answer over
 // POST /webrtc/offer, no trickle ICE, no ICE servers (a LAN appliance has no STUN).
 //
 // Known traps handled here:

@@ -1,4 +1,4 @@
-// The WebSocket transport (Contract 2 of DESIGN.md): hello, then PCM16LE mono frames up; JSON
+// The WebSocket transport (docs/protocol.md): hello, then PCM16LE mono frames up; JSON
 // events and 1920-byte reply frames (48 kHz PCM16 mono, 20 ms) down.
 
 const READY_TIMEOUT_MS = 10000;
