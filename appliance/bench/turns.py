@@ -55,7 +55,10 @@ async def cut_off_trial(url: str, samples: np.ndarray, speech_end_s: float) -> d
     try:
         padded = np.concatenate([np.zeros(RATE // 2, np.int16), samples, np.zeros(2 * RATE, np.int16)])
         t0 = await c.stream(padded, RATE)
-        await c.wait_for(lambda: c.rx.of_type("metrics") or c.rx.of_type("error"), 30)
+        try:
+            await c.wait_for(lambda: c.rx.of_type("metrics") or c.rx.of_type("error"), 30)
+        except TimeoutError:
+            pass  # judged on what came
         end_at = t0 + 0.5 + speech_end_s
         ends = [e for e in c.rx.of_type("vad") if e["event"] == "speech_end"]
         early = bool(c.rx.frames) and c.rx.frames[0][0] < end_at
@@ -79,7 +82,10 @@ async def backchannel_trial(url: str, samples: np.ndarray, reply: str) -> dict:
             finals = [t for t in c.rx.of_type("transcript") if t["final"]]
             return bool(tail) or bool(finals) or not c.rx.of_type("barge_in")
 
-        await c.wait_for(decided, 15)
+        try:
+            await c.wait_for(decided, 15)
+        except TimeoutError:
+            pass  # judged on what came
         states = [e["state"] for e in c.rx.of_type("state")]
         heard = "BARGED_IN" in states
         resumed = heard and states[states.index("BARGED_IN") + 1 :][:1] == ["SPEAKING"]
