@@ -122,7 +122,7 @@ async def _barge_in(url: str, samples: np.ndarray, speech_start_s: float) -> flo
         await c.wait_for(lambda: len(c.rx.frames) > 50, 30)
         loop = asyncio.get_running_loop()
         t0 = loop.time()
-        await c.stream(np.concatenate([samples, np.zeros(RATE, np.int16)]), RATE)
+        await c.stream(np.concatenate([samples, np.zeros(2 * RATE, np.int16)]), RATE)
         await c.wait_for(lambda: c.rx.of_type("transcript"), 30)
         new_turn_at = next(t for t, e in c.rx.events if e.get("type") == "transcript")
         old = [t for t, _ in c.rx.frames if t < new_turn_at]
