@@ -73,7 +73,7 @@ def _speech_bounds(samples: np.ndarray) -> tuple[float, float]:
     hop = RATE // 100
     frames = samples[: len(samples) // hop * hop].astype(np.float32).reshape(-1, hop) / 32768
     loud = np.flatnonzero(np.sqrt(np.mean(frames**2, axis=1)) > 10 ** (-45 / 20))
-    return loud[0] * 0.01, (loud[-1] + 1) * 0.01
+    return float(loud[0] * 0.01), float((loud[-1] + 1) * 0.01)
 
 
 def _start_appliance(port: int, env: dict[str, str] | None = None) -> subprocess.Popen:
@@ -173,9 +173,10 @@ async def _voice_set(url: str, clips) -> tuple[list[float], dict[str, list[float
 async def _cut_offs(url: str, paused) -> dict:
     trials = [await turns_mod.cut_off_trial(url, samples, end) for samples, end in paused]
     n = len(trials)
-    return {"n": n, "cut_off_rate": round(sum(t["cut_off"] for t in trials) / n, 3),
-            "split_rate": round(sum(t["split"] for t in trials) / n, 3),
-            "early_reply_rate": round(sum(t["early_reply"] for t in trials) / n, 3)}
+    def rate(key: str) -> float:
+        return round(float(sum(bool(t[key]) for t in trials)) / n, 3)
+
+    return {"n": n, "cut_off_rate": rate("cut_off"), "split_rate": rate("split"), "early_reply_rate": rate("early_reply")}
 
 
 def _paused_clips(voice: _Voice, n: int) -> list[tuple[np.ndarray, float]]:

@@ -61,7 +61,7 @@ async def cut_off_trial(url: str, samples: np.ndarray, speech_end_s: float) -> d
             pass  # judged on what came
         end_at = t0 + 0.5 + speech_end_s
         ends = [e for e in c.rx.of_type("vad") if e["event"] == "speech_end"]
-        early = bool(c.rx.frames) and c.rx.frames[0][0] < end_at
+        early = bool(c.rx.frames) and bool(c.rx.frames[0][0] < end_at)
         return {"split": len(ends) > 1, "early_reply": early, "cut_off": len(ends) > 1 or early}
     finally:
         await c.close()
