@@ -229,6 +229,27 @@ class PlaybackSettings(_Section):
     )
 
 
+DEFAULT_BACKCHANNELS = (
+    "mm-hm", "mhm", "mm", "hm", "hmm", "uh-huh", "uh huh", "yeah", "yes", "yep", "yup", "okay", "ok",
+    "right", "sure", "i see", "got it", "alright", "all right", "cool", "nice",
+)
+
+
+class TurnSettings(_Section):
+    mode: Literal["smart", "silence"] = Field(
+        "smart", description="smart: the turn model decides at each pause; silence: [vad] endpoint_silence_ms only")
+    pause_ms: int = Field(120, ge=40, le=1000, description="smart mode: the pause at which the turn model is asked")
+    incomplete_timeout_ms: int = Field(
+        1200, ge=100, le=5000, description="smart mode: silence that ends a turn the model called incomplete")
+    model_path: Path | None = Field(None, description="the smart-turn ONNX file (absent: the model store's copy)")
+    threads: int = Field(1, ge=1, description="CPU threads of the turn model")
+    backchannels: bool = Field(True, description="short listener words while speaking resume the reply")
+    backchannel_words: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_BACKCHANNELS), description="what counts as a backchannel")
+    backchannel_max_ms: int = Field(
+        900, ge=100, le=3000, description="speech over a reply longer than this is an interruption")
+
+
 class WebRtcSettings(_Section):
     ice_servers: list[str] = Field(
         default_factory=list,
@@ -322,6 +343,7 @@ class OrchestratorSettings(_ServiceSettings):
     responder: ResponderSettings = Field(default_factory=ResponderSettings)
     session: SessionSettings = Field(default_factory=SessionSettings)
     playback: PlaybackSettings = Field(default_factory=PlaybackSettings)
+    turn: TurnSettings = Field(default_factory=TurnSettings)
     webrtc: WebRtcSettings = Field(default_factory=WebRtcSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     wyoming: WyomingSettings = Field(default_factory=WyomingSettings)

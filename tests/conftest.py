@@ -50,6 +50,28 @@ def orchestrator(piper_worker):
         orch.stop()
 
 
+@pytest.fixture(scope="session")
+def smart_turn_model():
+    """The smart-turn ONNX file, from the model store (fetched once into ~/.cache/appliance/models
+    from the pinned wheel); the test is skipped where it cannot be had."""
+    from appliance.asr.turn_model import MODEL_FILE, MODEL_ID, locate_turn_model
+    from appliance.modelstore import load_lock
+    from appliance.modelstore.fetch import Fetcher
+
+    found = locate_turn_model()
+    if found is not None:
+        return found
+    root = Path.home() / ".cache" / "appliance" / "models"
+    path = root / MODEL_ID / MODEL_FILE
+    if not path.is_file():
+        lock = load_lock()
+        try:
+            Fetcher(lock, root, strategies=["package", "pypi"], progress=False).fetch([lock.get(MODEL_ID)])
+        except Exception as exc:  # noqa: BLE001 (no network, no pip: nothing to test with)
+            pytest.skip(f"smart-turn model not available: {exc}")
+    return path
+
+
 @pytest.fixture
 def redis_server():
     """A real redis-server on a free loopback port, with a password (new and empty for each test)."""

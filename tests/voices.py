@@ -58,3 +58,22 @@ def with_noise(samples: np.ndarray, dbfs: float = -55.0, seed: int = 0) -> np.nd
     rng = np.random.default_rng(seed)
     noise = rng.normal(0, 10 ** (dbfs / 20) * 32768, len(samples))
     return np.clip(samples.astype(np.float64) + noise, -32768, 32767).astype(np.int16)
+
+
+def paused_speech(text: str, after_word: str, pause_s: float, rate: int = 16000) -> np.ndarray:
+    """Piper saying ``text`` (steady) with ``pause_s`` of silence after the last ``after_word``: a
+    mid-sentence pause whose prosody is that of a sentence going on. The cut is placed at the
+    quietest 10 ms near the word's end, as Whisper's word timestamps place it."""
+    from speech import whisper
+
+    audio = piper_speech(text, rate, steady=True)
+    samples = audio.astype(np.float32) / 32768
+    if rate != 16000:
+        samples = resample(samples, rate, 16000)
+    segments, _ = whisper().transcribe(samples, language="en", word_timestamps=True, beam_size=1)
+    words = [w for s in segments for w in s.words if w.word.strip().lower().strip(",.?!") == after_word]
+    end = int(words[-1].end * rate)
+    before, after = int(0.1 * rate), int(0.03 * rate)  # Whisper's word ends run late more than early
+    envelope = np.convolve(np.abs(audio.astype(np.float32)), np.ones(rate // 100), "same")
+    cut = end - before + int(np.argmin(envelope[end - before : end + after]))
+    return np.concatenate([audio[:cut], np.zeros(int(pause_s * rate), np.int16), audio[cut:]])

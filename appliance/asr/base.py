@@ -44,6 +44,7 @@ class Transcript:
     asr_ms: float  # time spent recognising (excluding time queued behind another call)
     final: bool = True  # False for a partial transcript of an utterance still in progress
     segments: list[TranscriptSegment] | None = None
+    queue_ms: float = 0.0  # time it waited for the engine behind other passes (see .scheduler)
 
     @property
     def empty(self) -> bool:

@@ -31,6 +31,8 @@ Rules (all durations rounded up to whole frames):
   ``SpeechEnd`` if it spanned at least ``min_speech_ms`` (from SpeechStart to that end), else
   ``SpeechDiscarded``. ``max_utterance_s`` forces a ``SpeechEnd``; speech that goes on starts a
   new utterance through the onset rule.
+* **Early end**: :meth:`SpeechDetector.end_now` ends the utterance inside a pause (no voiced run
+  begun since ``ProvisionalEnd``) as if ``endpoint_silence_ms`` had passed: a turn model's verdict.
 * **Audio**: ``SpeechEnd.audio`` is float32 16 kHz from ``pre_roll_ms`` before the onset (less at
   the very start of the stream) to its end.
 """
@@ -195,6 +197,24 @@ class SpeechDetector:
         if not self._in_speech or not self._utt_frames:
             return np.zeros(0, dtype=np.float32)
         return np.concatenate(self._utt_frames)
+
+    @property
+    def voiced_ms(self) -> int | None:
+        """Span of the utterance under way from its start to the end of its last voiced frame."""
+        return self._t(self._last_voiced_end - self._utt_start) if self._in_speech else None
+
+    @property
+    def in_pause(self) -> bool:
+        """In speech, silent for at least provisional_silence_ms, and no new run of voice begun."""
+        return self._in_speech and self._provisional_sent and self._cand_start is None
+
+    def end_now(self) -> list[VadEvent]:
+        """End the utterance at its pause (another judge says the turn is over): its ``SpeechEnd``
+        (or ``SpeechDiscarded``), as at ``endpoint_silence_ms``; nothing unless :attr:`in_pause`."""
+        events: list[VadEvent] = []
+        if self.in_pause:
+            self._end(self._k - 1, events)
+        return events
 
     def process(self, pcm: bytes | bytearray | memoryview) -> list[VadEvent]:
         """Feed PCM16LE mono at ``input_rate``; returns the events completed by it, in order."""

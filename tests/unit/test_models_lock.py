@@ -27,7 +27,7 @@ def refreshed(lock):
 
 def test_the_lock_has_the_models_the_services_use(lock):
     assert lock.ids() == ["piper-en_US-joe-medium", "whisper-tiny.en", "whisper-base", "silero-vad",
-                          "smollm2-135m-instruct", "llama-3.2-3b-instruct"]
+                          "smollm2-135m-instruct", "llama-3.2-3b-instruct", "smart-turn-v3.2"]
     kinds = {m.id: (m.kind, m.engine, m.licence) for m in lock.models}
     assert kinds["piper-en_US-joe-medium"] == ("tts", "piper", "MIT")
     assert kinds["whisper-tiny.en"] == ("asr", "faster-whisper", "MIT")

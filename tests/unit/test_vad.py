@@ -477,3 +477,16 @@ def test_reset_starts_over(sentence):
     assert [e.t_ms for e in first] == [e.t_ms for e in second]
     assert isinstance(first[1], ProvisionalEnd)
     assert not any(isinstance(e, (SpeechResumed, SpeechDiscarded)) for e in first)
+
+
+def test_end_now_ends_the_utterance_at_its_pause_and_only_there(sentence):
+    det = SpeechDetector(VadConfig(endpoint_silence_ms=2000), RATE)
+    _clean, x = scene(silence(300), sentence, silence(400))
+    events = feed(det, x)
+    assert kinds(events) == ["SpeechStart", "ProvisionalEnd"] and det.in_pause
+    pause_at = events[1].t_ms
+    (end,) = det.end_now()
+    assert isinstance(end, SpeechEnd) and end.t_ms == pause_at  # where the pause began, not now
+    assert not det.in_speech and det.end_now() == []
+    during, _ = run(scene(silence(300), sentence)[1])
+    assert "SpeechEnd" not in kinds(during)

@@ -12,10 +12,14 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import numpy as np
+
 from appliance.asr import AsrEngine
+from appliance.asr import Transcript as AsrTranscript
 from appliance.config import OrchestratorSettings
 from appliance.orchestrator.respond import Responder
 from appliance.orchestrator.session.barge_in import BargeInControl
+from appliance.orchestrator.session.end_of_turn import EndOfTurn
 from appliance.orchestrator.session.limits import SessionEnded, SessionLimits
 from appliance.orchestrator.session.listening import Listener
 from appliance.orchestrator.session.outbox import Outbox
@@ -45,6 +49,7 @@ class Conversation:
     def __init__(
         self, session_id: str, channel: Channel, settings: OrchestratorSettings, *, asr: AsrEngine,
         responder: Responder, tts: TtsLink, metrics=None, responder_description: str | None = None,
+        turn_model=None,
     ) -> None:
         self.id = session_id
         self.channel = channel
@@ -55,7 +60,8 @@ class Conversation:
         self.outbox = Outbox(channel)
         self.sm = StateMachine(session_id, self._on_state)
         self.listening = Listener(settings, channel.hello.sample_rate, asr, self.sm, self,
-                                  emit=self.outbox.emit, spawn=self._spawn)
+                                  emit=self.outbox.emit, spawn=self._spawn,
+                                  end_of_turn=EndOfTurn(settings.turn, turn_model))
         self.playback = Playback(self._send_audio, settings.playback.lead_ms / 1000, self.sm)
         self.barge_in = BargeInControl(session_id, settings, self.sm, self.playback, tts, emit=self.outbox.emit,
                                 spawn=self._spawn, stop_turn=self._stop_turn, metrics=metrics)
@@ -64,6 +70,8 @@ class Conversation:
                                settle=self._settle_after_turn, metrics=metrics)
         self.turns = 0
         self._turn_task: asyncio.Task | None = None
+        self._heard: tuple[np.ndarray, TurnTimes] | None = None  # the spoken turn in flight, not answered aloud yet
+        self._carried: tuple[np.ndarray, TurnTimes] | None = None  # ... stopped because the person went on
         self._background: set[asyncio.Task] = set()
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -140,20 +148,56 @@ class Conversation:
             self.barge_in.begin()
         elif self.sm.state is State.WAITING_FOR_INPUT:
             self.sm.to(State.LISTENING)
+        elif self._answering_silently():
+            # The person goes on before the reply is heard: no reply may start while they talk, and
+            # what they say next belongs to the same turn.
+            self._carried, self._heard = self._heard, None
+            self.barge_in.stop_reply()
+
+    def _answering_silently(self) -> bool:
+        turn_running = self._turn_task is not None and not self._turn_task.done()
+        return self.sm.state is State.LISTENING and turn_running and self._heard is not None
 
     def speech_ended(self) -> bool:
-        if self.sm.state is State.BARGED_IN:
+        if self.sm.state is State.BARGED_IN and not self.barge_in.backchannels:
             self.barge_in.confirm()
         return self.sm.state is not State.SPEAKING  # speech below the barge-in bar while speaking: no turn
 
     def turn_heard(self, audio, speculative: asyncio.Task | None, times: TurnTimes) -> None:
+        if self.sm.state is State.BARGED_IN:  # short speech over the reply: a backchannel, or a turn?
+            self._spawn(self._backchannel_or_turn(audio, times))
+            return
         if self.sm.state is State.WAITING_FOR_INPUT:
             self.sm.to(State.LISTENING)
+        if self._carried is not None:  # the rest of a turn whose reply was stopped before it was heard
+            audio, speculative = np.concatenate([self._carried[0], audio]), None
+            self._carried = None
         self._start_turn(self._spoken_turn(audio, speculative, times))
+        self._heard = (audio, times)
 
     def speech_discarded(self) -> None:
         if self.sm.state is State.BARGED_IN:
             self.barge_in.false_alarm("burst too short to be a turn")
+        elif self._carried is not None and self.sm.state is State.LISTENING:  # a click, not more words
+            (audio, times), self._carried = self._carried, None
+            self._start_turn(self._spoken_turn(audio, None, times))
+            self._heard = (audio, times)
+
+    async def _backchannel_or_turn(self, audio, times: TurnTimes) -> None:
+        self.barge_in.deciding = True
+        try:
+            transcript = await self.listening.transcribe(audio, None)
+        finally:
+            self.barge_in.deciding = False
+        if self.sm.state is not State.BARGED_IN:
+            return
+        text = transcript.text.strip()
+        if not text or self.barge_in.is_backchannel(text):
+            log.info("backchannel session=%s text=%r: the reply goes on", self.id, text[:80])
+            self.barge_in.false_alarm("backchannel" if text else "nothing said")
+            return
+        self.barge_in.confirm()
+        self._start_turn(self._transcribed_turn(transcript, times))
 
     # --- barge-in ----------------------------------------------------------------------------
 
@@ -182,6 +226,7 @@ class Conversation:
             if self.sm.state is State.BARGED_IN:
                 self.sm.to(State.LISTENING)
         self.turns += 1
+        self._heard = None
         self._turn_task = asyncio.ensure_future(self._guarded(coro))
 
     async def _guarded(self, coro) -> None:
@@ -197,8 +242,11 @@ class Conversation:
             self._settle_after_turn()
 
     async def _spoken_turn(self, audio, speculative: asyncio.Task | None, times: TurnTimes) -> None:
-        transcript = await self.listening.transcribe(audio, speculative)
+        await self._transcribed_turn(await self.listening.transcribe(audio, speculative), times)
+
+    async def _transcribed_turn(self, transcript: AsrTranscript, times: TurnTimes) -> None:
         times.asr_ms = transcript.asr_ms
+        times.asr_queue_ms = transcript.queue_ms
         times.transcribed_at = asyncio.get_running_loop().time()
         text = transcript.text.strip()
         self.outbox.emit(Transcript(text, final=True))

@@ -12,6 +12,8 @@ class TurnTimes:
     speech_end_arrival: float | None = None  # when the audio at the end of the user's speech arrived
     endpoint_at: float | None = None  # when the VAD declared the turn over
     asr_ms: float | None = None
+    asr_queue_ms: float | None = None  # how long the final transcription waited for the engine
+    turn_model_ms: float | None = None  # the turn model's time at the pause that ended the turn
     transcribed_at: float | None = None
     responder_started: float | None = None
     first_text_at: float | None = None  # the responder's first piece
@@ -32,5 +34,11 @@ class TurnTimes:
             "voice_to_voice": self._ms(self.speech_end_arrival, self.first_sent_at),
         }
 
+    def extra_ms(self) -> dict[str, float | None]:
+        """Timings beyond the stages (additive fields of the `metrics` event)."""
+        def r(v: float | None) -> float | None:
+            return None if v is None else round(v, 1)
+        return {"asr_queue_ms": r(self.asr_queue_ms), "turn_model_ms": r(self.turn_model_ms)}
+
     def event(self) -> TurnMetrics:
-        return TurnMetrics(**{f"{stage}_ms": ms for stage, ms in self.stages_ms().items()})
+        return TurnMetrics(**{f"{stage}_ms": ms for stage, ms in self.stages_ms().items()}, extra=self.extra_ms())

@@ -1,0 +1,55 @@
+"""When a turn is over: at a short pause in smart mode, the turn model's verdict; else the silence.
+
+* ``silence``: the VAD ends the turn after ``[vad] endpoint_silence_ms`` of silence.
+* ``smart``: the VAD's provisional pause is ``[turn] pause_ms``; there the turn model judges the
+  audio so far (off the loop). Complete: the turn ends at that pause. Incomplete: it ends only after
+  ``[turn] incomplete_timeout_ms`` of silence, unless speech resumes (the next pause is judged again).
+
+Without a turn model (not installed, or failed to load) smart mode is silence mode.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from appliance.asr.turn_model import TurnModel, TurnVerdict
+from appliance.audio.vad_config import VadConfig
+from appliance.config import TurnSettings
+
+log = logging.getLogger(__name__)
+
+
+class EndOfTurn:
+    def __init__(self, settings: TurnSettings, model: TurnModel | None) -> None:
+        self.settings = settings
+        self.model = model if settings.mode == "smart" else None
+
+    @property
+    def smart(self) -> bool:
+        return self.model is not None
+
+    def vad_config(self, vad: VadConfig) -> VadConfig:
+        """The VAD's parameters for this mode: in smart mode the pause and the long bound."""
+        if not self.smart:
+            return vad
+        endpoint = max(self.settings.incomplete_timeout_ms, self.settings.pause_ms)
+        return vad.model_copy(update={"provisional_silence_ms": self.settings.pause_ms, "endpoint_silence_ms": endpoint})
+
+    def soonest_end_ms(self, vad: VadConfig) -> float:
+        """The least silence after which a turn may end, from the last voiced frame."""
+        if not self.smart:
+            return vad.endpoint_silence_ms
+        return self.settings.pause_ms + (self.model_ms or 0.0)
+
+    @property
+    def model_ms(self) -> float | None:
+        return None if self.model is None else self.model.last_ms
+
+    async def judge(self, audio: np.ndarray) -> TurnVerdict:
+        assert self.model is not None
+        verdict = await self.model.judge(audio)
+        log.debug("turn model: %s p=%.2f in %.0f ms", "complete" if verdict.complete else "incomplete",
+                  verdict.probability, verdict.ms)
+        return verdict

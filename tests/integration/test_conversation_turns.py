@@ -1,0 +1,159 @@
+"""Turn-taking over the real WebSocket, with the orchestrator in this process (so each test picks
+its [turn] settings) against the real Piper worker process: the smart-turn model ends a finished
+question at its first pause and keeps a mid-sentence pause inside the turn; backchannels over a
+reply leave it playing while a real interruption stops it; a partial pass never holds up a final."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from speech import transcribe, wer
+from voices import pad, paused_speech, piper_speech, with_noise
+
+from appliance.asr import WhisperAsr
+from appliance.config import OrchestratorSettings, load_settings
+from appliance.orchestrator.server import Orchestrator
+from appliance.transport.ws_client import WsClient
+
+RATE = 16000
+REPLY = (
+    "Here is a long story for you. Once upon a time there was a lighthouse keeper who lived alone "
+    "on a small island, far from the coast. Every evening he climbed the stairs and lit the great lamp."
+)
+PAUSED = [("I would like to book a table for four people tonight.", "for"),
+          ("What is the weather like in Paris today?", "like")]
+
+
+@pytest.fixture(scope="module")
+def asr():
+    engine = WhisperAsr("tiny.en")
+    engine.load()
+    yield engine
+    engine.close()
+
+
+@pytest.fixture
+async def orchestrator_with(piper_worker, asr, smart_turn_model):
+    started = []
+
+    async def start(mode: str = "smart", engine=None, **settings):
+        settings["turn"] = {"mode": mode, "model_path": str(smart_turn_model), **settings.get("turn", {})}
+        config = load_settings(OrchestratorSettings, None, host="127.0.0.1", port=0, workers=[piper_worker.address],
+                               **settings)
+        orch = Orchestrator(config, asr=engine or asr)
+        await orch.start()
+        started.append(orch)
+        return orch
+
+    yield start
+    for orch in started:
+        orch.asr = WhisperAsr("tiny.en")  # the module's engine outlives this orchestrator
+        await orch.stop()
+
+
+async def _client(orch) -> WsClient:
+    c = WsClient(f"ws://127.0.0.1:{orch.port}/ws")
+    await c.connect(RATE)
+    return c
+
+
+def _finals(c: WsClient) -> list[str]:
+    return [t["text"] for t in c.rx.of_type("transcript") if t["final"]]
+
+
+async def test_a_complete_question_ends_at_its_first_pause(orchestrator_with):
+    orch = await orchestrator_with("smart", turn={"incomplete_timeout_ms": 3000})
+    c = await _client(orch)
+    text = "What is the weather like in Paris today?"
+    await c.stream(with_noise(pad(piper_speech(text, RATE, steady=True), RATE, 0.5, 3.5)), RATE)
+    await c.wait_for(lambda: c.rx.of_type("metrics"), 30)
+    metrics = c.rx.of_type("metrics")[-1]
+    # Ended by the model's verdict at the pause, not by the 3 s bound for an incomplete turn.
+    assert metrics["turn_model_ms"] is not None
+    assert metrics["endpoint_ms"] < 3000, metrics
+    assert _finals(c) and wer(text, _finals(c)[-1]) <= 0.15
+    await c.close()
+
+
+async def _paused_turns(orch, clips) -> list[tuple[int, list[str]]]:
+    """For each clip: how many times the turn ended (`speech_end`), and the final transcripts."""
+    heard = []
+    for text, word in clips:
+        c = await _client(orch)
+        await c.stream(with_noise(pad(paused_speech(text, word, 0.7, RATE), RATE, 0.5, 2.0)), RATE)
+        await c.wait_for(lambda c=c: c.rx.of_type("metrics"), 30)
+        ends = [e for e in c.rx.of_type("vad") if e["event"] == "speech_end"]
+        heard.append((len(ends), _finals(c)))
+        await c.close()
+    return heard
+
+
+async def test_a_mid_sentence_pause_is_one_turn_in_smart_mode_and_splits_in_silence_mode(orchestrator_with):
+    smart = await _paused_turns(await orchestrator_with("smart"), PAUSED)
+    for (text, _), (ends, finals) in zip(PAUSED, smart):
+        assert ends == 1 and len(finals) == 1 and wer(text, finals[0]) <= 0.4, finals  # one transcript, one reply
+    silence = await _paused_turns(await orchestrator_with("silence"), PAUSED)
+    assert sum(ends > 1 for ends, _ in silence) > sum(ends > 1 for ends, _ in smart), silence
+    # A split turn is still answered once, for the whole sentence: no reply started mid-sentence.
+    for (text, _), (_ends, finals) in zip(PAUSED, silence):
+        assert wer(text, finals[-1]) <= 0.4, finals
+
+
+async def _over_the_reply(orch, words: str) -> WsClient:
+    c = await _client(orch)
+    await c.send_json({"type": "say", "text": REPLY})
+    await c.wait_for(lambda: len(c.rx.frames) > 50, 30)
+    await c.stream(with_noise(pad(piper_speech(words, RATE, steady=True), RATE, 0.0, 1.5)), RATE)
+    await c.wait_for(lambda: c.rx.of_type("barge_in"), 10)
+    return c
+
+
+async def test_a_backchannel_leaves_the_reply_playing_where_it_paused(orchestrator_with):
+    orch = await orchestrator_with("smart")
+    c = await _over_the_reply(orch, "Yeah.")
+    await c.wait_for(lambda: c.rx.of_type("reply_end"), 60)
+    states = [e["state"] for e in c.rx.of_type("state")]
+    assert states[states.index("BARGED_IN") + 1] == "SPEAKING", states  # resumed, not stopped
+    assert _finals(c) == []  # no new turn
+    heard = transcribe(c.rx.audio(), 48000)
+    assert wer(REPLY, heard) <= 0.25, heard  # every word, nothing skipped or repeated
+    await c.close()
+
+
+async def test_a_real_interruption_stops_the_reply_and_is_the_new_turn(orchestrator_with):
+    orch = await orchestrator_with("smart")
+    c = await _over_the_reply(orch, "Wait, stop.")
+    await c.wait_for(lambda: _finals(c), 30)
+    assert wer("wait stop", _finals(c)[-1]) <= 0.5, _finals(c)
+    states = [e["state"] for e in c.rx.of_type("state")]
+    assert "LISTENING" in states[states.index("BARGED_IN"):], states
+    assert c.rx.of_type("reply_end") == [] or wer(REPLY, transcribe(c.rx.audio(), 48000)) > 0.5
+    await c.close()
+
+
+class SlowWhisper(WhisperAsr):
+    """The real engine on a machine four times slower: every pass takes 600 ms longer."""
+
+    def recognize(self, audio: np.ndarray, *, partial: bool):
+        time.sleep(0.6)
+        return super().recognize(audio, partial=partial)
+
+
+async def test_a_partial_never_delays_the_final_on_a_slow_engine(orchestrator_with):
+    slow = SlowWhisper("tiny.en")
+    slow.load()
+    try:
+        orch = await orchestrator_with("silence", engine=slow, asr={"partial_interval_ms": 300})
+        c = await _client(orch)
+        text = ("I would like to plan a trip to the mountains next weekend with my two brothers "
+                "and we need a place to stay near the lake")
+        await c.stream(with_noise(pad(piper_speech(text, RATE, steady=True), RATE)), RATE)
+        await c.wait_for(lambda: c.rx.of_type("metrics"), 60)
+        metrics = c.rx.of_type("metrics")[-1]
+        assert metrics["asr_queue_ms"] is not None and metrics["asr_queue_ms"] < 100, metrics  # ~0, not a pass
+        assert wer(text, _finals(c)[-1]) <= 0.15
+        await c.close()
+    finally:
+        slow.close()
