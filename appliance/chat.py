@@ -45,7 +45,10 @@ async def chat(wav: str, url: str, out: str | None, timeout: float = 60.0) -> in
             if TurnMetrics.type in kinds:
                 return True
             # A turn with nothing understood ends without a reply.
-            return any(e.get("final") and not e.get("text") for e in client.rx.of_type(Transcript.type)) or ErrorEvent.type in kinds
+            return (
+                any(e.get("final") and not e.get("text") for e in client.rx.of_type(Transcript.type))
+                or ErrorEvent.type in kinds
+            )
 
         await client.wait_for(turn_done, timeout)
     finally:

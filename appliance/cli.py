@@ -58,7 +58,12 @@ def cmd_orchestrator(args: argparse.Namespace) -> int:
     from appliance.orchestrator.server import Orchestrator
 
     settings = load_settings(
-        OrchestratorSettings, args.config, host=args.host, port=args.port, redis_url=args.redis_url, workers=args.worker
+        OrchestratorSettings,
+        args.config,
+        host=args.host,
+        port=args.port,
+        redis_url=args.redis_url,
+        workers=args.worker,
     )
     setup_logging(settings.log_level)
 
@@ -131,9 +136,16 @@ def cmd_bench_conversation(args: argparse.Namespace) -> int:
 def cmd_bench_responder(args: argparse.Namespace) -> int:
     from appliance.bench.responder import run_bench
 
-    result = asyncio.run(run_bench(
-        prompts=args.prompts, model=args.model, threads=args.threads, n_gpu_layers=args.n_gpu_layers,
-        max_tokens=args.max_tokens, cancel_trials=args.cancel_trials))
+    result = asyncio.run(
+        run_bench(
+            prompts=args.prompts,
+            model=args.model,
+            threads=args.threads,
+            n_gpu_layers=args.n_gpu_layers,
+            max_tokens=args.max_tokens,
+            cancel_trials=args.cancel_trials,
+        )
+    )
     return _report(result, args.out)
 
 
@@ -159,7 +171,9 @@ def cmd_bench_routing(args: argparse.Namespace) -> int:
     from appliance.bench.routing import run_bench
 
     result = asyncio.run(
-        run_bench(workers=args.workers, trials=args.trials, spawn_trials=args.spawn_trials, redis_url=args.redis_url)
+        run_bench(
+            workers=args.workers, trials=args.trials, spawn_trials=args.spawn_trials, redis_url=args.redis_url
+        )
     )
     return _report(result, args.out)
 
@@ -202,7 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host")
     p.add_argument("--port", type=int)
     p.add_argument("--redis-url", help="discover workers in Redis (absent: the static worker list)")
-    p.add_argument("--worker", action="append", metavar="HOST:PORT", help="a TTS worker (repeatable; replaces the list)")
+    p.add_argument(
+        "--worker", action="append", metavar="HOST:PORT", help="a TTS worker (repeatable; replaces the list)"
+    )
     p.set_defaults(func=cmd_orchestrator)
 
     p = sub.add_parser("run", help="the embedded default: orchestrator + one Piper worker, no Redis, no root")
@@ -220,20 +236,32 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("say", help="synthesise text to a WAV file (48 kHz mono)")
     p.add_argument("text")
     p.add_argument("--out", required=True, help="WAV file to write")
-    p.add_argument("--worker", type=_host_port, help="HOST:PORT of a running worker (absent: start one in this process)")
+    p.add_argument(
+        "--worker", type=_host_port, help="HOST:PORT of a running worker (absent: start one in this process)"
+    )
     p.add_argument("--model", help="model id (absent: the worker's default)")
     p.set_defaults(func=cmd_say)
 
-    p = sub.add_parser("workers", help="the TTS worker registry: workers, addresses, models, load, last heartbeat")
-    p.add_argument("--url", help="http://HOST:PORT of a running orchestrator (its view: down marks, routed counts)")
-    p.add_argument("--config", help="orchestrator TOML: read its Redis (redis_url, password, key prefix) directly")
-    p.add_argument("--redis-url", help="read this Redis directly (password: APPLIANCE_REDIS_PASSWORD or the URL)")
+    p = sub.add_parser(
+        "workers", help="the TTS worker registry: workers, addresses, models, load, last heartbeat"
+    )
+    p.add_argument(
+        "--url", help="http://HOST:PORT of a running orchestrator (its view: down marks, routed counts)"
+    )
+    p.add_argument(
+        "--config", help="orchestrator TOML: read its Redis (redis_url, password, key prefix) directly"
+    )
+    p.add_argument(
+        "--redis-url", help="read this Redis directly (password: APPLIANCE_REDIS_PASSWORD or the URL)"
+    )
     p.add_argument("--json", action="store_true", help="JSON instead of a table")
     p.set_defaults(func=cmd_workers)
 
     p = sub.add_parser("check-config", help="validate a service's TOML file")
     p.add_argument("file")
-    p.add_argument("--kind", choices=sorted(SERVICE_KINDS), help="which service it configures (guessed from the path)")
+    p.add_argument(
+        "--kind", choices=sorted(SERVICE_KINDS), help="which service it configures (guessed from the path)"
+    )
     p.add_argument("--show", action="store_true", help="print the effective settings")
     p.set_defaults(func=cmd_check_config)
 
@@ -245,25 +273,35 @@ def build_parser() -> argparse.ArgumentParser:
     q = bsub.add_parser("tts", help="TTFA, RTF and control latency through a real gRPC worker")
     q.add_argument("--trials", type=int, default=24)
     q.add_argument("--concurrency", type=int, default=8)
-    q.add_argument("--worker", type=_host_port, help="HOST:PORT of a running worker (absent: start one as a subprocess)")
+    q.add_argument(
+        "--worker", type=_host_port, help="HOST:PORT of a running worker (absent: start one as a subprocess)"
+    )
     q.add_argument("--model", default="piper-en_US-joe-medium")
     q.add_argument("--out", help="also write the JSON here")
     q.set_defaults(func=cmd_bench_tts)
-    q = bsub.add_parser("conversation", help="voice-to-voice, barge-in and false barge-in over the real WebSocket")
+    q = bsub.add_parser(
+        "conversation", help="voice-to-voice, barge-in and false barge-in over the real WebSocket"
+    )
     q.add_argument("--turns", type=int, default=20)
     q.add_argument("--url", help="ws://HOST:PORT/ws of a running appliance (absent: start `appliance run`)")
     q.add_argument("--out", help="also write the JSON here")
     q.set_defaults(func=cmd_bench_conversation)
-    q = bsub.add_parser("routing", help="routing decision time with N workers; new worker usable after start (Redis)")
+    q = bsub.add_parser(
+        "routing", help="routing decision time with N workers; new worker usable after start (Redis)"
+    )
     q.add_argument("--workers", type=int, default=100, help="registered workers for the decision timing")
     q.add_argument("--trials", type=int, default=200, help="routing decisions timed (≥ 20)")
     q.add_argument("--spawn-trials", type=int, default=20, help="real worker processes started (0: skip)")
     q.add_argument("--redis-url", help="a running Redis (absent: start a redis-server on a free port)")
     q.add_argument("--out", help="also write the JSON here")
     q.set_defaults(func=cmd_bench_routing)
-    q = bsub.add_parser("responder", help="the embedded LLM: first token/sentence, tokens/s, cancel, vs the raw runtime")
+    q = bsub.add_parser(
+        "responder", help="the embedded LLM: first token/sentence, tokens/s, cancel, vs the raw runtime"
+    )
     q.add_argument("--prompts", type=int, default=20)
-    q.add_argument("--model", default="local", help="a models.lock LLM id or a .gguf path (local: smollm2-135m-instruct)")
+    q.add_argument(
+        "--model", default="local", help="a models.lock LLM id or a .gguf path (local: smollm2-135m-instruct)"
+    )
     q.add_argument("--threads", type=int, default=0, help="llama.cpp CPU threads (0: half the cores)")
     q.add_argument("--n-gpu-layers", type=int, default=0)
     q.add_argument("--max-tokens", type=int, default=60)
@@ -276,12 +314,16 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--stall-ms", type=int, default=1200, help="the orchestrator's playback.tts_stall_ms")
     q.add_argument("--out", help="also write the JSON here")
     q.set_defaults(func=cmd_bench_failover)
-    q = bsub.add_parser("wyoming", help="Wyoming TTS first audio and ASR latency against wyoming-piper/-faster-whisper")
+    q = bsub.add_parser(
+        "wyoming", help="Wyoming TTS first audio and ASR latency against wyoming-piper/-faster-whisper"
+    )
     q.add_argument("--trials", type=int, default=20)
     q.add_argument("--peer-python", help="the Python of a venv with wyoming-piper and wyoming-faster-whisper")
     q.add_argument("--out", help="also write the JSON here")
     q.set_defaults(func=cmd_bench_wyoming)
-    q = bsub.add_parser("openai", help="/v1/audio/speech time to first byte (streaming) and transcription latency")
+    q = bsub.add_parser(
+        "openai", help="/v1/audio/speech time to first byte (streaming) and transcription latency"
+    )
     q.add_argument("--trials", type=int, default=20)
     q.add_argument("--out", help="also write the JSON here")
     q.set_defaults(func=cmd_bench_openai)

@@ -74,16 +74,21 @@ class ModelsSettings(_Section):
     warmup: bool = True
     device: Literal["auto", "cpu", "cuda"] = "auto"
     onnx_threads: int = Field(
-        0, ge=0, description="intra-op threads per ONNX call (0: all cores when alone, one each when calls overlap)"
+        0,
+        ge=0,
+        description="intra-op threads per ONNX call (0: all cores when alone, one each when calls overlap)",
     )
     models_dir: Path | None = Field(
-        None, description="DIR/<model-id>/ installed by `appliance models fetch`, used before the packaged copy "
-        "(absent: $APPLIANCE_MODELS_DIR, else /var/lib/appliance/models)"
+        None,
+        description="DIR/<model-id>/ installed by `appliance models fetch`, used before the packaged copy "
+        "(absent: $APPLIANCE_MODELS_DIR, else /var/lib/appliance/models)",
     )
 
 
 class WatchdogSettings(_Section):
-    stuck_synthesis_s: float = Field(15.0, gt=0, description="a synthesis call longer than this stops the pings")
+    stuck_synthesis_s: float = Field(
+        15.0, gt=0, description="a synthesis call longer than this stops the pings"
+    )
 
 
 class AudioSettings(_Section):
@@ -93,8 +98,12 @@ class AudioSettings(_Section):
 
 
 class _RedisSection(_Section):
-    key_prefix: str = Field("appliance:", pattern=r"^[A-Za-z0-9_.:/-]{0,64}$", description="prefix of every Redis key")
-    password_file: Path | None = Field(None, description="first line is the Redis password (or APPLIANCE_REDIS_PASSWORD)")
+    key_prefix: str = Field(
+        "appliance:", pattern=r"^[A-Za-z0-9_.:/-]{0,64}$", description="prefix of every Redis key"
+    )
+    password_file: Path | None = Field(
+        None, description="first line is the Redis password (or APPLIANCE_REDIS_PASSWORD)"
+    )
 
 
 def _redis_scheme(v: str | None) -> str | None:
@@ -112,8 +121,12 @@ def _host_port_or_none(v: str | None) -> str | None:
 class WorkerDiscoverySettings(_RedisSection):
     heartbeat_s: float = Field(10.0, gt=0, description="the record is rewritten this often")
     ttl_s: float = Field(30.0, gt=0, description="the record expires this long after the last heartbeat")
-    advertise_address: str | None = Field(None, description="HOST:PORT the orchestrator dials (absent: host:port)")
-    languages: list[str] = Field(default_factory=list, description="advertised (empty: those of the models it serves)")
+    advertise_address: str | None = Field(
+        None, description="HOST:PORT the orchestrator dials (absent: host:port)"
+    )
+    languages: list[str] = Field(
+        default_factory=list, description="advertised (empty: those of the models it serves)"
+    )
 
     _addr = field_validator("advertise_address")(_host_port_or_none)
 
@@ -156,10 +169,13 @@ class AsrSettings(_Section):
     beam_size: int = Field(1, ge=1, le=10)
     language: str | None = Field(None, description='for multilingual models: a code like "en", or "auto"')
     cpu_threads: int = Field(2, ge=1)
-    partial_interval_ms: int = Field(2000, ge=0, description="partial transcripts this often during long turns (0: off)")
+    partial_interval_ms: int = Field(
+        2000, ge=0, description="partial transcripts this often during long turns (0: off)"
+    )
     models_dir: Path | None = Field(
-        None, description="whisper-<model>/ installed by `appliance models fetch`, used before the packaged copy "
-        "(absent: $APPLIANCE_MODELS_DIR, else /var/lib/appliance/models)"
+        None,
+        description="whisper-<model>/ installed by `appliance models fetch`, used before the packaged copy "
+        "(absent: $APPLIANCE_MODELS_DIR, else /var/lib/appliance/models)",
     )
 
 
@@ -167,7 +183,10 @@ class VadSettings(VadConfig):
     """The VAD's parameters (one model: :class:`appliance.audio.vad_config.VadConfig`) and the echo estimate's."""
 
     echo_return_loss_db: float = Field(
-        20.0, ge=0, le=60, description="how much quieter the appliance's own voice is assumed to be in the mic"
+        20.0,
+        ge=0,
+        le=60,
+        description="how much quieter the appliance's own voice is assumed to be in the mic",
     )
 
 
@@ -175,25 +194,41 @@ class ResponderSettings(_Section):
     kind: Literal["echo", "openai", "embedded"] = "echo"
     url: str | None = Field(None, description="OpenAI-compatible base URL, e.g. http://127.0.0.1:8081/v1")
     model: str = Field(
-        "local", description='openai: the model name sent; embedded: a models.lock id or a .gguf path '
-        '("local": smollm2-135m-instruct)')
+        "local",
+        description="openai: the model name sent; embedded: a models.lock id or a .gguf path "
+        '("local": smollm2-135m-instruct)',
+    )
     api_key: str | None = None
     system_prompt: str | None = None
     timeout_s: float = Field(20.0, gt=0)
     first_token_timeout_s: float = Field(8.0, gt=0)
     models_dir: Path | None = Field(
-        None, description="embedded: where `appliance models fetch` installed the model, used before the packaged copy "
-        "(absent: $APPLIANCE_MODELS_DIR, else /var/lib/appliance/models)")
-    context_tokens: int = Field(2048, ge=256, le=131072, description="embedded: context of one generation (prompt + reply)")
+        None,
+        description="embedded: where `appliance models fetch` installed the model, used before the packaged copy "
+        "(absent: $APPLIANCE_MODELS_DIR, else /var/lib/appliance/models)",
+    )
+    context_tokens: int = Field(
+        2048, ge=256, le=131072, description="embedded: context of one generation (prompt + reply)"
+    )
     history_tokens: int = Field(
-        0, ge=0, description="embedded: prompt budget (system prompt + history + question); 0: context_tokens - max_tokens")
+        0,
+        ge=0,
+        description="embedded: prompt budget (system prompt + history + question); 0: context_tokens - max_tokens",
+    )
     max_tokens: int = Field(120, ge=8, le=4096, description="embedded: the longest reply, in tokens")
     temperature: float = Field(0.3, ge=0, le=2, description="embedded: sampling temperature")
-    n_gpu_layers: int = Field(0, ge=-1, description="embedded: layers offloaded to the GPU (-1: all; 0: CPU only)")
-    threads: int = Field(0, ge=0, description="embedded: CPU threads for llama.cpp (0: half the cores, at least 1)")
+    n_gpu_layers: int = Field(
+        0, ge=-1, description="embedded: layers offloaded to the GPU (-1: all; 0: CPU only)"
+    )
+    threads: int = Field(
+        0, ge=0, description="embedded: CPU threads for llama.cpp (0: half the cores, at least 1)"
+    )
     parallel: int = Field(2, ge=1, le=64, description="embedded: replies generated at once (llama.cpp slots)")
     max_waiting: int = Field(
-        2, ge=0, description="embedded: replies that may wait for a free slot; more are refused with responder_busy")
+        2,
+        ge=0,
+        description="embedded: replies that may wait for a free slot; more are refused with responder_busy",
+    )
 
     @field_validator("url")
     @classmethod
@@ -218,36 +253,68 @@ class SessionSettings(_Section):
 
 class PlaybackSettings(_Section):
     lead_ms: int = Field(100, ge=20, le=1000, description="how far reply audio may run ahead of real time")
-    barge_in_confirm_ms: int = Field(600, ge=100, description="PAUSEd reply resumes if no turn is confirmed in this long")
+    barge_in_confirm_ms: int = Field(
+        600, ge=100, description="PAUSEd reply resumes if no turn is confirmed in this long"
+    )
     tts_model: str = Field("", description="model id for replies (empty: the worker's default)")
     tts_stall_ms: int = Field(
         1200, ge=200, description="a worker that sends no audio this long while it is due is failed over"
     )
     tts_retry_s: float = Field(
-        5.0, ge=0, le=60,
+        5.0,
+        ge=0,
+        le=60,
         description="with no TTS worker available (mid-reply or for a new reply), keep trying this long (0: give up at once)",
     )
 
 
 DEFAULT_BACKCHANNELS = (
-    "mm-hm", "mhm", "mm", "hm", "hmm", "uh-huh", "uh huh", "yeah", "yes", "yep", "yup", "okay", "ok",
-    "right", "sure", "i see", "got it", "alright", "all right", "cool", "nice",
+    "mm-hm",
+    "mhm",
+    "mm",
+    "hm",
+    "hmm",
+    "uh-huh",
+    "uh huh",
+    "yeah",
+    "yes",
+    "yep",
+    "yup",
+    "okay",
+    "ok",
+    "right",
+    "sure",
+    "i see",
+    "got it",
+    "alright",
+    "all right",
+    "cool",
+    "nice",
 )
 
 
 class TurnSettings(_Section):
     mode: Literal["smart", "silence"] = Field(
-        "smart", description="smart: the turn model decides at each pause; silence: [vad] endpoint_silence_ms only")
-    pause_ms: int = Field(120, ge=40, le=1000, description="smart mode: the pause at which the turn model is asked")
+        "smart",
+        description="smart: the turn model decides at each pause; silence: [vad] endpoint_silence_ms only",
+    )
+    pause_ms: int = Field(
+        120, ge=40, le=1000, description="smart mode: the pause at which the turn model is asked"
+    )
     incomplete_timeout_ms: int = Field(
-        1200, ge=100, le=5000, description="smart mode: silence that ends a turn the model called incomplete")
-    model_path: Path | None = Field(None, description="the smart-turn ONNX file (absent: the model store's copy)")
+        1200, ge=100, le=5000, description="smart mode: silence that ends a turn the model called incomplete"
+    )
+    model_path: Path | None = Field(
+        None, description="the smart-turn ONNX file (absent: the model store's copy)"
+    )
     threads: int = Field(1, ge=1, description="CPU threads of the turn model")
     backchannels: bool = Field(True, description="short listener words while speaking resume the reply")
     backchannel_words: list[str] = Field(
-        default_factory=lambda: list(DEFAULT_BACKCHANNELS), description="what counts as a backchannel")
+        default_factory=lambda: list(DEFAULT_BACKCHANNELS), description="what counts as a backchannel"
+    )
     backchannel_max_ms: int = Field(
-        900, ge=100, le=3000, description="speech over a reply longer than this is an interruption")
+        900, ge=100, le=3000, description="speech over a reply longer than this is an interruption"
+    )
 
 
 class WebRtcSettings(_Section):
@@ -276,7 +343,8 @@ class ApiSettings(_Section):
         description="Bearer API keys, as sha256 hex digests (`appliance api-key new` makes one); empty: none",
     )
     loopback_without_key: bool = Field(
-        False, description="requests from 127.0.0.1/::1 with no X-Forwarded-For need no key (never through Caddy)",
+        False,
+        description="requests from 127.0.0.1/::1 with no X-Forwarded-For need no key (never through Caddy)",
     )
     max_input_chars: int = Field(4096, ge=1, description="longest /v1/audio/speech input")
     max_upload_mb: float = Field(25.0, gt=0, description="largest /v1/audio/transcriptions file")
@@ -286,7 +354,9 @@ class ApiSettings(_Section):
     def _hex_digests(cls, v: list[str]) -> list[str]:
         for key in v:
             if len(key) != 64 or any(c not in "0123456789abcdef" for c in key):
-                raise ValueError("each key must be a sha256 hex digest (64 lowercase hex digits), not the key")
+                raise ValueError(
+                    "each key must be a sha256 hex digest (64 lowercase hex digits), not the key"
+                )
         return v
 
 
@@ -294,11 +364,18 @@ class WyomingSettings(_Section):
     """`appliance wyoming`: the Wyoming protocol server for Home Assistant (docs/interop.md)."""
 
     uri: str = Field("tcp://127.0.0.1:10200", description="where it listens: tcp://HOST:PORT or unix://PATH")
-    zeroconf: bool = Field(False, description="advertise _wyoming._tcp over mDNS so Home Assistant discovers it")
+    zeroconf: bool = Field(
+        False, description="advertise _wyoming._tcp over mDNS so Home Assistant discovers it"
+    )
     zeroconf_name: str = Field("", description="the advertised instance name (empty: appliance-<hostname>)")
-    zeroconf_host: str = Field("", description="the address advertised (empty: the one routed to the mDNS group)")
+    zeroconf_host: str = Field(
+        "", description="the address advertised (empty: the one routed to the mDNS group)"
+    )
     tts_sample_rate: int = Field(
-        0, ge=0, le=48_000, description="TTS audio rate sent to clients (0: the workers' 48 kHz frames)",
+        0,
+        ge=0,
+        le=48_000,
+        description="TTS audio rate sent to clients (0: the workers' 48 kHz frames)",
     )
     max_clients: int = Field(16, ge=1, description="connections served at once (more get an error event)")
     max_audio_s: float = Field(60.0, gt=0, description="longest audio one transcribe request may send")
@@ -315,11 +392,16 @@ ROUTING_FLAGS = ("streaming", "zero_shot", "lora", "cpu_ok", "emotive_zero_promp
 
 
 class OrchestratorDiscoverySettings(_RedisSection):
-    resync_s: float = Field(10.0, gt=0, description="full re-read of the worker keys this often (pub/sub may drop)")
+    resync_s: float = Field(
+        10.0, gt=0, description="full re-read of the worker keys this often (pub/sub may drop)"
+    )
     health_check_s: float = Field(
-        2.0, gt=0, description="gRPC probes of down and static-only workers (of all, while Redis is down)")
+        2.0, gt=0, description="gRPC probes of down and static-only workers (of all, while Redis is down)"
+    )
     language: str = Field("", description='language replies need, e.g. "en" (empty: any)')
-    require: list[str] = Field(default_factory=lambda: ["streaming"], description=f"of {', '.join(ROUTING_FLAGS)}")
+    require: list[str] = Field(
+        default_factory=lambda: ["streaming"], description=f"of {', '.join(ROUTING_FLAGS)}"
+    )
 
     @field_validator("require")
     @classmethod
@@ -333,7 +415,9 @@ class OrchestratorDiscoverySettings(_RedisSection):
 class OrchestratorSettings(_ServiceSettings):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
-    workers: list[str] = Field(default_factory=lambda: ["127.0.0.1:7001"], description="static TTS worker list")
+    workers: list[str] = Field(
+        default_factory=lambda: ["127.0.0.1:7001"], description="static TTS worker list"
+    )
     redis_url: str | None = None
     redis_password: SecretStr | None = None
     discovery: OrchestratorDiscoverySettings = Field(default_factory=OrchestratorDiscoverySettings)
@@ -364,7 +448,10 @@ class OrchestratorSettings(_ServiceSettings):
         return v
 
 
-SERVICE_KINDS: dict[str, type[_ServiceSettings]] = {"tts-worker": WorkerSettings, "orchestrator": OrchestratorSettings}
+SERVICE_KINDS: dict[str, type[_ServiceSettings]] = {
+    "tts-worker": WorkerSettings,
+    "orchestrator": OrchestratorSettings,
+}
 
 
 def load_settings(cls: type[_ServiceSettings], path: str | Path | None = None, **overrides: Any):

@@ -73,7 +73,10 @@ ENGINE_CAPABILITIES: dict[str, EngineCapabilities] = {
 def flags_for(engines: Iterable[str | EngineCapabilities]) -> EngineCapabilities:
     """The flags of a worker serving ``engines`` (names or declarations): a flag is set when any
     engine has it, except ``cpu_ok``, which needs every one (and at least one engine)."""
-    caps = [e if isinstance(e, EngineCapabilities) else ENGINE_CAPABILITIES.get(e, UNKNOWN_ENGINE) for e in engines]
+    caps = [
+        e if isinstance(e, EngineCapabilities) else ENGINE_CAPABILITIES.get(e, UNKNOWN_ENGINE)
+        for e in engines
+    ]
     return EngineCapabilities(
         zero_shot=any(c.zero_shot for c in caps),
         lora=any(c.lora for c in caps),
@@ -205,7 +208,13 @@ def split_host_port(address: str) -> tuple[str, int]:
     """``HOST:PORT`` (a port 1-65535, no whitespace) → (host, port); ValueError "'…' is not HOST:PORT".
     The one check for every worker address: records, settings and command lines."""
     host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536 or any(c.isspace() for c in address):
+    if (
+        not sep
+        or not host
+        or not port.isdigit()
+        or not 0 < int(port) < 65536
+        or any(c.isspace() for c in address)
+    ):
         raise ValueError(f"{address[:80]!r} is not HOST:PORT")
     return host, int(port)
 
@@ -326,7 +335,11 @@ def connect(url: str, password: str | None, *, timeout_s: float = 2.0):
     if scheme not in ("redis", "rediss", "unix"):
         raise ValueError(f"redis url {redact(url)!r}: scheme must be redis://, rediss:// or unix://")
     # No hidden retries: the callers own the retry loop, and must see an outage to resync after it.
-    kwargs: dict = {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s, "retry": Retry(NoBackoff(), 0)}
+    kwargs: dict = {
+        "socket_timeout": timeout_s,
+        "socket_connect_timeout": timeout_s,
+        "retry": Retry(NoBackoff(), 0),
+    }
     if password:
         kwargs["password"] = password
         parts = urlsplit(url)

@@ -9,7 +9,11 @@ import sys
 
 def setup_logging(level: str = "info") -> None:
     under_journald = bool(os.environ.get("JOURNAL_STREAM"))
-    fmt = "%(levelname)s %(name)s: %(message)s" if under_journald else "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    fmt = (
+        "%(levelname)s %(name)s: %(message)s"
+        if under_journald
+        else "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr, force=True)
     for noisy in ("grpc", "asyncio", "aioice", "aiortc"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

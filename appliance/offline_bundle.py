@@ -45,7 +45,13 @@ from pathlib import Path
 # What the roles install with apt (python3-apt: Ansible's apt module; python3-packaging: its pip
 # module; acl: become_user).
 DEFAULT_APT_PACKAGES = (
-    "redis-server", "caddy", "python3-venv", "python3-pip", "python3-apt", "python3-packaging", "acl",
+    "redis-server",
+    "caddy",
+    "python3-venv",
+    "python3-pip",
+    "python3-apt",
+    "python3-packaging",
+    "acl",
     "libgomp1",  # OpenMP for llama.cpp (the embedded responder)
 )
 
@@ -55,8 +61,15 @@ DEFAULT_APT_PACKAGES = (
 DEFAULT_MODELS = ("piper-en_US-joe-medium", "whisper-tiny.en", "smollm2-135m-instruct")
 
 # `apt-cache depends` without these: only what must be installed.
-_DEPENDS_FLAGS = ("--recurse", "--no-recommends", "--no-suggests", "--no-conflicts", "--no-breaks",
-                  "--no-replaces", "--no-enhances")
+_DEPENDS_FLAGS = (
+    "--recurse",
+    "--no-recommends",
+    "--no-suggests",
+    "--no-conflicts",
+    "--no-breaks",
+    "--no-replaces",
+    "--no-enhances",
+)
 
 
 # A pip platform tag's machine -> Debian's architecture name.
@@ -82,7 +95,7 @@ def sha256(path: Path) -> str:
 
 def source_tree(start: Path | None = None) -> Path:
     """The source tree this package runs from (an editable install or a clone)."""
-    here = (start or Path(__file__).resolve().parent.parent)
+    here = start or Path(__file__).resolve().parent.parent
     if (here / "pyproject.toml").exists() and (here / "appliance").is_dir():
         return here
     raise BundleError(f"no source tree at {here} (pass --source DIR: a clone of the appliance)")
@@ -95,11 +108,14 @@ def project_version(tree: Path) -> str:
 def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False, **kw)
     if proc.returncode != 0:
-        raise BundleError(f"{' '.join(cmd[:6])} … failed ({proc.returncode}):\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
+        raise BundleError(
+            f"{' '.join(cmd[:6])} … failed ({proc.returncode}):\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}"
+        )
     return proc
 
 
 # ---------------------------------------------------------------- models
+
 
 def locked_models(models: Iterable[str], lock_path: Path) -> list:
     """The models.lock entries for ``models`` (the pinned wheels that ship them: modelstore.model_wheels.pins)."""
@@ -113,12 +129,19 @@ def locked_models(models: Iterable[str], lock_path: Path) -> list:
 
 # ---------------------------------------------------------------- wheels
 
+
 def _pure(wheel: Path) -> bool:
     return wheel.name.endswith("-none-any.whl")
 
 
-def build_wheels(tree: Path, dest: Path, requirements: Iterable[str] = (), platform: str | None = None,
-                 python_version: str = "3.11", pip_args: Iterable[str] = ()) -> list[Path]:
+def build_wheels(
+    tree: Path,
+    dest: Path,
+    requirements: Iterable[str] = (),
+    platform: str | None = None,
+    python_version: str = "3.11",
+    pip_args: Iterable[str] = (),
+) -> list[Path]:
     """The appliance wheel and every dependency into ``dest``. For another ``platform`` (e.g.
     manylinux2014_aarch64), pure-Python wheels are built here and binary ones downloaded."""
     dest.mkdir(parents=True, exist_ok=True)
@@ -129,17 +152,58 @@ def build_wheels(tree: Path, dest: Path, requirements: Iterable[str] = (), platf
             if not _pure(w):
                 w.unlink()
         app = sorted(dest.glob("appliance-*.whl"))
-        _run([*pip, "download", "--quiet", "--dest", str(dest), "--find-links", str(dest),
-              "--only-binary=:all:", "--platform", platform, "--python-version", python_version,
-              "--implementation", "cp", *[str(a) for a in app], *requirements, *pip_args])
+        _run(
+            [
+                *pip,
+                "download",
+                "--quiet",
+                "--dest",
+                str(dest),
+                "--find-links",
+                str(dest),
+                "--only-binary=:all:",
+                "--platform",
+                platform,
+                "--python-version",
+                python_version,
+                "--implementation",
+                "cp",
+                *[str(a) for a in app],
+                *requirements,
+                *pip_args,
+            ]
+        )
     for _ in range(3):  # what the added wheels need in turn, too
         missing = missing_on_target(dest)
         if not missing:
             break
-        target = ["--only-binary=:all:", "--platform", platform, "--python-version", python_version,
-                  "--implementation", "cp"] if platform else []
-        _run([*pip, "download", "--quiet", "--dest", str(dest), "--find-links", str(dest), *target,
-              *missing, *pip_args])
+        target = (
+            [
+                "--only-binary=:all:",
+                "--platform",
+                platform,
+                "--python-version",
+                python_version,
+                "--implementation",
+                "cp",
+            ]
+            if platform
+            else []
+        )
+        _run(
+            [
+                *pip,
+                "download",
+                "--quiet",
+                "--dest",
+                str(dest),
+                "--find-links",
+                str(dest),
+                *target,
+                *missing,
+                *pip_args,
+            ]
+        )
     return sorted(dest.glob("*.whl"))
 
 
@@ -159,8 +223,12 @@ def missing_on_target(wheels_dir: Path, python_full_version: str = TARGET_PYTHON
 
     wheels = sorted(wheels_dir.glob("*.whl"))
     have = {canonicalize_name(parse_wheel_filename(w.name)[0]) for w in wheels}
-    env = {**default_environment(), "python_full_version": python_full_version,
-           "python_version": ".".join(python_full_version.split(".")[:2]), "extra": ""}
+    env = {
+        **default_environment(),
+        "python_full_version": python_full_version,
+        "python_version": ".".join(python_full_version.split(".")[:2]),
+        "extra": "",
+    }
     missing = set()
     for wheel in wheels:
         with zipfile.ZipFile(wheel) as z:
@@ -170,12 +238,17 @@ def missing_on_target(wheels_dir: Path, python_full_version: str = TARGET_PYTHON
             if not line.startswith("Requires-Dist:"):
                 continue
             req = Requirement(line.partition(":")[2].strip())
-            if req.marker is not None and canonicalize_name(req.name) not in have and req.marker.evaluate(env):
+            if (
+                req.marker is not None
+                and canonicalize_name(req.name) not in have
+                and req.marker.evaluate(env)
+            ):
                 missing.add(f"{req.name}{req.specifier}")
     return sorted(missing)
 
 
 # ---------------------------------------------------------------- debs
+
 
 def host_release() -> dict[str, str]:
     info = {}
@@ -217,7 +290,9 @@ def fetch_debs(packages: Iterable[str], dest: Path) -> list[Path]:
         names = apt_closure(packages, status)
         # Names without a candidate version (pure virtual ones apt-cache still printed) are skipped.
         policy = _run(["apt-cache", *_apt_opts(status), "policy", *names]).stdout
-        missing = set(re.findall(r"^(\S+):\n\s+Installed: \(none\)\n\s+Candidate: \(none\)", policy, re.MULTILINE))
+        missing = set(
+            re.findall(r"^(\S+):\n\s+Installed: \(none\)\n\s+Candidate: \(none\)", policy, re.MULTILINE)
+        )
         names = [n for n in names if n not in missing]
         _run(["apt-get", *_apt_opts(status), "download", *names], cwd=dest)
     return sorted(dest.glob("*.deb"))
@@ -235,12 +310,15 @@ def index_debs(debs_dir: Path) -> None:
 
 
 def deb_fields(deb: Path) -> dict[str, str]:
-    out = _run(["dpkg-deb", "--show", "--showformat=${Package}\t${Version}\t${Architecture}", str(deb)]).stdout
+    out = _run(
+        ["dpkg-deb", "--show", "--showformat=${Package}\t${Version}\t${Architecture}", str(deb)]
+    ).stdout
     name, version, arch = out.split("\t")
     return {"package": name, "version": version, "arch": arch}
 
 
 # ---------------------------------------------------------------- the bundle
+
 
 def build_bundle(
     out: Path,
@@ -268,11 +346,15 @@ def build_bundle(
     if debs:
         rel = host_release()
         if platform and dpkg_arch(platform) not in (None, rel["arch"]):
-            raise BundleError(f"debs are fetched for this host's architecture ({rel['arch']}), not {platform}: "
-                              "build the bundle on the target's architecture or pass --no-debs")
+            raise BundleError(
+                f"debs are fetched for this host's architecture ({rel['arch']}), not {platform}: "
+                "build the bundle on the target's architecture or pass --no-debs"
+            )
         if rel["release"] != "bookworm":
-            raise BundleError(f"debs are fetched for this host's release ({rel['release'] or '?'}), not bookworm: "
-                              "build on Debian bookworm or pass --no-debs")
+            raise BundleError(
+                f"debs are fetched for this host's release ({rel['release'] or '?'}), not bookworm: "
+                "build on Debian bookworm or pass --no-debs"
+            )
 
     with tempfile.TemporaryDirectory(dir=out, prefix=".bundle-") as tmp:
         stage = Path(tmp) / name
@@ -281,8 +363,10 @@ def build_bundle(
             "name": name,
             "version": version,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "python": {"tag": f"cp{sys.version_info.major}{sys.version_info.minor}",
-                       "version": f"{sys.version_info.major}.{sys.version_info.minor}"},
+            "python": {
+                "tag": f"cp{sys.version_info.major}{sys.version_info.minor}",
+                "version": f"{sys.version_info.major}.{sys.version_info.minor}",
+            },
             "platform": platform or sysconfig.get_platform().replace("-", "_").replace(".", "_"),
             "debian": None,
             "apt_packages": apt_packages if debs else [],
@@ -293,7 +377,9 @@ def build_bundle(
         if wheels:
             log("building wheels (pip wheel) …")
             built = build_wheels(tree, stage / "wheels", pins(chosen), platform=platform)
-            manifest["wheels"] = [{"file": w.name, "sha256": sha256(w), "size": w.stat().st_size} for w in built]
+            manifest["wheels"] = [
+                {"file": w.name, "sha256": sha256(w), "size": w.stat().st_size} for w in built
+            ]
             problems = check(chosen, stage / "wheels")
             if problems:
                 raise BundleError("the wheelhouse does not match models.lock:\n  " + "\n  ".join(problems))
@@ -302,20 +388,29 @@ def build_bundle(
             manifest["debian"] = host_release()
             fetched = deb_fetcher(apt_packages, stage / "debs")
             index_debs(stage / "debs")
-            manifest["debs"] = [{"file": d.name, **deb_fields(d), "sha256": sha256(d), "size": d.stat().st_size}
-                                for d in fetched]
+            manifest["debs"] = [
+                {"file": d.name, **deb_fields(d), "sha256": sha256(d), "size": d.stat().st_size}
+                for d in fetched
+            ]
         shutil.copy2(lock, stage / "models.lock")
         for m in chosen:
             carried = []
             for pin in pins([m]):
                 pkg, _, pkg_version = pin.partition("==")
                 prefix = f"{pkg.replace('-', '_').lower()}-{pkg_version}-"
-                carried += [{"file": w["file"], "sha256": w["sha256"]} for w in manifest["wheels"]
-                            if w["file"].lower().startswith(prefix)]
-            manifest["models"].append({
-                "id": m.id, "packages": pins([m]), "wheels": carried,
-                "files": [{"name": f.name, "size": f.size, "sha256": f.sha256} for f in m.files],
-            })
+                carried += [
+                    {"file": w["file"], "sha256": w["sha256"]}
+                    for w in manifest["wheels"]
+                    if w["file"].lower().startswith(prefix)
+                ]
+            manifest["models"].append(
+                {
+                    "id": m.id,
+                    "packages": pins([m]),
+                    "wheels": carried,
+                    "files": [{"name": f.name, "size": f.size, "sha256": f.sha256} for f in m.files],
+                }
+            )
         (stage / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
         target = out / f"{name}.tar"
@@ -339,15 +434,24 @@ def _normalise(info: tarfile.TarInfo) -> tarfile.TarInfo:
 
 # ---------------------------------------------------------------- command line
 
+
 def add_parser(sub) -> None:
     p = sub.add_parser("bundle", help="build an offline install bundle (wheels, debs, models) for ansible")
     p.add_argument("--out", required=True, help="directory for appliance-bundle-<version>.tar")
-    p.add_argument("--models", default=",".join(DEFAULT_MODELS),
-                   help=f"comma-separated model ids to carry (default: {','.join(DEFAULT_MODELS)})")
+    p.add_argument(
+        "--models",
+        default=",".join(DEFAULT_MODELS),
+        help=f"comma-separated model ids to carry (default: {','.join(DEFAULT_MODELS)})",
+    )
     p.add_argument("--no-debs", action="store_true", help="no Debian packages (the device has an apt mirror)")
     p.add_argument("--no-wheels", action="store_true", help="no wheelhouse (debs and manifest only)")
-    p.add_argument("--apt-package", action="append", default=[], metavar="NAME",
-                   help="another Debian package to carry (repeatable)")
+    p.add_argument(
+        "--apt-package",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="another Debian package to carry (repeatable)",
+    )
     p.add_argument("--platform", help="a pip platform tag for another target, e.g. manylinux2014_aarch64")
     p.add_argument("--source", help="the appliance source tree (default: the one this command runs from)")
     p.add_argument("--keep-dir", action="store_true", help="also leave the unpacked directory in --out")

@@ -24,7 +24,9 @@ async def wait_for_signal() -> None:
     await done.wait()
 
 
-async def serve_until_signalled(start: Callable[[], Awaitable[None]], stop: Callable[[], Awaitable[None]]) -> None:
+async def serve_until_signalled(
+    start: Callable[[], Awaitable[None]], stop: Callable[[], Awaitable[None]]
+) -> None:
     await start()
     await wait_for_signal()
     await stop()

@@ -31,10 +31,35 @@ import re
 
 __all__ = ["ABBREVIATIONS", "SentenceScanner", "find_voiceable_end", "split_sentences"]
 
-ABBREVIATIONS = frozenset((
-    "mr", "mrs", "ms", "mx", "dr", "prof", "st", "jr", "sr", "rev", "gen", "capt", "col", "lt", "sgt",
-    "etc", "vs", "approx", "inc", "ltd", "corp", "co", "mt", "fig", "cf",
-))  # before a "." that ends nothing (lower-cased, without the dot)
+ABBREVIATIONS = frozenset(
+    (
+        "mr",
+        "mrs",
+        "ms",
+        "mx",
+        "dr",
+        "prof",
+        "st",
+        "jr",
+        "sr",
+        "rev",
+        "gen",
+        "capt",
+        "col",
+        "lt",
+        "sgt",
+        "etc",
+        "vs",
+        "approx",
+        "inc",
+        "ltd",
+        "corp",
+        "co",
+        "mt",
+        "fig",
+        "cf",
+    )
+)  # before a "." that ends nothing (lower-cased, without the dot)
 
 _CANDIDATE = re.compile(r"[.!?…\n]")
 _TERMS = re.compile(r"[.!?…]*")

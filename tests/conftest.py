@@ -92,7 +92,9 @@ async def start_orchestrator():
     started = []
 
     async def start(asr=None, **settings):
-        orch = Orchestrator(load_settings(OrchestratorSettings, None, host="127.0.0.1", port=0, **settings), asr=asr)
+        orch = Orchestrator(
+            load_settings(OrchestratorSettings, None, host="127.0.0.1", port=0, **settings), asr=asr
+        )
         await orch.start()
         started.append(orch)
         return orch

@@ -17,7 +17,9 @@ PASSWORD = "test-redis-secret"
 class RedisServer:
     def __init__(self, password: str = PASSWORD, port: int | None = None) -> None:
         if shutil.which("redis-server") is None:
-            raise RuntimeError("redis-server is not installed (Debian package redis-server; `make system-deps`)")
+            raise RuntimeError(
+                "redis-server is not installed (Debian package redis-server; `make system-deps`)"
+            )
         self.password = password
         self.port = port or free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="redis-"))
@@ -37,9 +39,23 @@ class RedisServer:
     def start(self, timeout: float = 10.0) -> None:
         """Start (again, on the same port, empty: nothing is saved)."""
         cmd = [
-            "redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--requirepass", self.password,
-            "--save", "", "--appendonly", "no", "--dir", str(self.dir), "--logfile", str(self.log_path),
-            "--protected-mode", "yes",
+            "redis-server",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--requirepass",
+            self.password,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.dir),
+            "--logfile",
+            str(self.log_path),
+            "--protected-mode",
+            "yes",
         ]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout

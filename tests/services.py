@@ -22,7 +22,9 @@ class ServiceProcess:
     def _spawn(self, name: str, cmd: list[str], env: dict[str, str] | None) -> None:
         self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"{name}-{self.port}.log"
         self._log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        self.proc = subprocess.Popen(
+            cmd, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+        )
 
     def log(self) -> str:
         self._log.flush()
@@ -38,15 +40,26 @@ class WorkerProcess(ServiceProcess):
     """A real `appliance tts-worker` process on loopback."""
 
     def __init__(
-        self, *extra: str, env: dict[str, str] | None = None, config: str | None = None, port: int | None = None,
+        self,
+        *extra: str,
+        env: dict[str, str] | None = None,
+        config: str | None = None,
+        port: int | None = None,
     ) -> None:
         self.port = port or free_port()  # a port given: e.g. a restart where the last one listened
         self.metrics_port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         cmd = [
-            *self._program(), "tts-worker",
-            "--config", config or str(ROOT / "etc/appliance/tts/piper.toml"),
-            "--host", "127.0.0.1", "--port", str(self.port), "--metrics-port", str(self.metrics_port),
+            *self._program(),
+            "tts-worker",
+            "--config",
+            config or str(ROOT / "etc/appliance/tts/piper.toml"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--metrics-port",
+            str(self.metrics_port),
             *extra,
         ]
         self._spawn("tts-worker", cmd, env)
@@ -65,7 +78,10 @@ class WorkerProcess(ServiceProcess):
                 if self.proc.poll() is not None:
                     raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.log()}")
                 try:
-                    if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
+                    if (
+                        stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                        == health_pb2.HealthCheckResponse.SERVING
+                    ):
                         return
                 except grpc.RpcError:
                     pass
@@ -78,25 +94,41 @@ class MockWorkerProcess(WorkerProcess):
     at the default, a reply streams barely faster than real time (RTF 0.67), so the orchestrator
     holds little of it, like a streaming GPU engine (see `appliance bench failover`)."""
 
-    def __init__(self, *extra: str, delay_s: float = 0.1, port: int | None = None, env: dict[str, str] | None = None):
+    def __init__(
+        self, *extra: str, delay_s: float = 0.1, port: int | None = None, env: dict[str, str] | None = None
+    ):
         self.delay_s = delay_s
         super().__init__(*extra, port=port, env={"APPLIANCE_MODELS__DEFAULT": "mock-sine", **(env or {})})
 
     def _program(self) -> list[str]:
-        boot = ("import sys; from appliance.tts.adapters.mock import MockSineAdapter as M; "
-                f"M.delay_s = {self.delay_s}; from appliance.cli import main; sys.exit(main(sys.argv[1:]))")
+        boot = (
+            "import sys; from appliance.tts.adapters.mock import MockSineAdapter as M; "
+            f"M.delay_s = {self.delay_s}; from appliance.cli import main; sys.exit(main(sys.argv[1:]))"
+        )
         return [sys.executable, "-c", boot]
 
 
 class OrchestratorProcess(ServiceProcess):
     """A real `appliance orchestrator` process on loopback, talking to ``workers``."""
 
-    def __init__(self, workers: list[str], env: dict[str, str] | None = None, port: int | None = None) -> None:
+    def __init__(
+        self, workers: list[str], env: dict[str, str] | None = None, port: int | None = None
+    ) -> None:
         self.port = port or free_port()
         self.url = f"ws://127.0.0.1:{self.port}/ws"
         self.http = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "appliance", "orchestrator", "--config", str(ROOT / "etc/appliance/orchestrator.toml"),
-               "--host", "127.0.0.1", "--port", str(self.port)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "appliance",
+            "orchestrator",
+            "--config",
+            str(ROOT / "etc/appliance/orchestrator.toml"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+        ]
         for w in workers:
             cmd += ["--worker", w]
         self._spawn("orchestrator", cmd, env)
@@ -116,16 +148,21 @@ class OrchestratorProcess(ServiceProcess):
         raise TimeoutError(f"orchestrator not ready:\n{self.log()}")
 
 
-
-
-
 class WyomingProcess(ServiceProcess):
     """A real `appliance wyoming` process on loopback, talking to ``workers``."""
 
     def __init__(self, workers: list[str], env: dict[str, str] | None = None) -> None:
         self.port = free_port()
-        cmd = [sys.executable, "-m", "appliance", "wyoming", "--config", str(ROOT / "etc/appliance/orchestrator.toml"),
-               "--uri", f"tcp://127.0.0.1:{self.port}"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "appliance",
+            "wyoming",
+            "--config",
+            str(ROOT / "etc/appliance/orchestrator.toml"),
+            "--uri",
+            f"tcp://127.0.0.1:{self.port}",
+        ]
         for w in workers:
             cmd += ["--worker", w]
         self._spawn("wyoming", cmd, env)

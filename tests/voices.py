@@ -39,7 +39,9 @@ def piper_speech(text: str, rate: int = 16000, steady: bool = False) -> np.ndarr
 def espeak_speech(text: str, rate: int = 16000) -> np.ndarray:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "e.wav"
-        subprocess.run(["espeak-ng", "-v", "en-us", "-s", "120", "-g", "5", "-w", str(path), text], check=True)
+        subprocess.run(
+            ["espeak-ng", "-v", "en-us", "-s", "120", "-g", "5", "-w", str(path), text], check=True
+        )
         samples, native = read_wav(path)
     audio = samples.astype(np.float32) / 32768
     audio = 0.5 * audio / max(1e-6, float(np.abs(audio).max()))

@@ -97,8 +97,11 @@ class AsrScheduler:
                 job.future.set_exception(exc)
         else:
             if transcript.asr_ms > 0:
-                self.pass_ms = transcript.asr_ms if self.pass_ms is None else (
-                    (1 - PASS_SMOOTHING) * self.pass_ms + PASS_SMOOTHING * transcript.asr_ms)
+                self.pass_ms = (
+                    transcript.asr_ms
+                    if self.pass_ms is None
+                    else ((1 - PASS_SMOOTHING) * self.pass_ms + PASS_SMOOTHING * transcript.asr_ms)
+                )
             if not job.future.done():
                 job.future.set_result(dataclasses.replace(transcript, queue_ms=round(queue_ms, 1)))
         finally:

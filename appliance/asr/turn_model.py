@@ -66,7 +66,9 @@ class TurnModel:
         options.intra_op_num_threads = threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         started = time.perf_counter()
-        self._session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        self._session = ort.InferenceSession(
+            str(path), sess_options=options, providers=["CPUExecutionProvider"]
+        )
         self.path = Path(path)
         self.threshold = threshold
         self.last_ms: float | None = None  # the latest call's time
@@ -89,13 +91,17 @@ class TurnModel:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-def load_turn_model(path: str | Path | None = None, models_dir: str | Path | None = None,
-                    threads: int = 1) -> TurnModel | None:
+def load_turn_model(
+    path: str | Path | None = None, models_dir: str | Path | None = None, threads: int = 1
+) -> TurnModel | None:
     """The turn model, or None (with one log line saying so) when it is not installed or fails to load."""
     found = locate_turn_model(path, models_dir)
     if found is None:
-        log.warning("turn model %s not installed (appliance models fetch %s): end of turn falls back to "
-                    "silence mode", MODEL_ID, MODEL_ID)
+        log.warning(
+            "turn model %s not installed (appliance models fetch %s): end of turn falls back to silence mode",
+            MODEL_ID,
+            MODEL_ID,
+        )
         return None
     try:
         return TurnModel(found, threads=threads)

@@ -104,7 +104,9 @@ class WhisperAsr(AsrEngine):
         self._whisper = None
 
     def load(self) -> None:
-        path = self.path = locate_whisper_model(self.model, cache_dir=self.cache_dir, models_dir=self.models_dir)
+        path = self.path = locate_whisper_model(
+            self.model, cache_dir=self.cache_dir, models_dir=self.models_dir
+        )
         device = resolve_device(self.requested_device)
         try:
             self._load_on(path, device)
@@ -117,7 +119,12 @@ class WhisperAsr(AsrEngine):
             self._load_on(path, "cpu")
         log.info(
             "%s loaded on %s/%s in %.0f ms (warm-up %.0f ms) from %s",
-            self.name, self.device, self.compute_type, self.load_ms or 0, self.warmup_ms or 0, path,
+            self.name,
+            self.device,
+            self.compute_type,
+            self.load_ms or 0,
+            self.warmup_ms or 0,
+            path,
         )
 
     def _load_on(self, path: Path, device: str) -> None:

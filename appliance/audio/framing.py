@@ -6,7 +6,15 @@ import numpy as np
 
 from appliance.audio.format import FRAME_BYTES, FRAME_MS, FRAME_SAMPLES, OUTPUT_RATE
 
-__all__ = ["FRAME_BYTES", "FRAME_MS", "FRAME_SAMPLES", "OUTPUT_RATE", "FrameAssembler", "float_to_pcm16", "pcm16_to_float"]
+__all__ = [
+    "FRAME_BYTES",
+    "FRAME_MS",
+    "FRAME_SAMPLES",
+    "OUTPUT_RATE",
+    "FrameAssembler",
+    "float_to_pcm16",
+    "pcm16_to_float",
+]
 
 _PCM16_SCALE = 32767.0
 _PCM16_LE = np.dtype("<i2")

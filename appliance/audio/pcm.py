@@ -14,7 +14,9 @@ def pcm_to_mono_float(data: bytes, width: int, channels: int) -> np.ndarray:
     if channels < 1:
         raise ValueError(f"channels must be at least 1, got {channels}")
     if len(data) % (width * channels):
-        raise ValueError(f"{len(data)} bytes is not a whole number of {width}-byte × {channels}-channel frames")
+        raise ValueError(
+            f"{len(data)} bytes is not a whole number of {width}-byte × {channels}-channel frames"
+        )
     if width == 1:
         x = (np.frombuffer(data, np.uint8).astype(np.float32) - 128.0) / 128.0
     elif width == 2:

@@ -52,8 +52,16 @@ from appliance.audio.resampling import StreamResampler
 from appliance.audio.vad_config import VadConfig
 
 __all__ = [
-    "MODES", "Mode", "ProvisionalEnd", "SpeechDetector", "SpeechDiscarded", "SpeechEnd", "SpeechResumed",
-    "SpeechStart", "VadConfig", "VadEvent",
+    "MODES",
+    "Mode",
+    "ProvisionalEnd",
+    "SpeechDetector",
+    "SpeechDiscarded",
+    "SpeechEnd",
+    "SpeechResumed",
+    "SpeechStart",
+    "VadConfig",
+    "VadEvent",
 ]
 
 VAD_RATE = 16_000
@@ -68,6 +76,7 @@ _RESAMPLE_QUALITY = "MQ"  # ≈15–30 ms of streaming delay; HQ would add up to
 @dataclass(frozen=True)
 class VadEvent:
     """t_ms: a position in the input stream (ms since the detector started), from sample counts."""
+
     t_ms: int
 
 
@@ -89,6 +98,7 @@ class SpeechResumed(VadEvent):
 @dataclass(frozen=True)
 class SpeechEnd(VadEvent):
     """The turn's speech ended at t_ms; audio is 16 kHz float32, pre-roll included."""
+
     speech_ms: int
     audio: np.ndarray = field(repr=False, compare=False)
 
@@ -100,6 +110,7 @@ class SpeechEnd(VadEvent):
 @dataclass(frozen=True)
 class SpeechDiscarded(VadEvent):
     """A burst (ending at t_ms) shorter than min_speech_ms: not a turn."""
+
     speech_ms: int
 
 

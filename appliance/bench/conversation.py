@@ -23,13 +23,28 @@ from appliance.transport.ws_client import WsClient
 
 RATE = 16000
 QUESTIONS = [
-    "What is the weather like today?", "Set a timer for ten minutes.", "Turn off the kitchen lights.",
-    "What time is it right now?", "Play some relaxing music.", "How far is the moon?",
-    "Remind me to call my sister.", "What is on my calendar tomorrow?", "Tell me a short joke.",
-    "How do you make pancakes?", "Is it going to rain this weekend?", "Add eggs to the shopping list.",
-    "What is the capital of Spain?", "Open the garage door please.", "How many minutes are in a day?",
-    "Read me the latest news.", "Turn the heating up a little.", "When does the library close?",
-    "What song is this?", "Good morning, how are you?", "Lock the front door.", "Start the dishwasher.",
+    "What is the weather like today?",
+    "Set a timer for ten minutes.",
+    "Turn off the kitchen lights.",
+    "What time is it right now?",
+    "Play some relaxing music.",
+    "How far is the moon?",
+    "Remind me to call my sister.",
+    "What is on my calendar tomorrow?",
+    "Tell me a short joke.",
+    "How do you make pancakes?",
+    "Is it going to rain this weekend?",
+    "Add eggs to the shopping list.",
+    "What is the capital of Spain?",
+    "Open the garage door please.",
+    "How many minutes are in a day?",
+    "Read me the latest news.",
+    "Turn the heating up a little.",
+    "When does the library close?",
+    "What song is this?",
+    "Good morning, how are you?",
+    "Lock the front door.",
+    "Start the dishwasher.",
 ]
 LONG_REPLY = (
     "Here is a long answer so that there is something to interrupt. The lighthouse keeper climbed the "
@@ -89,7 +104,9 @@ def _responder(ws_url: str) -> str | None:
 def _start_appliance(port: int, env: dict[str, str] | None = None) -> subprocess.Popen:
     proc = subprocess.Popen(
         [sys.executable, "-m", "appliance", "run", "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **(env or {})},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
     )
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -183,10 +200,16 @@ async def _voice_set(url: str, clips) -> tuple[list[float], dict[str, list[float
 async def _cut_offs(url: str, paused) -> dict:
     trials = [await turns_mod.cut_off_trial(url, samples, end) for samples, end in paused]
     n = len(trials)
+
     def rate(key: str) -> float:
         return round(float(sum(bool(t[key]) for t in trials)) / n, 3)
 
-    return {"n": n, "cut_off_rate": rate("cut_off"), "split_rate": rate("split"), "early_reply_rate": rate("early_reply")}
+    return {
+        "n": n,
+        "cut_off_rate": rate("cut_off"),
+        "split_rate": rate("split"),
+        "early_reply_rate": rate("early_reply"),
+    }
 
 
 def _paused_clips(voice: _Voice, n: int) -> list[tuple[np.ndarray, float]]:
@@ -242,7 +265,9 @@ async def run_bench(turns: int = 20, url: str | None = None, port: int = 18080) 
     voice = _Voice()
     clips = [voice.speech(QUESTIONS[i % len(QUESTIONS)]) for i in range(turns)]
     paused = _paused_clips(voice, turns)
-    backchannels = [voice.speech(turns_mod.BACKCHANNELS[i % len(turns_mod.BACKCHANNELS)])[0] for i in range(turns)]
+    backchannels = [
+        voice.speech(turns_mod.BACKCHANNELS[i % len(turns_mod.BACKCHANNELS)])[0] for i in range(turns)
+    ]
     raw_asr = _raw_asr_ms(clips, 2)
     silence_ms = 300
 
@@ -259,21 +284,36 @@ async def run_bench(turns: int = 20, url: str | None = None, port: int = 18080) 
                 barge.append(ms)
         false_cuts = [await _false_barge_in(u, 3.0, seed) for seed in range(turns)]
         bc = [await turns_mod.backchannel_trial(u, b, LONG_REPLY) for b in backchannels]
-        return {"v2v": v2v, "stages": stages, "barge": barge, "false": false_cuts, "backchannels": bc,
-                "cut_offs": await _cut_offs(u, paused), "responder": _responder(u)}
+        return {
+            "v2v": v2v,
+            "stages": stages,
+            "barge": barge,
+            "false": false_cuts,
+            "backchannels": bc,
+            "cut_offs": await _cut_offs(u, paused),
+            "responder": _responder(u),
+        }
 
     smart = await _with_appliance(url, port, {}, smart_set)
     silence = slow = None
     if url is None:
-        silence = await _with_appliance(None, port, {"APPLIANCE_TURN__MODE": "silence"},
-                                        lambda u: _cut_offs(u, paused))
+        silence = await _with_appliance(
+            None, port, {"APPLIANCE_TURN__MODE": "silence"}, lambda u: _cut_offs(u, paused)
+        )
         slow_raw = _raw_asr_ms(clips, 1)
-        slow_v2v, slow_stages = await _with_appliance(None, port, {"APPLIANCE_ASR__CPU_THREADS": "1"},
-                                                      lambda u: _voice_set(u, clips))
+        slow_v2v, slow_stages = await _with_appliance(
+            None, port, {"APPLIANCE_ASR__CPU_THREADS": "1"}, lambda u: _voice_set(u, clips)
+        )
         slow_floor = _floor(silence_ms, slow_raw, clips)
-        slow = {"voice_to_voice_ms": _stats(slow_v2v), "server_stages_ms": {k: _stats(v) for k, v in slow_stages.items()},
-                "raw_whisper_ms": _stats(slow_raw), "sequential_floor_ms": round(slow_floor, 1),
-                "voice_to_voice_p50_vs_floor": round(_stats(slow_v2v)["p50"] / slow_floor, 3) if slow_v2v else None}
+        slow = {
+            "voice_to_voice_ms": _stats(slow_v2v),
+            "server_stages_ms": {k: _stats(v) for k, v in slow_stages.items()},
+            "raw_whisper_ms": _stats(slow_raw),
+            "sequential_floor_ms": round(slow_floor, 1),
+            "voice_to_voice_p50_vs_floor": round(_stats(slow_v2v)["p50"] / slow_floor, 3)
+            if slow_v2v
+            else None,
+        }
     floor = _floor(silence_ms, raw_asr, clips)
     v2v_stats = _stats(smart["v2v"])
     barge, false_cuts, bc = smart["barge"], smart["false"], smart["backchannels"]
@@ -290,7 +330,11 @@ async def run_bench(turns: int = 20, url: str | None = None, port: int = 18080) 
         "end_of_turn_ms": endpoint,
         "barge_in_ms": _stats(barge),
         "false_barge_in_rate": round(sum(false_cuts) / len(false_cuts), 3),
-        "backchannels": {"n": len(bc), "continue_rate": round(continued, 3), "heard": sum(t["heard"] for t in bc)},
+        "backchannels": {
+            "n": len(bc),
+            "continue_rate": round(continued, 3),
+            "heard": sum(t["heard"] for t in bc),
+        },
         "mid_sentence_pauses": {"smart": smart["cut_offs"], "silence": silence},
         "slow_asr_one_thread": slow,
         "reference": {

@@ -52,8 +52,13 @@ def _stats(values: list[float]) -> dict:
     if not values:
         return {"n": 0}
     v = np.asarray(values, dtype=float)
-    return {"n": len(v), "p50": round(float(np.percentile(v, 50)), 1), "p95": round(float(np.percentile(v, 95)), 1),
-            "min": round(float(v.min()), 1), "max": round(float(v.max()), 1)}
+    return {
+        "n": len(v),
+        "p50": round(float(np.percentile(v, 50)), 1),
+        "p95": round(float(np.percentile(v, 95)), 1),
+        "min": round(float(v.min()), 1),
+        "max": round(float(v.max()), 1),
+    }
 
 
 class _Worker:
@@ -65,12 +70,22 @@ class _Worker:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
-        args = ["tts-worker", "--host", "127.0.0.1", "--port", str(self.port), "--metrics-port", str(self.metrics_port)]
+        args = [
+            "tts-worker",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--metrics-port",
+            str(self.metrics_port),
+        ]
         env = {"APPLIANCE_LOG_LEVEL": "warning"}
         if self.engine == "mock":
             env["APPLIANCE_MODELS__DEFAULT"] = "mock-sine"
-            boot = ("import sys; from appliance.tts.adapters.mock import MockSineAdapter as M; "
-                    f"M.delay_s = {MOCK_DELAY_S}; from appliance.cli import main; sys.exit(main(sys.argv[1:]))")
+            boot = (
+                "import sys; from appliance.tts.adapters.mock import MockSineAdapter as M; "
+                f"M.delay_s = {MOCK_DELAY_S}; from appliance.cli import main; sys.exit(main(sys.argv[1:]))"
+            )
             cmd = [sys.executable, "-c", boot, *args]
         else:
             cmd = [sys.executable, "-m", "appliance", *args]
@@ -100,7 +115,11 @@ async def _streaming(workers: list[_Worker]) -> _Worker | None:
 
     def active(w: _Worker) -> float:
         try:
-            page = urllib.request.urlopen(f"http://127.0.0.1:{w.metrics_port}/metrics", timeout=1).read().decode()
+            page = (
+                urllib.request.urlopen(f"http://127.0.0.1:{w.metrics_port}/metrics", timeout=1)
+                .read()
+                .decode()
+            )
         except OSError:
             return 0.0
         m = re.search(r"^appliance_tts_active_streams (\S+)$", page, re.MULTILINE)
@@ -147,8 +166,12 @@ async def _reply(url: str, text: str, workers: list[_Worker] | None = None, sig:
             if victim is not None:
                 victim.signal(sig)
         await client.wait_for(lambda: client.rx.of_type("reply_end") or client.rx.of_type("error"), 60)
-        return {"session": client.ready["session_id"], "victim": victim, "client_max_gap_ms": _max_gap_ms(client.rx.frames),
-                "errors": client.rx.of_type("error")}
+        return {
+            "session": client.ready["session_id"],
+            "victim": victim,
+            "client_max_gap_ms": _max_gap_ms(client.rx.frames),
+            "errors": client.rx.of_type("error"),
+        }
     finally:
         await client.close()
 
@@ -216,10 +239,17 @@ async def _engine(engine: str, trials: int, stall_ms: int, logdir: Path) -> dict
                 if line is None or line["gap"] == "-" or r["errors"]:
                     misses += 1  # the stream had already ended when the signal came
                     continue
-                rows.append({"gap_ms": float(line["gap"]), "detect_ms": float(line["detect"]),
-                             "repeated": int(line["repeated"]), "client_max_gap_ms": r["client_max_gap_ms"]})
+                rows.append(
+                    {
+                        "gap_ms": float(line["gap"]),
+                        "detect_ms": float(line["detect"]),
+                        "repeated": int(line["repeated"]),
+                        "client_max_gap_ms": r["client_max_gap_ms"],
+                    }
+                )
             out[name] = {
-                "trials": len(rows), "missed": misses,
+                "trials": len(rows),
+                "missed": misses,
                 "gap_ms": _stats([r["gap_ms"] for r in rows]),
                 "detect_ms": _stats([r["detect_ms"] for r in rows]),
                 "failover_ms": _stats([r["gap_ms"] - r["detect_ms"] for r in rows]),
@@ -227,7 +257,9 @@ async def _engine(engine: str, trials: int, stall_ms: int, logdir: Path) -> dict
                 "trials_repeating_part_of_a_segment": sum(r["repeated"] > 0 for r in rows),
             }
         ref = out["reference"]["fresh_stream_ttfa_ms"].get("p50") or 1
-        out["kill"]["failover_ms_p50_over_fresh_ttfa_p50"] = round(out["kill"]["failover_ms"].get("p50", 0) / ref, 2)
+        out["kill"]["failover_ms_p50_over_fresh_ttfa_p50"] = round(
+            out["kill"]["failover_ms"].get("p50", 0) / ref, 2
+        )
         return out
     finally:
         if orch is not None:
@@ -235,11 +267,16 @@ async def _engine(engine: str, trials: int, stall_ms: int, logdir: Path) -> dict
         await asyncio.gather(*(asyncio.to_thread(w.stop) for w in workers))
 
 
-async def run_bench(trials: int = 20, engines: tuple[str, ...] = ("mock", "piper"), stall_ms: int = 1200) -> dict:
+async def run_bench(
+    trials: int = 20, engines: tuple[str, ...] = ("mock", "piper"), stall_ms: int = 1200
+) -> dict:
     logdir = Path(tempfile.mkdtemp(prefix="bench-failover-"))
     result: dict = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-        "trials": trials, "stall_ms": stall_ms, "logs": str(logdir), "engines": {},
+        "trials": trials,
+        "stall_ms": stall_ms,
+        "logs": str(logdir),
+        "engines": {},
     }
     for engine in engines:
         result["engines"][engine] = await _engine(engine, trials, stall_ms, logdir)

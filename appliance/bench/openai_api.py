@@ -39,15 +39,22 @@ async def speech_ttfb(client: httpx.AsyncClient, text: str, fmt: str) -> tuple[f
 
 async def transcription_ms(client: httpx.AsyncClient, wav: bytes) -> float:
     t0 = time.perf_counter()
-    response = await client.post("/v1/audio/transcriptions", data={"model": "whisper-1"},
-                                 files={"file": ("speech.wav", wav, "audio/wav")})
+    response = await client.post(
+        "/v1/audio/transcriptions",
+        data={"model": "whisper-1"},
+        files={"file": ("speech.wav", wav, "audio/wav")},
+    )
     response.raise_for_status()
     return (time.perf_counter() - t0) * 1000
 
 
 def _spawn(args: list[str], env: dict) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "appliance", *args], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [sys.executable, "-m", "appliance", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 180.0) -> None:
@@ -66,11 +73,27 @@ def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 180.0) -> None
 async def run_bench(trials: int = 20) -> dict:
     worker, http = free_port(), free_port()
     env = {**os.environ, "APPLIANCE_LOG_LEVEL": "warning", "APPLIANCE_API__LOOPBACK_WITHOUT_KEY": "true"}
-    procs = [_spawn(["tts-worker", "--host", "127.0.0.1", "--port", str(worker), "--metrics-port", str(free_port())],
-                    env)]
+    procs = [
+        _spawn(
+            ["tts-worker", "--host", "127.0.0.1", "--port", str(worker), "--metrics-port", str(free_port())],
+            env,
+        )
+    ]
     try:
-        procs.append(_spawn(["orchestrator", "--host", "127.0.0.1", "--port", str(http),
-                             "--worker", f"127.0.0.1:{worker}"], env))
+        procs.append(
+            _spawn(
+                [
+                    "orchestrator",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(http),
+                    "--worker",
+                    f"127.0.0.1:{worker}",
+                ],
+                env,
+            )
+        )
         await asyncio.to_thread(_wait_http, f"http://127.0.0.1:{http}/healthz", procs[-1])
         sentences = [SENTENCES[i % len(SENTENCES)] for i in range(max(trials, 1))]
         result: dict = {"trials": len(sentences), "host": platform.node(), "cpus": os.cpu_count()}

@@ -40,14 +40,23 @@ def synthetic_workers(n: int, seed: int = 7) -> list[WorkerRecord]:
     workers = []
     for i in range(n):
         resident = tuple(rng.sample(MODELS[:4], rng.randint(1, 2)))  # voice-c is resident nowhere
-        workers.append(WorkerRecord(
-            name=f"w{i:03d}", address=f"10.0.{i // 250}.{i % 250 + 1}:7001",
-            capabilities=Capabilities(languages=rng.choice(LANGS), max_concurrent_sessions=64),
-            default_model=resident[0], resident_models=resident, available_models=MODELS,
-            metrics=LiveMetrics(active_sessions=rng.randint(0, 60), queue_depth=rng.randint(0, 4),
-                                ttfa_p50_ms=rng.choice([None, rng.uniform(20, 80)])),
-            instance="bench", seq=1,
-        ))
+        workers.append(
+            WorkerRecord(
+                name=f"w{i:03d}",
+                address=f"10.0.{i // 250}.{i % 250 + 1}:7001",
+                capabilities=Capabilities(languages=rng.choice(LANGS), max_concurrent_sessions=64),
+                default_model=resident[0],
+                resident_models=resident,
+                available_models=MODELS,
+                metrics=LiveMetrics(
+                    active_sessions=rng.randint(0, 60),
+                    queue_depth=rng.randint(0, 4),
+                    ttfa_p50_ms=rng.choice([None, rng.uniform(20, 80)]),
+                ),
+                instance="bench",
+                seq=1,
+            )
+        )
     return workers
 
 
@@ -88,7 +97,9 @@ def _bench_decisions(n_workers: int, trials: int) -> dict:
         timings["reference_min"].append(t3 - t2)
     assert r1.choice is not None and r1.choice.resident and r2.load_on is not None
     out = {name: _stats(v, 1e-3) | {"unit": "us"} for name, v in timings.items()}
-    out["ratio_p50_decision_vs_min"] = round(out["decision_resident"]["p50"] / max(out["reference_min"]["p50"], 1e-3), 1)
+    out["ratio_p50_decision_vs_min"] = round(
+        out["decision_resident"]["p50"] / max(out["reference_min"]["p50"], 1e-3), 1
+    )
     out["workers"] = n_workers
     out["target_ms"] = 1.0
     out["meets_target"] = max(out["decision_resident"]["p95"], out["decision_load"]["p95"]) <= 1000
@@ -101,20 +112,48 @@ async def bench_new_worker(trials: int, redis_url: str | None, password: str | N
         own, redis_url, password = _spawn_redis()
     tmp = Path(tempfile.mkdtemp(prefix="bench-routing-"))
     config = tmp / "mock.toml"
-    config.write_text('[models]\ndefault = "mock-sine"\nwarmup = false\n[discovery]\nheartbeat_s = 2\nttl_s = 6\n')
+    config.write_text(
+        '[models]\ndefault = "mock-sine"\nwarmup = false\n[discovery]\nheartbeat_s = 2\nttl_s = 6\n'
+    )
     prefix = f"bench{secrets.token_hex(3)}:"
     registry = WorkerRegistry(redis_url, password, prefix)
     pool = RoutedPool(registry)
     await pool.start()
-    env = {**os.environ, "APPLIANCE_REDIS_PASSWORD": password or "", "APPLIANCE_DISCOVERY__KEY_PREFIX": prefix,
-           "APPLIANCE_LOG_LEVEL": "warning"}
-    spawn_to_registered, registered_to_seen, spawn_to_usable, reference, registered_to_usable = [], [], [], [], []
+    env = {
+        **os.environ,
+        "APPLIANCE_REDIS_PASSWORD": password or "",
+        "APPLIANCE_DISCOVERY__KEY_PREFIX": prefix,
+        "APPLIANCE_LOG_LEVEL": "warning",
+    }
+    spawn_to_registered, registered_to_seen, spawn_to_usable, reference, registered_to_usable = (
+        [],
+        [],
+        [],
+        [],
+        [],
+    )
     try:
         for i in range(trials):
             port = free_port()
             address = f"127.0.0.1:{port}"
-            cmd = [sys.executable, "-m", "appliance", "tts-worker", "--config", str(config), "--name", f"bench{i}",
-                   "--host", "127.0.0.1", "--port", str(port), "--metrics-port", "0", "--redis-url", redis_url]
+            cmd = [
+                sys.executable,
+                "-m",
+                "appliance",
+                "tts-worker",
+                "--config",
+                str(config),
+                "--name",
+                f"bench{i}",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--metrics-port",
+                "0",
+                "--redis-url",
+                redis_url,
+            ]
             t_wall, t0 = time.time(), time.perf_counter()
             proc = await asyncio.create_subprocess_exec(*cmd, env=env, stdout=DEVNULL, stderr=DEVNULL)
             try:
@@ -131,7 +170,9 @@ async def bench_new_worker(trials: int, redis_url: str | None, password: str | N
                 await _stop(proc)
             await registry.wait_until(lambda a=address: a not in registry.entries, 30)
             t0 = time.perf_counter()  # the floor: a Python process that only imports the worker
-            probe = await asyncio.create_subprocess_exec(sys.executable, "-c", "import appliance.tts.worker", env=env)
+            probe = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", "import appliance.tts.worker", env=env
+            )
             if await probe.wait() != 0:
                 raise RuntimeError("python -c 'import appliance.tts.worker' failed")
             reference.append(time.perf_counter() - t0)
@@ -168,20 +209,40 @@ def _spawn_redis() -> tuple[subprocess.Popen, str, str]:
         raise RuntimeError("redis-server is not installed: pass --redis-url, or install the Debian package")
     port, password = free_port(), secrets.token_hex(12)
     proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--requirepass", password, "--save", "",
-         "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--requirepass",
+            password,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     time.sleep(0.3)
     return proc, f"redis://127.0.0.1:{port}/0", password
 
 
-async def run_bench(workers: int = 100, trials: int = 200, spawn_trials: int = 20,
-                    redis_url: str | None = None, password: str | None = None) -> dict:
+async def run_bench(
+    workers: int = 100,
+    trials: int = 200,
+    spawn_trials: int = 20,
+    redis_url: str | None = None,
+    password: str | None = None,
+) -> dict:
     if trials < 20 or spawn_trials < 0:
         raise ValueError("--trials must be ≥ 20 and --spawn-trials ≥ 0")
     result = {"routing_decision": bench_decisions(workers, trials)}
     if spawn_trials:
         if redis_url:
-            password = discovery.resolve_password(redis_url, password or os.environ.get("APPLIANCE_REDIS_PASSWORD"))
+            password = discovery.resolve_password(
+                redis_url, password or os.environ.get("APPLIANCE_REDIS_PASSWORD")
+            )
         result["new_worker_usable"] = await bench_new_worker(spawn_trials, redis_url, password)
     return result

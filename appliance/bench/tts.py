@@ -62,7 +62,6 @@ def _stats(values: list[float]) -> dict:
     }
 
 
-
 @asynccontextmanager
 async def _worker(address: str | None, model: str):
     if address:
@@ -70,8 +69,18 @@ async def _worker(address: str | None, model: str):
         return
     port = free_port()
     cmd = [
-        sys.executable, "-m", "appliance", "tts-worker",
-        "--host", "127.0.0.1", "--port", str(port), "--metrics-port", str(free_port()), "--name", "bench",
+        sys.executable,
+        "-m",
+        "appliance",
+        "tts-worker",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--metrics-port",
+        str(free_port()),
+        "--name",
+        "bench",
     ]
     env = {**os.environ, "APPLIANCE_MODELS__DEFAULT": model, "APPLIANCE_LOG_LEVEL": "warning"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # noqa: ASYNC220 — starting it does not block
@@ -122,7 +131,12 @@ async def _ttfa(client: TTSClient, sid: str, text: str) -> tuple[float, float, f
             arrivals.append(time.perf_counter())
     end = time.perf_counter()
     late = max(t - (arrivals[0] + FRAME_S * k) for k, t in enumerate(arrivals))
-    return (arrivals[0] - sent[0]) * 1000, (end - sent[0]) * 1000, len(arrivals) * FRAME_S, max(0.0, late * 1000)
+    return (
+        (arrivals[0] - sent[0]) * 1000,
+        (end - sent[0]) * 1000,
+        len(arrivals) * FRAME_S,
+        max(0.0, late * 1000),
+    )
 
 
 async def _control_latency(client: TTSClient, trials: int) -> dict:
@@ -168,7 +182,9 @@ async def _concurrent(client: TTSClient, sessions: int, rounds: int) -> tuple[li
     return ttfas, late
 
 
-async def run_bench(trials: int = 24, concurrency: int = 8, worker: str | None = None, model: str = "piper-en_US-joe-medium") -> dict:
+async def run_bench(
+    trials: int = 24, concurrency: int = 8, worker: str | None = None, model: str = "piper-en_US-joe-medium"
+) -> dict:
     trials = max(trials, 20)
     texts = [SENTENCES[i % len(SENTENCES)] for i in range(trials)]
     raw = RawPiper()
@@ -199,8 +215,17 @@ async def run_bench(trials: int = 24, concurrency: int = 8, worker: str | None =
         "benchmark": "tts",
         "model": model,
         "trials": trials,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-        "worker": {"address": worker or "subprocess on loopback", "ttfa_ms": ttfa_s, "total_ms": _stats(w_total), "rtf": _stats(w_rtf)},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "worker": {
+            "address": worker or "subprocess on loopback",
+            "ttfa_ms": ttfa_s,
+            "total_ms": _stats(w_total),
+            "rtf": _stats(w_rtf),
+        },
         "raw_piper": {"first_chunk_ms": raw_s, "total_ms": _stats(raw_total), "rtf": _stats(raw_rtf)},
         "ttfa_overhead_p50_ms": round(ttfa_s["p50"] - raw_s["p50"], 2),
         "ttfa_ratio_p50": round(ttfa_s["p50"] / raw_s["p50"], 3) if raw_s["p50"] else None,

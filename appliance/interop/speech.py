@@ -64,14 +64,22 @@ class SpeechSession:
 
 @contextlib.asynccontextmanager
 async def speech_session(
-    pool: WorkerPool, settings: OrchestratorSettings, model_id: str, kind: str, metrics=None,
+    pool: WorkerPool,
+    settings: OrchestratorSettings,
+    model_id: str,
+    kind: str,
+    metrics=None,
 ) -> AsyncIterator[SpeechSession]:
     """A session on a worker for ``model_id`` ("" for the default); raises TtsUnavailable when none
     accepts it. The session ends on exit, even when the request is cancelled."""
     p = settings.playback
     link = TtsLink(
-        pool, f"{kind}-{uuid.uuid4().hex[:12]}", model_id,
-        stall_s=p.tts_stall_ms / 1000, retry_s=p.tts_retry_s, metrics=metrics,
+        pool,
+        f"{kind}-{uuid.uuid4().hex[:12]}",
+        model_id,
+        stall_s=p.tts_stall_ms / 1000,
+        retry_s=p.tts_retry_s,
+        metrics=metrics,
     )
     await link.open()
     try:

@@ -5,18 +5,36 @@ from __future__ import annotations
 from appliance.asr.base import Transcript
 
 RESPONSE_FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
-CONTENT_TYPES = {"json": "application/json", "verbose_json": "application/json", "text": "text/plain",
-                 "srt": "application/x-subrip", "vtt": "text/vtt"}
+CONTENT_TYPES = {
+    "json": "application/json",
+    "verbose_json": "application/json",
+    "text": "text/plain",
+    "srt": "application/x-subrip",
+    "vtt": "text/vtt",
+}
 # verbose_json names the language in English words, as OpenAI's does ("english").
-LANGUAGE_NAMES = {"en": "english", "de": "german", "fr": "french", "es": "spanish", "it": "italian",
-                  "nl": "dutch", "pt": "portuguese", "pl": "polish", "ru": "russian", "ja": "japanese",
-                  "zh": "chinese"}
+LANGUAGE_NAMES = {
+    "en": "english",
+    "de": "german",
+    "fr": "french",
+    "es": "spanish",
+    "it": "italian",
+    "nl": "dutch",
+    "pt": "portuguese",
+    "pl": "polish",
+    "ru": "russian",
+    "ja": "japanese",
+    "zh": "chinese",
+}
 
 
 def _segments(t: Transcript) -> list[tuple[float, float, str, float]]:
     """(start, end, text, no_speech_prob) of each segment with text; the whole text when the engine gave none."""
-    parts = [(s.start, min(s.end, t.audio_s) if t.audio_s else s.end, s.text, s.no_speech_prob)
-             for s in (t.segments or []) if s.text]
+    parts = [
+        (s.start, min(s.end, t.audio_s) if t.audio_s else s.end, s.text, s.no_speech_prob)
+        for s in (t.segments or [])
+        if s.text
+    ]
     if not parts and t.text:
         parts = [(0.0, t.audio_s, t.text, 0.0)]
     return parts
@@ -24,12 +42,27 @@ def _segments(t: Transcript) -> list[tuple[float, float, str, float]]:
 
 def verbose_json(t: Transcript) -> dict:
     segments = [
-        {"id": i, "seek": 0, "start": round(start, 3), "end": round(end, 3), "text": " " + text, "tokens": [],
-         "temperature": 0.0, "avg_logprob": 0.0, "compression_ratio": 0.0, "no_speech_prob": float(no_speech)}
+        {
+            "id": i,
+            "seek": 0,
+            "start": round(start, 3),
+            "end": round(end, 3),
+            "text": " " + text,
+            "tokens": [],
+            "temperature": 0.0,
+            "avg_logprob": 0.0,
+            "compression_ratio": 0.0,
+            "no_speech_prob": float(no_speech),
+        }
         for i, (start, end, text, no_speech) in enumerate(_segments(t))
     ]
-    return {"task": "transcribe", "language": LANGUAGE_NAMES.get(t.language, t.language),
-            "duration": round(t.audio_s, 3), "text": t.text, "segments": segments}
+    return {
+        "task": "transcribe",
+        "language": LANGUAGE_NAMES.get(t.language, t.language),
+        "duration": round(t.audio_s, 3),
+        "text": t.text,
+        "segments": segments,
+    }
 
 
 def _clock(seconds: float, sep: str) -> str:
@@ -41,7 +74,10 @@ def _clock(seconds: float, sep: str) -> str:
 
 
 def srt(t: Transcript) -> str:
-    cues = [f"{i}\n{_clock(a, ',')} --> {_clock(b, ',')}\n{text}\n" for i, (a, b, text, _) in enumerate(_segments(t), 1)]
+    cues = [
+        f"{i}\n{_clock(a, ',')} --> {_clock(b, ',')}\n{text}\n"
+        for i, (a, b, text, _) in enumerate(_segments(t), 1)
+    ]
     return "\n".join(cues)
 
 

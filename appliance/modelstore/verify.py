@@ -77,19 +77,34 @@ class FileCheck:
 
     def as_dict(self) -> dict:
         return {
-            "model": self.model_id, "file": self.name, "path": str(self.path), "state": self.state,
-            "expected_size": self.expected_size, "actual_size": self.actual_size,
-            "expected_sha256": self.expected_sha256, "actual_sha256": self.actual_sha256,
+            "model": self.model_id,
+            "file": self.name,
+            "path": str(self.path),
+            "state": self.state,
+            "expected_size": self.expected_size,
+            "actual_size": self.actual_size,
+            "expected_sha256": self.expected_sha256,
+            "actual_sha256": self.actual_sha256,
         }
 
 
 def check_file(
-    model: LockedModel, f: LockedFile, root: Path, *, full: bool = True, progress: Callable[[int], None] | None = None
+    model: LockedModel,
+    f: LockedFile,
+    root: Path,
+    *,
+    full: bool = True,
+    progress: Callable[[int], None] | None = None,
 ) -> FileCheck:
     """One file's state under ``root``; ``full=False`` checks the size only."""
     path = root / model.id / f.name
-    base = {"model_id": model.id, "name": f.name, "path": path, "expected_size": f.size,
-            "expected_sha256": f.sha256}
+    base = {
+        "model_id": model.id,
+        "name": f.name,
+        "path": path,
+        "expected_size": f.size,
+        "expected_sha256": f.sha256,
+    }
     try:
         size = path.stat().st_size
     except FileNotFoundError:
@@ -134,7 +149,9 @@ class ModelCheck:
 def check_model(
     model: LockedModel, root: Path, *, full: bool = True, progress: Callable[[int], None] | None = None
 ) -> ModelCheck:
-    return ModelCheck(model, tuple(check_file(model, f, root, full=full, progress=progress) for f in model.files))
+    return ModelCheck(
+        model, tuple(check_file(model, f, root, full=full, progress=progress) for f in model.files)
+    )
 
 
 def installed_model_dir(model: LockedModel, root: Path | None) -> Path | None:
@@ -150,7 +167,13 @@ def installed_model_dir(model: LockedModel, root: Path | None) -> Path | None:
         return root / model.id
     if check.present:
         bad = "; ".join(f.message() for f in check.files if not f.ok)
-        log.warning("%s in %s is not usable (%s); run `appliance models fetch --model %s`", model.id, root, bad, model.id)
+        log.warning(
+            "%s in %s is not usable (%s); run `appliance models fetch --model %s`",
+            model.id,
+            root,
+            bad,
+            model.id,
+        )
     return None
 
 

@@ -13,11 +13,15 @@ class OrchestratorMetrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
         self.sessions = Gauge("appliance_sessions_active", "Conversations open", ["transport"], registry=r)
-        self.sessions_total = Counter("appliance_sessions_total", "Conversations started", ["transport"], registry=r)
+        self.sessions_total = Counter(
+            "appliance_sessions_total", "Conversations started", ["transport"], registry=r
+        )
         self.turns = Counter("appliance_turns_total", "User turns answered", registry=r)
         self.barge_ins = Counter("appliance_barge_ins_total", "Replies paused by user speech", registry=r)
         self.false_barge_ins = Counter(
-            "appliance_false_barge_ins_total", "Paused replies resumed because no turn was confirmed", registry=r
+            "appliance_false_barge_ins_total",
+            "Paused replies resumed because no turn was confirmed",
+            registry=r,
         )
         self.errors = Counter("appliance_errors_total", "Errors sent to clients", ["code"], registry=r)
         self.stage = Histogram(

@@ -48,35 +48,77 @@ async def read_redis(settings: OrchestratorSettings) -> dict:
         except discovery.BadRecord as exc:
             bad.append({"key": name, "error": str(exc)})
             continue
-        workers.append({
-            "name": r.name, "address": r.address, "default_model": r.default_model,
-            "resident_models": list(r.resident_models), "available_models": list(r.available_models),
-            "languages": list(r.capabilities.languages), "active_sessions": r.metrics.active_sessions,
-            "max_sessions": r.capabilities.max_concurrent_sessions, "queue_depth": r.metrics.queue_depth,
-            "ttfa_p50_ms": r.metrics.ttfa_p50_ms, "rtf": r.metrics.rtf, "healthy": r.healthy, "down": None,
-            "source": "redis",
-            "heartbeat_age_s": round(max(0.0, now - r.heartbeat_at), 1), "expires_in_s": round(ttl / 1000, 1),
-        })
-    return {"redis": {"url": discovery.redact(url), "connected": True, "bad_records": len(bad)},
-            "workers": workers, "bad": bad}
+        workers.append(
+            {
+                "name": r.name,
+                "address": r.address,
+                "default_model": r.default_model,
+                "resident_models": list(r.resident_models),
+                "available_models": list(r.available_models),
+                "languages": list(r.capabilities.languages),
+                "active_sessions": r.metrics.active_sessions,
+                "max_sessions": r.capabilities.max_concurrent_sessions,
+                "queue_depth": r.metrics.queue_depth,
+                "ttfa_p50_ms": r.metrics.ttfa_p50_ms,
+                "rtf": r.metrics.rtf,
+                "healthy": r.healthy,
+                "down": None,
+                "source": "redis",
+                "heartbeat_age_s": round(max(0.0, now - r.heartbeat_at), 1),
+                "expires_in_s": round(ttl / 1000, 1),
+            }
+        )
+    return {
+        "redis": {"url": discovery.redact(url), "connected": True, "bad_records": len(bad)},
+        "workers": workers,
+        "bad": bad,
+    }
 
 
 def format_table(view: dict) -> str:
     redis = view.get("redis")
-    head = "static worker list (no Redis)" if redis is None else (
-        f"Redis {redis['url']}: {'connected' if redis['connected'] else 'UNREACHABLE (last-known view)'}"
-        + (f", {redis['bad_records']} bad records ignored" if redis.get("bad_records") else "")
+    head = (
+        "static worker list (no Redis)"
+        if redis is None
+        else (
+            f"Redis {redis['url']}: {'connected' if redis['connected'] else 'UNREACHABLE (last-known view)'}"
+            + (f", {redis['bad_records']} bad records ignored" if redis.get("bad_records") else "")
+        )
     )
-    rows = [("NAME", "ADDRESS", "SOURCE", "STATE", "MODELS (resident)", "SESSIONS", "QUEUE", "TTFA p50", "HEARTBEAT",
-             "ROUTED")]
+    rows = [
+        (
+            "NAME",
+            "ADDRESS",
+            "SOURCE",
+            "STATE",
+            "MODELS (resident)",
+            "SESSIONS",
+            "QUEUE",
+            "TTFA p50",
+            "HEARTBEAT",
+            "ROUTED",
+        )
+    ]
     for w in view.get("workers", []):
         state = "down: " + w["down"] if w.get("down") else ("up" if w.get("healthy", True) else "unhealthy")
         sessions = f"{w.get('active_sessions', '-')}/{w.get('max_sessions', '-')}"
         ttfa = f"{w['ttfa_p50_ms']:.0f} ms" if w.get("ttfa_p50_ms") is not None else "-"
         beat = f"{w['heartbeat_age_s']:.1f}s ago" if w.get("heartbeat_age_s") is not None else "-"
         models = ",".join(w.get("resident_models", [])) or "-"
-        rows.append((w["name"], w["address"], w.get("source", "-"), state, models, sessions,
-                     str(w.get("queue_depth", "-")), ttfa, beat, str(w.get("routed", "-"))))
+        rows.append(
+            (
+                w["name"],
+                w["address"],
+                w.get("source", "-"),
+                state,
+                models,
+                sessions,
+                str(w.get("queue_depth", "-")),
+                ttfa,
+                beat,
+                str(w.get("routed", "-")),
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [head] + ["  ".join(c.ljust(widths[i]) for i, c in enumerate(r)).rstrip() for r in rows]
     if len(rows) == 1:

@@ -37,23 +37,32 @@ class Orchestrator:
         self.responder_note = responder_note  # why this responder (e.g. the echo fallback's reason)
         a = settings.asr
         self.asr = asr or WhisperAsr(
-            model=a.model, device=a.device, compute_type=a.compute_type, cpu_threads=a.cpu_threads,
-            beam_size=a.beam_size, language=a.language, models_dir=a.models_dir,
+            model=a.model,
+            device=a.device,
+            compute_type=a.compute_type,
+            cpu_threads=a.cpu_threads,
+            beam_size=a.beam_size,
+            language=a.language,
+            models_dir=a.models_dir,
         )
         self.metrics = OrchestratorMetrics()
         self.pool: WorkerPool = make_pool(settings, self.metrics.registry)  # Redis-routed, or the static list
         self.conversations: dict[str, Conversation] = {}
         self.turn_model: TurnModel | None = None  # loaded at start in smart mode
         self.webrtc = WebRtcEndpoint(
-            lambda channel: self.converse(channel, "webrtc"), ice_servers=settings.webrtc.ice_servers,
-            max_peers=settings.webrtc.max_peers, max_lead_ms=settings.playback.lead_ms,
+            lambda channel: self.converse(channel, "webrtc"),
+            ice_servers=settings.webrtc.ice_servers,
+            max_peers=settings.webrtc.max_peers,
+            max_lead_ms=settings.playback.lead_ms,
         )
         self.llm = None  # the embedded responder's loaded model, shared by every session
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
         self.notifier = Notifier()  # Type=notify: READY=1 once serving, WATCHDOG=1 while the loop turns
         self._watchdog: asyncio.Task | None = None
-        self.mounts: list[Callable[[web.Application], None]] = []  # more routes, e.g. the /v1 API (appliance.interop)
+        self.mounts: list[
+            Callable[[web.Application], None]
+        ] = []  # more routes, e.g. the /v1 API (appliance.interop)
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -78,7 +87,9 @@ class Orchestrator:
         await self.asr.load_async()
         if s.turn.mode == "smart":
             t = s.turn
-            self.turn_model = await asyncio.to_thread(load_turn_model, t.model_path, s.asr.models_dir, t.threads)
+            self.turn_model = await asyncio.to_thread(
+                load_turn_model, t.model_path, s.asr.models_dir, t.threads
+            )
         self._runner = web.AppRunner(self.app(), access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, s.host, s.port)
@@ -104,10 +115,12 @@ class Orchestrator:
             log.info("loading LLM %s", self.llm.settings.model_path)
             await self.llm.load_async()
         except (LlmNotInstalled, ModelLoadError, ValueError) as exc:
-            raise ConfigError(f"[responder] kind = \"embedded\": {exc}") from None
+            raise ConfigError(f'[responder] kind = "embedded": {exc}') from None
         except ImportError as exc:  # the wheel missing, or a library it links against (libgomp1)
-            raise ConfigError(f'[responder] kind = "embedded" needs llama.cpp (pip install xllamacpp; '
-                              f'on Debian also apt install libgomp1): {exc}') from None
+            raise ConfigError(
+                f'[responder] kind = "embedded" needs llama.cpp (pip install xllamacpp; '
+                f"on Debian also apt install libgomp1): {exc}"
+            ) from None
 
     def responder_description(self) -> str:
         """What answers: "echo", "openai <model>", "embedded <file>" (the page and /healthz show it)."""
@@ -150,9 +163,13 @@ class Orchestrator:
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response(
-            {"status": "ok", "asr": self.settings.asr.model, "sessions": len(self.conversations),
-             "workers": [w["address"] for w in self.pool.view()["workers"]],
-             "responder": self.responder_description()}
+            {
+                "status": "ok",
+                "asr": self.settings.asr.model,
+                "sessions": len(self.conversations),
+                "workers": [w["address"] for w in self.pool.view()["workers"]],
+                "responder": self.responder_description(),
+            }
         )
 
     async def prometheus(self, request: web.Request) -> web.Response:
@@ -174,12 +191,18 @@ class Orchestrator:
         sid = uuid.uuid4().hex[:12]
         s = self.settings
         if len(self.conversations) >= s.session.max_sessions:
-            await channel.send_error("busy", f"the appliance is serving its maximum of {s.session.max_sessions} sessions")
+            await channel.send_error(
+                "busy", f"the appliance is serving its maximum of {s.session.max_sessions} sessions"
+            )
             await channel.close(CloseCode.BUSY, "too many sessions")
             return
         tts = TtsLink(
-            self.pool, sid, channel.hello.voice or s.playback.tts_model,
-            stall_s=s.playback.tts_stall_ms / 1000, retry_s=s.playback.tts_retry_s, metrics=self.metrics,
+            self.pool,
+            sid,
+            channel.hello.voice or s.playback.tts_model,
+            stall_s=s.playback.tts_stall_ms / 1000,
+            retry_s=s.playback.tts_retry_s,
+            metrics=self.metrics,
         )
         try:
             await tts.open()
@@ -190,12 +213,27 @@ class Orchestrator:
             await channel.close(CloseCode.UNAVAILABLE, "no TTS worker available")
             return
         responder = create_responder(**s.responder.model_dump(), engine=self.llm)
-        conv = Conversation(sid, channel, s, asr=self.asr, responder=responder, tts=tts, metrics=self.metrics,
-                            responder_description=self.responder_description(), turn_model=self.turn_model)
+        conv = Conversation(
+            sid,
+            channel,
+            s,
+            asr=self.asr,
+            responder=responder,
+            tts=tts,
+            metrics=self.metrics,
+            responder_description=self.responder_description(),
+            turn_model=self.turn_model,
+        )
         self.conversations[sid] = conv
         self.metrics.sessions.labels(transport).inc()
         self.metrics.sessions_total.labels(transport).inc()
-        log.info("session started session=%s transport=%s peer=%s rate=%d", sid, transport, channel.peer, channel.hello.sample_rate)
+        log.info(
+            "session started session=%s transport=%s peer=%s rate=%d",
+            sid,
+            transport,
+            channel.peer,
+            channel.hello.sample_rate,
+        )
         try:
             await conv.run()
         finally:

@@ -129,7 +129,9 @@ def parse_text_message(raw: str) -> dict:
     try:
         obj = json.loads(raw)
     except json.JSONDecodeError as exc:
-        raise ProtocolError("bad_json", f"message is not valid JSON: {exc.msg} at position {exc.pos}") from None
+        raise ProtocolError(
+            "bad_json", f"message is not valid JSON: {exc.msg} at position {exc.pos}"
+        ) from None
     if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
         raise ProtocolError("bad_message", 'a text message must be a JSON object with a string "type"')
     return obj
@@ -143,7 +145,9 @@ def parse_event(obj: dict) -> Inbound:
         if not isinstance(text, str) or not text.strip():
             raise ProtocolError("bad_message", f'"{kind}" needs a non-empty string "text"')
         if len(text) > MAX_TEXT_CHARS:
-            raise ProtocolError("text_too_long", f'"text" is limited to {MAX_TEXT_CHARS} characters (got {len(text)})')
+            raise ProtocolError(
+                "text_too_long", f'"text" is limited to {MAX_TEXT_CHARS} characters (got {len(text)})'
+            )
         return TextTurn(text) if kind == "text" else Say(text)
     if kind == "interrupt":
         return Interrupt()
@@ -160,7 +164,9 @@ def check_audio(pcm: bytes, rate: int) -> None:
         raise ProtocolError("bad_audio", f"PCM16 audio must have an even number of bytes (got {len(pcm)})")
     ms = len(pcm) / 2 / rate * 1000
     if ms > MAX_AUDIO_MS + 0.5:
-        raise ProtocolError("audio_too_long", f"audio messages are limited to {MAX_AUDIO_MS} ms (got {ms:.0f} ms)")
+        raise ProtocolError(
+            "audio_too_long", f"audio messages are limited to {MAX_AUDIO_MS} ms (got {ms:.0f} ms)"
+        )
 
 
 # --- server → client ---------------------------------------------------------------------------

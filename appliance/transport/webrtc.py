@@ -218,7 +218,11 @@ class WebRtcChannel(Channel):
             del self._inbox[i]
             if not self._lagging:
                 self._lagging = True
-                log.warning("session lags %.0f s behind the microphone: dropping the oldest audio %s", MAX_INBOUND_S, self._where())
+                log.warning(
+                    "session lags %.0f s behind the microphone: dropping the oldest audio %s",
+                    MAX_INBOUND_S,
+                    self._where(),
+                )
         self._wake.set()
 
     def _on_message(self, data) -> None:
@@ -294,12 +298,16 @@ class WebRtcChannel(Channel):
         try:
             dc = self.dc
             if dc is not None and dc.readyState == "open" and not self._ended:
-                if code == 1001:  # no close frame on WebRTC: say why, as the session does before its own closes
+                if (
+                    code == 1001
+                ):  # no close frame on WebRTC: say why, as the session does before its own closes
                     await self._send_quietly(ErrorEvent("going_away", reason or "server shutting down"))
                 loop = asyncio.get_running_loop()
                 deadline = loop.time() + CLOSE_DRAIN_S
                 while dc.bufferedAmount and loop.time() < deadline and not self._ended:
-                    await asyncio.sleep(DRAIN_POLL_S)  # let the last events (error, TERMINATED) reach the client
+                    await asyncio.sleep(
+                        DRAIN_POLL_S
+                    )  # let the last events (error, TERMINATED) reach the client
                 dc.close()
             self._ended = True
             self._wake.set()
@@ -325,8 +333,14 @@ class WebRtcEndpoint:
     """``POST /webrtc/offer``: one RTCPeerConnection per offer, handed to ``converse`` once its
     data channel opens, kept until it closes or fails. ``peers`` are the live ones."""
 
-    def __init__(self, converse: Callable[[WebRtcChannel], Awaitable[None]], *, ice_servers: list[str] | None = None,
-                 max_peers: int = 16, max_lead_ms: int = 100) -> None:
+    def __init__(
+        self,
+        converse: Callable[[WebRtcChannel], Awaitable[None]],
+        *,
+        ice_servers: list[str] | None = None,
+        max_peers: int = 16,
+        max_lead_ms: int = 100,
+    ) -> None:
         self.converse = converse
         self.ice_servers = [ice_server(u) for u in ice_servers or []]
         self.max_peers = max_peers
@@ -340,8 +354,16 @@ class WebRtcEndpoint:
         except (ValueError, UnicodeDecodeError):
             return _error(400, 'the body must be JSON: {"sdp": "...", "type": "offer"}')
         sdp = body.get("sdp") if isinstance(body, dict) else None
-        if not isinstance(sdp, str) or not sdp.strip() or len(sdp) > MAX_SDP_CHARS or body.get("type") != "offer":
-            return _error(400, f'expected {{"sdp": "...", "type": "offer"}} with at most {MAX_SDP_CHARS} characters of SDP')
+        if (
+            not isinstance(sdp, str)
+            or not sdp.strip()
+            or len(sdp) > MAX_SDP_CHARS
+            or body.get("type") != "offer"
+        ):
+            return _error(
+                400,
+                f'expected {{"sdp": "...", "type": "offer"}} with at most {MAX_SDP_CHARS} characters of SDP',
+            )
         if len(self.peers) >= self.max_peers:
             log.warning("offer refused from %s: %d peers connected", request.remote, len(self.peers))
             return _error(503, f"the appliance is serving its maximum of {self.max_peers} WebRTC peers")
@@ -378,7 +400,12 @@ class WebRtcEndpoint:
             if channel.opened.is_set() and not channel.closed:
                 await self.converse(channel)
             elif not channel.closed:
-                log.warning("peer=%s did not open its %r data channel in %.0f s", channel.peer, LABEL, CONNECT_TIMEOUT_S)
+                log.warning(
+                    "peer=%s did not open its %r data channel in %.0f s",
+                    channel.peer,
+                    LABEL,
+                    CONNECT_TIMEOUT_S,
+                )
         except Exception:
             log.exception("WebRTC session failed peer=%s", channel.peer)
         finally:
@@ -388,7 +415,9 @@ class WebRtcEndpoint:
 
     async def close(self) -> None:
         """Close every peer and wait for their sessions to end."""
-        await asyncio.gather(*(c.close(1001, "server shutting down") for c in list(self.peers)), return_exceptions=True)
+        await asyncio.gather(
+            *(c.close(1001, "server shutting down") for c in list(self.peers)), return_exceptions=True
+        )
         await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
 

@@ -52,7 +52,9 @@ class WebSocketChannel(Channel):
         try:
             channel.hello = await asyncio.wait_for(channel._read_hello(), HELLO_TIMEOUT_S)
         except TimeoutError:
-            await channel._fail(ProtocolError("no_hello", f"no hello within {HELLO_TIMEOUT_S:.0f} s", CloseCode.PROTOCOL))
+            await channel._fail(
+                ProtocolError("no_hello", f"no hello within {HELLO_TIMEOUT_S:.0f} s", CloseCode.PROTOCOL)
+            )
         except ProtocolError as exc:
             await channel._fail(exc)
         except ConnectionError:
@@ -62,12 +64,16 @@ class WebSocketChannel(Channel):
     async def _read_hello(self) -> Hello | None:
         msg = await self.ws.receive()
         if msg.type == WSMsgType.BINARY:
-            raise ProtocolError("hello_required", 'send {"type":"hello","sample_rate":N} before any audio', CloseCode.PROTOCOL)
+            raise ProtocolError(
+                "hello_required", 'send {"type":"hello","sample_rate":N} before any audio', CloseCode.PROTOCOL
+            )
         if msg.type != WSMsgType.TEXT:
             return None
         obj = parse_text_message(msg.data)
         if obj["type"] != "hello":
-            raise ProtocolError("hello_required", f'the first message must be hello (got {obj["type"]!r})', CloseCode.PROTOCOL)
+            raise ProtocolError(
+                "hello_required", f"the first message must be hello (got {obj['type']!r})", CloseCode.PROTOCOL
+            )
         return parse_hello(obj)
 
     async def _fail(self, exc: ProtocolError) -> None:
@@ -84,15 +90,23 @@ class WebSocketChannel(Channel):
             try:
                 if msg.type == WSMsgType.BINARY:
                     if len(msg.data) > MAX_MESSAGE_BYTES:
-                        raise ProtocolError("too_big", f"messages are limited to {MAX_MESSAGE_BYTES} bytes", CloseCode.TOO_BIG)
+                        raise ProtocolError(
+                            "too_big", f"messages are limited to {MAX_MESSAGE_BYTES} bytes", CloseCode.TOO_BIG
+                        )
                     check_audio(msg.data, self.hello.sample_rate)
                     return AudioIn(msg.data)
                 if msg.type == WSMsgType.TEXT:
                     if len(msg.data) > MAX_MESSAGE_BYTES:
-                        raise ProtocolError("too_big", f"messages are limited to {MAX_MESSAGE_BYTES} bytes", CloseCode.TOO_BIG)
+                        raise ProtocolError(
+                            "too_big", f"messages are limited to {MAX_MESSAGE_BYTES} bytes", CloseCode.TOO_BIG
+                        )
                     return parse_event(parse_text_message(msg.data))
                 if msg.type == WSMsgType.ERROR and "too big" in str(self.ws.exception() or "").lower():
-                    await self._fail(ProtocolError("too_big", f"messages are limited to {MAX_MESSAGE_BYTES} bytes", CloseCode.TOO_BIG))
+                    await self._fail(
+                        ProtocolError(
+                            "too_big", f"messages are limited to {MAX_MESSAGE_BYTES} bytes", CloseCode.TOO_BIG
+                        )
+                    )
                 return None  # CLOSE, CLOSING, CLOSED, ERROR
             except ProtocolError as exc:
                 if exc.fatal:
@@ -110,7 +124,9 @@ class WebSocketChannel(Channel):
                 await asyncio.wait_for(coro_factory(), SEND_TIMEOUT_S)
             except TimeoutError:
                 log.warning("slow consumer peer=%s: closing", self.peer)
-                asyncio.ensure_future(self.close(CloseCode.SLOW_CONSUMER, "client is not reading (slow consumer)"))
+                asyncio.ensure_future(
+                    self.close(CloseCode.SLOW_CONSUMER, "client is not reading (slow consumer)")
+                )
                 raise ConnectionResetError("slow consumer") from None
 
     async def send_message(self, message: dict) -> None:

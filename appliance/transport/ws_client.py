@@ -38,7 +38,9 @@ class WsClient:
         self._changed = asyncio.Event()
         self.ready: dict | None = None
 
-    async def connect(self, sample_rate: int = 16000, token: str | None = None, voice: str | None = None) -> dict:
+    async def connect(
+        self, sample_rate: int = 16000, token: str | None = None, voice: str | None = None
+    ) -> dict:
         self._session = aiohttp.ClientSession()
         kwargs = {} if self._ssl is None else {"ssl": self._ssl}
         self.ws = await self._session.ws_connect(self.url, max_msg_size=4 << 20, **kwargs)

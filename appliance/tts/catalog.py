@@ -41,7 +41,9 @@ class ModelSpec:
     sample_rate: int
     description: str = ""
     # Returns the model's files (e.g. {"onnx": Path, "config": Path}); raises FileNotFoundError.
-    locate: Callable[[Path | None], dict[str, Path]] = field(default=lambda _dir: {}, repr=False, compare=False)
+    locate: Callable[[Path | None], dict[str, Path]] = field(
+        default=lambda _dir: {}, repr=False, compare=False
+    )
 
     def is_installed(self, models_dir: Path | None = None) -> bool:
         try:

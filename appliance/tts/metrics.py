@@ -29,16 +29,26 @@ class WorkerMetrics:
             registry=r,
         )
         self.control = Histogram(
-            "appliance_tts_control_seconds", "Control handling time", ["command"], buckets=_LATENCY_BUCKETS, registry=r
+            "appliance_tts_control_seconds",
+            "Control handling time",
+            ["command"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.frames = Counter("appliance_tts_frames_total", "Audio frames sent", ["model"], registry=r)
-        self.errors = Counter("appliance_tts_errors_total", "RPCs that ended in an error", ["rpc", "code"], registry=r)
+        self.errors = Counter(
+            "appliance_tts_errors_total", "RPCs that ended in an error", ["rpc", "code"], registry=r
+        )
         self.active_sessions = Gauge("appliance_tts_active_sessions", "Sessions open", registry=r)
         self.active_streams = Gauge("appliance_tts_active_streams", "Synthesize streams open", registry=r)
         self.resident_models = Gauge("appliance_tts_resident_models", "Models loaded in memory", registry=r)
-        self.model_refcount = Gauge("appliance_tts_model_refcount", "Sessions using a model", ["model"], registry=r)
+        self.model_refcount = Gauge(
+            "appliance_tts_model_refcount", "Sessions using a model", ["model"], registry=r
+        )
         self.watchdog_ok = Gauge(
-            "appliance_tts_watchdog_healthy", "1 while no synthesis is stuck (watchdog pings flow)", registry=r
+            "appliance_tts_watchdog_healthy",
+            "1 while no synthesis is stuck (watchdog pings flow)",
+            registry=r,
         )
         self.info = Gauge("appliance_tts_worker_info", "Worker identity", list(labels), registry=r)
         self.info.labels(**labels).set(1)

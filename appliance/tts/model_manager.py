@@ -27,6 +27,7 @@ from appliance.tts.catalog import Catalog, ModelError, ModelSpec, UnknownModel  
 
 log = logging.getLogger(__name__)
 
+
 class ModelInUse(ModelError):
     def __init__(self, model_id: str, refcount: int) -> None:
         super().__init__(model_id, f"model {model_id!r} is in use by {refcount} session(s)")

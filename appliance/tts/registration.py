@@ -38,7 +38,9 @@ def advertised_address(settings: WorkerSettings, port: int) -> str:
     host = settings.host
     if host in ("0.0.0.0", "::", ""):
         host = socket.gethostname()
-        log.warning("listening on all interfaces: advertising %s:%d (set discovery.advertise_address)", host, port)
+        log.warning(
+            "listening on all interfaces: advertising %s:%d (set discovery.advertise_address)", host, port
+        )
     return f"{host}:{port}"
 
 
@@ -46,7 +48,9 @@ def describe_worker(worker) -> WorkerRecord:
     """The record of a running :class:`~appliance.tts.worker.TTSWorker` as it is now (unstamped)."""
     s = worker.settings
     snapshot = worker.manager.snapshot()
-    flags = flags_for(ENGINES[e].capabilities if e in ENGINES else UNKNOWN_ENGINE for e in {m.engine for m in snapshot})
+    flags = flags_for(
+        ENGINES[e].capabilities if e in ENGINES else UNKNOWN_ENGINE for e in {m.engine for m in snapshot}
+    )
     recent_ttfa, recent_rtf = list(worker.metrics.recent_ttfa_s), list(worker.metrics.recent_rtf)
     return WorkerRecord(
         name=s.name,
@@ -87,7 +91,8 @@ class WorkerRegistration:
         self._describe = describe
         try:
             password = discovery.resolve_password(
-                self.url, settings.redis_password.get_secret_value() if settings.redis_password else None,
+                self.url,
+                settings.redis_password.get_secret_value() if settings.redis_password else None,
                 d.password_file,
             )
         except ValueError as exc:
@@ -114,8 +119,12 @@ class WorkerRegistration:
     def _stamp(self) -> WorkerRecord:
         self.seq += 1
         return replace(
-            self._describe(), instance=self.instance, seq=self.seq, heartbeat_at=round(time.time(), 3),
-            started_at=round(self.started_at, 3), ttl_s=self.ttl_s,
+            self._describe(),
+            instance=self.instance,
+            seq=self.seq,
+            heartbeat_at=round(time.time(), 3),
+            started_at=round(self.started_at, 3),
+            ttl_s=self.ttl_s,
         )
 
     async def _write(self, event: str) -> WorkerRecord:
@@ -138,7 +147,8 @@ class WorkerRegistration:
                     self._outage_since = time.monotonic()
                     log.warning(
                         "Redis unreachable at %s (%s): worker keeps serving, retrying registration",
-                        discovery.redact(self.url), _brief(exc),
+                        discovery.redact(self.url),
+                        _brief(exc),
                     )
                 event, wait = "register", min(backoff, self.heartbeat_s)
                 backoff = min(backoff * 2, self.heartbeat_s)
@@ -146,11 +156,16 @@ class WorkerRegistration:
                 if event == "register" or self._outage_since is not None:
                     after = (
                         f" after an outage of {time.monotonic() - self._outage_since:.1f}s"
-                        if self._outage_since is not None else ""
+                        if self._outage_since is not None
+                        else ""
                     )
                     log.info(
                         "registered worker=%s address=%s key=%s ttl=%.0fs%s",
-                        record.name, record.address, self.key, self.ttl_s, after,
+                        record.name,
+                        record.address,
+                        self.key,
+                        self.ttl_s,
+                        after,
                     )
                 self._outage_since = None
                 self.registered.set()
@@ -175,11 +190,15 @@ class WorkerRegistration:
                 async with asyncio.timeout(DEREGISTER_TIMEOUT_S):
                     async with self.redis.pipeline(transaction=False) as pipe:
                         pipe.delete(self.key)
-                        pipe.publish(discovery.channel(self.prefix), discovery.announcement("deregister", record))
+                        pipe.publish(
+                            discovery.channel(self.prefix), discovery.announcement("deregister", record)
+                        )
                         await pipe.execute()
                 log.info("deregistered worker=%s key=%s", record.name, self.key)
             except (RedisError, OSError, TimeoutError) as exc:
-                log.warning("could not deregister (%s): the record expires within %.0fs", _brief(exc), self.ttl_s)
+                log.warning(
+                    "could not deregister (%s): the record expires within %.0fs", _brief(exc), self.ttl_s
+                )
         try:
             await self.redis.aclose()
         except (RedisError, OSError):

@@ -91,7 +91,12 @@ class TTSService(tts_pb2_grpc.TTSServiceServicer):
     async def StartSession(self, request, context):
         sid = request.session_id.strip()
         if not sid or len(sid) > 128:
-            await self._abort(context, "StartSession", grpc.StatusCode.INVALID_ARGUMENT, "session_id must be 1–128 characters")
+            await self._abort(
+                context,
+                "StartSession",
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "session_id must be 1–128 characters",
+            )
         if self.draining:
             await self._abort(context, "StartSession", grpc.StatusCode.UNAVAILABLE, "worker is shutting down")
         try:
@@ -146,7 +151,9 @@ class TTSService(tts_pb2_grpc.TTSServiceServicer):
         try:
             first = await chunks.__anext__()
         except StopAsyncIteration:
-            await self._abort(context, "Synthesize", grpc.StatusCode.INVALID_ARGUMENT, "no TextChunk was sent")
+            await self._abort(
+                context, "Synthesize", grpc.StatusCode.INVALID_ARGUMENT, "no TextChunk was sent"
+            )
         try:
             session = self.sessions.get(first.session_id)
             session.begin_stream()
@@ -325,8 +332,15 @@ async def _prepend(first, rest: AsyncIterator) -> AsyncIterator:
         yield item
 
 
-def _audio_frame(session_id: str, seq: int, text_offset: int, audio: bytes = b"", is_final: bool = False) -> pb.AudioFrame:
+def _audio_frame(
+    session_id: str, seq: int, text_offset: int, audio: bytes = b"", is_final: bool = False
+) -> pb.AudioFrame:
     return pb.AudioFrame(
-        session_id=session_id, audio_data=audio, sample_rate=OUTPUT_RATE, frame_duration_ms=FRAME_MS,
-        sequence_number=seq, is_final=is_final, text_offset=text_offset,
+        session_id=session_id,
+        audio_data=audio,
+        sample_rate=OUTPUT_RATE,
+        frame_duration_ms=FRAME_MS,
+        sequence_number=seq,
+        is_final=is_final,
+        text_offset=text_offset,
     )

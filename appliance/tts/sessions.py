@@ -139,7 +139,9 @@ class WorkerSession:
         try:
             await asyncio.wait_for(self._write_idle.wait(), WRITE_SETTLE_S)
         except TimeoutError:
-            log.warning("control ack without write completion session=%s (client not reading)", self.session_id)
+            log.warning(
+                "control ack without write completion session=%s (client not reading)", self.session_id
+            )
 
 
 class SessionRegistry:
@@ -183,7 +185,9 @@ class SessionRegistry:
 
     def idle_sessions(self, idle_s: float) -> list[str]:
         now = time.monotonic()
-        return [s.session_id for s in self._sessions.values() if not s.streaming and now - s.last_active >= idle_s]
+        return [
+            s.session_id for s in self._sessions.values() if not s.streaming and now - s.last_active >= idle_s
+        ]
 
     def all(self) -> list[WorkerSession]:
         return list(self._sessions.values())

@@ -203,7 +203,8 @@ class SynthesisStream:
             async for chunk in chunks:
                 if chunk.session_id and chunk.session_id != sid:
                     raise StreamError(
-                        "INVALID_ARGUMENT", f"TextChunk for session {chunk.session_id!r} on the stream of {sid!r}"
+                        "INVALID_ARGUMENT",
+                        f"TextChunk for session {chunk.session_id!r} on the stream of {sid!r}",
                     )
                 self.stats.chars += len(chunk.text)
                 if self.stats.chars > self.max_chars:
@@ -248,7 +249,10 @@ class SynthesisStream:
                 # The output chain (loudness, resampling, framing) runs in the engine call too,
                 # so the event loop only moves finished frames.
                 async for pcm in adapter.stream(
-                    segment, cancel=self.session.cancel, run=self._runner(chain), tracker=self.tracker,
+                    segment,
+                    cancel=self.session.cancel,
+                    run=self._runner(chain),
+                    tracker=self.tracker,
                     post=_segment_pusher(chain),
                 ):
                     self.stats.synth_s += pcm.synth_s

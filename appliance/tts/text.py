@@ -61,7 +61,8 @@ _MIN_REST = 3  # words a first-segment cut must leave in the sentence after it
 _CLINGING = frozenset(  # a fallback cut should not end on these: they lean on the next word
     "a an the this these those my your his her its our their some any no every each all both many much "  # noqa: SIM905
     "few several is are was were am be been will would can could shall should may might must do does did "
-    "have has had not very too just i we they he she nor yet".split() + list(CONJUNCTIONS + SOFT_WORDS)
+    "have has had not very too just i we they he she nor yet".split()
+    + list(CONJUNCTIONS + SOFT_WORDS)
 )
 
 _EDGE = re.compile(r"\s\S|\S\s")

@@ -111,7 +111,9 @@ class TTSWorker:
         if s.redis_url:
             from appliance.tts.registration import WorkerRegistration, describe_worker
 
-            self.registration = WorkerRegistration(s, lambda: describe_worker(self))  # checks the password now
+            self.registration = WorkerRegistration(
+                s, lambda: describe_worker(self)
+            )  # checks the password now
         self.server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -127,7 +129,13 @@ class TTSWorker:
         await self.server.start()
         if s.metrics_port is not None:
             self.metrics.serve(s.metrics_host, s.metrics_port)
-        log.info("worker %s listening on %s (metrics port %s); loading %s", s.name, self.address, self.metrics.port, s.models.default)
+        log.info(
+            "worker %s listening on %s (metrics port %s); loading %s",
+            s.name,
+            self.address,
+            self.metrics.port,
+            s.models.default,
+        )
         self._tasks.append(asyncio.create_task(self.watchdog.run(), name="watchdog"))
         await self.manager.start(preload=s.models.preload)
         self.metrics.resident_models.set(len(self.manager.resident_ids()))

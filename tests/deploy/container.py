@@ -27,8 +27,15 @@ INCLUDE = "systemd,systemd-sysv,dbus,python3,openssh-server,iproute2"
 SUITE = "bookworm"
 TOOLS = ("debootstrap", "systemd-nspawn", "nsenter", "ssh", "ssh-keygen", "dpkg-scanpackages", "tar")
 # Inside the container: a clean environment, not the host's (pyenv shims, venvs, …).
-INSIDE_ENV = ["env", "-i", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8",
-              "HOME=/root", "SYSTEMD_PAGER=", "SYSTEMD_COLORS=0"]
+INSIDE_ENV = [
+    "env",
+    "-i",
+    "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "LANG=C.UTF-8",
+    "HOME=/root",
+    "SYSTEMD_PAGER=",
+    "SYSTEMD_COLORS=0",
+]
 
 
 def missing_requirements() -> str | None:
@@ -76,8 +83,11 @@ def rootfs_tarball(log=print) -> Path:
         shutil.rmtree(work, ignore_errors=True)
         log(f"debootstrap {SUITE} from {mirror} into {work} (cached as {tarball}) …")
         try:
-            subprocess.run(["debootstrap", "--variant=minbase", f"--include={INCLUDE}", SUITE, str(work), mirror],
-                           check=True, capture_output=True)
+            subprocess.run(
+                ["debootstrap", "--variant=minbase", f"--include={INCLUDE}", SUITE, str(work), mirror],
+                check=True,
+                capture_output=True,
+            )
             partial = tarball.with_suffix(".partial")
             subprocess.run(["tar", "--numeric-owner", "-C", str(work), "-cf", str(partial), "."], check=True)
             os.replace(partial, tarball)
@@ -131,9 +141,11 @@ class Container:
         return p
 
     def setup_ssh(self, port: int, public_key: str) -> None:
-        self.write("etc/ssh/sshd_config.d/deploy-test.conf",
-                   f"Port {port}\nListenAddress 127.0.0.1\nPermitRootLogin prohibit-password\n"
-                   "PasswordAuthentication no\nUseDNS no\n")
+        self.write(
+            "etc/ssh/sshd_config.d/deploy-test.conf",
+            f"Port {port}\nListenAddress 127.0.0.1\nPermitRootLogin prohibit-password\n"
+            "PasswordAuthentication no\nUseDNS no\n",
+        )
         ssh_dir = self.path("root/.ssh")
         ssh_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.write("root/.ssh/authorized_keys", public_key, mode=0o600)
@@ -147,10 +159,24 @@ class Container:
         log = self.log_path.open("ab")
         t0 = time.monotonic()
         self.proc = subprocess.Popen(
-            ["systemd-nspawn", "--boot", "-D", str(self.root), f"--machine={self.name}", "--register=no",
-             "--keep-unit", "--console=read-only", "--resolv-conf=off", "--timezone=off", "--link-journal=no",
-             *[f"--bind={host}:{inside}" for host, inside in self.binds.items()]],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                "systemd-nspawn",
+                "--boot",
+                "-D",
+                str(self.root),
+                f"--machine={self.name}",
+                "--register=no",
+                "--keep-unit",
+                "--console=read-only",
+                "--resolv-conf=off",
+                "--timezone=off",
+                "--link-journal=no",
+                *[f"--bind={host}:{inside}" for host, inside in self.binds.items()],
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         log.close()
         self.leader = self._find_leader(timeout=20)
@@ -177,14 +203,23 @@ class Container:
     def console(self) -> str:
         return self.log_path.read_text(errors="replace")[-6000:] if self.log_path.exists() else ""
 
-    def run(self, *cmd: str, check: bool = True, timeout: float = 120, input: str | None = None
-            ) -> subprocess.CompletedProcess:
+    def run(
+        self, *cmd: str, check: bool = True, timeout: float = 120, input: str | None = None
+    ) -> subprocess.CompletedProcess:
         """Run a command inside the container (all its namespaces, a clean environment)."""
         assert self.leader, "not booted"
-        proc = subprocess.run(["nsenter", "-t", str(self.leader), "-a", *INSIDE_ENV, *cmd],
-                              capture_output=True, text=True, timeout=timeout, input=input, check=False)
+        proc = subprocess.run(
+            ["nsenter", "-t", str(self.leader), "-a", *INSIDE_ENV, *cmd],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            input=input,
+            check=False,
+        )
         if check and proc.returncode != 0:
-            raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+            raise AssertionError(
+                f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+            )
         return proc
 
     def wait_running(self, timeout: float = 60) -> str:
@@ -192,8 +227,15 @@ class Container:
         deadline = time.monotonic() + timeout
         while True:  # right after exec, systemd's bus is not there yet ("Failed to connect to bus")
             left = max(1, int(deadline - time.monotonic()))
-            proc = self.run("timeout", str(left), "systemctl", "is-system-running", "--wait",
-                            check=False, timeout=left + 5)
+            proc = self.run(
+                "timeout",
+                str(left),
+                "systemctl",
+                "is-system-running",
+                "--wait",
+                check=False,
+                timeout=left + 5,
+            )
             state = proc.stdout.strip()
             if state in ("running", "degraded", "maintenance", "stopping") or time.monotonic() > deadline:
                 return state or proc.stderr.strip()

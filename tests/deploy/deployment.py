@@ -28,8 +28,12 @@ FIGURES = ARTIFACTS / "figures.json"
 WATCHDOG_SEC = 10
 WORKER = "piper"
 # Units every install must leave active (running); more `appliance*` units are checked as found.
-REQUIRED_UNITS = ("appliance-orchestrator.service", f"appliance-tts@{WORKER}.service",
-                  "caddy.service", "redis-server.service")
+REQUIRED_UNITS = (
+    "appliance-orchestrator.service",
+    f"appliance-tts@{WORKER}.service",
+    "caddy.service",
+    "redis-server.service",
+)
 
 _figures: dict = {}
 
@@ -58,8 +62,14 @@ def bundle_for_session(out: Path) -> Path:
     if given:
         return Path(given)
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "appliance", "bundle", "--out", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=1800, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "appliance", "bundle", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
+    )
     assert proc.returncode == 0, f"appliance bundle failed:\n{proc.stdout}\n{proc.stderr}"
     tar = Path(proc.stdout.strip().splitlines()[-1])
     record("bundle_build_s", time.monotonic() - t0)
@@ -86,7 +96,9 @@ class PlaybookRun:
         self.seconds = seconds
         self.log = log
         m = _RECAP.search(self.output)
-        self.recap = dict(zip(("ok", "changed", "unreachable", "failed"), map(int, m.groups()[1:]))) if m else {}
+        self.recap = (
+            dict(zip(("ok", "changed", "unreachable", "failed"), map(int, m.groups()[1:]))) if m else {}
+        )
 
     def tail(self, n: int = 6000) -> str:
         return f"(full log: {self.log})\n" + self.output[-n:]
@@ -108,12 +120,23 @@ class Deployment:
         self.name = name
         self.mode = mode
         self.bundle = bundle
-        (self.ssh_port, self.http_port, self.https_port, self.orchestrator_port, self.redis_port,
-         self.worker_port, self.worker_metrics_port) = _free_ports(7)
+        (
+            self.ssh_port,
+            self.http_port,
+            self.https_port,
+            self.orchestrator_port,
+            self.redis_port,
+            self.worker_port,
+            self.worker_metrics_port,
+        ) = _free_ports(7)
         self.key = work / "id_ed25519"
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "deploy-test", "-f", str(self.key)],
-                       check=True)
-        self.container = Container(work / "root", name, ARTIFACTS / f"{name}-console.log", offline=(mode == "offline"))
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "deploy-test", "-f", str(self.key)],
+            check=True,
+        )
+        self.container = Container(
+            work / "root", name, ARTIFACTS / f"{name}-console.log", offline=(mode == "offline")
+        )
         self.inventory = work / "inventory.yml"
         self.runs: list[PlaybookRun] = []
         self.install_run: PlaybookRun | None = None
@@ -142,7 +165,9 @@ class Deployment:
 
     def save_journal(self) -> None:
         if self.container.leader:
-            out = self.container.run("journalctl", "--no-pager", "-o", "short-monotonic", "-n", "3000", check=False)
+            out = self.container.run(
+                "journalctl", "--no-pager", "-o", "short-monotonic", "-n", "3000", check=False
+            )
             (ARTIFACTS / f"{self.name}-journal.log").write_text(out.stdout + out.stderr)
 
     # -------------------------------------------------------------- ansible
@@ -160,7 +185,9 @@ class Deployment:
             "appliance_https_port": self.https_port,
             "appliance_orchestrator_port": self.orchestrator_port,
             "appliance_redis_port": self.redis_port,
-            "appliance_tts_workers": [{"name": WORKER, "port": self.worker_port, "metrics_port": self.worker_metrics_port}],
+            "appliance_tts_workers": [
+                {"name": WORKER, "port": self.worker_port, "metrics_port": self.worker_metrics_port}
+            ],
             "appliance_watchdog_sec": WATCHDOG_SEC,
         }
         if self.bundle is not None:
@@ -186,13 +213,21 @@ class Deployment:
             "ANSIBLE_PYTHON_INTERPRETER": "/usr/bin/python3",
         }
 
-    def playbook(self, playbook: Path | None = None, timeout: float = 1500, label: str = "site") -> PlaybookRun:
+    def playbook(
+        self, playbook: Path | None = None, timeout: float = 1500, label: str = "site"
+    ) -> PlaybookRun:
         playbook = playbook or site_playbook()
         log = ARTIFACTS / f"{self.name}-{label}-{len(self.runs) + 1}.log"
         t0 = time.monotonic()
-        proc = subprocess.run([ansible_playbook(), "-i", str(self.inventory), str(playbook)],
-                              cwd=playbook.parent, env=self.ansible_env(), capture_output=True, text=True,
-                              timeout=timeout, check=False)
+        proc = subprocess.run(
+            [ansible_playbook(), "-i", str(self.inventory), str(playbook)],
+            cwd=playbook.parent,
+            env=self.ansible_env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
         run = PlaybookRun(proc, time.monotonic() - t0, log)
         log.write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr)
         if proc.returncode != 0:
@@ -209,7 +244,9 @@ class Deployment:
 
     # -------------------------------------------------------------- units
     def appliance_units(self) -> list[str]:
-        out = self.container.run("systemctl", "list-units", "--all", "--plain", "--no-legend", "appliance*").stdout
+        out = self.container.run(
+            "systemctl", "list-units", "--all", "--plain", "--no-legend", "appliance*"
+        ).stdout
         found = [line.split()[0] for line in out.splitlines() if line.strip()]
         return sorted(set(found) | set(REQUIRED_UNITS))
 
@@ -231,6 +268,7 @@ class Deployment:
 
 
 # ------------------------------------------------------------------ checks from the host
+
 
 def ssl_context(dep) -> ssl.SSLContext:
     roots = [dep.caddy_root_ca(), *dep.container.path("var/lib").glob("**/pki/authorities/local/root.crt")]
@@ -254,7 +292,11 @@ def healthz(dep, timeout: float = 30) -> tuple[int, bytes]:
 def differences_from_the_checkout(dep) -> list[str]:
     """How the appliance installed in the container's venv differs from this checkout's appliance/
     (every module by the sha256 its wheel's RECORD holds); empty when it is this tree's code."""
-    records = sorted(dep.container.path("opt/appliance/venv/lib").glob("python3*/site-packages/appliance-*.dist-info/RECORD"))
+    records = sorted(
+        dep.container.path("opt/appliance/venv/lib").glob(
+            "python3*/site-packages/appliance-*.dist-info/RECORD"
+        )
+    )
     assert len(records) == 1, f"not one appliance installed: {records}"
     installed = {}
     for line in records[0].read_text().splitlines():
@@ -265,9 +307,11 @@ def differences_from_the_checkout(dep) -> list[str]:
     for p in sorted((ROOT / "appliance").rglob("*.py")):
         raw = hashlib.sha256(p.read_bytes()).digest()
         here[p.relative_to(ROOT).as_posix()] = "sha256=" + base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-    return ([f"only installed: {p}" for p in sorted(installed.keys() - here.keys())]
-            + [f"only in the checkout: {p}" for p in sorted(here.keys() - installed.keys())]
-            + [f"differs: {p}" for p in sorted(here.keys() & installed.keys()) if here[p] != installed[p]])
+    return (
+        [f"only installed: {p}" for p in sorted(installed.keys() - here.keys())]
+        + [f"only in the checkout: {p}" for p in sorted(here.keys() - installed.keys())]
+        + [f"differs: {p}" for p in sorted(here.keys() & installed.keys()) if here[p] != installed[p]]
+    )
 
 
 def seconds(value: str) -> float:
@@ -282,7 +326,10 @@ def worker_serving(port: int, timeout: float) -> bool:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             try:
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status == health_pb2.HealthCheckResponse.SERVING:
+                if (
+                    stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status
+                    == health_pb2.HealthCheckResponse.SERVING
+                ):
                     return True
             except grpc.RpcError:
                 pass

@@ -58,8 +58,9 @@ def test_container_runs_systemd_and_ansible_reaches_it(booted, tmp_path):
 def test_fresh_install_from_the_bundle(offline):
     run = offline.install_run
     assert run.recap["failed"] == 0 and run.recap["unreachable"] == 0, run.tail()
-    out = offline.container.run(f"{VENV}/bin/python", "-c",
-                                "import importlib.metadata as m; print(m.version('appliance'))").stdout.strip()
+    out = offline.container.run(
+        f"{VENV}/bin/python", "-c", "import importlib.metadata as m; print(m.version('appliance'))"
+    ).stdout.strip()
     assert re.fullmatch(r"\d+\.\d+\.\d+.*", out), out
     # The appliance is the wheel of this checkout (built on the controller), its dependencies the bundle's.
     assert differences_from_the_checkout(offline) == []
@@ -67,7 +68,10 @@ def test_fresh_install_from_the_bundle(offline):
 
 
 def test_target_active_and_every_unit_running(offline):
-    assert offline.container.run("systemctl", "is-active", "appliance.target", check=False).stdout.strip() == "active"
+    assert (
+        offline.container.run("systemctl", "is-active", "appliance.target", check=False).stdout.strip()
+        == "active"
+    )
     states = wait_units_running(offline, 60)
     bad = {u: s for u, s in states.items() if s != ("active", "running")}
     assert not bad, f"not active (running): {bad}"
@@ -117,7 +121,11 @@ def test_watchdog_restarts_a_stopped_worker(offline):
     now = before
     while time.monotonic() < deadline:
         now = c.systemctl_show(WORKER_UNIT, "MainPID", "NRestarts", "ActiveState", "SubState")
-        if int(now["NRestarts"]) > restarts and now["MainPID"] not in ("0", str(pid)) and now["ActiveState"] == "active":
+        if (
+            int(now["NRestarts"]) > restarts
+            and now["MainPID"] not in ("0", str(pid))
+            and now["ActiveState"] == "active"
+        ):
             break
         time.sleep(0.5)
     else:
@@ -176,7 +184,9 @@ def test_a_second_run_changes_nothing(offline):
     run = offline.playbook()
     assert run.returncode == 0, run.tail()
     record("offline_rerun_s", run.seconds)
-    assert run.recap["changed"] == 0, f"changed={run.recap['changed']}: {run.changed_tasks()}\n{run.tail(3000)}"
+    assert run.recap["changed"] == 0, (
+        f"changed={run.recap['changed']}: {run.changed_tasks()}\n{run.tail(3000)}"
+    )
 
 
 def test_operator_edits_survive_a_rerun_and_a_setting_restarts_only_its_service(offline):
@@ -220,7 +230,9 @@ def test_boot_to_appliance_target_active(offline):
             break
         time.sleep(0.1)
     else:
-        pytest.fail(f"appliance.target not active 120 s after boot:\n{c.run('systemctl', '--failed', check=False).stdout}")
+        pytest.fail(
+            f"appliance.target not active 120 s after boot:\n{c.run('systemctl', '--failed', check=False).stdout}"
+        )
     record("boot_to_appliance_target_active_s", time.monotonic() - t0)
     states = wait_units_running(offline, 60)
     assert all(s == ("active", "running") for s in states.values()), states

@@ -27,8 +27,11 @@ RATE = 16000
 
 def _unreachable() -> str | None:
     mirror = urlparse(debian_mirror())
-    targets = [(mirror.hostname, mirror.port or (443 if mirror.scheme == "https" else 80)), ("pypi.org", 443),
-               ("files.pythonhosted.org", 443)]
+    targets = [
+        (mirror.hostname, mirror.port or (443 if mirror.scheme == "https" else 80)),
+        ("pypi.org", 443),
+        ("files.pythonhosted.org", 443),
+    ]
     for host, port in targets:
         try:
             socket.create_connection((host, port), timeout=5).close()
@@ -60,14 +63,19 @@ def online(tmp_path_factory):
 
 
 def test_online_install_is_a_wheel_of_this_checkout(online):
-    dist_info = next(online.container.path("opt/appliance/venv/lib").glob("python3*/site-packages/appliance-*.dist-info"))
+    dist_info = next(
+        online.container.path("opt/appliance/venv/lib").glob("python3*/site-packages/appliance-*.dist-info")
+    )
     origin = json.loads((dist_info / "direct_url.json").read_text())["url"]
     assert origin.startswith("file:///opt/appliance/wheels/appliance-") and origin.endswith(".whl"), origin
     assert differences_from_the_checkout(online) == []
 
 
 async def test_online_install_serves_a_turn_through_caddy(online):
-    assert online.container.run("systemctl", "is-active", "appliance.target", check=False).stdout.strip() == "active"
+    assert (
+        online.container.run("systemctl", "is-active", "appliance.target", check=False).stdout.strip()
+        == "active"
+    )
     states = wait_units_running(online, 60)
     assert all(s == ("active", "running") for s in states.values()), states
     assert healthz(online)[0] == 200

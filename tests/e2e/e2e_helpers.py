@@ -20,10 +20,17 @@ ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = ROOT / ".artifacts" / "e2e"
 CHROMIUM_ARGS = [
-    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
     "--autoplay-policy=no-user-gesture-required",
-    "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
+    "--use-fake-device-for-media-stream",
 ]
 
 # Chromium's fake capture plays its WAV on a fixed timeline from the moment the microphone opens, so a
@@ -91,7 +98,9 @@ class CaddyProcess:
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
             ["caddy", "run", "--config", str(ROOT / "etc/appliance/Caddyfile"), "--adapter", "caddyfile"],
-            env=env, stdout=self._log, stderr=subprocess.STDOUT,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
         )
 
     def get(self, path: str, timeout: float = 5) -> tuple[int, bytes, dict]:
@@ -129,7 +138,11 @@ async def chromium(profile: Path, mic_wav: Path | None = None, fed_mic: bool = F
         args.append(f"--use-file-for-fake-audio-capture={mic_wav}%noloop")
     async with async_playwright() as p:
         context = await p.chromium.launch_persistent_context(
-            str(profile), executable_path=CHROMIUM, headless=False, args=args, ignore_https_errors=True,
+            str(profile),
+            executable_path=CHROMIUM,
+            headless=False,
+            args=args,
+            ignore_https_errors=True,
         )
         if fed_mic:
             await context.add_init_script(FED_MIC_SCRIPT)
@@ -142,7 +155,9 @@ async def chromium(profile: Path, mic_wav: Path | None = None, fed_mic: bool = F
 async def feed_mic(page, pcm16: bytes, rate: int) -> float:
     """Play speech (PCM16LE mono) into a fed microphone; returns once it has been played, with the
     page's performance.now() at which it started."""
-    return await page.evaluate("([b64, rate]) => window.fedMic.play(b64, rate)", [base64.b64encode(pcm16).decode(), rate])
+    return await page.evaluate(
+        "([b64, rate]) => window.fedMic.play(b64, rate)", [base64.b64encode(pcm16).decode(), rate]
+    )
 
 
 def save_screenshot_path(name: str) -> Path:

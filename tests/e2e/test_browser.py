@@ -93,15 +93,21 @@ async def test_a_spoken_turn_in_the_browser(caddy, tmp_path, transport):
         heard = transcribe(audio, 48000)
         spoken = " ".join(e["text"] for e in await events(page) if e.get("type") == "reply")
         assert wer(spoken, heard) <= 0.35, (spoken, heard)
-        await page.screenshot(path=str(save_screenshot_path(f"page-after-turn-{transport}.png")), full_page=True)
+        await page.screenshot(
+            path=str(save_screenshot_path(f"page-after-turn-{transport}.png")), full_page=True
+        )
         assert errors == []
         metrics_event = (await wait_event(page, "metrics", 5))[-1]
         save_screenshot_path(f"latency-{transport}.json").write_text(
-            json.dumps({"transport": transport, "click_to_ready_s": round(ready_s, 3), **metrics_event}, indent=2)
+            json.dumps(
+                {"transport": transport, "click_to_ready_s": round(ready_s, 3), **metrics_event}, indent=2
+            )
         )
 
 
-LONG_QUESTION = "Tell me about the lighthouse keeper who lived alone on a small island far away from the coast"
+LONG_QUESTION = (
+    "Tell me about the lighthouse keeper who lived alone on a small island far away from the coast"
+)
 
 
 async def audible_seconds(page) -> float:
@@ -125,14 +131,19 @@ async def audible_seconds(page) -> float:
 async def wait_quiet(page, ms: float = 500, timeout: float = 30) -> None:
     """Wait until the page has played nothing audible for the last `ms` (a reply's tail included,
     which on WebRTC can trail its reply_end by a jitter buffer's worth)."""
-    await page.wait_for_function("""async (ms) => {
+    await page.wait_for_function(
+        """async (ms) => {
         const t = window.applianceTest;
         if (t.recordingOriginMs === null) return true;
         const s = await t.recordedSamples();
         const due = Math.floor((performance.now() - t.recordingOriginMs) * 48);
         for (let i = Math.max(0, due - ms * 48); i < Math.min(due, s.length); i++) if (Math.abs(s[i]) > 0.01) return false;
         return true;
-    }""", arg=ms, timeout=timeout * 1000, polling=100)
+    }""",
+        arg=ms,
+        timeout=timeout * 1000,
+        polling=100,
+    )
 
 
 async def speaking_for(page, seconds: float, timeout: float) -> None:
@@ -153,7 +164,9 @@ async def speaking_for(page, seconds: float, timeout: float) -> None:
 async def test_barge_in_from_the_page_stops_the_reply(caddy, tmp_path, transport):
     # The echo reply to the long question lasts ~6 s. The second question is spoken only once the
     # page has played over a second of it (however long the first turn took), so it lands mid-reply.
-    question, interjection = (piper_speech(text, RATE).tobytes() for text in (LONG_QUESTION, "What time is it?"))
+    question, interjection = (
+        piper_speech(text, RATE).tobytes() for text in (LONG_QUESTION, "What time is it?")
+    )
     async with chromium(tmp_path / "profile", fed_mic=True) as context:
         page, errors = await open_page(context, caddy, transport)
         await page.click("[data-testid=start]")
@@ -164,7 +177,10 @@ async def test_barge_in_from_the_page_stops_the_reply(caddy, tmp_path, transport
         await feed_mic(page, interjection, RATE)
         await wait_event(page, "barge_in", 30)
         deadline = time.monotonic() + 90
-        while len(finals := [e for e in await events(page) if e.get("type") == "transcript" and e.get("final")]) < 2:
+        while (
+            len(finals := [e for e in await events(page) if e.get("type") == "transcript" and e.get("final")])
+            < 2
+        ):
             assert time.monotonic() < deadline, "the second turn was not transcribed"
             await asyncio.sleep(0.1)
         assert wer("what time is it", finals[-1]["text"]) <= 0.25, finals
@@ -191,7 +207,9 @@ async def test_barge_in_from_the_page_stops_the_reply(caddy, tmp_path, transport
             return float(np.sqrt(np.mean(audio[max(a, 0) : b] ** 2))) if b > a else 0.0
 
         profile = [round(rms(ms, ms + 100), 3) for ms in range(-1000, 2000, 100)]
-        assert rms(-1000, 0) > 0.02, f"the first reply was not playing before the barge-in: {lag=:.0f} {profile}"
+        assert rms(-1000, 0) > 0.02, (
+            f"the first reply was not playing before the barge-in: {lag=:.0f} {profile}"
+        )
         assert rms(300, 900) < 0.005, f"reply audio kept playing after the barge-in: {lag=:.0f} {profile}"
         states = [e["state"] for e in await events(page) if e.get("type") == "state"]
         assert "BARGED_IN" in states
@@ -211,7 +229,9 @@ async def test_reload_reconnects(caddy, tmp_path):
         await page.evaluate("() => window.applianceTest.sendText('still there')")
         await wait_event(page, "reply_end", 90)
         assert ready and errors == []
-        save_screenshot_path("timings-reload.json").write_text(json.dumps({"click_to_ready_s": first_ready_s}))
+        save_screenshot_path("timings-reload.json").write_text(
+            json.dumps({"click_to_ready_s": first_ready_s})
+        )
 
 
 def silent_mic(tmp_path):

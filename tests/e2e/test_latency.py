@@ -15,8 +15,13 @@ from test_browser import RATE, events, open_page, recorded_audio, wait_event, wa
 from voices import piper_speech
 
 pytestmark = pytest.mark.e2e
-CLIPS = ["What time is it?", "Turn on the kitchen lights.", "How far away is the moon?",
-         "Set a timer for five minutes.", "Play some quiet music."]
+CLIPS = [
+    "What time is it?",
+    "Turn on the kitchen lights.",
+    "How far away is the moon?",
+    "Set a timer for five minutes.",
+    "Play some quiet music.",
+]
 
 
 def _clip(text: str) -> tuple[bytes, float]:

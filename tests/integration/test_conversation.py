@@ -130,8 +130,10 @@ async def test_own_voice_echo_and_noise_do_not_barge_in(client):
 
 
 async def test_long_turn_gets_partial_transcripts_then_the_final(client):
-    text = ("I would like to plan a trip to the mountains next weekend with my two brothers "
-            "and we need a place to stay near the lake")
+    text = (
+        "I would like to plan a trip to the mountains next weekend with my two brothers "
+        "and we need a place to stay near the lake"
+    )
     await client.stream(pad(piper_speech(text, RATE), RATE), RATE)
     await client.wait_for(lambda: _turn_done(client), 40)
     transcripts = client.rx.of_type("transcript")

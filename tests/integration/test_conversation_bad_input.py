@@ -90,7 +90,9 @@ async def test_client_vanishing_mid_reply_ends_its_worker_session(orchestrator, 
         client = WsClient(orchestrator.url)
         await client.connect(16000)
         assert (await worker.capabilities()).active_sessions == before + 1
-        await client.send_json({"type": "say", "text": "This is a long reply that the client will not wait for. " * 4})
+        await client.send_json(
+            {"type": "say", "text": "This is a long reply that the client will not wait for. " * 4}
+        )
         await client.wait_for(lambda: len(client.rx.frames) > 5, 30)
         await client.ws.close()  # gone, without bye
         await client._session.close()
@@ -112,7 +114,9 @@ async def test_five_sessions_at_once(orchestrator):
     await asyncio.gather(*(c.connect(16000) for c in clients))
     ids = {c.ready["session_id"] for c in clients}
     assert len(ids) == 5
-    await asyncio.gather(*(c.send_json({"type": "text", "text": f"number {i}"}) for i, c in enumerate(clients)))
+    await asyncio.gather(
+        *(c.send_json({"type": "text", "text": f"number {i}"}) for i, c in enumerate(clients))
+    )
     await asyncio.gather(*(c.wait_for(lambda c=c: c.rx.of_type("reply_end"), 60) for c in clients))
     for i, c in enumerate(clients):
         assert f"number {i}" in " ".join(e["text"] for e in c.rx.of_type("reply")).lower()
@@ -139,7 +143,11 @@ def _raw_websocket(port: int) -> socket.socket:
 
 def _send_text(sock: socket.socket, text: str) -> None:
     payload, mask = text.encode(), os.urandom(4)
-    header = bytes([0x81]) + (bytes([0x80 | len(payload)]) if len(payload) < 126 else bytes([0x80 | 126]) + struct.pack(">H", len(payload)))
+    header = bytes([0x81]) + (
+        bytes([0x80 | len(payload)])
+        if len(payload) < 126
+        else bytes([0x80 | 126]) + struct.pack(">H", len(payload))
+    )
     sock.sendall(header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
 
 

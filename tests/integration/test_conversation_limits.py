@@ -72,7 +72,9 @@ async def test_max_duration(make_orchestrator):
 
 async def test_responder_endpoint_down_gives_an_error_and_the_session_goes_on(make_orchestrator):
     dead = f"http://127.0.0.1:{free_port()}/v1"
-    orch = await make_orchestrator(responder={"kind": "openai", "url": dead, "model": "x", "first_token_timeout_s": 1})
+    orch = await make_orchestrator(
+        responder={"kind": "openai", "url": dead, "model": "x", "first_token_timeout_s": 1}
+    )
     client = await _connect(orch)
     await client.send_json({"type": "text", "text": "hello"})
     await client.wait_for(lambda: client.rx.of_type("error"), 15)

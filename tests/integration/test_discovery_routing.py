@@ -36,8 +36,14 @@ def mock_config(tmp_path, name: str, *, languages: tuple[str, ...] = (), heartbe
 
 
 def start_worker(redis_server, config: str, name: str) -> WorkerProcess:
-    return WorkerProcess("--redis-url", redis_server.url, "--name", name, config=config,
-                         env={"APPLIANCE_REDIS_PASSWORD": redis_server.password})
+    return WorkerProcess(
+        "--redis-url",
+        redis_server.url,
+        "--name",
+        name,
+        config=config,
+        env={"APPLIANCE_REDIS_PASSWORD": redis_server.password},
+    )
 
 
 @pytest.fixture
@@ -51,7 +57,8 @@ async def rclient(redis_server):
 def make_orchestrator(redis_server, start_orchestrator):
     async def make(**discovery) -> Orchestrator:
         return await start_orchestrator(
-            redis_url=redis_server.url, redis_password=redis_server.password,
+            redis_url=redis_server.url,
+            redis_password=redis_server.password,
             discovery={"health_check_s": 0.5, **discovery},
         )
 
@@ -102,15 +109,22 @@ async def metric(orch: Orchestrator, prefix: str) -> float:
 
 async def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "appliance", *args, cwd=ROOT, env={**os.environ, **(env or {})},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "appliance",
+        *args,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     return proc.returncode, out.decode(), err.decode()
 
 
-async def test_worker_registers_heartbeats_deregisters_and_expires(redis_server, rclient, workers, tmp_path,
-                                                                   make_orchestrator):
+async def test_worker_registers_heartbeats_deregisters_and_expires(
+    redis_server, rclient, workers, tmp_path, make_orchestrator
+):
     a = start_worker(redis_server, mock_config(tmp_path, "alpha"), "alpha")
     workers.append(a)
     key = f"appliance:worker:{a.address}"
@@ -121,7 +135,9 @@ async def test_worker_registers_heartbeats_deregisters_and_expires(redis_server,
     record = json.loads(await rclient.get(key))
     assert (record["name"], record["address"], record["default_model"]) == ("alpha", a.address, MOCK)
     assert record["resident_models"] == [MOCK] and record["capabilities"]["streaming"] is True
-    assert record["capabilities"]["max_concurrent_sessions"] == 64 and record["metrics"]["active_sessions"] == 0
+    assert (
+        record["capabilities"]["max_concurrent_sessions"] == 64 and record["metrics"]["active_sessions"] == 0
+    )
     assert 0 < await rclient.pttl(key) <= 3000
     await asyncio.sleep(1.5)
     assert json.loads(await rclient.get(key))["seq"] > record["seq"]  # the heartbeat rewrites it
@@ -130,8 +146,9 @@ async def test_worker_registers_heartbeats_deregisters_and_expires(redis_server,
     await wait_workers(orch, [a.address], 10)
 
     # `appliance workers`, from Redis and from the orchestrator
-    code, out, err = await run_cli("workers", "--redis-url", redis_server.url,
-                                   env={"APPLIANCE_REDIS_PASSWORD": redis_server.password})
+    code, out, err = await run_cli(
+        "workers", "--redis-url", redis_server.url, env={"APPLIANCE_REDIS_PASSWORD": redis_server.password}
+    )
     assert code == 0, err
     assert "alpha" in out and a.address in out and MOCK in out and "0/64" in out
     assert redis_server.password not in out + err
@@ -189,8 +206,9 @@ async def test_routing_by_model_language_and_load(redis_server, workers, tmp_pat
     assert await metric(orch, f'appliance_worker_routed_total{{address="{de.address}"') == 0
 
 
-async def test_model_loaded_on_demand_while_a_fallback_serves(redis_server, rclient, workers, tmp_path,
-                                                              make_orchestrator):
+async def test_model_loaded_on_demand_while_a_fallback_serves(
+    redis_server, rclient, workers, tmp_path, make_orchestrator
+):
     a = start_worker(redis_server, mock_config(tmp_path, "a"), "a")
     b = start_worker(redis_server, mock_config(tmp_path, "b"), "b")
     workers.extend([a, b])
@@ -220,8 +238,9 @@ async def test_model_loaded_on_demand_while_a_fallback_serves(redis_server, rcli
     await second.close()
 
 
-async def test_redis_stopped_and_restarted_mid_conversation(redis_server, rclient, workers, tmp_path,
-                                                            make_orchestrator):
+async def test_redis_stopped_and_restarted_mid_conversation(
+    redis_server, rclient, workers, tmp_path, make_orchestrator
+):
     a = start_worker(redis_server, mock_config(tmp_path, "a"), "a")
     b = start_worker(redis_server, mock_config(tmp_path, "b"), "b")
     workers.extend([a, b])
@@ -241,8 +260,10 @@ async def test_redis_stopped_and_restarted_mid_conversation(redis_server, rclien
 
     redis_server.start()  # empty: the workers must register again
     deadline = time.monotonic() + 20
-    while not (await rclient.exists(f"appliance:worker:{a.address}", f"appliance:worker:{b.address}") == 2
-               and orch.pool.registry.connected):
+    while not (
+        await rclient.exists(f"appliance:worker:{a.address}", f"appliance:worker:{b.address}") == 2
+        and orch.pool.registry.connected
+    ):
         assert time.monotonic() < deadline, a.log()
         await asyncio.sleep(0.2)
     assert len(await say(client, "after")) > 0
@@ -256,13 +277,16 @@ async def test_redis_stopped_and_restarted_mid_conversation(redis_server, rclien
     await other.close()
 
 
-async def test_bad_records_are_ignored_with_a_log_line(redis_server, rclient, workers, tmp_path, make_orchestrator,
-                                                       caplog):
+async def test_bad_records_are_ignored_with_a_log_line(
+    redis_server, rclient, workers, tmp_path, make_orchestrator, caplog
+):
     a = start_worker(redis_server, mock_config(tmp_path, "good"), "good")
     workers.append(a)
     await rclient.set("appliance:worker:junk:1", b"\x00\xffnot json")
-    await rclient.set("appliance:worker:10.0.0.9:7001", json.dumps({"name": "typo", "address": "10.0.0.9:7001",
-                                                                    "capabilities": {"streaming": "yes"}}))
+    await rclient.set(
+        "appliance:worker:10.0.0.9:7001",
+        json.dumps({"name": "typo", "address": "10.0.0.9:7001", "capabilities": {"streaming": "yes"}}),
+    )
     await rclient.set("appliance:worker:10.0.0.8:7001", json.dumps([1, 2, 3]))
     await rclient.hset("appliance:worker:hash:1", "name", "x")  # not even a string
     with caplog.at_level("WARNING", logger="appliance.orchestrator.workers.registry"):
@@ -282,7 +306,9 @@ async def test_bad_records_are_ignored_with_a_log_line(redis_server, rclient, wo
     assert sum("source=appliance:workers" in x for x in lines) == 2
 
 
-async def test_marked_down_worker_waits_for_proof_of_health(redis_server, workers, tmp_path, make_orchestrator):
+async def test_marked_down_worker_waits_for_proof_of_health(
+    redis_server, workers, tmp_path, make_orchestrator
+):
     # long heartbeats: only the gRPC health probe can bring the worker back within this test
     a = start_worker(redis_server, mock_config(tmp_path, "a", heartbeat_s=20), "a")
     b = start_worker(redis_server, mock_config(tmp_path, "b", heartbeat_s=20), "b")
@@ -300,7 +326,9 @@ async def test_marked_down_worker_waits_for_proof_of_health(redis_server, worker
         assert a.address in pool.registry.down_addresses()
     finally:
         a.proc.send_signal(signal.SIGCONT)
-    await pool.registry.wait_until(lambda: a.address not in pool.registry.down_addresses(), 10)  # probe passes
+    await pool.registry.wait_until(
+        lambda: a.address not in pool.registry.down_addresses(), 10
+    )  # probe passes
     assert (await pool.start_session("back", exclude={b.address})).address == a.address
     assert [w["down"] for w in pool.view()["workers"]] == [None, None]
 

@@ -29,7 +29,13 @@ SENTENCES = [
 ]
 # Words from the second half of each sentence: the sentence under way when the worker failed is
 # voiced again from its start, and Whisper may garble the stutter before it.
-KEY_WORDS = [("alone", "island"), ("climbed", "stairs"), ("away", "rocks"), ("storm", "windows"), ("morning", "shining")]
+KEY_WORDS = [
+    ("alone", "island"),
+    ("climbed", "stairs"),
+    ("away", "rocks"),
+    ("storm", "windows"),
+    ("morning", "shining"),
+]
 TEXT = " ".join(SENTENCES)
 
 
@@ -90,7 +96,9 @@ def _cluster(redis=None):
 def _wait_discovered(orch: OrchestratorProcess, addresses: set[str], timeout: float = 15) -> None:
     deadline = time.monotonic() + timeout
     while not addresses <= set(json.loads(_get(orch.http + "/healthz"))["workers"]):
-        assert time.monotonic() < deadline, f"workers {addresses} not discovered: {_get(orch.http + '/healthz')}"
+        assert time.monotonic() < deadline, (
+            f"workers {addresses} not discovered: {_get(orch.http + '/healthz')}"
+        )
         time.sleep(0.1)
 
 
@@ -162,7 +170,10 @@ async def _reply_survives(cluster, client, sig, cause):
     page = await asyncio.to_thread(_get, orch.http + "/metrics")
     assert _metric(page, "appliance_tts_failovers_total", worker=victim.address, cause=cause) == 1
     assert _metric(page, "appliance_tts_failover_gap_seconds_count") == 1
-    assert f"tts failover session={client.ready['session_id']} worker={victim.address} cause={cause}" in orch.log()
+    assert (
+        f"tts failover session={client.ready['session_id']} worker={victim.address} cause={cause}"
+        in orch.log()
+    )
 
     # The session now lives on the other worker: the next reply is served from there.
     n = len(client.rx.of_type("reply_end"))
@@ -187,4 +198,4 @@ async def test_with_no_worker_left_the_reply_ends_with_an_error(cluster, client)
     await client.wait_for(lambda: len(client.rx.of_type("error")) >= 2, 15)
     assert client.rx.of_type("error")[1]["code"] == "tts_unavailable"
     assert _states(client)[-1] == "WAITING_FOR_INPUT"
-    assert (await asyncio.to_thread(_get, orch.http + "/healthz"))
+    assert await asyncio.to_thread(_get, orch.http + "/healthz")

@@ -16,15 +16,35 @@ from appliance.tts.client import Control, TTSClient
 from appliance.tts.text import split_text
 from appliance.tts.worker import TTSWorker
 
-WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel",
-         "india", "juliet", "kilo", "lima", "mike", "november", "oscar", "papa"]
-TEXT = " ".join(f"{WORDS[i % 16].capitalize()} {WORDS[(i + 3) % 16]} {WORDS[(i + 7) % 16]} {WORDS[(i + 11) % 16]}."
-                for i in range(24))
+WORDS = [
+    "alpha",
+    "bravo",
+    "charlie",
+    "delta",
+    "echo",
+    "foxtrot",
+    "golf",
+    "hotel",
+    "india",
+    "juliet",
+    "kilo",
+    "lima",
+    "mike",
+    "november",
+    "oscar",
+    "papa",
+]
+TEXT = " ".join(
+    f"{WORDS[i % 16].capitalize()} {WORDS[(i + 3) % 16]} {WORDS[(i + 7) % 16]} {WORDS[(i + 11) % 16]}."
+    for i in range(24)
+)
 STALL_S = 0.4
 
 
 async def _worker() -> TTSWorker:
-    settings = load_settings(WorkerSettings, None, name="mock", port=0, metrics_port=0, models={"default": "mock-sine"})
+    settings = load_settings(
+        WorkerSettings, None, name="mock", port=0, metrics_port=0, models={"default": "mock-sine"}
+    )
     worker = TTSWorker(settings)
     await worker.start()
     return worker
@@ -138,7 +158,9 @@ async def test_a_stalled_worker_is_detected_by_deadline(workers, link):
     assert (failover.worker, failover.cause) == (a.address, "stalled")
     assert STALL_S <= failover.detected_at - failover.last_frame_at < STALL_S + 0.5
     assert failover.detected_at - t0 > STALL_S
-    _check_resumed_bit_exact(frames, switch, dropped, reference, await _reference(b, TEXT[failover.resend_from :]))
+    _check_resumed_bit_exact(
+        frames, switch, dropped, reference, await _reference(b, TEXT[failover.resend_from :])
+    )
 
 
 async def test_a_pause_in_force_holds_the_new_worker_until_resume(workers, link):
@@ -153,7 +175,9 @@ async def test_a_pause_in_force_holds_the_new_worker_until_resume(workers, link)
             await link.control(Control.PAUSE)  # barge-in: a PAUSE is in force …
             await a.stop(grace=0)  # … when the worker dies
             gate["killed"] = asyncio.get_running_loop().time()
-            asyncio.get_running_loop().call_later(0.8, lambda: asyncio.ensure_future(link.control(Control.RESUME)))
+            asyncio.get_running_loop().call_later(
+                0.8, lambda: asyncio.ensure_future(link.control(Control.RESUME))
+            )
 
     frames, switch, _dropped = await _play(reply, pause_then_kill)
     [failover] = reply.failovers

@@ -23,7 +23,9 @@ from appliance.tts.client import TTSClient
 WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel"]
 TEXT = " ".join(f"{WORDS[i % 8].capitalize()} {WORDS[(i + 3) % 8]} {WORDS[(i + 5) % 8]}." for i in range(16))
 DOWN_S = 1.0  # how long the worker stays dead before it is started again
-_FAILOVER = re.compile(r"tts failover session=(\S+) worker=(\S+) cause=(\w+) .* to=(\S+) resend_from=(\d+)/(\d+)")
+_FAILOVER = re.compile(
+    r"tts failover session=(\S+) worker=(\S+) cause=(\w+) .* to=(\S+) resend_from=(\d+)/(\d+)"
+)
 
 
 def _get(url: str) -> str:
@@ -33,9 +35,7 @@ def _get(url: str) -> str:
 def _metric(text: str, name: str, **labels: str) -> float:
     total = 0.0
     for line in text.splitlines():
-        if line.startswith((name + "{", name + " ")) and all(
-            f'{k}="{v}"' in line for k, v in labels.items()
-        ):
+        if line.startswith((name + "{", name + " ")) and all(f'{k}="{v}"' in line for k, v in labels.items()):
             total += float(line.rsplit(" ", 1)[1])
     return total
 
@@ -126,7 +126,7 @@ async def test_the_reply_resumes_when_its_only_worker_is_restarted():
         rest = [f.audio_data for f in frames if f.audio_data]
         received = client.rx.frames
         assert len(received) > len(rest)
-        assert [f for _, f in received[-len(rest):]] == rest
+        assert [f for _, f in received[-len(rest) :]] == rest
         gap = received[-len(rest)][0] - received[-len(rest) - 1][0]
         assert gap >= 0.5  # the frames before it came from the worker that was killed
 

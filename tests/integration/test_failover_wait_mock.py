@@ -23,7 +23,9 @@ DOWN_S = 1.0
 
 
 async def _worker(port: int = 0) -> TTSWorker:
-    settings = load_settings(WorkerSettings, None, name="mock", port=port, metrics_port=0, models={"default": "mock-sine"})
+    settings = load_settings(
+        WorkerSettings, None, name="mock", port=port, metrics_port=0, models={"default": "mock-sine"}
+    )
     worker = TTSWorker(settings)
     await worker.start()
     return worker

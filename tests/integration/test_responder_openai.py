@@ -26,7 +26,10 @@ BOUNDED = 5.0  # seconds; a bound on waits that should end long before it, never
 
 def chunk(delta: dict, finish_reason: str | None = None) -> bytes:
     body = {
-        "id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 0, "model": "test-model",
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "created": 0,
+        "model": "test-model",
         "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
     }
     return f"data: {json.dumps(body)}\n\n".encode()
@@ -118,8 +121,9 @@ async def llm():
     await server.stop()
 
 
-async def reply_of(responder: OpenAIResponder, text: str = "what time is it",
-                   history: list[Turn] | None = None) -> str:
+async def reply_of(
+    responder: OpenAIResponder, text: str = "what time is it", history: list[Turn] | None = None
+) -> str:
     async with aclosing(responder.respond(text, history or [])) as pieces:
         return "".join([piece async for piece in pieces])
 
@@ -151,12 +155,18 @@ async def test_pieces_arrive_while_the_server_is_still_writing(llm):
 
 async def test_request_carries_model_history_system_prompt_and_stream(llm):
     history = [
-        Turn("user", "hello"), Turn("assistant", "Hi there."),
-        Turn("user", "I'm Sam"), Turn("assistant", "Hi Sam."),
+        Turn("user", "hello"),
+        Turn("assistant", "Hi there."),
+        Turn("user", "I'm Sam"),
+        Turn("assistant", "Hi Sam."),
     ]
     responder = OpenAIResponder(
-        llm.base_url + "/", "test-model", system_prompt="Be brief.",
-        max_history_turns=3, temperature=0.2, max_tokens=64,
+        llm.base_url + "/",
+        "test-model",
+        system_prompt="Be brief.",
+        max_history_turns=3,
+        temperature=0.2,
+        max_tokens=64,
     )
     async with responder:
         assert await reply_of(responder, "what time is it", history) == "The time is half past four."
@@ -213,7 +223,11 @@ async def test_no_first_token_is_a_timeout_and_the_connection_is_dropped(llm):
 async def test_a_reply_that_never_ends_is_a_timeout(llm):
     llm.behaviour = "trickle"
     responder = OpenAIResponder(
-        llm.base_url, "test-model", api_key=SECRET, timeout_s=1.0, first_token_timeout_s=1.0,
+        llm.base_url,
+        "test-model",
+        api_key=SECRET,
+        timeout_s=1.0,
+        first_token_timeout_s=1.0,
     )
     async with responder:
         err = await expect_error(responder, "responder_timeout")

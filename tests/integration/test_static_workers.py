@@ -33,8 +33,10 @@ class StubAsr:
 
 def mock_config(tmp_path, name: str) -> str:
     path = tmp_path / f"{name}.toml"
-    path.write_text(f'name = "{name}"\n[models]\ndefault = "{MOCK}"\nwarmup = false\n'
-                    "[discovery]\nheartbeat_s = 1.0\nttl_s = 3.0\n")
+    path.write_text(
+        f'name = "{name}"\n[models]\ndefault = "{MOCK}"\nwarmup = false\n'
+        "[discovery]\nheartbeat_s = 1.0\nttl_s = 3.0\n"
+    )
     return str(path)
 
 
@@ -47,7 +49,9 @@ def workers():
             p.stop()
 
 
-def listed_worker(workers: list[WorkerProcess], tmp_path, name: str, port: int | None = None) -> WorkerProcess:
+def listed_worker(
+    workers: list[WorkerProcess], tmp_path, name: str, port: int | None = None
+) -> WorkerProcess:
     """A worker that knows nothing of Redis: the orchestrator has it only from its static list."""
     w = WorkerProcess("--name", name, config=mock_config(tmp_path, name), port=port)
     workers.append(w)
@@ -55,8 +59,14 @@ def listed_worker(workers: list[WorkerProcess], tmp_path, name: str, port: int |
 
 
 def registered_worker(workers: list[WorkerProcess], tmp_path, name: str, redis: RedisServer) -> WorkerProcess:
-    w = WorkerProcess("--redis-url", redis.url, "--name", name, config=mock_config(tmp_path, name),
-                      env={"APPLIANCE_REDIS_PASSWORD": redis.password})
+    w = WorkerProcess(
+        "--redis-url",
+        redis.url,
+        "--name",
+        name,
+        config=mock_config(tmp_path, name),
+        env={"APPLIANCE_REDIS_PASSWORD": redis.password},
+    )
     workers.append(w)
     return w
 
@@ -98,7 +108,10 @@ def sources(view: dict) -> dict[str, str]:
 
 
 async def test_redis_unreachable_at_start_routes_to_the_static_worker_then_adds_redis_workers(
-    workers, tmp_path, make_orchestrator, caplog,
+    workers,
+    tmp_path,
+    make_orchestrator,
+    caplog,
 ):
     static = listed_worker(workers, tmp_path, "listed")
     static.wait_ready()
@@ -124,23 +137,29 @@ async def test_redis_unreachable_at_start_routes_to_the_static_worker_then_adds_
             await wait_registry(orch, lambda: discovered.address in pool.registry.entries)
             assert pool.registry.connected
             assert sources(pool.view()) == {static.address: "static", discovered.address: "redis"}
-            assert (await pool.start_session("redis-one", exclude={static.address})).address == discovered.address
-            assert (await pool.start_session("static-one", exclude={discovered.address})).address == static.address
+            assert (
+                await pool.start_session("redis-one", exclude={static.address})
+            ).address == discovered.address
+            assert (
+                await pool.start_session("static-one", exclude={discovered.address})
+            ).address == static.address
         finally:
             redis.close()
     assert PASSWORD not in caplog.text
     assert sum("static worker joined" in r.getMessage() for r in caplog.records) == 1
 
 
-async def test_static_and_redis_workers_are_both_routable_and_labelled(redis_server, workers, tmp_path,
-                                                                      make_orchestrator):
+async def test_static_and_redis_workers_are_both_routable_and_labelled(
+    redis_server, workers, tmp_path, make_orchestrator
+):
     in_redis = registered_worker(workers, tmp_path, "w1", redis_server)
     listed = listed_worker(workers, tmp_path, "w2")
     both = registered_worker(workers, tmp_path, "w3", redis_server)
     for w in workers:
         w.wait_ready()
-    orch = await make_orchestrator(redis_server.url, [listed.address, both.address],
-                                   redis_password=redis_server.password)
+    orch = await make_orchestrator(
+        redis_server.url, [listed.address, both.address], redis_password=redis_server.password
+    )
     pool = orch.pool
     await wait_registry(orch, lambda: {in_redis.address, both.address} <= set(pool.registry.entries))
 
@@ -150,7 +169,11 @@ async def test_static_and_redis_workers_are_both_routable_and_labelled(redis_ser
         assert (await pool.start_session(f"only-{address}", exclude=others)).address == address
 
     view = await http_json(f"http://127.0.0.1:{orch.port}/workers")
-    assert sources(view) == {in_redis.address: "redis", listed.address: "static", both.address: "static+redis"}
+    assert sources(view) == {
+        in_redis.address: "redis",
+        listed.address: "static",
+        both.address: "static+redis",
+    }
     by_address = {w["address"]: w for w in view["workers"]}
     assert by_address[listed.address]["name"] == "w2"  # from the GetCapabilities probe
     assert by_address[listed.address]["resident_models"] == [MOCK]
@@ -158,8 +181,16 @@ async def test_static_and_redis_workers_are_both_routable_and_labelled(redis_ser
     assert all(w["down"] is None for w in view["workers"])
 
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "appliance", "workers", "--url", f"http://127.0.0.1:{orch.port}", cwd=ROOT,
-        env=dict(os.environ), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "appliance",
+        "workers",
+        "--url",
+        f"http://127.0.0.1:{orch.port}",
+        cwd=ROOT,
+        env=dict(os.environ),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, err.decode()
@@ -168,14 +199,20 @@ async def test_static_and_redis_workers_are_both_routable_and_labelled(redis_ser
 
 
 async def test_a_killed_static_worker_is_marked_down_and_rejoins_after_a_restart(
-    redis_server, workers, tmp_path, make_orchestrator, caplog,
+    redis_server,
+    workers,
+    tmp_path,
+    make_orchestrator,
+    caplog,
 ):
     other = registered_worker(workers, tmp_path, "other", redis_server)
     listed = listed_worker(workers, tmp_path, "listed")
     for w in workers:
         w.wait_ready()
     with caplog.at_level(logging.INFO, logger="appliance.orchestrator"):
-        orch = await make_orchestrator(redis_server.url, [listed.address], redis_password=redis_server.password)
+        orch = await make_orchestrator(
+            redis_server.url, [listed.address], redis_password=redis_server.password
+        )
         pool = orch.pool
         await wait_registry(orch, lambda: other.address in pool.registry.entries)
         assert (await pool.start_session("before", exclude={other.address})).address == listed.address
@@ -193,16 +230,19 @@ async def test_a_killed_static_worker_is_marked_down_and_rejoins_after_a_restart
         restarted.wait_ready()
         await wait_registry(orch, lambda: listed.address not in pool.registry.down_addresses(), 60)
         assert (await pool.start_session("after", exclude={other.address})).address == listed.address
-        assert {w["address"]: w["down"] for w in pool.view()["workers"]} == {other.address: None,
-                                                                             listed.address: None}
+        assert {w["address"]: w["down"] for w in pool.view()["workers"]} == {
+            other.address: None,
+            listed.address: None,
+        }
     lines = [r.getMessage() for r in caplog.records if listed.address in r.getMessage()]
     assert sum("static worker joined" in x for x in lines) == 1
     assert sum("marked down" in x and "source=static" in x for x in lines) == 1
     assert sum("back in rotation" in x and "source=static" in x for x in lines) == 1
 
 
-async def test_a_static_worker_down_at_start_joins_once_it_answers(redis_server, workers, tmp_path,
-                                                                  make_orchestrator):
+async def test_a_static_worker_down_at_start_joins_once_it_answers(
+    redis_server, workers, tmp_path, make_orchestrator
+):
     port = free_port()
     address = f"127.0.0.1:{port}"
     orch = await make_orchestrator(redis_server.url, [address], redis_password=redis_server.password)

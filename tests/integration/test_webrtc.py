@@ -72,7 +72,9 @@ class RtcClient:
         self.events: list[tuple[float, dict]] = []
         self.frames: list[tuple[float, np.ndarray]] = []  # remote audio, mono int16, with arrival time
         self._reader: asyncio.Task | None = None
-        self.dc.on("message", lambda m: self.events.append((asyncio.get_running_loop().time(), json.loads(m))))
+        self.dc.on(
+            "message", lambda m: self.events.append((asyncio.get_running_loop().time(), json.loads(m)))
+        )
         self.pc.on("track", self._on_track)
 
     def _on_track(self, track) -> None:
@@ -134,8 +136,14 @@ def _rms(a: np.ndarray) -> float:
 
 
 def _worker_sessions(worker) -> float:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{worker.metrics_port}/metrics", timeout=5).read().decode()
-    return next(float(line.split()[-1]) for line in text.splitlines() if line.startswith("appliance_tts_active_sessions "))
+    text = (
+        urllib.request.urlopen(f"http://127.0.0.1:{worker.metrics_port}/metrics", timeout=5).read().decode()
+    )
+    return next(
+        float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith("appliance_tts_active_sessions ")
+    )
 
 
 async def _eventually(predicate, timeout: float, what: str) -> None:
@@ -146,7 +154,9 @@ async def _eventually(predicate, timeout: float, what: str) -> None:
 
 
 async def _start(worker, **overrides) -> Orchestrator:
-    settings = load_settings(OrchestratorSettings, None, host="127.0.0.1", port=0, workers=[worker.address], **overrides)
+    settings = load_settings(
+        OrchestratorSettings, None, host="127.0.0.1", port=0, workers=[worker.address], **overrides
+    )
     orch = Orchestrator(settings)
     await orch.start()
     return orch
@@ -174,7 +184,11 @@ def _turn_done(c: RtcClient, n: int = 1) -> bool:
 
 async def test_spoken_and_typed_turns_then_hang_up(orch, client, piper_worker):
     ready = client.of_type("ready")[0]
-    assert ready["sample_rate"] == 48000 and ready["frame_ms"] == 20 and ready["session_id"] in orch.conversations
+    assert (
+        ready["sample_rate"] == 48000
+        and ready["frame_ms"] == 20
+        and ready["session_id"] in orch.conversations
+    )
     assert len(orch.webrtc.peers) == 1
     audio_section = client.answer.split("m=audio", 1)[1].split("m=", 1)[0]
     assert "a=sendrecv" in audio_section and "opus/48000" in audio_section
@@ -185,7 +199,10 @@ async def test_spoken_and_typed_turns_then_hang_up(orch, client, piper_worker):
     question = "What is the weather like in Paris today?"
     loop = asyncio.get_running_loop()
     t0 = loop.time()
-    client.mic.play(resample(pad(piper_speech(question, 16000), 16000, 0.3, 1.0).astype(np.float32) / 32768, 16000, RATE) * 32767)
+    client.mic.play(
+        resample(pad(piper_speech(question, 16000), 16000, 0.3, 1.0).astype(np.float32) / 32768, 16000, RATE)
+        * 32767
+    )
     await client.wait_for(lambda: _turn_done(client) and client.of_type("reply_end"), 40)
     transcript = client.of_type("transcript")[-1]
     assert transcript["final"] is True
@@ -218,8 +235,12 @@ async def test_spoken_and_typed_turns_then_hang_up(orch, client, piper_worker):
 
     # Hanging up ends the session, the worker session and the peer.
     await client.close()
-    await _eventually(lambda: not orch.conversations and not orch.webrtc.peers, 5, "the session outlived its peer")
-    await _eventually(lambda: _worker_sessions(piper_worker) <= sessions_at_start - 1, 5, "the worker session stayed open")
+    await _eventually(
+        lambda: not orch.conversations and not orch.webrtc.peers, 5, "the session outlived its peer"
+    )
+    await _eventually(
+        lambda: _worker_sessions(piper_worker) <= sessions_at_start - 1, 5, "the worker session stayed open"
+    )
     assert channel.closed and channel.pc.connectionState == "closed"
 
 
@@ -237,7 +258,9 @@ async def test_interrupt_cuts_the_reply_audio_at_once(orch, client):
     after_s = len(client.voiced_times(t_interrupt)) * 0.02
     print(f"{after_s * 1000:.0f} ms of voiced reply audio came after the interrupt")
     assert after_s <= 0.3, f"reply audio kept coming: {after_s * 1000:.0f} ms of it after the interrupt"
-    assert len(client.frames) and client.frames[-1][0] > t_interrupt + 0.8, "the track stopped instead of going silent"
+    assert len(client.frames) and client.frames[-1][0] > t_interrupt + 0.8, (
+        "the track stopped instead of going silent"
+    )
     assert [e["state"] for e in client.of_type("state")][-1] == "WAITING_FOR_INPUT"
     assert not client.of_type("reply_end")
 
@@ -247,9 +270,13 @@ async def test_bad_offers_and_peer_limit(piper_worker):
     url = f"http://127.0.0.1:{orch.port}/webrtc/offer"
     try:
         async with aiohttp.ClientSession() as http:
-            for body in (b"{not json", b"[]", json.dumps({"type": "offer"}).encode(),
-                         json.dumps({"sdp": "v=0", "type": "answer"}).encode(),
-                         json.dumps({"sdp": "garbage", "type": "offer"}).encode()):
+            for body in (
+                b"{not json",
+                b"[]",
+                json.dumps({"type": "offer"}).encode(),
+                json.dumps({"sdp": "v=0", "type": "answer"}).encode(),
+                json.dumps({"sdp": "garbage", "type": "offer"}).encode(),
+            ):
                 async with http.post(url, data=body, headers={"Content-Type": "application/json"}) as r:
                     assert r.status == 400, (body, r.status)
                     assert (await r.json())["error"]
@@ -264,7 +291,9 @@ async def test_bad_offers_and_peer_limit(piper_worker):
                 assert r.status == 503 and "maximum" in (await r.json())["error"]
             await second.close()
             await first.close()
-            await _eventually(lambda: not orch.webrtc.peers and not orch.conversations, 5, "the peer was not released")
+            await _eventually(
+                lambda: not orch.webrtc.peers and not orch.conversations, 5, "the peer was not released"
+            )
     finally:
         await orch.stop()
 
@@ -275,7 +304,9 @@ def test_uplink_frames_of_any_shape_become_mono_48k_pcm16():
     down = Downmixer()
     t = np.arange(960) / RATE
     left = (np.sin(2 * np.pi * 440 * t) * 8000).astype(np.int16)
-    stereo = AudioFrame.from_ndarray(np.stack([left, left]).T.reshape(1, -1).copy(), format="s16", layout="stereo")
+    stereo = AudioFrame.from_ndarray(
+        np.stack([left, left]).T.reshape(1, -1).copy(), format="s16", layout="stereo"
+    )
     stereo.sample_rate = RATE
     assert np.array_equal(np.frombuffer(down(stereo), "<i2"), left)  # what aiortc's Opus decoder gives
     planar = AudioFrame.from_ndarray(np.stack([left, np.zeros_like(left)]), format="s16p", layout="stereo")
@@ -310,7 +341,10 @@ async def test_downlink_track_paces_20ms_frames_and_holds_at_most_the_lead(monke
     assert all(t >= k * 0.02 - 0.002 for k, t in enumerate(handed_out)), handed_out
     assert handed_out[-1] >= 0.17 and sum(waits) <= 0.18 + 1e-6, (handed_out, waits)
     assert [f.pts for f in frames] == [i * 960 for i in range(10)]
-    assert all(f.samples == 960 and f.sample_rate == RATE and f.format.name == "s16" and f.layout.name == "mono" for f in frames)
+    assert all(
+        f.samples == 960 and f.sample_rate == RATE and f.format.name == "s16" and f.layout.name == "mono"
+        for f in frames
+    )
     first = [bytes(f.planes[0])[:1920] for f in frames]
     assert [b[0] for b in first[:6]] == [5, 6, 7, 8, 9, 10] and first[6] == bytes(1920)  # then silence
     track.push(bytes([1]) * 1920)

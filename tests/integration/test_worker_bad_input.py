@@ -54,7 +54,9 @@ async def test_unspeakable_text_is_served_without_audio(client, text):
 async def test_huge_text_is_refused_with_invalid_argument(client):
     s = sid()
     await client.start_session(s)
-    details = await expect_status(grpc.StatusCode.INVALID_ARGUMENT, client.synthesize_all(s, "word " * 20_000))
+    details = await expect_status(
+        grpc.StatusCode.INVALID_ARGUMENT, client.synthesize_all(s, "word " * 20_000)
+    )
     assert "characters" in details
     pcm, _ = await client.synthesize_all(s, "Fine again.")  # the session still works
     assert pcm

@@ -13,7 +13,9 @@ pytestmark = pytest.mark.gpu
 
 
 async def test_piper_on_cuda_speaks_the_text():
-    settings = load_settings(WorkerSettings, None, name="gpu", port=0, metrics_port=None, models={"device": "cuda"})
+    settings = load_settings(
+        WorkerSettings, None, name="gpu", port=0, metrics_port=None, models={"device": "cuda"}
+    )
     worker = TTSWorker(settings)
     await worker.start()
     try:

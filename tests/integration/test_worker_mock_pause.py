@@ -13,7 +13,9 @@ from appliance.tts.worker import TTSWorker
 
 
 async def test_resume_continues_exactly_where_pause_stopped():
-    settings = load_settings(WorkerSettings, None, name="mock", port=0, metrics_port=None, models={"default": "mock-sine"})
+    settings = load_settings(
+        WorkerSettings, None, name="mock", port=0, metrics_port=None, models={"default": "mock-sine"}
+    )
     worker = TTSWorker(settings)
     await worker.start()
     text = " ".join(f"word{i}" for i in range(120))  # ~18 s of tones
@@ -53,7 +55,9 @@ async def test_next_stream_may_open_as_soon_as_the_final_frame_arrives(monkeypat
         await close(self)
 
     monkeypatch.setattr(SynthesisStream, "close", slow_close)
-    settings = load_settings(WorkerSettings, None, name="mock", port=0, metrics_port=None, models={"default": "mock-sine"})
+    settings = load_settings(
+        WorkerSettings, None, name="mock", port=0, metrics_port=None, models={"default": "mock-sine"}
+    )
     worker = TTSWorker(settings)
     await worker.start()
     try:

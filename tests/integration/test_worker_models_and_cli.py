@@ -75,7 +75,13 @@ async def test_metrics_endpoint_reports_what_happened(client, piper_worker):
 
 
 def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "appliance", *args], capture_output=True, text=True, timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "appliance", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def test_say_with_an_in_process_worker(tmp_path):
@@ -90,14 +96,18 @@ def test_say_with_an_in_process_worker(tmp_path):
 
 def test_say_against_a_running_worker_with_a_model(tmp_path, piper_worker):
     out = tmp_path / "tones.wav"
-    result = _cli("say", "one two three", "--out", str(out), "--worker", piper_worker.address, "--model", "mock-sine")
+    result = _cli(
+        "say", "one two three", "--out", str(out), "--worker", piper_worker.address, "--model", "mock-sine"
+    )
     assert result.returncode == 0, result.stderr
     samples, rate = read_wav(out)
     assert rate == 48000 and np.abs(samples).max() > 1000
 
 
 def test_say_reports_an_unknown_model_clearly(tmp_path, piper_worker):
-    result = _cli("say", "hi", "--out", str(tmp_path / "x.wav"), "--worker", piper_worker.address, "--model", "nope")
+    result = _cli(
+        "say", "hi", "--out", str(tmp_path / "x.wav"), "--worker", piper_worker.address, "--model", "nope"
+    )
     assert result.returncode != 0
     assert "unknown model id 'nope'" in result.stderr
     assert "Traceback" not in result.stderr

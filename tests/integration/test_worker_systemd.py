@@ -106,7 +106,9 @@ def test_sigterm_drains_and_exits_cleanly():
         async def stream_then_terminate():
             async with TTSClient(worker.address) as client:
                 await client.start_session("drain")
-                call = client.synthesize("drain", ["A sentence that is being spoken while the worker is asked to stop."])
+                call = client.synthesize(
+                    "drain", ["A sentence that is being spoken while the worker is asked to stop."]
+                )
                 first = await call.read()
                 assert first.audio_data
                 worker.proc.send_signal(signal.SIGTERM)

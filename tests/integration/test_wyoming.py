@@ -52,7 +52,9 @@ def _audio(events) -> tuple[bytes, int]:
 
 async def synthesize(port: int, text: str, voice: str | None = None) -> tuple[list, bytes, int]:
     async with AsyncTcpClient("127.0.0.1", port) as client:
-        await client.write_event(Synthesize(text=text, voice=SynthesizeVoice(name=voice) if voice else None).event())
+        await client.write_event(
+            Synthesize(text=text, voice=SynthesizeVoice(name=voice) if voice else None).event()
+        )
         events = await _read_until(client, "audio-stop")
     if events[-1].type == "error":
         return events, b"", 0
@@ -64,17 +66,23 @@ async def recognise(port: int, samples: np.ndarray, rate: int, width: int, chann
     if width == 4:
         raw = (samples.astype(np.int32) << 16).astype("<i4")
     elif width == 3:
-        raw = np.frombuffer((samples.astype(np.int32) << 8).astype("<i4").tobytes(), np.uint8).reshape(-1, 4)[:, :3]
+        raw = np.frombuffer((samples.astype(np.int32) << 8).astype("<i4").tobytes(), np.uint8).reshape(-1, 4)[
+            :, :3
+        ]
     else:
         raw = samples.astype("<i2")
-    frames = np.repeat(raw.reshape(len(samples), -1), channels, axis=0).reshape(len(samples), -1) if channels > 1 else raw
+    frames = (
+        np.repeat(raw.reshape(len(samples), -1), channels, axis=0).reshape(len(samples), -1)
+        if channels > 1
+        else raw
+    )
     data = np.ascontiguousarray(frames).tobytes()
     step = rate // 10 * width * channels
     async with AsyncTcpClient("127.0.0.1", port) as client:
         await client.write_event(Transcribe(language="en").event())
         await client.write_event(AudioStart(rate=rate, width=width, channels=channels).event())
         for i in range(0, len(data), step):
-            chunk = AudioChunk(rate=rate, width=width, channels=channels, audio=data[i:i + step])
+            chunk = AudioChunk(rate=rate, width=width, channels=channels, audio=data[i : i + step])
             await client.write_event(chunk.event())
         await client.write_event(AudioStop().event())
         return await _read_until(client, "transcript-stop")
@@ -118,7 +126,9 @@ async def test_streaming_synthesis_answers_as_text_arrives_and_ends_with_synthes
     assert wer(text, transcribe(pcm, rate)) <= 0.2
 
 
-@pytest.mark.parametrize(("rate", "width", "channels"), [(16000, 2, 1), (8000, 4, 2), (44100, 3, 1), (22050, 2, 2)])
+@pytest.mark.parametrize(
+    ("rate", "width", "channels"), [(16000, 2, 1), (8000, 4, 2), (44100, 3, 1), (22050, 2, 2)]
+)
 async def test_transcribe_any_rate_width_and_channels(wyoming, rate, width, channels):
     speech = pad(piper_speech(SAID, rate=rate, steady=True), rate, 0.3, 0.3)
     events = await recognise(wyoming.port, speech, rate, width, channels)
@@ -131,8 +141,12 @@ async def test_transcribe_any_rate_width_and_channels(wyoming, rate, width, chan
 
 async def test_events_out_of_order_get_an_error_and_the_connection_goes_on(wyoming):
     async with AsyncTcpClient("127.0.0.1", wyoming.port) as client:
-        for event in (AudioChunk(rate=16000, width=2, channels=1, audio=b"\0\0").event(), AudioStop().event(),
-                      SynthesizeChunk(text="hello").event(), SynthesizeStop().event()):
+        for event in (
+            AudioChunk(rate=16000, width=2, channels=1, audio=b"\0\0").event(),
+            AudioStop().event(),
+            SynthesizeChunk(text="hello").event(),
+            SynthesizeStop().event(),
+        ):
             await client.write_event(event)
             answer = await asyncio.wait_for(client.read_event(), 10)
             assert answer.type == "error" and answer.data["code"] == "out_of_order", answer
@@ -143,7 +157,11 @@ async def test_events_out_of_order_get_an_error_and_the_connection_goes_on(wyomi
         answer = await asyncio.wait_for(client.read_event(), 10)
         assert answer.type == "error" and answer.data["code"] == "bad_audio"
         await client.write_event(SynthesizeStart(voice=SynthesizeVoice(name="no-such-voice")).event())
-        for event in (SynthesizeChunk(text="Hello.").event(), Synthesize(text="Hello.").event(), SynthesizeStop().event()):
+        for event in (
+            SynthesizeChunk(text="Hello.").event(),
+            Synthesize(text="Hello.").event(),
+            SynthesizeStop().event(),
+        ):
             await client.write_event(event)
         answer = await asyncio.wait_for(client.read_event(), 10)
         assert answer.type == "error" and answer.data["code"] == "unknown_voice"
@@ -182,11 +200,16 @@ async def test_a_client_gone_mid_stream_leaves_no_worker_session(wyoming, piper_
 
 
 async def test_several_clients_at_once(wyoming):
-    texts = ["Good morning, how did you sleep?", "The oven is hot and ready for the bread.",
-             "Playing your evening playlist now.", "Your package was delivered at noon."]
+    texts = [
+        "Good morning, how did you sleep?",
+        "The oven is hot and ready for the bread.",
+        "Playing your evening playlist now.",
+        "Your package was delivered at noon.",
+    ]
     speech = pad(piper_speech(SAID, rate=16000, steady=True), 16000, 0.3, 0.3)
-    results = await asyncio.gather(*(synthesize(wyoming.port, t) for t in texts),
-                                   recognise(wyoming.port, speech, 16000, 2, 1))
+    results = await asyncio.gather(
+        *(synthesize(wyoming.port, t) for t in texts), recognise(wyoming.port, speech, 16000, 2, 1)
+    )
     for text, (_, pcm, rate) in zip(texts, results[:-1], strict=True):
         assert wer(text, transcribe(pcm, rate)) <= 0.25
     assert wer(SAID, Transcript.from_event(results[-1][-2]).text) <= 0.2
@@ -199,7 +222,10 @@ async def _admitted(port: int) -> AsyncTcpClient:
         client = AsyncTcpClient("127.0.0.1", port)
         await client.connect()
         await client.write_event(Describe().event())
-        if Info.is_type((await asyncio.wait_for(client.read_event(), 10)).type) or time.monotonic() > deadline:
+        if (
+            Info.is_type((await asyncio.wait_for(client.read_event(), 10)).type)
+            or time.monotonic() > deadline
+        ):
             return client
         await client.disconnect()
         await asyncio.sleep(0.1)

@@ -74,7 +74,12 @@ def test_syntax_check_with_each_example_inventory(inventory, tmp_path):
     env = {**os.environ, "ANSIBLE_LOCAL_TEMP": str(tmp_path), "ANSIBLE_NOCOLOR": "1"}
     proc = subprocess.run(
         [_playbook_bin(), "-i", str(inventory), "--syntax-check", "site.yml"],
-        cwd=ANSIBLE, env=env, capture_output=True, text=True, timeout=120, check=False,
+        cwd=ANSIBLE,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
@@ -89,9 +94,17 @@ def test_site_runs_every_role():
     assert names == EXPECTED_ROLES == {p.name for p in ROLES}
 
 
-@pytest.mark.parametrize("role", ROLES, ids=lambda p: f"role-{p.name}")  # an id "gpu" would read as the gpu mark
+@pytest.mark.parametrize(
+    "role", ROLES, ids=lambda p: f"role-{p.name}"
+)  # an id "gpu" would read as the gpu mark
 def test_role_layout_and_argument_specs_cover_defaults(role):
-    for part in ("defaults/main.yml", "tasks/main.yml", "handlers/main.yml", "meta/main.yml", "meta/argument_specs.yml"):
+    for part in (
+        "defaults/main.yml",
+        "tasks/main.yml",
+        "handlers/main.yml",
+        "meta/main.yml",
+        "meta/argument_specs.yml",
+    ):
         assert (role / part).is_file(), f"{role.name}: no {part}"
     options = _load(role / "meta/argument_specs.yml")["argument_specs"]["main"]["options"]
     defaults = _load(role / "defaults/main.yml") or {}
@@ -103,8 +116,11 @@ def test_role_layout_and_argument_specs_cover_defaults(role):
 
 def test_every_module_is_named_by_its_fqcn():
     keywords = _keywords()
-    bare = [f"{p.relative_to(ANSIBLE)}: {task.get('name')!r} uses {mod!r}"
-            for p, task in _all_tasks() if not (mod := _module(task, keywords)).startswith("ansible.builtin.")]
+    bare = [
+        f"{p.relative_to(ANSIBLE)}: {task.get('name')!r} uses {mod!r}"
+        for p, task in _all_tasks()
+        if not (mod := _module(task, keywords)).startswith("ansible.builtin.")
+    ]
     assert not bare, "\n".join(bare)
 
 
@@ -155,7 +171,12 @@ def test_every_notified_handler_exists():
 def test_units_installed_are_the_ones_in_systemd_dir():
     """The roles copy units from systemd/ (one source of truth with the unit tests)."""
     text = "\n".join(p.read_text() for p in _task_files())
-    for unit in ("appliance-orchestrator.service", "appliance-wyoming.service", "appliance-tts@.service", "appliance.target"):
+    for unit in (
+        "appliance-orchestrator.service",
+        "appliance-wyoming.service",
+        "appliance-tts@.service",
+        "appliance.target",
+    ):
         assert f"{{{{ appliance_source_dir }}}}/systemd/{unit}" in text, unit
         assert (ROOT / "systemd" / unit).is_file()
 
@@ -164,23 +185,32 @@ def test_secrets_are_never_world_readable():
     keywords = _keywords()
     for path, task in _all_tasks():
         args = task[_module(task, keywords)]
-        if isinstance(args, dict) and re.search(r"redis\.(env|password)|appliance\.conf$", str(args.get("dest", ""))):
-            assert args.get("mode") in ("0600", "0640"), f"{path.name}: {task.get('name')} mode {args.get('mode')}"
+        if isinstance(args, dict) and re.search(
+            r"redis\.(env|password)|appliance\.conf$", str(args.get("dest", ""))
+        ):
+            assert args.get("mode") in ("0600", "0640"), (
+                f"{path.name}: {task.get('name')} mode {args.get('mode')}"
+            )
 
 
 def test_no_placeholder_addresses_in_inventories_or_defaults():
     """Whatever an example inventory or a default names must exist: no example.org repositories."""
     placeholder = re.compile(r"example\.(com|org|net)|github\.com/example\b")
-    found = [f"{p.relative_to(ANSIBLE)}:{n}: {line.strip()}"
-             for p in [*INVENTORIES, *ANSIBLE.glob("roles/*/defaults/main.yml")]
-             for n, line in enumerate(p.read_text().splitlines(), 1) if placeholder.search(line)]
+    found = [
+        f"{p.relative_to(ANSIBLE)}:{n}: {line.strip()}"
+        for p in [*INVENTORIES, *ANSIBLE.glob("roles/*/defaults/main.yml")]
+        for n, line in enumerate(p.read_text().splitlines(), 1)
+        if placeholder.search(line)
+    ]
     assert not found, "\n".join(found)
 
 
 def test_every_model_the_roles_install_is_in_models_lock():
     import tomllib
 
-    locked = {m["id"] for m in tomllib.loads((ROOT / "appliance/modelstore/models.lock").read_text())["model"]}
+    locked = {
+        m["id"] for m in tomllib.loads((ROOT / "appliance/modelstore/models.lock").read_text())["model"]
+    }
     lists = {"roles/models/defaults": _load(ANSIBLE / "roles/models/defaults/main.yml")["appliance_models"]}
     for inv in INVENTORIES:
         models = _load(inv)["all"].get("vars", {}).get("appliance_models")
@@ -198,8 +228,11 @@ def test_without_a_pip_spec_the_playbook_installs_a_wheel_of_its_own_checkout():
     assert _load(ANSIBLE / "roles/base/defaults/main.yml")["appliance_pip_spec"] == ""
     preflight = str(_load(ANSIBLE / "roles/base/tasks/preflight.yml"))
     assert "appliance_pip_spec" not in preflight, "preflight still requires appliance_pip_spec"
-    (include,) = [t for t in _tasks(_load(ANSIBLE / "roles/base/tasks/venv.yml"))
-                  if t.get("ansible.builtin.include_tasks") == "checkout_wheel.yml"]
+    (include,) = [
+        t
+        for t in _tasks(_load(ANSIBLE / "roles/base/tasks/venv.yml"))
+        if t.get("ansible.builtin.include_tasks") == "checkout_wheel.yml"
+    ]
     assert include["when"] == "appliance_pip_spec | length == 0"
     keywords = _keywords()
     tasks = list(_tasks(_load(ANSIBLE / "roles/base/tasks/checkout_wheel.yml")))

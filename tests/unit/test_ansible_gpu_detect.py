@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 from test_ansible import ANSIBLE, _playbook_bin
 
-pytestmark = pytest.mark.skipif(_playbook_bin() is None, reason="ansible-playbook (ansible-core) is not installed")
+pytestmark = pytest.mark.skipif(
+    _playbook_bin() is None, reason="ansible-playbook (ansible-core) is not installed"
+)
 
 PLAY = """\
 - hosts: localhost
@@ -26,12 +28,30 @@ PLAY = """\
 def _detect(tmp_path: Path, choice: str) -> tuple[str, dict]:
     play = tmp_path / "play.yml"
     play.write_text(PLAY.format(detect=ANSIBLE / "roles/gpu/tasks/detect.yml"))
-    env = {**os.environ, "ANSIBLE_LOCAL_TEMP": str(tmp_path), "ANSIBLE_NOCOLOR": "1",
-           "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.default", "ANSIBLE_LOCALHOST_WARNING": "false"}
+    env = {
+        **os.environ,
+        "ANSIBLE_LOCAL_TEMP": str(tmp_path),
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.default",
+        "ANSIBLE_LOCALHOST_WARNING": "false",
+    }
     proc = subprocess.run(
-        [_playbook_bin(), "-i", "localhost,", str(play), "-e", f"appliance_gpu={choice}",
-         "-e", f"ansible_python_interpreter={sys.executable}"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False,
+        [
+            _playbook_bin(),
+            "-i",
+            "localhost,",
+            str(play),
+            "-e",
+            f"appliance_gpu={choice}",
+            "-e",
+            f"ansible_python_interpreter={sys.executable}",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     kind = re.search(r'"msg": "GPU: (\w+)', proc.stdout)

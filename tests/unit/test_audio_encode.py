@@ -23,7 +23,7 @@ def _encode(name: str, pcm: bytes, speed: float = 1.0) -> tuple[bytes, int]:
     encoder = StreamEncoder(name, RATE, speed)
     out, chunks_with_bytes = b"", 0
     for i in range(0, len(pcm), 1920):  # 20 ms frames, as the workers send them
-        data = encoder.feed(pcm[i:i + 1920])
+        data = encoder.feed(pcm[i : i + 1920])
         chunks_with_bytes += bool(data)
         out += data
     return out + encoder.finish(), chunks_with_bytes
@@ -88,7 +88,7 @@ def test_pcm_of_any_width_and_channels_becomes_mono_float(width):
         raw = b"".join(int(v * (1 << 23)).to_bytes(3, "little", signed=True) for v in x)
     else:
         raw = (x * (1 << (8 * width - 1))).astype(f"<i{width}").tobytes()
-    stereo = b"".join(raw[i:i + width] * 2 for i in range(0, len(raw), width))
+    stereo = b"".join(raw[i : i + width] * 2 for i in range(0, len(raw), width))
     assert np.allclose(pcm_to_mono_float(stereo, width, 2), x, atol=1 / 120)
 
 

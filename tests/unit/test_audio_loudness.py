@@ -302,7 +302,10 @@ def test_a_sentence_in_parts_settles_on_the_gain_of_the_whole_sentence():
 
     whole = LoudnessNormalizer(RATE, TARGET, CEILING_DBFS)
     whole.process(sentence)
-    separate, streamed = LoudnessNormalizer(RATE, TARGET, CEILING_DBFS), LoudnessNormalizer(RATE, TARGET, CEILING_DBFS)
+    separate, streamed = (
+        LoudnessNormalizer(RATE, TARGET, CEILING_DBFS),
+        LoudnessNormalizer(RATE, TARGET, CEILING_DBFS),
+    )
     separate_gains, streamed_gains = [], []
     for i, part in enumerate(parts):
         separate.process(part)
@@ -312,6 +315,7 @@ def test_a_sentence_in_parts_settles_on_the_gain_of_the_whole_sentence():
 
     # The last target is the whole sentence's gain (its last 4 s: here all of it)...
     assert streamed_gains[-1] == pytest.approx(whole.target_gain_db, abs=0.01)
+
     # ...and the streamed targets move far less than per-window ones do.
     def spread(gains):  # from the first measurement on
         return max(gains[1:]) - min(gains[1:])

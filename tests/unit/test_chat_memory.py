@@ -102,8 +102,9 @@ def test_an_unknown_llm_or_a_missing_path_is_refused_clearly(tmp_path):
 
 
 def test_appliance_run_falls_back_to_echo_naming_the_fetch_command(tmp_path):
-    settings = load_settings(OrchestratorSettings, None, responder={"model": "llama-3.2-3b-instruct",
-                                                                     "models_dir": str(tmp_path)})
+    settings = load_settings(
+        OrchestratorSettings, None, responder={"model": "llama-3.2-3b-instruct", "models_dir": str(tmp_path)}
+    )
     chosen, note = choose_responder(settings)
     assert chosen.responder.kind == "echo"
     assert "appliance models fetch --model llama-3.2-3b-instruct" in note

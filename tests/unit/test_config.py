@@ -21,7 +21,7 @@ def test_shipped_worker_config_is_valid_and_matches_the_contract():
 
 def test_precedence_file_then_env_then_flags(monkeypatch, tmp_path):
     cfg = tmp_path / "w.toml"
-    cfg.write_text('port = 7100\n[models]\nttl_s = 100\n')
+    cfg.write_text("port = 7100\n[models]\nttl_s = 100\n")
     assert load_settings(WorkerSettings, cfg).port == 7100
     monkeypatch.setenv("APPLIANCE_PORT", "7200")
     monkeypatch.setenv("APPLIANCE_MODELS__TTL_S", "50")

@@ -17,14 +17,17 @@ def test_defaults():
     assert o.discovery.require == ["streaming"] and o.discovery.language == ""
 
 
-@pytest.mark.parametrize("cls, overrides, says", [
-    (WorkerSettings, {"redis_url": "http://127.0.0.1:6379"}, "redis_url: "),
-    (WorkerSettings, {"discovery": {"heartbeat_s": 10, "ttl_s": 5}}, "must be longer than heartbeat_s"),
-    (WorkerSettings, {"discovery": {"advertise_address": "nohost"}}, "advertise_address"),
-    (WorkerSettings, {"discovery": {"key_prefix": "has space"}}, "key_prefix"),
-    (OrchestratorSettings, {"discovery": {"require": ["teleport"]}}, "unknown capability teleport"),
-    (OrchestratorSettings, {"discovery": {"resync": 3}}, "discovery.resync: unknown key"),
-])
+@pytest.mark.parametrize(
+    "cls, overrides, says",
+    [
+        (WorkerSettings, {"redis_url": "http://127.0.0.1:6379"}, "redis_url: "),
+        (WorkerSettings, {"discovery": {"heartbeat_s": 10, "ttl_s": 5}}, "must be longer than heartbeat_s"),
+        (WorkerSettings, {"discovery": {"advertise_address": "nohost"}}, "advertise_address"),
+        (WorkerSettings, {"discovery": {"key_prefix": "has space"}}, "key_prefix"),
+        (OrchestratorSettings, {"discovery": {"require": ["teleport"]}}, "unknown capability teleport"),
+        (OrchestratorSettings, {"discovery": {"resync": 3}}, "discovery.resync: unknown key"),
+    ],
+)
 def test_bad_settings_are_named(cls, overrides, says):
     with pytest.raises(ConfigError, match=says):
         load_settings(cls, None, **overrides)
@@ -45,16 +48,25 @@ async def test_pool_kind_follows_redis_url():
     static = make_pool(load_settings(OrchestratorSettings))
     assert isinstance(static, StaticPool)
     await static.close()
-    routed = make_pool(load_settings(OrchestratorSettings, None, redis_url="redis://127.0.0.1:1/0",
-                                     discovery={"language": "en"}))
+    routed = make_pool(
+        load_settings(
+            OrchestratorSettings, None, redis_url="redis://127.0.0.1:1/0", discovery={"language": "en"}
+        )
+    )
     assert isinstance(routed, RoutedPool) and routed.request.language == "en"
     await routed.close()
 
 
 async def test_a_missing_password_file_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="password file"):
-        make_pool(load_settings(OrchestratorSettings, None, redis_url="redis://127.0.0.1:1/0",
-                                discovery={"password_file": str(tmp_path / "nope")}))
+        make_pool(
+            load_settings(
+                OrchestratorSettings,
+                None,
+                redis_url="redis://127.0.0.1:1/0",
+                discovery={"password_file": str(tmp_path / "nope")},
+            )
+        )
 
 
 @pytest.mark.parametrize("workers", [["nohost"], ["h:99999"], ["h:1", "h :2"]])

@@ -23,12 +23,17 @@ from appliance.discovery import (
 )
 
 GOOD = WorkerRecord(
-    name="piper", address="127.0.0.1:7001",
+    name="piper",
+    address="127.0.0.1:7001",
     capabilities=Capabilities(languages=("en-US",), max_concurrent_sessions=8),
-    default_model="piper-en_US-joe-medium", resident_models=("piper-en_US-joe-medium",),
+    default_model="piper-en_US-joe-medium",
+    resident_models=("piper-en_US-joe-medium",),
     available_models=("mock-sine", "piper-en_US-joe-medium"),
     metrics=LiveMetrics(active_sessions=2, queue_depth=1, rtf=0.05, ttfa_p50_ms=31.5),
-    instance="abc", seq=3, heartbeat_at=1700000000.5, ttl_s=30.0,
+    instance="abc",
+    seq=3,
+    heartbeat_at=1700000000.5,
+    ttl_s=30.0,
 )
 
 
@@ -42,7 +47,11 @@ def test_round_trip_and_announcement():
 
 def test_unknown_keys_are_ignored_and_optional_ones_default():
     minimal = discovery.decode('{"name": "w", "address": "h:1", "future_field": [1, 2]}')
-    assert minimal.capabilities.streaming and minimal.metrics.ttfa_p50_ms is None and minimal.resident_models == ()
+    assert (
+        minimal.capabilities.streaming
+        and minimal.metrics.ttfa_p50_ms is None
+        and minimal.resident_models == ()
+    )
 
 
 def _with(**changes) -> str:
@@ -56,26 +65,29 @@ def _with(**changes) -> str:
     return json.dumps(d)
 
 
-@pytest.mark.parametrize("raw, says", [
-    ("not json {", "not JSON"),
-    (b"\xff\xfe", "not UTF-8"),
-    ("[1, 2]", "JSON object"),
-    ('"a string"', "JSON object"),
-    ('{"address": "h:1"}', "name: missing"),
-    (_with(name=5), "name: must be str"),
-    (_with(name="bad name!"), "name:"),
-    (_with(address="no-port"), "address:"),
-    (_with(address="h:99999"), "address:"),
-    (_with(v=2), "schema version"),
-    (_with(capabilities__streaming="yes"), "streaming: must be bool"),
-    (_with(capabilities__languages="en"), "languages: must be list"),
-    (_with(capabilities__languages=["en", 3]), "languages: items must be str"),
-    (_with(capabilities__max_concurrent_sessions=True), "max_concurrent_sessions: must be int"),
-    (_with(metrics__queue_depth=-1), "queue_depth: must be ≥ 0"),
-    (_with(metrics__ttfa_p50_ms="fast"), "ttfa_p50_ms: must be a finite number"),
-    (_with(resident_models={"a": 1}), "resident_models: must be list"),
-    (_with(capabilities=[]), "capabilities: must be dict"),
-])
+@pytest.mark.parametrize(
+    "raw, says",
+    [
+        ("not json {", "not JSON"),
+        (b"\xff\xfe", "not UTF-8"),
+        ("[1, 2]", "JSON object"),
+        ('"a string"', "JSON object"),
+        ('{"address": "h:1"}', "name: missing"),
+        (_with(name=5), "name: must be str"),
+        (_with(name="bad name!"), "name:"),
+        (_with(address="no-port"), "address:"),
+        (_with(address="h:99999"), "address:"),
+        (_with(v=2), "schema version"),
+        (_with(capabilities__streaming="yes"), "streaming: must be bool"),
+        (_with(capabilities__languages="en"), "languages: must be list"),
+        (_with(capabilities__languages=["en", 3]), "languages: items must be str"),
+        (_with(capabilities__max_concurrent_sessions=True), "max_concurrent_sessions: must be int"),
+        (_with(metrics__queue_depth=-1), "queue_depth: must be ≥ 0"),
+        (_with(metrics__ttfa_p50_ms="fast"), "ttfa_p50_ms: must be a finite number"),
+        (_with(resident_models={"a": 1}), "resident_models: must be list"),
+        (_with(capabilities=[]), "capabilities: must be dict"),
+    ],
+)
 def test_bad_records_are_named(raw, says):
     with pytest.raises(BadRecord, match=says):
         discovery.decode(raw)
@@ -181,7 +193,9 @@ def test_engine_flags_combine_as_the_worker_record_does():
     assert flags_for(["piper", "mock"]) == EngineCapabilities(cpu_ok=True)
     assert flags_for(["piper", "some-future-engine"]).cpu_ok is False  # unknown engines promise nothing
     gpu_cloner = EngineCapabilities(zero_shot=True, cpu_ok=False, emotive_zero_prompt=True)
-    assert flags_for(["piper", gpu_cloner]) == EngineCapabilities(zero_shot=True, cpu_ok=False, emotive_zero_prompt=True)
+    assert flags_for(["piper", gpu_cloner]) == EngineCapabilities(
+        zero_shot=True, cpu_ok=False, emotive_zero_prompt=True
+    )
 
 
 def test_every_shipped_adapter_declares_the_capabilities_discovery_publishes():

@@ -72,9 +72,14 @@ def type_name(annotation) -> str:
         return " \\| ".join(type_name(a) for a in inner) + (" or absent" if len(inner) < len(args) else "")
     if origin is list:
         return f"list of {type_name(args[0])}"
-    return {str: "string", int: "integer", float: "number", bool: "boolean", Path: "path", SecretStr: "secret"}.get(
-        annotation, getattr(annotation, "__name__", str(annotation))
-    )
+    return {
+        str: "string",
+        int: "integer",
+        float: "number",
+        bool: "boolean",
+        Path: "path",
+        SecretStr: "secret",
+    }.get(annotation, getattr(annotation, "__name__", str(annotation)))
 
 
 def doc_tables() -> dict[str, dict[str, list[str]]]:

@@ -58,7 +58,10 @@ def test_transcript_formats():
     assert verbose["language"] == "english" and verbose["duration"] == 3.25
     assert [(s["start"], s["end"]) for s in verbose["segments"]] == [(0.0, 1.5), (1.5, 3.25)]
     srt, _ = render(t, "srt")
-    assert srt == "1\n00:00:00,000 --> 00:00:01,500\nHello there.\n\n2\n00:00:01,500 --> 00:00:03,250\nGeneral Kenobi.\n"
+    assert (
+        srt
+        == "1\n00:00:00,000 --> 00:00:01,500\nHello there.\n\n2\n00:00:01,500 --> 00:00:03,250\nGeneral Kenobi.\n"
+    )
     vtt, _ = render(t, "vtt")
     assert vtt.startswith("WEBVTT\n\n00:00:00.000 --> 00:00:01.500\nHello there.\n")
 
@@ -66,8 +69,11 @@ def test_transcript_formats():
 async def test_the_openapi_document_describes_exactly_the_routes_served():  # the orchestrator is made in a loop
     orchestrator = Orchestrator(load_settings(OrchestratorSettings, None, workers=["127.0.0.1:1"]))
     OpenAiApi.mount(orchestrator)
-    served = {(r.method.lower(), r.resource.canonical) for r in orchestrator.app().router.routes()
-              if r.resource is not None and r.resource.canonical.startswith("/v1/") and r.method != "HEAD"}
+    served = {
+        (r.method.lower(), r.resource.canonical)
+        for r in orchestrator.app().router.routes()
+        if r.resource is not None and r.resource.canonical.startswith("/v1/") and r.method != "HEAD"
+    }
     doc = openapi.document()
     documented = {(method, path) for path, ops in doc["paths"].items() for method in ops}
     assert served - {("get", "/v1/openapi.json")} == documented

@@ -480,7 +480,9 @@ async def test_unknown_model_ids_are_rejected(make, engines):
     for call in (manager.acquire, manager.load, manager.unload, manager.reload):
         with pytest.raises(UnknownModel, match="nope") as caught:
             await call("nope")
-        assert isinstance(caught.value, ModelError) and caught.value.model_id == "nope"  # one except catches all
+        assert (
+            isinstance(caught.value, ModelError) and caught.value.model_id == "nope"
+        )  # one except catches all
     with pytest.raises(UnknownModel):
         manager.refcount("nope")
     assert not manager.is_resident("nope")

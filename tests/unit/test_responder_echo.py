@@ -65,8 +65,13 @@ def test_create_responder_openai_rejects_unknown_settings():
 def test_create_responder_openai_takes_the_config_section_as_is():
     """The orchestrator's [responder] section says `url` and leaves unset values None."""
     responder = create_responder(
-        "openai", url="http://127.0.0.1:8081/v1/", model="local", api_key=None, system_prompt=None,
-        timeout_s=20.0, first_token_timeout_s=8.0,
+        "openai",
+        url="http://127.0.0.1:8081/v1/",
+        model="local",
+        api_key=None,
+        system_prompt=None,
+        timeout_s=20.0,
+        first_token_timeout_s=8.0,
     )
     assert isinstance(responder, OpenAIResponder)
     assert responder.url == "http://127.0.0.1:8081/v1/chat/completions"

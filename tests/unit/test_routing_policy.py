@@ -14,13 +14,27 @@ MOCK = "mock-sine"
 KOKO = "kokoro-de"
 
 
-def w(name, *, resident=(PIPER,), available=(PIPER, MOCK), langs=("en-US",), queue=0, sessions=0, ttfa=None,
-      max_sessions=64, rates=(48000,), healthy=True, default=None, **caps) -> WorkerRecord:
+def w(
+    name,
+    *,
+    resident=(PIPER,),
+    available=(PIPER, MOCK),
+    langs=("en-US",),
+    queue=0,
+    sessions=0,
+    ttfa=None,
+    max_sessions=64,
+    rates=(48000,),
+    healthy=True,
+    default=None,
+    **caps,
+) -> WorkerRecord:
     return WorkerRecord(
         name=name,
         address=f"{name}.lan:7001",
-        capabilities=Capabilities(languages=tuple(langs), max_concurrent_sessions=max_sessions,
-                                  sample_rates=tuple(rates), **caps),
+        capabilities=Capabilities(
+            languages=tuple(langs), max_concurrent_sessions=max_sessions, sample_rates=tuple(rates), **caps
+        ),
         default_model=default if default is not None else (resident[0] if resident else PIPER),
         resident_models=tuple(resident),
         available_models=tuple(available),
@@ -35,24 +49,57 @@ def names(r) -> list[str]:
 
 # (description, workers, request, expected order of names)
 TABLE = [
-    ("lowest queue depth wins", [w("a", queue=3), w("b", queue=1), w("c", queue=2)], RouteRequest(), ["b", "c", "a"]),
+    (
+        "lowest queue depth wins",
+        [w("a", queue=3), w("b", queue=1), w("c", queue=2)],
+        RouteRequest(),
+        ["b", "c", "a"],
+    ),
     ("then fewest sessions", [w("a", sessions=5), w("b", sessions=2)], RouteRequest(), ["b", "a"]),
-    ("then best TTFA p50 (unknown last)",
-     [w("a", ttfa=None), w("b", ttfa=40.0), w("c", ttfa=25.0)], RouteRequest(), ["c", "b", "a"]),
+    (
+        "then best TTFA p50 (unknown last)",
+        [w("a", ttfa=None), w("b", ttfa=40.0), w("c", ttfa=25.0)],
+        RouteRequest(),
+        ["c", "b", "a"],
+    ),
     ("the name breaks exact ties", [w("b"), w("a")], RouteRequest(), ["a", "b"]),
-    ("resident beats lower load",
-     [w("a", resident=(MOCK,), queue=0), w("b", resident=(PIPER,), queue=5)], RouteRequest(PIPER), ["b", "a"]),
-    ("language filter (en matches en-US)",
-     [w("de", langs=("de-DE",)), w("en", langs=("en-US",), queue=9)], RouteRequest(language="en"), ["en"]),
-    ("language filter the other way",
-     [w("de", langs=("de",)), w("en", langs=("en-US",))], RouteRequest(language="de-AT"), ["de"]),
-    ("model must be available",
-     [w("a", available=(PIPER,)), w("b", available=(PIPER, KOKO), resident=(KOKO,))], RouteRequest(KOKO), ["b"]),
+    (
+        "resident beats lower load",
+        [w("a", resident=(MOCK,), queue=0), w("b", resident=(PIPER,), queue=5)],
+        RouteRequest(PIPER),
+        ["b", "a"],
+    ),
+    (
+        "language filter (en matches en-US)",
+        [w("de", langs=("de-DE",)), w("en", langs=("en-US",), queue=9)],
+        RouteRequest(language="en"),
+        ["en"],
+    ),
+    (
+        "language filter the other way",
+        [w("de", langs=("de",)), w("en", langs=("en-US",))],
+        RouteRequest(language="de-AT"),
+        ["de"],
+    ),
+    (
+        "model must be available",
+        [w("a", available=(PIPER,)), w("b", available=(PIPER, KOKO), resident=(KOKO,))],
+        RouteRequest(KOKO),
+        ["b"],
+    ),
     ("sample rate", [w("a", rates=(24000,)), w("b")], RouteRequest(), ["b"]),
-    ("required capability", [w("a"), w("b", zero_shot=True, queue=4)],
-     RouteRequest(require=frozenset({"streaming", "zero_shot"})), ["b"]),
-    ("unhealthy and full workers are skipped",
-     [w("a", healthy=False), w("b", sessions=2, max_sessions=2), w("c", queue=7)], RouteRequest(), ["c"]),
+    (
+        "required capability",
+        [w("a"), w("b", zero_shot=True, queue=4)],
+        RouteRequest(require=frozenset({"streaming", "zero_shot"})),
+        ["b"],
+    ),
+    (
+        "unhealthy and full workers are skipped",
+        [w("a", healthy=False), w("b", sessions=2, max_sessions=2), w("c", queue=7)],
+        RouteRequest(),
+        ["c"],
+    ),
 ]
 
 
@@ -84,7 +131,11 @@ def test_model_resident_nowhere_loads_on_the_best_and_serves_from_a_fallback():
     # first the fallbacks with their default voice (resident; the loader last), then the workers that
     # could load it on StartSession
     assert [(a.worker.name, a.model_id, a.resident) for a in r.attempts] == [
-        ("nokoko", "", True), ("busy", "", True), ("idle", "", True), ("idle", KOKO, False), ("busy", KOKO, False),
+        ("nokoko", "", True),
+        ("busy", "", True),
+        ("idle", "", True),
+        ("idle", KOKO, False),
+        ("busy", KOKO, False),
     ]
 
 
@@ -106,10 +157,18 @@ def test_same_inputs_same_choice():
     assert all(names(route(list(reversed(workers)), RouteRequest())) == first for _ in range(3))
 
 
-@pytest.mark.parametrize("wanted, offered, ok", [
-    ("", ["de"], True), ("en", ["en-US"], True), ("en-us", ["en-US"], True), ("en_US", ["en"], True),
-    ("en", ["eng"], False), ("de", ["en-US", "fr"], False), ("en", [], False),
-])
+@pytest.mark.parametrize(
+    "wanted, offered, ok",
+    [
+        ("", ["de"], True),
+        ("en", ["en-US"], True),
+        ("en-us", ["en-US"], True),
+        ("en_US", ["en"], True),
+        ("en", ["eng"], False),
+        ("de", ["en-US", "fr"], False),
+        ("en", [], False),
+    ],
+)
 def test_language_matching(wanted, offered, ok):
     assert language_matches(wanted, offered) is ok
 

@@ -28,7 +28,16 @@ def test_abi_matches_contract():
     service = pb.DESCRIPTOR.services_by_name["TTSService"]
     assert pb.DESCRIPTOR.package == "appliance.tts.v1"
     assert sorted(m.name for m in service.methods) == sorted(
-        ["StartSession", "EndSession", "Synthesize", "Control", "ListModels", "LoadModel", "UnloadModel", "GetCapabilities"]
+        [
+            "StartSession",
+            "EndSession",
+            "Synthesize",
+            "Control",
+            "ListModels",
+            "LoadModel",
+            "UnloadModel",
+            "GetCapabilities",
+        ]
     )
     synth = service.methods_by_name["Synthesize"]
     assert synth.client_streaming and synth.server_streaming
@@ -39,12 +48,21 @@ def test_abi_matches_contract():
     assert fields("StartSessionRequest") == {"session_id": 1, "model_id": 2, "options": 3}
     assert fields("TextChunk") == {"session_id": 1, "text": 2, "is_final": 3, "sequence_number": 4}
     assert fields("AudioFrame") == {
-        "session_id": 1, "audio_data": 2, "sample_rate": 3, "frame_duration_ms": 4, "sequence_number": 5, "is_final": 6,
+        "session_id": 1,
+        "audio_data": 2,
+        "sample_rate": 3,
+        "frame_duration_ms": 4,
+        "sequence_number": 5,
+        "is_final": 6,
         "text_offset": 7,  # added for failover (the contract's fields 1-6 are unchanged)
     }
     assert fields("ControlRequest") == {"session_id": 1, "command": 2}
     assert fields("ControlResponse") == {"success": 1, "message": 2, "timestamp_ms": 3}
     assert dict(pb.ControlCommand.items()) == {
-        "CONTROL_COMMAND_UNSPECIFIED": 0, "PAUSE": 1, "RESUME": 2, "STOP": 3, "RELOAD": 4,
+        "CONTROL_COMMAND_UNSPECIFIED": 0,
+        "PAUSE": 1,
+        "RESUME": 2,
+        "STOP": 3,
+        "RELOAD": 4,
     }
     assert "appliance.rpc" in sys.modules

@@ -74,8 +74,12 @@ async def test_engine_threads_run_at_a_lower_priority_than_the_loop():
     scheduler = DeadlineScheduler(threads=1)
     try:
         loop_nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-        engine_nice = await scheduler.run(lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id()), 0)
+        engine_nice = await scheduler.run(
+            lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id()), 0
+        )
         assert engine_nice == min(19, loop_nice + ENGINE_NICE)
-        assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == loop_nice  # the loop's is unchanged
+        assert (
+            os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == loop_nice
+        )  # the loop's is unchanged
     finally:
         scheduler.shutdown(wait=True)

@@ -29,7 +29,10 @@ def sentences(text: str) -> list[str]:
         ("A {b.} C", ["A {b.}", "C"]),
         ("Pi is 3.14 today.", ["Pi is 3.14 today."]),
         ("Mr. Smith met Dr. Who etc. vs. them.", ["Mr. Smith met Dr. Who etc. vs. them."]),
-        ("Use e.g. this, i.e. that, at 5 a.m. in the U.S. now.", ["Use e.g. this, i.e. that, at 5 a.m. in the U.S. now."]),
+        (
+            "Use e.g. this, i.e. that, at 5 a.m. in the U.S. now.",
+            ["Use e.g. this, i.e. that, at 5 a.m. in the U.S. now."],
+        ),
         ("J. R. R. Tolkien wrote.", ["J. R. R. Tolkien wrote."]),
         ("So do I. You too.", ["So do I.", "You too."]),  # "I." is not an initial
         ("1. Milk 2. Eggs", ["1. Milk 2.", "Eggs"]),  # a list number only at the start of a sentence
@@ -93,8 +96,9 @@ def test_find_voiceable_end():
 
 def _segments(text: str) -> list[str]:
     """The worker's segments with its first-segment and length cuts out of the way: sentences only."""
-    seg = TextSegmenter(first_clause_max_words=10_000, first_segment_hard_max_words=10_000,
-                        max_segment_chars=100_000)
+    seg = TextSegmenter(
+        first_clause_max_words=10_000, first_segment_hard_max_words=10_000, max_segment_chars=100_000
+    )
     return seg.push(text) + seg.flush()
 
 
@@ -110,7 +114,8 @@ _SPACES = [" ", " ", " ", "  ", "\n", "\t", " \n "]
 def test_streaming_the_segmenter_and_one_pass_agree(seed):
     rng = random.Random(seed)
     text = "".join(
-        (w.capitalize() if rng.random() < 0.2 else w) + (rng.choice(_PUNCT) if rng.random() < 0.3 else "")
+        (w.capitalize() if rng.random() < 0.2 else w)
+        + (rng.choice(_PUNCT) if rng.random() < 0.3 else "")
         + rng.choice(_SPACES)
         for w in rng.choices(_WORDS, k=rng.randint(1, 60))
     )

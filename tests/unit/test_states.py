@@ -11,8 +11,15 @@ def test_a_conversation_with_a_barge_in():
     seen = []
     sm = StateMachine("s", lambda old, new: seen.append((old, new)))
     for target in [
-        State.LISTENING, State.SPEAKING, State.BARGED_IN, State.LISTENING, State.SPEAKING,
-        State.WAITING_FOR_INPUT, State.LISTENING, State.WAITING_FOR_INPUT, State.TERMINATED,
+        State.LISTENING,
+        State.SPEAKING,
+        State.BARGED_IN,
+        State.LISTENING,
+        State.SPEAKING,
+        State.WAITING_FOR_INPUT,
+        State.LISTENING,
+        State.WAITING_FOR_INPUT,
+        State.TERMINATED,
     ]:
         sm.to(target)
     assert sm.terminated and len(seen) == 9 and seen[0] == (State.IDLE, State.LISTENING)
@@ -27,9 +34,10 @@ def test_false_alarm_resumes_speaking():
     assert sm.state is State.SPEAKING
 
 
-@pytest.mark.parametrize("source, target", [
-    (s, t) for s, t in itertools.product(State, State) if s != t and t not in TRANSITIONS[s]
-])
+@pytest.mark.parametrize(
+    "source, target",
+    [(s, t) for s, t in itertools.product(State, State) if s != t and t not in TRANSITIONS[s]],
+)
 def test_every_transition_outside_the_table_is_refused(source, target):
     sm = StateMachine("s")
     sm.state = source

@@ -19,15 +19,30 @@ from appliance.rpc import tts_pb2 as pb
 
 ADDRESS = "127.0.0.1:7001"
 REDIS_RECORD = WorkerRecord(
-    name="piper", address=ADDRESS, capabilities=Capabilities(languages=("en-US",), max_concurrent_sessions=8),
-    default_model="piper-en_US-joe-medium", resident_models=("piper-en_US-joe-medium",),
+    name="piper",
+    address=ADDRESS,
+    capabilities=Capabilities(languages=("en-US",), max_concurrent_sessions=8),
+    default_model="piper-en_US-joe-medium",
+    resident_models=("piper-en_US-joe-medium",),
     available_models=("mock-sine", "piper-en_US-joe-medium"),
-    metrics=LiveMetrics(active_sessions=2, queue_depth=1, ttfa_p50_ms=31.5), instance="abc", seq=3, ttl_s=30.0,
+    metrics=LiveMetrics(active_sessions=2, queue_depth=1, ttfa_p50_ms=31.5),
+    instance="abc",
+    seq=3,
+    ttl_s=30.0,
 )
 CAPS = pb.GetCapabilitiesResponse(
-    worker_name="static-mock", engines=["mock"], resident_models=["mock-sine"], available_models=["mock-sine"],
-    output_sample_rates=[48000], frame_duration_ms=20, streaming=True, gpu=False, max_sessions=4,
-    active_sessions=1, languages=["en-US"], default_model="mock-sine",
+    worker_name="static-mock",
+    engines=["mock"],
+    resident_models=["mock-sine"],
+    available_models=["mock-sine"],
+    output_sample_rates=[48000],
+    frame_duration_ms=20,
+    streaming=True,
+    gpu=False,
+    max_sessions=4,
+    active_sessions=1,
+    languages=["en-US"],
+    default_model="mock-sine",
 )
 
 
@@ -38,9 +53,14 @@ def _static(address: str = ADDRESS, name: str = "static") -> WorkerRecord:
     return WorkerRecord(name=name, address=address)
 
 
-@pytest.mark.parametrize("static, in_redis, label", [
-    (True, False, "static"), (False, True, "redis"), (True, True, "static+redis"),
-])
+@pytest.mark.parametrize(
+    "static, in_redis, label",
+    [
+        (True, False, "static"),
+        (False, True, "redis"),
+        (True, True, "static+redis"),
+    ],
+)
 def test_source_label(static, in_redis, label):
     assert source_label(static=static, in_redis=in_redis) == label
 
@@ -112,7 +132,11 @@ def test_down_marks_apply_to_static_entries_and_a_heartbeat_after_the_mark_clear
 
 def test_record_from_capabilities_is_routable_by_model_language_and_capacity():
     record = record_from_capabilities("10.0.0.5:7001", CAPS)
-    assert (record.name, record.address, record.default_model) == ("static-mock", "10.0.0.5:7001", "mock-sine")
+    assert (record.name, record.address, record.default_model) == (
+        "static-mock",
+        "10.0.0.5:7001",
+        "mock-sine",
+    )
     assert record.resident_models == ("mock-sine",) and record.available_models == ("mock-sine",)
     caps = record.capabilities
     assert (caps.languages, caps.max_concurrent_sessions, caps.sample_rates) == (("en-US",), 4, (48000,))
@@ -122,8 +146,12 @@ def test_record_from_capabilities_is_routable_by_model_language_and_capacity():
     assert route([record], RouteRequest(model_id="mock-sine", language="en")).choice.worker == record
     assert not route([record], RouteRequest(language="de")).attempts
     assert not route([record], RouteRequest(model_id="piper-en_US-joe-medium")).attempts
-    full = record_from_capabilities("10.0.0.5:7001", pb.GetCapabilitiesResponse(
-        worker_name="x", max_sessions=1, active_sessions=1, output_sample_rates=[48000], streaming=True))
+    full = record_from_capabilities(
+        "10.0.0.5:7001",
+        pb.GetCapabilitiesResponse(
+            worker_name="x", max_sessions=1, active_sessions=1, output_sample_rates=[48000], streaming=True
+        ),
+    )
     assert route([full], RouteRequest()).reason.endswith("(rejected: 1 full)")
 
 
@@ -163,5 +191,7 @@ async def test_seed_keeps_an_unreachable_worker_down_until_a_probe_passes(caplog
 
 def test_only_a_worker_list_the_operator_gave_is_used_alongside_redis():
     assert load_settings(OrchestratorSettings, None, redis_url="redis://127.0.0.1:1/0").listed_workers() == []
-    given = load_settings(OrchestratorSettings, None, redis_url="redis://127.0.0.1:1/0", workers=["10.0.0.5:7001"])
+    given = load_settings(
+        OrchestratorSettings, None, redis_url="redis://127.0.0.1:1/0", workers=["10.0.0.5:7001"]
+    )
     assert given.listed_workers() == ["10.0.0.5:7001"]

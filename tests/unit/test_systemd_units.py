@@ -17,7 +17,9 @@ ROOT = Path(__file__).resolve().parents[2]
 UNITS = ROOT / "systemd"
 SERVICES = ("appliance-orchestrator.service", "appliance-wyoming.service", "appliance-tts@piper.service")
 MAX_EXPOSURE = 4.0
-SYSTEM_UNITS = next((p for p in (Path("/usr/lib/systemd/system"), Path("/lib/systemd/system")) if p.is_dir()), None)
+SYSTEM_UNITS = next(
+    (p for p in (Path("/usr/lib/systemd/system"), Path("/lib/systemd/system")) if p.is_dir()), None
+)
 
 analyze = shutil.which("systemd-analyze")
 needs_analyze = pytest.mark.skipif(
@@ -55,7 +57,9 @@ def _unit(name: str) -> configparser.RawConfigParser:
 def test_verify_is_clean(fake_root):
     names = [*SERVICES, "appliance.target"]
     proc = _analyze("verify", f"--root={fake_root}", *names)
-    assert proc.returncode == 0 and proc.stderr.strip() == "" and proc.stdout.strip() == "", proc.stdout + proc.stderr
+    assert proc.returncode == 0 and proc.stderr.strip() == "" and proc.stdout.strip() == "", (
+        proc.stdout + proc.stderr
+    )
 
 
 @needs_analyze
@@ -81,7 +85,9 @@ def test_security_exposure_at_most_4(fake_root, service):
     assert exposure <= MAX_EXPOSURE, proc.stdout
 
 
-@pytest.mark.parametrize("name", ["appliance-orchestrator.service", "appliance-wyoming.service", "appliance-tts@.service"])
+@pytest.mark.parametrize(
+    "name", ["appliance-orchestrator.service", "appliance-wyoming.service", "appliance-tts@.service"]
+)
 def test_services_notify_watchdog_restart_and_belong_to_the_target(name):
     unit = _unit(name)
     svc = unit["Service"]
@@ -90,7 +96,12 @@ def test_services_notify_watchdog_restart_and_belong_to_the_target(name):
     assert unit["Unit"]["PartOf"] == "appliance.target"
     assert unit["Install"]["WantedBy"] == "appliance.target"
     assert "redis-server.service" in unit["Unit"]["After"].split()
-    for key, value in {"ProtectSystem": "strict", "ProtectHome": "yes", "PrivateTmp": "yes", "NoNewPrivileges": "yes"}.items():
+    for key, value in {
+        "ProtectSystem": "strict",
+        "ProtectHome": "yes",
+        "PrivateTmp": "yes",
+        "NoNewPrivileges": "yes",
+    }.items():
         assert svc[key] == value, key
     assert "AF_PACKET" not in svc["RestrictAddressFamilies"]
     assert "ReadWritePaths" not in svc  # writable: the StateDirectory only

@@ -6,7 +6,85 @@ from appliance.tts.text import TextSegmenter, is_speakable, split_text
 
 # Pieces a random text is built from: plain words, clause/sentence punctuation,
 # abbreviations, decimals, ellipses, quotes, newlines, emoji, non-ASCII, long words.
-_WORDS = ["the", "a", "dog", "cat", "walked", "quickly", "into", "park", "house", "yesterday", "we", "I", "you", "they", "blue", "green", "and", "but", "or", "so", "because", "while", "which", "although", "when", "android", "order", "sometimes", "whenever", "with", "to", "for", "in", "of", "that", "like", "about", "into-the-wild", "within", "To", "The", "Mr.", "Mrs.", "Dr.", "St.", "e.g.", "i.e.", "etc.", "vs.", "a.m.", "p.m.", "U.S.", "J.", "R.", "3.14", "1,000", "2.", "10.", "$4.50", "café", "Grüße", "¿Qué", "tal", "niño", "東京", "Привет", "😀", "🎉", "...", "…", "-", "--", "—", "x.y", "well—actually", "so-called", "supercalifragilisticexpialidocious"]
+_WORDS = [
+    "the",
+    "a",
+    "dog",
+    "cat",
+    "walked",
+    "quickly",
+    "into",
+    "park",
+    "house",
+    "yesterday",
+    "we",
+    "I",
+    "you",
+    "they",
+    "blue",
+    "green",
+    "and",
+    "but",
+    "or",
+    "so",
+    "because",
+    "while",
+    "which",
+    "although",
+    "when",
+    "android",
+    "order",
+    "sometimes",
+    "whenever",
+    "with",
+    "to",
+    "for",
+    "in",
+    "of",
+    "that",
+    "like",
+    "about",
+    "into-the-wild",
+    "within",
+    "To",
+    "The",
+    "Mr.",
+    "Mrs.",
+    "Dr.",
+    "St.",
+    "e.g.",
+    "i.e.",
+    "etc.",
+    "vs.",
+    "a.m.",
+    "p.m.",
+    "U.S.",
+    "J.",
+    "R.",
+    "3.14",
+    "1,000",
+    "2.",
+    "10.",
+    "$4.50",
+    "café",
+    "Grüße",
+    "¿Qué",
+    "tal",
+    "niño",
+    "東京",
+    "Привет",
+    "😀",
+    "🎉",
+    "...",
+    "…",
+    "-",
+    "--",
+    "—",
+    "x.y",
+    "well—actually",
+    "so-called",
+    "supercalifragilisticexpialidocious",
+]
 _PUNCT = [".", "!", "?", ",", ";", ":", "...", "…", "?!", '."', ".)", "!’", ""]
 _SPACES = [" ", " ", " ", " ", "  ", "\n", "\n\n", "\t", " \n "]
 
@@ -373,7 +451,20 @@ def test_reset_discards_pending_text():
 
 def test_unpunctuated_run_on_is_cut_at_spaces():
     rng = random.Random(3)
-    words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lambda", "mu"]
+    words = [
+        "alpha",
+        "beta",
+        "gamma",
+        "delta",
+        "epsilon",
+        "zeta",
+        "eta",
+        "theta",
+        "iota",
+        "kappa",
+        "lambda",
+        "mu",
+    ]
     text = " ".join(rng.choice(words) for _ in range(900))
     assert len(text) > 5000
     segs = split_text(text)
@@ -460,8 +551,10 @@ def test_span_ends_locate_every_segment_in_the_raw_text(seed):
     """push_spans/flush_spans give each segment's end in the text pushed (AudioFrame.text_offset):
     the raw text between two ends is the segment, whatever the chunking."""
     rng = random.Random(seed)
-    text = ("Here is a long story for you.  Once upon a time, Mr. Smith lived alone on an island far from "
-            "the coast… and then?\nYes! It cost 3.14 dollars 😀 ... the end")
+    text = (
+        "Here is a long story for you.  Once upon a time, Mr. Smith lived alone on an island far from "
+        "the coast… and then?\nYes! It cost 3.14 dollars 😀 ... the end"
+    )
     seg = TextSegmenter()
     out, i = [], 0
     while i < len(text):

@@ -69,7 +69,9 @@ async def test_optional_passes_start_only_when_idle_and_within_the_budget():
     assert s.skipped[Priority.PARTIAL] == 2 and s.skipped[Priority.SPECULATIVE] == 1
 
 
-@pytest.mark.parametrize("text", ["Mm-hmm.", "Mhm.", "Yeah.", "Okay, right.", "yeah yeah", "Uh-huh.", "I see."])
+@pytest.mark.parametrize(
+    "text", ["Mm-hmm.", "Mhm.", "Yeah.", "Okay, right.", "yeah yeah", "Uh-huh.", "I see."]
+)
 def test_listener_words_are_backchannels(text):
     assert is_backchannel(text, DEFAULT_BACKCHANNELS)
 
@@ -90,8 +92,10 @@ def test_features_are_the_last_eight_seconds_padded_in_front():
     assert f.shape == (1, 80, 800) and f.dtype == np.float32
     padded = np.concatenate([np.zeros(5 * 16000, np.float32), speech])
     assert np.array_equal(f[0], log_mel(padded))  # the shared spectrum of the silent lead changes nothing
-    long = np.concatenate([rng.standard_normal(16000).astype(np.float32), speech, np.zeros(6 * 16000, np.float32)])
-    assert np.array_equal(features(long)[0], log_mel(long[-8 * 16000:]))
+    long = np.concatenate(
+        [rng.standard_normal(16000).astype(np.float32), speech, np.zeros(6 * 16000, np.float32)]
+    )
+    assert np.array_equal(features(long)[0], log_mel(long[-8 * 16000 :]))
 
 
 def test_smart_mode_is_the_default_and_falls_back_to_silence_without_a_model(tmp_path):

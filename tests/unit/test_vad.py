@@ -459,7 +459,9 @@ def test_bad_input_raises_value_error():
 def test_config_accepts_the_orchestrator_settings():
     from appliance.config import VadSettings
 
-    cfg = VadConfig(**VadSettings().model_dump(exclude={"echo_return_loss_db"}))  # as the conversation builds it
+    cfg = VadConfig(
+        **VadSettings().model_dump(exclude={"echo_return_loss_db"})
+    )  # as the conversation builds it
     assert cfg.endpoint_silence_ms == 300 and cfg.pre_roll_ms == 200
 
 

@@ -75,16 +75,23 @@ def test_a_window_without_context_would_click():
     reference = whole.run(None, inputs)[0].reshape(-1)
     latent = split.latent(inputs)
     cut = FIRST_WINDOW
-    bare = [split._decoder.run(None, {split._latent: np.ascontiguousarray(latent[:, :, a:b])})[0].reshape(-1)
-            for a, b in ((0, cut), (cut, latent.shape[2]))]
+    bare = [
+        split._decoder.run(None, {split._latent: np.ascontiguousarray(latent[:, :, a:b])})[0].reshape(-1)
+        for a, b in ((0, cut), (cut, latent.shape[2]))
+    ]
     error = np.concatenate(bare) - reference
     snr_db = 10 * np.log10(np.sum(reference**2) / np.sum(error**2))
     assert CONTEXT_FRAMES > 0 and snr_db < 30
 
 
 def _tiny_graph(tmp_path, *, decoder_weight: bool, extra_decoder_input: bool) -> str:
-    weight = numpy_helper.from_array(np.ones((1, 1, 1), np.float32), "dec.conv_pre.weight" if decoder_weight else "w")
-    nodes = [helper.make_node("Relu", ["input"], ["latent"]), helper.make_node("Conv", ["latent", weight.name], ["y"])]
+    weight = numpy_helper.from_array(
+        np.ones((1, 1, 1), np.float32), "dec.conv_pre.weight" if decoder_weight else "w"
+    )
+    nodes = [
+        helper.make_node("Relu", ["input"], ["latent"]),
+        helper.make_node("Conv", ["latent", weight.name], ["y"]),
+    ]
     inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 1, None])]
     if extra_decoder_input:  # like a multi-speaker voice, whose decoder also needs the speaker
         inputs.append(helper.make_tensor_value_info("g", TensorProto.FLOAT, [1, 1, 1]))
@@ -92,7 +99,11 @@ def _tiny_graph(tmp_path, *, decoder_weight: bool, extra_decoder_input: bool) ->
     else:
         nodes.append(helper.make_node("Identity", ["y"], ["output"]))
     graph = helper.make_graph(
-        nodes, "tiny", inputs, [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 1, None])], [weight]
+        nodes,
+        "tiny",
+        inputs,
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 1, None])],
+        [weight],
     )
     path = tmp_path / "tiny.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)]), str(path))
@@ -111,7 +122,12 @@ def test_a_cuttable_tiny_graph_is_cut(tmp_path):
 @pytest.mark.parametrize("decoder_weight, extra_input", [(False, False), (True, True)])
 def test_graphs_that_cannot_be_cut_fall_back(tmp_path, caplog, decoder_weight, extra_input):
     caplog.set_level("INFO")
-    assert SplitVits.load(_tiny_graph(tmp_path, decoder_weight=decoder_weight, extra_decoder_input=extra_input), _make) is None
+    assert (
+        SplitVits.load(
+            _tiny_graph(tmp_path, decoder_weight=decoder_weight, extra_decoder_input=extra_input), _make
+        )
+        is None
+    )
     assert "a sentence at a time" in caplog.text
 
 

@@ -16,7 +16,9 @@ class Unavailable(Exception):
 
 def test_backoff_doubles_up_to_its_cap():
     assert list(itertools.islice(Backoff().delays(), 7)) == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0, 1.0]
-    assert list(itertools.islice(Backoff(0.05, 0.3, 3.0).delays(), 4)) == pytest.approx([0.05, 0.15, 0.3, 0.3])
+    assert list(itertools.islice(Backoff(0.05, 0.3, 3.0).delays(), 4)) == pytest.approx(
+        [0.05, 0.15, 0.3, 0.3]
+    )
 
 
 class Attempts:
@@ -71,7 +73,9 @@ async def test_other_errors_are_not_retried():
 
 async def test_cancelling_the_caller_ends_the_wait_at_once():
     attempt = Attempts(failures=10**6)
-    task = asyncio.ensure_future(retry_until(attempt, 30.0, retry_on=(Unavailable,), backoff=Backoff(0.01, 0.05)))
+    task = asyncio.ensure_future(
+        retry_until(attempt, 30.0, retry_on=(Unavailable,), backoff=Backoff(0.01, 0.05))
+    )
     while len(attempt.calls) < 3:
         await asyncio.sleep(0.01)
     t0 = asyncio.get_running_loop().time()

@@ -27,14 +27,23 @@ class EmbeddedResponder(Responder):
     name = "embedded"
 
     def __init__(
-        self, engine: LlamaEngine, *, system_prompt: str | None = None, history_tokens: int | None = None,
-        max_tokens: int = 120, temperature: float = 0.3, timeout_s: float = 20.0, first_token_timeout_s: float = 8.0,
+        self,
+        engine: LlamaEngine,
+        *,
+        system_prompt: str | None = None,
+        history_tokens: int | None = None,
+        max_tokens: int = 120,
+        temperature: float = 0.3,
+        timeout_s: float = 20.0,
+        first_token_timeout_s: float = 8.0,
     ) -> None:
         self.engine = engine
         context = engine.settings.context_tokens
         budget = history_tokens if history_tokens else context - max_tokens
-        self.memory = ChatMemory(SPOKEN_SYSTEM_PROMPT if system_prompt is None else system_prompt,
-                                 min(budget, context - max_tokens))
+        self.memory = ChatMemory(
+            SPOKEN_SYSTEM_PROMPT if system_prompt is None else system_prompt,
+            min(budget, context - max_tokens),
+        )
         self.max_tokens = max_tokens
         self.temperature = temperature
         self.timeout_s = timeout_s
@@ -110,9 +119,17 @@ def engine_for(settings) -> LlamaEngine:
 
     model = DEFAULT_LLM if settings.model in ("", "local") else settings.model
     path = locate_llm(model, settings.models_dir)
-    hint = fetch_command(model, settings.models_dir) if not model.endswith(".gguf") else f"a good copy of {path}"
-    return LlamaEngine(EngineSettings(
-        model_path=path, context_tokens=settings.context_tokens, parallel=settings.parallel,
-        max_waiting=settings.max_waiting, n_gpu_layers=settings.n_gpu_layers, threads=settings.threads,
-        fetch_hint=hint,
-    ))
+    hint = (
+        fetch_command(model, settings.models_dir) if not model.endswith(".gguf") else f"a good copy of {path}"
+    )
+    return LlamaEngine(
+        EngineSettings(
+            model_path=path,
+            context_tokens=settings.context_tokens,
+            parallel=settings.parallel,
+            max_waiting=settings.max_waiting,
+            n_gpu_layers=settings.n_gpu_layers,
+            threads=settings.threads,
+            fetch_hint=hint,
+        )
+    )

@@ -106,8 +106,9 @@ class LlamaEngine:
         with path.open("rb") as fh:
             magic = fh.read(4)
         if magic != GGUF_MAGIC:
-            raise ModelLoadError(f"{path} is not a GGUF model file (it starts with {magic!r}); "
-                                 f"reinstall it with `{hint}`")
+            raise ModelLoadError(
+                f"{path} is not a GGUF model file (it starts with {magic!r}); reinstall it with `{hint}`"
+            )
         import xllamacpp
 
         s = self.settings
@@ -125,9 +126,16 @@ class LlamaEngine:
         try:
             self._server = xllamacpp.Server(params)
         except Exception as exc:  # noqa: BLE001 - the binding raises whatever llama.cpp reported
-            raise ModelLoadError(f"llama.cpp could not load {path}: {exc}; reinstall it with `{hint}`") from None
-        log.info("LLM loaded: %s (context %d tokens × %d slots, n_gpu_layers=%d)",
-                 path.name, s.context_tokens, s.parallel, s.n_gpu_layers)
+            raise ModelLoadError(
+                f"llama.cpp could not load {path}: {exc}; reinstall it with `{hint}`"
+            ) from None
+        log.info(
+            "LLM loaded: %s (context %d tokens × %d slots, n_gpu_layers=%d)",
+            path.name,
+            s.context_tokens,
+            s.parallel,
+            s.n_gpu_layers,
+        )
 
     async def load_async(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.load)
@@ -138,7 +146,9 @@ class LlamaEngine:
 
     # --- generating --------------------------------------------------------------------------
 
-    async def generate(self, request: dict[str, Any], generation: Generation | None = None) -> AsyncIterator[Chunk]:
+    async def generate(
+        self, request: dict[str, Any], generation: Generation | None = None
+    ) -> AsyncIterator[Chunk]:
         """Stream one chat completion (``request`` as for ``/chat/completions``, ``stream`` implied).
         Closing the iterator (or cancelling its consumer) stops the generation at its next token."""
         if self._server is None:
@@ -147,7 +157,9 @@ class LlamaEngine:
             self._slots = asyncio.Semaphore(self.settings.parallel)
         if self._slots.locked() and self._waiting >= self.settings.max_waiting:
             raise ResponderError(
-                "responder_busy", f"the assistant is answering {self.running} other sessions; please try again shortly")
+                "responder_busy",
+                f"the assistant is answering {self.running} other sessions; please try again shortly",
+            )
         gen = generation or Generation()
         self._waiting += 1
         try:
@@ -171,8 +183,9 @@ class LlamaEngine:
             self.running -= 1
             self._slots.release()
 
-    def _run(self, request: dict[str, Any], gen: Generation, loop: asyncio.AbstractEventLoop,
-             queue: asyncio.Queue) -> None:
+    def _run(
+        self, request: dict[str, Any], gen: Generation, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue
+    ) -> None:
         put = queue.put_nowait
 
         def on_chunk(chunk: Any) -> bool:
@@ -224,5 +237,7 @@ def _error(error: Any) -> ResponderError | ContextOverflow:
     kind = error.get("type", "") if isinstance(error, dict) else ""
     if kind == "exceed_context_size_error" or "context" in message.lower() and "exceed" in message.lower():
         counts = error if isinstance(error, dict) else {}
-        return ContextOverflow(message, int(counts.get("n_prompt_tokens") or 0), int(counts.get("n_ctx") or 0))
+        return ContextOverflow(
+            message, int(counts.get("n_prompt_tokens") or 0), int(counts.get("n_ctx") or 0)
+        )
     return ResponderError("responder_unavailable", f"llama.cpp refused the request: {message}")

@@ -45,7 +45,9 @@ def locate_llm(model: str, models_dir: str | Path | None = None) -> Path:
         locked = load_lock().get(model)
     except (LockError, KeyError):
         known = ", ".join(llm_ids()) or "none"
-        raise ValueError(f"unknown LLM model {model!r}; models.lock has: {known} (or give a path to a .gguf)") from None
+        raise ValueError(
+            f"unknown LLM model {model!r}; models.lock has: {known} (or give a path to a .gguf)"
+        ) from None
     if locked.kind != "llm":
         raise ValueError(f"{model!r} is a {locked.kind} model, not an LLM")
     gguf = next(f for f in locked.files if f.name.endswith(".gguf"))

@@ -36,7 +36,9 @@ class ChatMemory:
         self.system_prompt = system_prompt
         self.budget_tokens = budget_tokens
 
-    def messages(self, text: str, history: Sequence[Turn], budget_tokens: int | None = None) -> list[dict[str, str]]:
+    def messages(
+        self, text: str, history: Sequence[Turn], budget_tokens: int | None = None
+    ) -> list[dict[str, str]]:
         """System prompt, the newest turns of ``history`` that fit, and ``text``. The new words
         are always sent (cut to the budget if they alone exceed it); a turn is dropped whole."""
         budget = self.budget_tokens if budget_tokens is None else budget_tokens

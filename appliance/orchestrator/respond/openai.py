@@ -63,7 +63,7 @@ class OpenAIResponder(Responder):
 
     def messages(self, text: str, history: list[Turn]) -> list[dict[str, str]]:
         """The chat messages for one request: system prompt, recent history, the new words."""
-        recent = history[-self.max_history_turns:] if self.max_history_turns > 0 else []
+        recent = history[-self.max_history_turns :] if self.max_history_turns > 0 else []
         system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
         turns = [{"role": t.role, "content": t.text} for t in recent]
         return [*system, *turns, {"role": "user", "content": text}]

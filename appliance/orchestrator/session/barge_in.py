@@ -45,7 +45,7 @@ def is_backchannel(text: str, words: Iterable[str]) -> bool:
     i = 0
     while i < len(tokens):
         for n in (3, 2, 1):
-            piece = " ".join(tokens[i:i + n])
+            piece = " ".join(tokens[i : i + n])
             if len(tokens) - i >= n and (piece in phrases or re.sub(r"(.)\1+", r"\1", piece) in phrases):
                 i += n
                 break
@@ -56,8 +56,17 @@ def is_backchannel(text: str, words: Iterable[str]) -> bool:
 
 class BargeInControl:
     def __init__(
-        self, session_id: str, settings: OrchestratorSettings, sm: StateMachine, playback: Playback, tts: TtsLink, *,
-        emit: Callable[[ServerEvent], None], spawn: Callable[..., asyncio.Task], stop_turn: Callable[[], None], metrics=None,
+        self,
+        session_id: str,
+        settings: OrchestratorSettings,
+        sm: StateMachine,
+        playback: Playback,
+        tts: TtsLink,
+        *,
+        emit: Callable[[ServerEvent], None],
+        spawn: Callable[..., asyncio.Task],
+        stop_turn: Callable[[], None],
+        metrics=None,
     ) -> None:
         self.session_id = session_id
         self.settings = settings
@@ -107,7 +116,9 @@ class BargeInControl:
         self._arm()
 
     def _arm(self) -> None:
-        self._timer = asyncio.get_running_loop().call_later(self.settings.playback.barge_in_confirm_ms / 1000, self._timeout)
+        self._timer = asyncio.get_running_loop().call_later(
+            self.settings.playback.barge_in_confirm_ms / 1000, self._timeout
+        )
 
     def _timeout(self) -> None:
         if self.backchannels and (self.deciding or self._speech_on):

@@ -47,8 +47,16 @@ log = logging.getLogger(__name__)
 
 class Conversation:
     def __init__(
-        self, session_id: str, channel: Channel, settings: OrchestratorSettings, *, asr: AsrEngine,
-        responder: Responder, tts: TtsLink, metrics=None, responder_description: str | None = None,
+        self,
+        session_id: str,
+        channel: Channel,
+        settings: OrchestratorSettings,
+        *,
+        asr: AsrEngine,
+        responder: Responder,
+        tts: TtsLink,
+        metrics=None,
+        responder_description: str | None = None,
         turn_model=None,
     ) -> None:
         self.id = session_id
@@ -59,18 +67,44 @@ class Conversation:
         self.metrics = metrics
         self.outbox = Outbox(channel)
         self.sm = StateMachine(session_id, self._on_state)
-        self.listening = Listener(settings, channel.hello.sample_rate, asr, self.sm, self,
-                                  emit=self.outbox.emit, spawn=self._spawn,
-                                  end_of_turn=EndOfTurn(settings.turn, turn_model))
+        self.listening = Listener(
+            settings,
+            channel.hello.sample_rate,
+            asr,
+            self.sm,
+            self,
+            emit=self.outbox.emit,
+            spawn=self._spawn,
+            end_of_turn=EndOfTurn(settings.turn, turn_model),
+        )
         self.playback = Playback(self._send_audio, settings.playback.lead_ms / 1000, self.sm)
-        self.barge_in = BargeInControl(session_id, settings, self.sm, self.playback, tts, emit=self.outbox.emit,
-                                spawn=self._spawn, stop_turn=self._stop_turn, metrics=metrics)
+        self.barge_in = BargeInControl(
+            session_id,
+            settings,
+            self.sm,
+            self.playback,
+            tts,
+            emit=self.outbox.emit,
+            spawn=self._spawn,
+            stop_turn=self._stop_turn,
+            metrics=metrics,
+        )
         self.limits = SessionLimits(settings.session)
-        self.replier = Replier(session_id, responder, tts, self.playback, self.sm, emit=self.outbox.emit,
-                               settle=self._settle_after_turn, metrics=metrics)
+        self.replier = Replier(
+            session_id,
+            responder,
+            tts,
+            self.playback,
+            self.sm,
+            emit=self.outbox.emit,
+            settle=self._settle_after_turn,
+            metrics=metrics,
+        )
         self.turns = 0
         self._turn_task: asyncio.Task | None = None
-        self._heard: tuple[np.ndarray, TurnTimes] | None = None  # the spoken turn in flight, not answered aloud yet
+        self._heard: tuple[np.ndarray, TurnTimes] | None = (
+            None  # the spoken turn in flight, not answered aloud yet
+        )
         self._carried: tuple[np.ndarray, TurnTimes] | None = None  # ... stopped because the person went on
         self._background: set[asyncio.Task] = set()
 
@@ -220,7 +254,9 @@ class Conversation:
         limit = self.settings.session.max_turns
         if self.turns >= limit:
             coro.close()
-            raise SessionEnded("max_turns", f"this session reached its limit of {limit} turns", CloseCode.MAX_TURNS)
+            raise SessionEnded(
+                "max_turns", f"this session reached its limit of {limit} turns", CloseCode.MAX_TURNS
+            )
         if self._turn_task and not self._turn_task.done():  # a new turn replaces the running one
             self.barge_in.now()
             if self.sm.state is State.BARGED_IN:

@@ -35,7 +35,9 @@ class EndOfTurn:
         if not self.smart:
             return vad
         endpoint = max(self.settings.incomplete_timeout_ms, self.settings.pause_ms)
-        return vad.model_copy(update={"provisional_silence_ms": self.settings.pause_ms, "endpoint_silence_ms": endpoint})
+        return vad.model_copy(
+            update={"provisional_silence_ms": self.settings.pause_ms, "endpoint_silence_ms": endpoint}
+        )
 
     def soonest_end_ms(self, vad: VadConfig) -> float:
         """The least silence after which a turn may end, from the last voiced frame."""
@@ -50,6 +52,10 @@ class EndOfTurn:
     async def judge(self, audio: np.ndarray) -> TurnVerdict:
         assert self.model is not None
         verdict = await self.model.judge(audio)
-        log.debug("turn model: %s p=%.2f in %.0f ms", "complete" if verdict.complete else "incomplete",
-                  verdict.probability, verdict.ms)
+        log.debug(
+            "turn model: %s p=%.2f in %.0f ms",
+            "complete" if verdict.complete else "incomplete",
+            verdict.probability,
+            verdict.ms,
+        )
         return verdict

@@ -37,12 +37,18 @@ class SessionLimits:
         except TimeoutError:
             if time.monotonic() - self._started >= s.max_duration_s:
                 raise self._max_duration() from None
-            raise SessionEnded("idle_timeout", f"no input for {s.idle_timeout_s:.0f} s; session closed",
-                               CloseCode.IDLE_TIMEOUT) from None
+            raise SessionEnded(
+                "idle_timeout",
+                f"no input for {s.idle_timeout_s:.0f} s; session closed",
+                CloseCode.IDLE_TIMEOUT,
+            ) from None
         if message is not None:
             self._last_activity = time.monotonic()
         return message
 
     def _max_duration(self) -> SessionEnded:
-        return SessionEnded("max_duration", f"this session reached its maximum duration of "
-                            f"{self.settings.max_duration_s:.0f} s", CloseCode.MAX_DURATION)
+        return SessionEnded(
+            "max_duration",
+            f"this session reached its maximum duration of {self.settings.max_duration_s:.0f} s",
+            CloseCode.MAX_DURATION,
+        )

@@ -48,8 +48,16 @@ class ListeningHost(Protocol):
 
 class Listener:
     def __init__(
-        self, settings: OrchestratorSettings, sample_rate: int, asr: AsrEngine, sm: StateMachine, host: ListeningHost,
-        *, emit: Callable[[ServerEvent], None], spawn: Callable[..., asyncio.Task], end_of_turn: EndOfTurn | None = None,
+        self,
+        settings: OrchestratorSettings,
+        sample_rate: int,
+        asr: AsrEngine,
+        sm: StateMachine,
+        host: ListeningHost,
+        *,
+        emit: Callable[[ServerEvent], None],
+        spawn: Callable[..., asyncio.Task],
+        end_of_turn: EndOfTurn | None = None,
     ) -> None:
         self.settings = settings
         self.sample_rate = sample_rate
@@ -84,7 +92,9 @@ class Listener:
         return self.detector.voiced_ms
 
     def set_state(self, state: State) -> None:
-        self.detector.set_mode({State.SPEAKING: "speaking", State.BARGED_IN: "barged_in"}.get(state, "listening"))
+        self.detector.set_mode(
+            {State.SPEAKING: "speaking", State.BARGED_IN: "barged_in"}.get(state, "listening")
+        )
 
     def played(self, frame: bytes, at: float) -> None:
         """A reply frame went to the client: it may come back in the microphone."""
@@ -135,8 +145,11 @@ class Listener:
         if not self.host.speech_ended():
             return
         loop = asyncio.get_running_loop()
-        times = TurnTimes(speech_end_arrival=self.timeline.arrival_of(event.t_ms), endpoint_at=loop.time(),
-                          turn_model_ms=self._verdict_ms)
+        times = TurnTimes(
+            speech_end_arrival=self.timeline.arrival_of(event.t_ms),
+            endpoint_at=loop.time(),
+            turn_model_ms=self._verdict_ms,
+        )
         self.host.turn_heard(event.audio, self._take_speculative(event.t_ms), times)
 
     async def transcribe(self, audio: np.ndarray, speculative: asyncio.Task | None) -> Transcript:

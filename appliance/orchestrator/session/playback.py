@@ -72,7 +72,10 @@ class Playback:
             self.pacer.push(frame, (reply, reply.voiced))  # once played, reply.text[:voiced] was heard
 
     async def finish(
-        self, reply: ReplyStream, pump: asyncio.Future, unavailable: Callable[[TtsUnavailable], None],
+        self,
+        reply: ReplyStream,
+        pump: asyncio.Future,
+        unavailable: Callable[[TtsUnavailable], None],
     ) -> None:
         """Wait until the reply's audio has been sent. A failover that found no worker ends the reply
         with what was voiced (``unavailable`` is told at once, before the rest plays out)."""

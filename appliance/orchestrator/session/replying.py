@@ -22,8 +22,16 @@ log = logging.getLogger(__name__)
 
 class Replier:
     def __init__(
-        self, session_id: str, responder: Responder, tts: TtsLink, playback: Playback, sm: StateMachine, *,
-        emit: Callable[[ServerEvent], None], settle: Callable[[], None], metrics=None,
+        self,
+        session_id: str,
+        responder: Responder,
+        tts: TtsLink,
+        playback: Playback,
+        sm: StateMachine,
+        *,
+        emit: Callable[[ServerEvent], None],
+        settle: Callable[[], None],
+        metrics=None,
     ) -> None:
         self.id = session_id
         self.responder = responder
@@ -61,9 +69,13 @@ class Replier:
         self.history = [turn for turn in self.history if turn is not said]
         if heard:
             self.history.append(Turn("assistant", heard))
-        log.info("reply stopped session=%s heard %d of %d chars", self.id, len(heard), len(reply.text.strip()))
+        log.info(
+            "reply stopped session=%s heard %d of %d chars", self.id, len(heard), len(reply.text.strip())
+        )
 
-    async def _write(self, text: str, reply: ReplyStream, pump: asyncio.Future, times: TurnTimes) -> list[str]:
+    async def _write(
+        self, text: str, reply: ReplyStream, pump: asyncio.Future, times: TurnTimes
+    ) -> list[str]:
         """The responder's words to the worker as they come; the sentences said, as the client saw them."""
         loop = asyncio.get_running_loop()
         spoken: list[str] = []

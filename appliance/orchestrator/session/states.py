@@ -47,7 +47,9 @@ class InvalidTransition(RuntimeError):
 
 
 class StateMachine:
-    def __init__(self, session_id: str, on_change: Callable[[State, State], None] = lambda old, new: None) -> None:
+    def __init__(
+        self, session_id: str, on_change: Callable[[State, State], None] = lambda old, new: None
+    ) -> None:
         self.session_id = session_id
         self.state = State.IDLE
         self._on_change = on_change

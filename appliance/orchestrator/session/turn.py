@@ -36,9 +36,13 @@ class TurnTimes:
 
     def extra_ms(self) -> dict[str, float | None]:
         """Timings beyond the stages (additive fields of the `metrics` event)."""
+
         def r(v: float | None) -> float | None:
             return None if v is None else round(v, 1)
+
         return {"asr_queue_ms": r(self.asr_queue_ms), "turn_model_ms": r(self.turn_model_ms)}
 
     def event(self) -> TurnMetrics:
-        return TurnMetrics(**{f"{stage}_ms": ms for stage, ms in self.stages_ms().items()}, extra=self.extra_ms())
+        return TurnMetrics(
+            **{f"{stage}_ms": ms for stage, ms in self.stages_ms().items()}, extra=self.extra_ms()
+        )

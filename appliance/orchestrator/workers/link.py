@@ -28,7 +28,13 @@ FAILOVER_START_TIMEOUT_S = 3.0  # StartSession on another worker during a failov
 
 class TtsLink:
     def __init__(
-        self, pool: WorkerPool, session_id: str, model_id: str = "", *, stall_s: float = 1.2, retry_s: float = 0.0,
+        self,
+        pool: WorkerPool,
+        session_id: str,
+        model_id: str = "",
+        *,
+        stall_s: float = 1.2,
+        retry_s: float = 0.0,
         metrics=None,
     ) -> None:
         self.pool = pool
@@ -43,14 +49,19 @@ class TtsLink:
         self._unpaused.set()
         self._starting: asyncio.Task | None = None
         self._background: set[asyncio.Task] = set()
-        self._unended: dict[str, TTSClient] = {}  # workers failed away from whose EndSession did not get through
+        self._unended: dict[
+            str, TTSClient
+        ] = {}  # workers failed away from whose EndSession did not get through
 
     async def open(self) -> None:
         self.client = await self.pool.start_session(self.session_id, self.model_id)
         log.info("tts session session=%s worker=%s", self.session_id, self.client.address)
 
     def reply(
-        self, *, buffered: Callable[[], float] | None = None, on_failover: Callable[[int], None] | None = None,
+        self,
+        *,
+        buffered: Callable[[], float] | None = None,
+        on_failover: Callable[[int], None] | None = None,
     ) -> ReplyStream:
         """A new reply on this session; see :class:`ReplyStream` for the callbacks."""
         return ReplyStream(self, metrics=self.metrics, buffered=buffered, on_failover=on_failover)
@@ -65,7 +76,9 @@ class TtsLink:
         assert self.client is not None
         return self.client
 
-    async def failover(self, dead: TTSClient, cause: str, exclude: set[str], replace: bool = True) -> TTSClient | None:
+    async def failover(
+        self, dead: TTSClient, cause: str, exclude: set[str], replace: bool = True
+    ) -> TTSClient | None:
         """Take ``dead`` out of rotation and move the session to another worker (not in ``exclude``).
         With none, waits for any (``dead`` included) for up to ``retry_s``; raises TtsUnavailable
         when none accepts it by then. ``replace=False``: only drop the dead one."""
@@ -85,7 +98,11 @@ class TtsLink:
             if self.retry_s <= 0:
                 raise
             await wait_for_worker(
-                self._retry_start, self.retry_s, str(exc), session_id=self.session_id, metrics=self.metrics,
+                self._retry_start,
+                self.retry_s,
+                str(exc),
+                session_id=self.session_id,
+                metrics=self.metrics,
                 serving=lambda: self.client.address if self.client else None,
             )
 
@@ -96,7 +113,9 @@ class TtsLink:
     async def _start(self, exclude: set[str], timeout_s: float = FAILOVER_START_TIMEOUT_S) -> None:
         # Shielded: a reply cancelled meanwhile (barge-in) must not leave the session half-moved.
         self._starting = asyncio.ensure_future(self._start_session(exclude, timeout_s))
-        self._starting.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved, even if orphaned
+        self._starting.add_done_callback(
+            lambda t: t.cancelled() or t.exception()
+        )  # retrieved, even if orphaned
         try:
             await asyncio.shield(self._starting)
         finally:
@@ -133,7 +152,11 @@ class TtsLink:
         except grpc.aio.AioRpcError as exc:
             log.warning(
                 "control %s failed session=%s worker=%s: %s %s",
-                command.name.lower(), self.session_id, client.address, exc.code().name, exc.details(),
+                command.name.lower(),
+                self.session_id,
+                client.address,
+                exc.code().name,
+                exc.details(),
             )
             return False
 
@@ -149,12 +172,18 @@ class TtsLink:
 
     async def _end_on(self, client: TTSClient) -> None:
         try:
-            await client.stub.EndSession(pb.EndSessionRequest(session_id=self.session_id), timeout=CONTROL_TIMEOUT_S)
+            await client.stub.EndSession(
+                pb.EndSessionRequest(session_id=self.session_id), timeout=CONTROL_TIMEOUT_S
+            )
         except grpc.aio.AioRpcError as exc:
             if exc.code() != grpc.StatusCode.NOT_FOUND:
                 if client.address not in self._unended:
-                    log.info("EndSession failed session=%s worker=%s: %s", self.session_id, client.address,
-                             exc.code().name)
+                    log.info(
+                        "EndSession failed session=%s worker=%s: %s",
+                        self.session_id,
+                        client.address,
+                        exc.code().name,
+                    )
                 self._unended[client.address] = client
                 return
         self._unended.pop(client.address, None)

@@ -29,7 +29,9 @@ class TtsUnavailable(Exception):
 class WorkerPool(Protocol):
     async def start(self) -> None: ...
 
-    async def start_session(self, session_id: str, model_id: str = "", exclude: Iterable[str] = ()) -> TTSClient:
+    async def start_session(
+        self, session_id: str, model_id: str = "", exclude: Iterable[str] = ()
+    ) -> TTSClient:
         """The client of the worker that accepted the session; raises :class:`TtsUnavailable`."""
         ...
 
@@ -47,12 +49,16 @@ class RoutingMetrics:
 
     def __init__(self, registry: CollectorRegistry | None) -> None:
         self.routed = Counter(
-            "appliance_worker_routed_total", "Sessions routed to each TTS worker", ["worker", "address"],
+            "appliance_worker_routed_total",
+            "Sessions routed to each TTS worker",
+            ["worker", "address"],
             registry=registry,
         )
         self.loads = Counter(
-            "appliance_worker_model_loads_total", "LoadModel requests made by routing (model not resident anywhere)",
-            ["worker", "model", "outcome"], registry=registry,
+            "appliance_worker_model_loads_total",
+            "LoadModel requests made by routing (model not resident anywhere)",
+            ["worker", "model", "outcome"],
+            registry=registry,
         )
 
     def routed_to(self, *labels: str) -> int:

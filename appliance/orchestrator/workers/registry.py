@@ -60,8 +60,13 @@ def source_label(*, static: bool, in_redis: bool) -> str:
 
 class WorkerRegistry:
     def __init__(
-        self, url: str, password: str | None, prefix: str = discovery.DEFAULT_PREFIX, *,
-        resync_s: float = 10.0, clock: Callable[[], float] = time.monotonic,
+        self,
+        url: str,
+        password: str | None,
+        prefix: str = discovery.DEFAULT_PREFIX,
+        *,
+        resync_s: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.url = url
         self._password = password
@@ -100,8 +105,13 @@ class WorkerRegistry:
         if entry is None or entry.down is not None:
             return False
         entry.down, entry.down_at = reason, self._clock()
-        log.warning("worker marked down worker=%s address=%s source=%s reason=%s",
-                    entry.record.name, address, entry.source, reason)
+        log.warning(
+            "worker marked down worker=%s address=%s source=%s reason=%s",
+            entry.record.name,
+            address,
+            entry.source,
+            reason,
+        )
         self._notify()
         return True
 
@@ -109,8 +119,13 @@ class WorkerRegistry:
         entry = self.entries.get(address)
         if entry is not None and entry.down is not None:
             if announce:
-                log.info("worker back in rotation worker=%s address=%s source=%s (%s)",
-                         entry.record.name, address, entry.source, how)
+                log.info(
+                    "worker back in rotation worker=%s address=%s source=%s (%s)",
+                    entry.record.name,
+                    address,
+                    entry.source,
+                    how,
+                )
             entry.down = None
             self._notify()
 
@@ -122,8 +137,15 @@ class WorkerRegistry:
             self._notify()
             return
         now = self._clock()
-        self.entries[record.address] = Entry(record, now, self._next_version(), down=down,
-                                             down_at=now if down else 0.0, static=True, in_redis=False)
+        self.entries[record.address] = Entry(
+            record,
+            now,
+            self._next_version(),
+            down=down,
+            down_at=now if down else 0.0,
+            static=True,
+            in_redis=False,
+        )
         self._notify()
 
     def describe(self, record: WorkerRecord) -> bool:
@@ -147,7 +169,9 @@ class WorkerRegistry:
         address = record.address
         entry = self.entries.get(address)
         if event == "deregister":
-            same_instance = entry is not None and (not record.instance or record.instance == entry.record.instance)
+            same_instance = entry is not None and (
+                not record.instance or record.instance == entry.record.instance
+            )
             if same_instance and entry.in_redis:
                 self._leave_redis(address, "worker left")
             return
@@ -156,7 +180,10 @@ class WorkerRegistry:
             self.entries[address] = Entry(record, now, self._next_version())
             log.info(
                 "worker joined worker=%s address=%s models=%s languages=%s",
-                record.name, address, ",".join(record.resident_models) or "-", ",".join(record.capabilities.languages),
+                record.name,
+                address,
+                ",".join(record.resident_models) or "-",
+                ",".join(record.capabilities.languages),
             )
             self._notify()
             return
@@ -185,7 +212,7 @@ class WorkerRegistry:
                 event, record = discovery.decode_announcement(raw)
             else:
                 event, record = "heartbeat", discovery.decode(raw)
-                expected = source[len(discovery.worker_key(self.prefix, "")):]
+                expected = source[len(discovery.worker_key(self.prefix, "")) :]
                 if record.address != expected:
                     raise BadRecord(f"address {record.address!r} does not match the key")
         except BadRecord as exc:
@@ -291,18 +318,27 @@ class WorkerRegistry:
     def _set_connected(self, up: bool, exc: BaseException | None = None) -> None:
         if up and not self.connected:
             now = self._clock()
-            for entry in self.entries.values():  # a fresh TTL to re-register in (Redis may have restarted empty)
+            for (
+                entry
+            ) in self.entries.values():  # a fresh TTL to re-register in (Redis may have restarted empty)
                 entry.seen_at = max(entry.seen_at, now)
             self.connects += 1
             outage = f" after {now - self._outage_since:.1f}s" if self._outage_since is not None else ""
-            log.info("Redis connected at %s%s: %d workers registered",
-                     discovery.redact(self.url), outage, len(self.entries))
+            log.info(
+                "Redis connected at %s%s: %d workers registered",
+                discovery.redact(self.url),
+                outage,
+                len(self.entries),
+            )
             self._outage_since = None
         elif not up and (self.connected or self._outage_since is None):
             self._outage_since = self._clock()
             log.warning(
                 "Redis unreachable at %s (%s: %s): routing goes on to the %d workers last known, retrying",
-                discovery.redact(self.url), type(exc).__name__, str(exc)[:200], len(self.entries),
+                discovery.redact(self.url),
+                type(exc).__name__,
+                str(exc)[:200],
+                len(self.entries),
             )
         self.connected = up
         self._notify()

@@ -41,10 +41,17 @@ CHECK_S = 0.05  # how often a silent stream is checked for a stall
 LOW_WATER_S = 0.2  # frames are due once the audio held for the client is down to this
 # Statuses that mean "this worker cannot finish the stream"; the others (bad text, …) are the
 # request's fault and would fail on any worker.
-FAILOVER_CODES = frozenset({
-    grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL,
-    grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED, grpc.StatusCode.NOT_FOUND,
-})
+FAILOVER_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.NOT_FOUND,
+    }
+)
 _EOS = object()
 _CANCELLED = object()
 
@@ -62,7 +69,9 @@ class StreamHost(Protocol):
         """The worker serving the session (waits for one if there is none)."""
         ...
 
-    async def failover(self, dead: TTSClient, cause: str, exclude: set[str], replace: bool = True) -> TTSClient | None:
+    async def failover(
+        self, dead: TTSClient, cause: str, exclude: set[str], replace: bool = True
+    ) -> TTSClient | None:
         """Take ``dead`` out of rotation; with ``replace``, the worker the session moved to."""
         ...
 
@@ -96,7 +105,11 @@ class ReplyStream:
     dropped."""
 
     def __init__(
-        self, host: StreamHost, *, metrics=None, buffered: Callable[[], float] | None = None,
+        self,
+        host: StreamHost,
+        *,
+        metrics=None,
+        buffered: Callable[[], float] | None = None,
         on_failover: Callable[[int], None] | None = None,
     ) -> None:
         self.host = host
@@ -195,10 +208,14 @@ class ReplyStream:
         try:
             while True:
                 try:
-                    item = items.get_nowait() if items.qsize() else await asyncio.wait_for(items.get(), CHECK_S)
+                    item = (
+                        items.get_nowait() if items.qsize() else await asyncio.wait_for(items.get(), CHECK_S)
+                    )
                 except TimeoutError:
                     if self._stalled(loop.time()):
-                        raise WorkerFailed("stalled", f"no audio for {self.host.stall_s:.1f}s while it was due") from None
+                        raise WorkerFailed(
+                            "stalled", f"no audio for {self.host.stall_s:.1f}s while it was due"
+                        ) from None
                     continue
                 if self._cancelled or item is _CANCELLED:
                     return
@@ -239,8 +256,14 @@ class ReplyStream:
     def _failed(self, address: str, failure: WorkerFailed) -> Failover:
         loop = asyncio.get_running_loop()
         record = Failover(
-            worker=address, cause=failure.cause, detail=str(failure), last_frame_at=self._last_frame_at,
-            detected_at=loop.time(), resend_from=self.voiced, text_len=len(self.text), repeated=self.partial_frames,
+            worker=address,
+            cause=failure.cause,
+            detail=str(failure),
+            last_frame_at=self._last_frame_at,
+            detected_at=loop.time(),
+            resend_from=self.voiced,
+            text_len=len(self.text),
+            repeated=self.partial_frames,
         )
         self.failovers.append(record)
         if self.metrics is not None:
@@ -256,8 +279,16 @@ class ReplyStream:
         log.warning(
             "tts failover session=%s worker=%s cause=%s (%s) to=%s resend_from=%d/%d%s repeated_frames=%d "
             "detect_ms=%.0f gap_ms=%s",
-            self.session_id, f.worker, f.cause, f.detail, f.to, f.resend_from, f.text_len,
-            "" if self.finished else "+", f.repeated, (f.detected_at - f.last_frame_at) * 1000,
+            self.session_id,
+            f.worker,
+            f.cause,
+            f.detail,
+            f.to,
+            f.resend_from,
+            f.text_len,
+            "" if self.finished else "+",
+            f.repeated,
+            (f.detected_at - f.last_frame_at) * 1000,
             "-" if f.gap_s is None else f"{f.gap_s * 1000:.0f}",
         )
 

@@ -39,8 +39,12 @@ _DEAD = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 class RoutedPool:
     def __init__(
-        self, registry: WorkerRegistry, request: RouteRequest | None = None, *,
-        metrics_registry: CollectorRegistry | None = None, health_check_s: float = 2.0,
+        self,
+        registry: WorkerRegistry,
+        request: RouteRequest | None = None,
+        *,
+        metrics_registry: CollectorRegistry | None = None,
+        health_check_s: float = 2.0,
         static_workers: list[str] | None = None,
     ) -> None:
         self.registry = registry
@@ -57,7 +61,9 @@ class RoutedPool:
         self._health_task: asyncio.Task | None = None
 
     @classmethod
-    def from_settings(cls, s: OrchestratorSettings, metrics_registry: CollectorRegistry | None = None) -> RoutedPool:
+    def from_settings(
+        cls, s: OrchestratorSettings, metrics_registry: CollectorRegistry | None = None
+    ) -> RoutedPool:
         d = s.discovery
         secret = s.redis_password.get_secret_value() if s.redis_password else None
         try:
@@ -67,12 +73,21 @@ class RoutedPool:
         if not password:
             log.warning("Redis at %s is used without a password", discovery.redact(s.redis_url))
         static = s.listed_workers()
-        log.info("workers are discovered in Redis at %s (prefix %r)%s", discovery.redact(s.redis_url),
-                 d.key_prefix, f" and listed statically: {', '.join(static)}" if static else "")
+        log.info(
+            "workers are discovered in Redis at %s (prefix %r)%s",
+            discovery.redact(s.redis_url),
+            d.key_prefix,
+            f" and listed statically: {', '.join(static)}" if static else "",
+        )
         registry = WorkerRegistry(s.redis_url or "", password, d.key_prefix, resync_s=d.resync_s)
         request = RouteRequest(language=d.language, require=frozenset(d.require))
-        return cls(registry, request, metrics_registry=metrics_registry, health_check_s=d.health_check_s,
-                   static_workers=static)
+        return cls(
+            registry,
+            request,
+            metrics_registry=metrics_registry,
+            health_check_s=d.health_check_s,
+            static_workers=static,
+        )
 
     async def start(self) -> None:
         self.registry.start()
@@ -84,20 +99,26 @@ class RoutedPool:
         has_static = bool(self.static.addresses)
         try:
             await self.registry.wait_until(
-                lambda: self.registry.connected or (has_static and self.registry.in_outage), INITIAL_SYNC_S)
+                lambda: self.registry.connected or (has_static and self.registry.in_outage), INITIAL_SYNC_S
+            )
         except TimeoutError:
             pass
         if not self.registry.connected:
             url = discovery.redact(self.registry.url)
             if has_static:
-                log.warning("Redis not reachable yet at %s: routing to the %d static workers until it is",
-                            url, len(self.static.addresses))
+                log.warning(
+                    "Redis not reachable yet at %s: routing to the %d static workers until it is",
+                    url,
+                    len(self.static.addresses),
+                )
             else:
                 log.warning("Redis not reachable yet at %s: no workers until it is", url)
 
     # --- the pool interface ----------------------------------------------------------------
 
-    async def start_session(self, session_id: str, model_id: str = "", exclude: Iterable[str] = ()) -> TTSClient:
+    async def start_session(
+        self, session_id: str, model_id: str = "", exclude: Iterable[str] = ()
+    ) -> TTSClient:
         skip = set(exclude)
         decision = self.decide(model_id, skip)
         if not decision.attempts and self.registry.down_addresses() - skip:
@@ -113,7 +134,9 @@ class RoutedPool:
             client = self._client(w.address)
             request = pb.StartSessionRequest(session_id=session_id, model_id=attempt.model_id)
             try:
-                await client.stub.StartSession(request, timeout=RESIDENT_START_TIMEOUT_S if attempt.resident else LOAD_TIMEOUT_S)
+                await client.stub.StartSession(
+                    request, timeout=RESIDENT_START_TIMEOUT_S if attempt.resident else LOAD_TIMEOUT_S
+                )
             except grpc.aio.AioRpcError as exc:
                 errors.append(f"{w.name}@{w.address}: {exc.code().name} {exc.details()}")
                 if exc.code() in _DEAD:
@@ -124,8 +147,14 @@ class RoutedPool:
             fallback = " (fallback while the model loads elsewhere)" if attempt.model_id != model_id else ""
             log.info(
                 "routed session=%s worker=%s address=%s model=%s resident=%s queue=%d sessions=%d%s",
-                session_id, w.name, w.address, attempt.model_id or w.default_model or "default", attempt.resident,
-                w.metrics.queue_depth, w.metrics.active_sessions, fallback,
+                session_id,
+                w.name,
+                w.address,
+                attempt.model_id or w.default_model or "default",
+                attempt.resident,
+                w.metrics.queue_depth,
+                w.metrics.active_sessions,
+                fallback,
             )
             return client
         why = "; ".join(errors) or decision.reason or "no workers"
@@ -140,8 +169,12 @@ class RoutedPool:
         entries = self.registry.entries
         extra = {a: n for a, (v, n) in self._assigned.items() if a in entries and entries[a].version == v}
         skip = self.registry.down_addresses() | set(exclude)
-        return route(self.registry.records(), replace(self.request, model_id=model_id), exclude=skip,
-                     extra_sessions=extra)
+        return route(
+            self.registry.records(),
+            replace(self.request, model_id=model_id),
+            exclude=skip,
+            extra_sessions=extra,
+        )
 
     def mark_down(self, address: str, reason: str) -> None:
         self.registry.mark_down(address, reason)
@@ -172,7 +205,12 @@ class RoutedPool:
     def _load_in_background(self, worker, model_id: str) -> None:
         if model_id in self._loading:
             return
-        log.info("model %s is resident nowhere: loading it on worker=%s address=%s", model_id, worker.name, worker.address)
+        log.info(
+            "model %s is resident nowhere: loading it on worker=%s address=%s",
+            model_id,
+            worker.name,
+            worker.address,
+        )
 
         async def load() -> None:
             t0 = time.perf_counter()
@@ -180,17 +218,29 @@ class RoutedPool:
                 reply = await self._client(worker.address).load_model(model_id, timeout=LOAD_TIMEOUT_S)
             except grpc.aio.AioRpcError as exc:
                 self.metrics.loads.labels(worker.name, model_id, exc.code().name.lower()).inc()
-                log.warning("LoadModel failed worker=%s model=%s: %s %s", worker.name, model_id,
-                            exc.code().name, exc.details())
+                log.warning(
+                    "LoadModel failed worker=%s model=%s: %s %s",
+                    worker.name,
+                    model_id,
+                    exc.code().name,
+                    exc.details(),
+                )
                 return
             finally:
                 self._loading.pop(model_id, None)
             self.metrics.loads.labels(worker.name, model_id, "ok").inc()
             entry = self.registry.entries.get(worker.address)
             if entry is not None and model_id not in entry.record.resident_models:
-                self.registry.refresh(worker.address, resident_models=(*entry.record.resident_models, model_id))
-            log.info("model loaded on demand worker=%s model=%s (%s) in %.0f ms", worker.name, model_id,
-                     reply.message, (time.perf_counter() - t0) * 1000)
+                self.registry.refresh(
+                    worker.address, resident_models=(*entry.record.resident_models, model_id)
+                )
+            log.info(
+                "model loaded on demand worker=%s model=%s (%s) in %.0f ms",
+                worker.name,
+                model_id,
+                reply.message,
+                (time.perf_counter() - t0) * 1000,
+            )
 
         self._loading[model_id] = asyncio.create_task(load(), name=f"load-{model_id}")
 
@@ -241,21 +291,40 @@ class RoutedPool:
         workers = []
         for address, e in sorted(self.registry.entries.items(), key=lambda kv: (kv[1].record.name, kv[0])):
             r = e.record
-            workers.append({
-                "name": r.name, "address": address, "default_model": r.default_model,
-                "resident_models": list(r.resident_models), "available_models": list(r.available_models),
-                "languages": list(r.capabilities.languages), "active_sessions": r.metrics.active_sessions,
-                "max_sessions": r.capabilities.max_concurrent_sessions, "queue_depth": r.metrics.queue_depth,
-                "ttfa_p50_ms": r.metrics.ttfa_p50_ms, "rtf": r.metrics.rtf, "healthy": r.healthy,
-                "down": e.down, "source": e.source,
-                "heartbeat_age_s": round(max(0.0, now_wall - r.heartbeat_at), 1) if e.in_redis else None,
-                "seen_age_s": round(now - e.seen_at, 1), "routed": self.metrics.routed_to(r.name, address),
-            })
-        return {"redis": {"url": discovery.redact(self.registry.url), "connected": self.registry.connected,
-                          "bad_records": self.registry.bad_records}, "workers": workers}
+            workers.append(
+                {
+                    "name": r.name,
+                    "address": address,
+                    "default_model": r.default_model,
+                    "resident_models": list(r.resident_models),
+                    "available_models": list(r.available_models),
+                    "languages": list(r.capabilities.languages),
+                    "active_sessions": r.metrics.active_sessions,
+                    "max_sessions": r.capabilities.max_concurrent_sessions,
+                    "queue_depth": r.metrics.queue_depth,
+                    "ttfa_p50_ms": r.metrics.ttfa_p50_ms,
+                    "rtf": r.metrics.rtf,
+                    "healthy": r.healthy,
+                    "down": e.down,
+                    "source": e.source,
+                    "heartbeat_age_s": round(max(0.0, now_wall - r.heartbeat_at), 1) if e.in_redis else None,
+                    "seen_age_s": round(now - e.seen_at, 1),
+                    "routed": self.metrics.routed_to(r.name, address),
+                }
+            )
+        return {
+            "redis": {
+                "url": discovery.redact(self.registry.url),
+                "connected": self.registry.connected,
+                "bad_records": self.registry.bad_records,
+            },
+            "workers": workers,
+        }
 
 
-def make_pool(settings: OrchestratorSettings, metrics_registry: CollectorRegistry | None = None) -> WorkerPool:
+def make_pool(
+    settings: OrchestratorSettings, metrics_registry: CollectorRegistry | None = None
+) -> WorkerPool:
     """Redis configured: the routed pool (with the static workers listed); else the static worker list."""
     if settings.redis_url:
         return RoutedPool.from_settings(settings, metrics_registry)
@@ -267,10 +336,15 @@ class _RegistryCollector:
         self.registry = registry
 
     def collect(self):
-        workers = GaugeMetricFamily("appliance_workers_registered", "TTS workers known to routing", labels=["state"])
+        workers = GaugeMetricFamily(
+            "appliance_workers_registered", "TTS workers known to routing", labels=["state"]
+        )
         down = len(self.registry.down_addresses())
         workers.add_metric(["up"], len(self.registry.entries) - down)
         workers.add_metric(["down"], down)
         yield workers
-        yield GaugeMetricFamily("appliance_registry_redis_connected", "1 while Redis is reachable",
-                                value=1 if self.registry.connected else 0)
+        yield GaugeMetricFamily(
+            "appliance_registry_redis_connected",
+            "1 while Redis is reachable",
+            value=1 if self.registry.connected else 0,
+        )

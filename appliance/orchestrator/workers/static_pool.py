@@ -25,7 +25,9 @@ class StaticPool:
     async def start(self) -> None:
         pass
 
-    async def start_session(self, session_id: str, model_id: str = "", exclude: Iterable[str] = ()) -> TTSClient:
+    async def start_session(
+        self, session_id: str, model_id: str = "", exclude: Iterable[str] = ()
+    ) -> TTSClient:
         skip = set(exclude)
         candidates = [c for c in self.clients if c.address not in skip]
         candidates.sort(key=lambda c: c.address in self.down)
@@ -41,7 +43,9 @@ class StaticPool:
             self.down.discard(client.address)
             self.metrics.routed.labels(client.address, client.address).inc()
             return client
-        raise TtsUnavailable("no TTS worker accepted the session (" + "; ".join(errors or ["no workers available"]) + ")")
+        raise TtsUnavailable(
+            "no TTS worker accepted the session (" + "; ".join(errors or ["no workers available"]) + ")"
+        )
 
     def mark_down(self, address: str, reason: str) -> None:
         if address not in self.down:
@@ -49,11 +53,19 @@ class StaticPool:
         self.down.add(address)
 
     def view(self) -> dict:
-        return {"redis": None, "workers": [
-            {"name": c.address, "address": c.address, "source": "static",
-             "down": "marked down" if c.address in self.down else None,
-             "routed": self.metrics.routed_to(c.address, c.address)} for c in self.clients
-        ]}
+        return {
+            "redis": None,
+            "workers": [
+                {
+                    "name": c.address,
+                    "address": c.address,
+                    "source": "static",
+                    "down": "marked down" if c.address in self.down else None,
+                    "routed": self.metrics.routed_to(c.address, c.address),
+                }
+                for c in self.clients
+            ],
+        }
 
     async def close(self) -> None:
         await asyncio.gather(*(c.close() for c in self.clients), return_exceptions=True)

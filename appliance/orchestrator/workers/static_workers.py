@@ -80,8 +80,11 @@ class StaticWorkers:
         except (grpc.aio.AioRpcError, RuntimeError) as exc:
             self._unreached.add(address)
             self.registry.add_static(unreached_record(address), down=NOT_REACHED)
-            log.warning("static worker not reachable address=%s (%s): kept as down, joins once a probe passes",
-                        address, describe_failure(exc))
+            log.warning(
+                "static worker not reachable address=%s (%s): kept as down, joins once a probe passes",
+                address,
+                describe_failure(exc),
+            )
             return
         record = record_from_capabilities(address, caps)
         self.registry.add_static(record)
@@ -101,6 +104,11 @@ class StaticWorkers:
 
     def _log_joined(self, record: WorkerRecord) -> None:
         entry = self.registry.entries.get(record.address)
-        log.info("static worker joined worker=%s address=%s source=%s models=%s languages=%s",
-                 record.name, record.address, entry.source if entry else "static",
-                 ",".join(record.resident_models) or "-", ",".join(record.capabilities.languages) or "-")
+        log.info(
+            "static worker joined worker=%s address=%s source=%s models=%s languages=%s",
+            record.name,
+            record.address,
+            entry.source if entry else "static",
+            ",".join(record.resident_models) or "-",
+            ",".join(record.capabilities.languages) or "-",
+        )

@@ -73,7 +73,9 @@ async def wait_for_worker(
     started = loop.time()
     attempts = 0
     outcome = "cancelled"
-    log.warning("tts worker wait session=%s: no worker available, waiting up to %.1fs (%s)", session_id, retry_s, why)
+    log.warning(
+        "tts worker wait session=%s: no worker available, waiting up to %.1fs (%s)", session_id, retry_s, why
+    )
 
     async def attempt(left_s: float) -> None:
         nonlocal attempts
@@ -94,5 +96,9 @@ async def wait_for_worker(
         log.log(
             logging.INFO if outcome == "recovered" else logging.WARNING,
             "tts worker wait session=%s: %s after %.0f ms (%d attempts)%s",
-            session_id, outcome.replace("_", " "), waited_s * 1000, attempts, f" worker={address}" if address else "",
+            session_id,
+            outcome.replace("_", " "),
+            waited_s * 1000,
+            attempts,
+            f" worker={address}" if address else "",
         )

@@ -40,7 +40,9 @@ class PiperAdapter(EngineAdapter):
         with open(files["config"], encoding="utf-8") as fh:
             config = PiperConfig.from_dict(json.load(fh))
         if config.sample_rate != self.spec.sample_rate:
-            raise ValueError(f"{self.spec.model_id}: voice is {config.sample_rate} Hz, catalog says {self.spec.sample_rate}")
+            raise ValueError(
+                f"{self.spec.model_id}: voice is {config.sample_rate} Hz, catalog says {self.spec.sample_rate}"
+            )
         # 0 (adaptive): a call running alone gets every core but one — the event loop keeps one
         # so frame pacing and control acks never wait on the model — and calls that overlap run
         # on one thread each, which beats all of them fighting over every core.
@@ -59,12 +61,17 @@ class PiperAdapter(EngineAdapter):
             self._voices[role], self._splits[role] = PiperVoice(session=session, config=config), split
         # Piper would peak-normalise every sentence to full scale; the worker does loudness itself.
         self._config = SynthesisConfig(normalize_audio=False)
-        self._scales = np.array([config.noise_scale, config.length_scale, config.noise_w_scale], dtype=np.float32)
+        self._scales = np.array(
+            [config.noise_scale, config.length_scale, config.noise_w_scale], dtype=np.float32
+        )
         self.streams_within_segment = self._splits["solo"] is not None
         self.actual_device = "cuda" if use_cuda else "cpu"
         self.loaded = True
         log.info(
-            "loaded %s on %s from %s (%s)", self.spec.model_id, self.actual_device, files["onnx"],
+            "loaded %s on %s from %s (%s)",
+            self.spec.model_id,
+            self.actual_device,
+            files["onnx"],
             "streams within sentences" if self.streams_within_segment else "a sentence at a time",
         )
 
@@ -79,7 +86,13 @@ class PiperAdapter(EngineAdapter):
             if not phonemes:
                 continue
             ids = np.array([voice.phonemes_to_ids(phonemes)], dtype=np.int64)
-            latent = split.latent({"input": ids, "input_lengths": np.array([ids.shape[1]], dtype=np.int64), "scales": self._scales})
+            latent = split.latent(
+                {
+                    "input": ids,
+                    "input_lengths": np.array([ids.shape[1]], dtype=np.int64),
+                    "scales": self._scales,
+                }
+            )
             for audio in split.decode(latent):
                 yield np.clip(audio, -1.0, 1.0).astype(np.float32, copy=False)
 
@@ -99,4 +112,6 @@ def _session(model, threads: int, use_cuda: bool):
         options.inter_op_num_threads = 1
     providers = [("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC"})] if use_cuda else []
     source = model if isinstance(model, bytes) else str(model)
-    return onnxruntime.InferenceSession(source, sess_options=options, providers=providers + ["CPUExecutionProvider"])
+    return onnxruntime.InferenceSession(
+        source, sess_options=options, providers=providers + ["CPUExecutionProvider"]
+    )

@@ -93,7 +93,9 @@ def cut_graph(path: Path) -> GraphCut | None:
         model = onnx.load(str(path))
         latent = _decoder_input(model.graph)
         if latent not in {v.name for v in model.graph.value_info}:  # exports usually carry it
-            model.graph.value_info.append(onnx.helper.make_tensor_value_info(latent, onnx.TensorProto.FLOAT, None))
+            model.graph.value_info.append(
+                onnx.helper.make_tensor_value_info(latent, onnx.TensorProto.FLOAT, None)
+            )
         extractor = Extractor(model)
         front = extractor.extract_model([i.name for i in model.graph.input], [latent])
         decoder = extractor.extract_model([latent], [model.graph.output[0].name])
