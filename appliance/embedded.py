@@ -7,12 +7,11 @@ import importlib.util
 import logging
 import os
 import subprocess
-import sys
 
 from appliance.config import OrchestratorSettings, load_settings
 from appliance.interop.openai_api import OpenAiApi
 from appliance.orchestrator.server import Orchestrator
-from appliance.process import free_port, terminate, wait_for_signal
+from appliance.process import free_port, terminate, wait_for_signal, worker_command
 from appliance.tts.client import TTSClient
 
 log = logging.getLogger(__name__)
@@ -20,20 +19,7 @@ log = logging.getLogger(__name__)
 
 async def run_embedded(port: int = 8080, host: str = "127.0.0.1", worker_config: str | None = None) -> None:
     worker_port = free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "appliance",
-        "tts-worker",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(worker_port),
-        "--name",
-        "embedded",
-        "--metrics-port",
-        str(free_port()),
-    ]
+    cmd = worker_command(worker_port, name="embedded")
     if worker_config:
         cmd += ["--config", worker_config]
     worker = subprocess.Popen(cmd, env={**os.environ})  # noqa: ASYNC220 -- a fork and exec, no wait

@@ -6,6 +6,7 @@ import asyncio
 import signal
 import socket
 import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 
 
@@ -13,6 +14,13 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def worker_command(port: int, *, name: str, metrics_port: int | None = None) -> list[str]:
+    """The command line of a TTS worker on 127.0.0.1:``port`` run by this interpreter."""
+    cmd = [sys.executable, "-m", "appliance", "tts-worker", "--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["--name", name, "--metrics-port", str(metrics_port if metrics_port is not None else free_port())]
+    return cmd
 
 
 async def wait_for_signal() -> None:

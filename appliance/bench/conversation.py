@@ -18,6 +18,7 @@ import numpy as np
 
 from appliance.audio import resample
 from appliance.bench import turns as turns_mod
+from appliance.bench.stats import summary as _stats
 from appliance.process import terminate
 from appliance.transport.ws_client import WsClient
 
@@ -50,19 +51,6 @@ LONG_REPLY = (
     "Here is a long answer so that there is something to interrupt. The lighthouse keeper climbed the "
     "stairs every evening and lit the lamp, and the ships far away saw the light and knew where the rocks were."
 )
-
-
-def _stats(values: list[float]) -> dict:
-    if not values:
-        return {"n": 0}
-    v = sorted(values)
-    return {
-        "n": len(v),
-        "p50": round(float(np.percentile(v, 50)), 1),
-        "p95": round(float(np.percentile(v, 95)), 1),
-        "min": round(v[0], 1),
-        "max": round(v[-1], 1),
-    }
 
 
 class _Voice:

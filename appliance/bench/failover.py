@@ -31,8 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
+from appliance.bench.stats import summary as _stats
 from appliance.process import free_port, terminate
 from appliance.transport.ws_client import WsClient
 from appliance.tts.client import TTSClient
@@ -46,19 +45,6 @@ _LINE = re.compile(
     r"tts failover session=(?P<sid>\S+) worker=(?P<worker>\S+) cause=(?P<cause>\w+) .* to=(?P<to>\S+) "
     r"resend_from=(?P<resend>\d+)/(?P<len>\d+)\+? repeated_frames=(?P<repeated>\d+) detect_ms=(?P<detect>\d+) gap_ms=(?P<gap>\S+)"
 )
-
-
-def _stats(values: list[float]) -> dict:
-    if not values:
-        return {"n": 0}
-    v = np.asarray(values, dtype=float)
-    return {
-        "n": len(v),
-        "p50": round(float(np.percentile(v, 50)), 1),
-        "p95": round(float(np.percentile(v, 95)), 1),
-        "min": round(float(v.min()), 1),
-        "max": round(float(v.max()), 1),
-    }
 
 
 class _Worker:

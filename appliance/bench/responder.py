@@ -19,8 +19,7 @@ import threading
 import time
 from contextlib import aclosing
 
-import numpy as np
-
+from appliance.bench.stats import summary as _stats
 from appliance.config import ResponderSettings
 from appliance.orchestrator.respond import create_responder
 from appliance.orchestrator.respond.embedded import engine_for
@@ -52,19 +51,6 @@ PROMPTS = [
     "What is a healthy breakfast?",
 ]
 CANCEL_PROMPT = "Tell me a long story about a dragon who lived in a lighthouse."
-
-
-def _stats(values: list[float]) -> dict:
-    if not values:
-        return {"n": 0}
-    v = sorted(values)
-    return {
-        "n": len(v),
-        "p50": round(float(np.percentile(v, 50)), 1),
-        "p95": round(float(np.percentile(v, 95)), 1),
-        "min": round(v[0], 1),
-        "max": round(v[-1], 1),
-    }
 
 
 async def _through_responder(responder, prompt: str) -> dict:

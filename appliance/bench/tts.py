@@ -8,7 +8,6 @@ import os
 import platform
 import statistics
 import subprocess
-import sys
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -16,7 +15,7 @@ from contextlib import asynccontextmanager
 import grpc
 
 from appliance.audio import FRAME_S
-from appliance.process import free_port, terminate
+from appliance.process import free_port, terminate, worker_command
 from appliance.tts.client import Control, TTSClient
 
 SENTENCES = [
@@ -68,20 +67,7 @@ async def _worker(address: str | None, model: str):
         yield address
         return
     port = free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "appliance",
-        "tts-worker",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--metrics-port",
-        str(free_port()),
-        "--name",
-        "bench",
-    ]
+    cmd = worker_command(port, name="bench")
     env = {**os.environ, "APPLIANCE_MODELS__DEFAULT": model, "APPLIANCE_LOG_LEVEL": "warning"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # noqa: ASYNC220 — starting it does not block
     try:

@@ -34,7 +34,7 @@ from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, Synthesize
 
 from appliance.audio import resample
 from appliance.bench.tts import SENTENCES, _stats
-from appliance.process import free_port, terminate
+from appliance.process import free_port, terminate, worker_command
 
 VOICE = "en_US-joe-medium"
 ASR_RATE = 16_000
@@ -269,20 +269,7 @@ async def _asr_rounds(ours: int, peer: int | None, sentences: list[str], audio: 
 async def _worker(port: int, env: dict):
     from appliance.tts.client import TTSClient
 
-    cmd = [
-        sys.executable,
-        "-m",
-        "appliance",
-        "tts-worker",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--metrics-port",
-        str(free_port()),
-        "--name",
-        "bench",
-    ]
+    cmd = worker_command(port, name="bench")
     proc = subprocess.Popen(  # noqa: ASYNC220 -- a fork and exec of the peer, no wait
         cmd, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
