@@ -1,165 +1,20 @@
-"""Service configuration: one TOML file per service, overridden by APPLIANCE_* environment
-variables, overridden in turn by command-line flags.
-
-Nested keys use a double underscore in the environment: ``APPLIANCE_MODELS__TTL_S=300``.
-Unknown keys are errors, so a typo in a file is named instead of silently ignored.
-"""
+"""The orchestrator's settings (``appliance orchestrator --config /etc/appliance/orchestrator.toml``)."""
 
 from __future__ import annotations
 
-import contextvars
-import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     SecretStr,
-    ValidationError,
     field_validator,
     model_validator,
 )
-from pydantic_settings import (
-    BaseSettings,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    TomlConfigSettingsSource,
-)
 
 from appliance.audio.vad_config import VadConfig
+from appliance.config.base import _redis_scheme, _RedisSection, _Section, _ServiceSettings
 from appliance.discovery import split_host_port
-
-_toml_path: contextvars.ContextVar[Path | None] = contextvars.ContextVar("toml_path", default=None)
-
-
-class ConfigError(ValueError):
-    """A configuration file or override that does not validate; the message names the bad key."""
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class _ServiceSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="APPLIANCE_", env_nested_delimiter="__", extra="forbid")
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        path = _toml_path.get()
-        if path is not None:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
-        return tuple(sources)
-
-
-# --- TTS worker -------------------------------------------------------------------------------
-
-
-class ModelsSettings(_Section):
-    default: str = "piper-en_US-joe-medium"
-    preload: list[str] = Field(default_factory=list, description="loaded at start besides the default")
-    resident_cap: int = Field(2, ge=1)
-    ttl_s: float = Field(600.0, gt=0, description="idle models are evicted after this long")
-    min_residency_s: float = Field(60.0, ge=0, description="a model stays at least this long after loading")
-    max_parallel_loads: int = Field(1, ge=1)
-    warmup: bool = True
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    onnx_threads: int = Field(
-        0,
-        ge=0,
-        description="intra-op threads per ONNX call (0: all cores when alone, one each when calls overlap)",
-    )
-    models_dir: Path | None = Field(
-        None,
-        description="DIR/<model-id>/ installed by `appliance models fetch`, used before the packaged copy "
-        "(absent: $APPLIANCE_MODELS_DIR, else /var/lib/appliance/models)",
-    )
-
-
-class WatchdogSettings(_Section):
-    stuck_synthesis_s: float = Field(
-        15.0, gt=0, description="a synthesis call longer than this stops the pings"
-    )
-
-
-class AudioSettings(_Section):
-    normalize: bool = True
-    target_lufs: float = Field(-16.0, ge=-40, le=-6)
-    limiter_ceiling_dbfs: float = Field(-1.0, ge=-12, le=0)
-
-
-class _RedisSection(_Section):
-    key_prefix: str = Field(
-        "appliance:", pattern=r"^[A-Za-z0-9_.:/-]{0,64}$", description="prefix of every Redis key"
-    )
-    password_file: Path | None = Field(
-        None, description="first line is the Redis password (or APPLIANCE_REDIS_PASSWORD)"
-    )
-
-
-def _redis_scheme(v: str | None) -> str | None:
-    if v and not v.startswith(("redis://", "rediss://", "unix://")):
-        raise ValueError("must start with redis://, rediss:// or unix:// (e.g. redis://127.0.0.1:6379/0)")
-    return v or None
-
-
-def _host_port_or_none(v: str | None) -> str | None:
-    if v:
-        split_host_port(v)
-    return v or None
-
-
-class WorkerDiscoverySettings(_RedisSection):
-    heartbeat_s: float = Field(10.0, gt=0, description="the record is rewritten this often")
-    ttl_s: float = Field(30.0, gt=0, description="the record expires this long after the last heartbeat")
-    advertise_address: str | None = Field(
-        None, description="HOST:PORT the orchestrator dials (absent: host:port)"
-    )
-    languages: list[str] = Field(
-        default_factory=list, description="advertised (empty: those of the models it serves)"
-    )
-
-    _addr = field_validator("advertise_address")(_host_port_or_none)
-
-    @model_validator(mode="after")
-    def _ttl_covers_heartbeats(self) -> WorkerDiscoverySettings:
-        if self.ttl_s <= self.heartbeat_s:
-            raise ValueError(f"ttl_s ({self.ttl_s}) must be longer than heartbeat_s ({self.heartbeat_s})")
-        return self
-
-
-class WorkerSettings(_ServiceSettings):
-    name: str = Field("piper", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
-    host: str = "127.0.0.1"
-    port: int = Field(7001, ge=0, le=65535)
-    metrics_host: str = "127.0.0.1"
-    metrics_port: int | None = Field(9101, ge=0, le=65535, description="absent: no metrics endpoint")
-    redis_url: str | None = None
-    redis_password: SecretStr | None = None
-    discovery: WorkerDiscoverySettings = Field(default_factory=WorkerDiscoverySettings)
-    max_sessions: int = Field(64, ge=1)
-    synthesis_threads: int | None = Field(None, ge=1, description="engine threads (absent: one per CPU core)")
-    max_text_chars: int = Field(20_000, ge=1, description="per Synthesize stream")
-    shutdown_grace_s: float = Field(5.0, ge=0)
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
-    models: ModelsSettings = Field(default_factory=ModelsSettings)
-    watchdog: WatchdogSettings = Field(default_factory=WatchdogSettings)
-    audio: AudioSettings = Field(default_factory=AudioSettings)
-
-    _empty_redis_is_none = field_validator("redis_url")(lambda v: v or None)
-    _redis_url_scheme = field_validator("redis_url")(_redis_scheme)
-
-
-# --- orchestrator -----------------------------------------------------------------------------
 
 
 class AsrSettings(_Section):
@@ -446,53 +301,3 @@ class OrchestratorSettings(_ServiceSettings):
         for w in v:
             split_host_port(w)
         return v
-
-
-SERVICE_KINDS: dict[str, type[_ServiceSettings]] = {
-    "tts-worker": WorkerSettings,
-    "orchestrator": OrchestratorSettings,
-}
-
-
-def load_settings(cls: type[_ServiceSettings], path: str | Path | None = None, **overrides: Any):
-    """Build settings from defaults < TOML file < APPLIANCE_* env < ``overrides`` (None values dropped)."""
-    file = Path(path) if path is not None else None
-    if file is not None:
-        _check_toml(file)
-    token = _toml_path.set(file)
-    try:
-        return cls(**{k: v for k, v in overrides.items() if v is not None})
-    except ValidationError as exc:
-        raise ConfigError(_describe(exc, file)) from None
-    finally:
-        _toml_path.reset(token)
-
-
-def guess_kind(path: str | Path) -> str:
-    """The service a config file is for: files under a ``tts/`` folder configure workers."""
-    p = Path(path)
-    if p.parent.name == "tts":
-        return "tts-worker"
-    if p.stem == "orchestrator" and "orchestrator" in SERVICE_KINDS:
-        return "orchestrator"
-    raise ConfigError(f"{p}: cannot tell which service this file configures; pass --kind")
-
-
-def _check_toml(file: Path) -> None:
-    try:
-        with file.open("rb") as fh:
-            tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"{file}: no such file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{file}: not valid TOML: {exc}") from None
-
-
-def _describe(exc: ValidationError, file: Path | None) -> str:
-    where = f"{file}: " if file else ""
-    lines = []
-    for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        lines.append(f"{where}{key}: {msg}")
-    return "\n".join(lines)
