@@ -19,19 +19,16 @@ wheel for that platform on the index, e.g. manylinux_2_35_aarch64 for JetPack 6)
 apt lists for its own release and architecture (the target must match: Debian bookworm), with an
 empty dpkg status so that the closure does not depend on what this host has installed.
 
-A bottom-layer module: it imports nothing from the rest of the package.
+A bottom-layer module: it imports only the Debian half of itself (:mod:`appliance.offline_debs`).
 """
 
 from __future__ import annotations
 
 import argparse
-import gzip
 import hashlib
 import json
 import os
-import re
 import shutil
-import subprocess
 import sys
 import sysconfig
 import tarfile
@@ -41,6 +38,16 @@ import tomllib
 import zipfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
+
+from appliance.offline_debs import (
+    BundleError,
+    deb_fields,
+    dpkg_arch,
+    fetch_debs,
+    host_release,
+    index_debs,
+)
+from appliance.offline_debs import run_checked as _run
 
 # What the roles install with apt (python3-apt: Ansible's apt module; python3-packaging: its pip
 # module; acl: become_user).
@@ -59,30 +66,6 @@ DEFAULT_APT_PACKAGES = (
 # Not silero-vad: it stays in the lock (faster-whisper ships it) but nothing loads it. The LLM is the
 # roles' default appliance_llm (the embedded responder's CPU model).
 DEFAULT_MODELS = ("piper-en_US-joe-medium", "whisper-tiny.en", "smollm2-135m-instruct")
-
-# `apt-cache depends` without these: only what must be installed.
-_DEPENDS_FLAGS = (
-    "--recurse",
-    "--no-recommends",
-    "--no-suggests",
-    "--no-conflicts",
-    "--no-breaks",
-    "--no-replaces",
-    "--no-enhances",
-)
-
-
-# A pip platform tag's machine -> Debian's architecture name.
-_DPKG_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "armhf", "i686": "i386"}
-
-
-def dpkg_arch(platform: str) -> str | None:
-    """Debian's name for the machine of a pip platform tag (manylinux2014_aarch64 -> arm64)."""
-    return next((arch for machine, arch in _DPKG_ARCH.items() if platform.endswith(machine)), None)
-
-
-class BundleError(RuntimeError):
-    pass
 
 
 def sha256(path: Path) -> str:
@@ -103,15 +86,6 @@ def source_tree(start: Path | None = None) -> Path:
 
 def project_version(tree: Path) -> str:
     return tomllib.loads((tree / "pyproject.toml").read_text())["project"]["version"]
-
-
-def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, **kw)
-    if proc.returncode != 0:
-        raise BundleError(
-            f"{' '.join(cmd[:6])} … failed ({proc.returncode}):\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}"
-        )
-    return proc
 
 
 # ---------------------------------------------------------------- models
@@ -245,76 +219,6 @@ def missing_on_target(wheels_dir: Path, python_full_version: str = TARGET_PYTHON
             ):
                 missing.add(f"{req.name}{req.specifier}")
     return sorted(missing)
-
-
-# ---------------------------------------------------------------- debs
-
-
-def host_release() -> dict[str, str]:
-    info = {}
-    for line in Path("/etc/os-release").read_text().splitlines():
-        k, _, v = line.partition("=")
-        info[k] = v.strip('"')
-    arch = _run(["dpkg", "--print-architecture"]).stdout.strip()
-    return {"id": info.get("ID", ""), "release": info.get("VERSION_CODENAME", ""), "arch": arch}
-
-
-def _apt_opts(status: Path) -> list[str]:
-    # This host's sources and lists, but an empty dpkg status: the closure is what a bare system needs.
-    return ["-o", f"Dir::State::status={status}", "-o", "APT::Sandbox::User=root"]
-
-
-def parse_depends(output: str) -> list[str]:
-    """Package names from `apt-cache depends --recurse` output (virtual ones, ``<x>``, dropped)."""
-    names = []
-    for line in output.splitlines():
-        if not line or line[0].isspace() or line.startswith("<"):
-            continue
-        name = line.strip().split(":")[0]
-        if name not in names:
-            names.append(name)
-    return names
-
-
-def apt_closure(packages: Iterable[str], status: Path) -> list[str]:
-    out = _run(["apt-cache", *_apt_opts(status), "depends", *_DEPENDS_FLAGS, *packages]).stdout
-    return sorted(parse_depends(out))
-
-
-def fetch_debs(packages: Iterable[str], dest: Path) -> list[Path]:
-    """Download ``packages`` and their whole dependency closure into ``dest`` (apt-get download)."""
-    dest.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        status = Path(tmp) / "status"
-        status.write_text("")
-        names = apt_closure(packages, status)
-        # Names without a candidate version (pure virtual ones apt-cache still printed) are skipped.
-        policy = _run(["apt-cache", *_apt_opts(status), "policy", *names]).stdout
-        missing = set(
-            re.findall(r"^(\S+):\n\s+Installed: \(none\)\n\s+Candidate: \(none\)", policy, re.MULTILINE)
-        )
-        names = [n for n in names if n not in missing]
-        _run(["apt-get", *_apt_opts(status), "download", *names], cwd=dest)
-    return sorted(dest.glob("*.deb"))
-
-
-def index_debs(debs_dir: Path) -> None:
-    """Make ``debs_dir`` a flat apt repository: Packages, Packages.gz and (with apt-utils) Release."""
-    packages = _run(["dpkg-scanpackages", "--multiversion", ".", "/dev/null"], cwd=debs_dir).stdout
-    (debs_dir / "Packages").write_text(packages)
-    with gzip.open(debs_dir / "Packages.gz", "wt") as f:
-        f.write(packages)
-    if shutil.which("apt-ftparchive"):
-        release = _run(["apt-ftparchive", "release", "."], cwd=debs_dir).stdout
-        (debs_dir / "Release").write_text(release)
-
-
-def deb_fields(deb: Path) -> dict[str, str]:
-    out = _run(
-        ["dpkg-deb", "--show", "--showformat=${Package}\t${Version}\t${Architecture}", str(deb)]
-    ).stdout
-    name, version, arch = out.split("\t")
-    return {"package": name, "version": version, "arch": arch}
 
 
 # ---------------------------------------------------------------- the bundle

@@ -16,18 +16,15 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import fractions
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
 
-import av
-import numpy as np
 from aiohttp import web
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
-from appliance.audio import FRAME_BYTES, FRAME_MS, FRAME_SAMPLES, OUTPUT_RATE
+from appliance.audio import FRAME_MS
 from appliance.transport.base import Channel
 from appliance.transport.protocol import (
     MAX_MESSAGE_BYTES,
@@ -44,12 +41,10 @@ from appliance.transport.protocol import (
     parse_event,
     parse_text_message,
 )
+from appliance.transport.webrtc_audio import RATE, Downmixer, OutboundAudio
 
 log = logging.getLogger(__name__)
 
-RATE = OUTPUT_RATE  # the microphone is taken at the rate reply audio goes out at
-SILENCE = bytes(FRAME_BYTES)
-TIME_BASE = fractions.Fraction(1, RATE)
 MAX_INBOUND_S = 2.0  # microphone audio queued for a lagging session before the oldest is dropped
 CONNECT_TIMEOUT_S = 30.0  # the peer must open its "events" data channel this soon after the answer
 CLOSE_DRAIN_S = 0.5  # how long close() lets queued events reach the client
@@ -72,72 +67,6 @@ def ice_server(url: str) -> RTCIceServer:
         return RTCIceServer(urls=url)
     user, _, password = creds.partition(":")
     return RTCIceServer(urls=f"{scheme}:{hostport}", username=user, credential=password)
-
-
-class Downmixer:
-    """Any ``av.AudioFrame`` → mono PCM16LE at 48 kHz (numpy for 48 kHz s16, else av's resampler)."""
-
-    _resampler: av.AudioResampler | None = None
-
-    def __call__(self, frame: av.AudioFrame) -> bytes:
-        channels = len(frame.layout.channels)
-        if frame.sample_rate == RATE and frame.format.name in ("s16", "s16p"):
-            a = frame.to_ndarray()
-            a = a.reshape(channels, -1) if frame.format.is_planar else a.reshape(-1, channels).T
-            mono = a[0] if channels == 1 else np.round(a.astype(np.int32).mean(axis=0)).astype(np.int16)
-            return mono.astype("<i2").tobytes()
-        try:
-            out = (self._resampler or self._new()).resample(frame)
-        except ValueError:  # the input format changed mid-stream: start a new resampler
-            out = self._new().resample(frame)
-        return b"".join(f.to_ndarray().astype("<i2").tobytes() for f in out)
-
-    def _new(self) -> av.AudioResampler:
-        self._resampler = av.AudioResampler(format="s16", layout="mono", rate=RATE)
-        return self._resampler
-
-
-class OutboundAudio(MediaStreamTrack):
-    """The reply audio track: 20 ms s16 mono 48 kHz frames in real time, silence when none is queued."""
-
-    kind = "audio"
-
-    def __init__(self, max_frames: int = 6) -> None:
-        super().__init__()
-        self.max_frames = max_frames
-        self._frames: collections.deque[bytes] = collections.deque()
-        self._start: float | None = None
-        self._pts = 0
-        self.dropped = 0
-
-    def push(self, pcm: bytes) -> None:
-        for i in range(0, len(pcm), FRAME_BYTES):
-            self._frames.append(pcm[i : i + FRAME_BYTES].ljust(FRAME_BYTES, b"\0"))
-        while len(self._frames) > self.max_frames:  # the pacer keeps less: only a stalled track gets here
-            self._frames.popleft()
-            self.dropped += 1
-
-    def flush(self) -> int:
-        dropped, self._frames = len(self._frames), collections.deque()
-        return dropped
-
-    async def recv(self) -> av.AudioFrame:
-        if self.readyState != "live":
-            raise MediaStreamError
-        loop = asyncio.get_running_loop()
-        if self._start is None:
-            self._start = loop.time()
-        else:
-            self._pts += FRAME_SAMPLES
-            wait = self._start + self._pts / RATE - loop.time()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            elif wait < -0.1:  # the loop stalled: carry on from now instead of bursting to catch up
-                self._start -= wait
-        frame = av.AudioFrame(format="s16", layout="mono", samples=FRAME_SAMPLES)
-        frame.planes[0].update(self._frames.popleft() if self._frames else SILENCE)
-        frame.pts, frame.sample_rate, frame.time_base = self._pts, RATE, TIME_BASE
-        return frame
 
 
 class WebRtcChannel(Channel):

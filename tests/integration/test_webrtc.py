@@ -299,7 +299,7 @@ async def test_bad_offers_and_peer_limit(piper_worker):
 
 
 def test_uplink_frames_of_any_shape_become_mono_48k_pcm16():
-    from appliance.transport.webrtc import Downmixer
+    from appliance.transport.webrtc_audio import Downmixer
 
     down = Downmixer()
     t = np.arange(960) / RATE
@@ -322,7 +322,7 @@ def test_uplink_frames_of_any_shape_become_mono_48k_pcm16():
 
 
 async def test_downlink_track_paces_20ms_frames_and_holds_at_most_the_lead(monkeypatch):
-    from appliance.transport.webrtc import OutboundAudio
+    from appliance.transport.webrtc_audio import OutboundAudio
 
     track = OutboundAudio(max_frames=6)
     for i in range(10):

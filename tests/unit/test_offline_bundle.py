@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from appliance import offline_bundle as bundle
+from appliance import offline_debs
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,7 +44,7 @@ def test_parse_depends_keeps_real_packages_once():
         "redis-server\n  Depends: libc6\n  Depends: <debconf-2.0>\n    cdebconf\n"
         "libc6\n  Depends: libgcc-s1\n<debconf-2.0>\nlibgcc-s1\nlibc6\n"
     )
-    assert bundle.parse_depends(out) == ["redis-server", "libc6", "libgcc-s1"]
+    assert offline_debs.parse_depends(out) == ["redis-server", "libc6", "libgcc-s1"]
 
 
 def test_locked_models_come_from_models_lock():
@@ -149,9 +150,9 @@ def test_bundle_without_wheels_has_manifest_and_an_apt_repository(tmp_path, monk
 
 
 def test_dpkg_arch_of_platform_tags():
-    assert bundle.dpkg_arch("manylinux2014_x86_64") == "amd64"
-    assert bundle.dpkg_arch("manylinux_2_28_aarch64") == "arm64"
-    assert bundle.dpkg_arch("win_amd64x") is None
+    assert offline_debs.dpkg_arch("manylinux2014_x86_64") == "amd64"
+    assert offline_debs.dpkg_arch("manylinux_2_28_aarch64") == "arm64"
+    assert offline_debs.dpkg_arch("win_amd64x") is None
 
 
 def test_debs_for_another_architecture_are_refused(tmp_path, monkeypatch):
