@@ -101,9 +101,10 @@ async def test_a_mid_sentence_pause_is_one_turn_in_smart_mode_and_splits_in_sile
         )  # one transcript, one reply
     silence = await _paused_turns(await orchestrator_with("silence"), PAUSED)
     assert sum(ends > 1 for ends, _ in silence) > sum(ends > 1 for ends, _ in smart), silence
-    # A split turn is still answered once, for the whole sentence: no reply started mid-sentence.
-    for (text, _), (_ends, finals) in zip(PAUSED, silence):
-        assert wer(text, finals[-1]) <= 0.4, finals
+    # What silence mode does after the split depends on the machine's speed: a slow one is still
+    # transcribing when the speech resumes (the two parts are joined into one turn), a fast one has
+    # started its reply within the 700 ms pause (the rest is a barge-in and a new turn). Either way
+    # it is not the one turn smart mode gives, which is what this test is about.
 
 
 async def _over_the_reply(orch, words: str) -> WsClient:
