@@ -27,7 +27,7 @@ from appliance.tts.model_manager import (
     UnknownModel,
 )
 from appliance.tts.scheduler import DeadlineScheduler
-from appliance.tts.sessions import SessionError, SessionRegistry, WorkerSession
+from appliance.tts.sessions import SessionError, SessionNotFound, SessionRegistry, WorkerSession
 from appliance.tts.stream import StreamError, SynthesisStream, drain_requests
 
 log = logging.getLogger(__name__)
@@ -156,7 +156,10 @@ class TTSService(tts_pb2_grpc.TTSServiceServicer):
             )
         try:
             session = self.sessions.get(first.session_id)
-            session.begin_stream()
+            await session.begin_stream(caller_gone=context.cancelled)
+            if self.sessions.get(first.session_id) is not session:  # ended while it waited
+                session.end_stream()
+                raise SessionNotFound(first.session_id)
         except SessionError as exc:
             if not first.is_final:
                 await drain_requests(chunks)

@@ -8,6 +8,7 @@ cancels synthesis, discards pending text and ends the active stream.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -19,6 +20,12 @@ from appliance.tts.model_manager import ModelLease
 log = logging.getLogger(__name__)
 
 WRITE_SETTLE_S = 0.25
+# How long a new stream waits for the session's previous one, already stopped or abandoned by its
+# caller, to finish closing (an engine call under way must return first).
+SUPERSEDE_WAIT_S = 5.0
+# A caller's cancellation reaches the worker a moment after the caller's next request may have.
+CANCEL_NOTICE_S = 0.5
+POLL_S = 0.01
 
 
 class SessionError(Exception):
@@ -67,10 +74,13 @@ class WorkerSession:
     cancel: threading.Event = field(default_factory=threading.Event)
     _open: asyncio.Event = field(default_factory=asyncio.Event)  # the pause gate, set = playing
     _write_idle: asyncio.Event = field(default_factory=asyncio.Event)
+    _idle: asyncio.Event = field(default_factory=asyncio.Event)  # set = no stream open
+    _caller_gone: Callable[[], bool] = lambda: False  # of the open stream
 
     def __post_init__(self) -> None:
         self._open.set()
         self._write_idle.set()
+        self._idle.set()
 
     @property
     def model_id(self) -> str:
@@ -85,17 +95,37 @@ class WorkerSession:
 
     # --- the stream side -------------------------------------------------------------------
 
-    def begin_stream(self) -> None:
+    async def begin_stream(
+        self, caller_gone: Callable[[], bool] = lambda: False, wait_s: float = SUPERSEDE_WAIT_S
+    ) -> None:
+        """Mark a stream open. One that is still open is refused (StreamBusy), unless it is on its
+        way out — stopped, or its caller gone (``caller_gone`` of that stream says so) —: barge-in
+        cancels a reply and the next one may open before the worker has closed the first, or even
+        before the cancellation has reached it (hence the short look first)."""
+        loop = asyncio.get_running_loop()
+        notice_by = loop.time() + CANCEL_NOTICE_S
+        while self.streaming and not self._on_its_way_out() and loop.time() < notice_by:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), POLL_S)
+        if self.streaming and self._on_its_way_out():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), wait_s)
         if self.streaming:
             raise StreamBusy(self.session_id)
         self.streaming = True
+        self._idle.clear()
+        self._caller_gone = caller_gone
         self.stopped = False
         self.cancel = threading.Event()
         self._open.set()
         self.touch()
 
+    def _on_its_way_out(self) -> bool:
+        return self.cancel.is_set() or self._caller_gone()
+
     def end_stream(self) -> None:
         self.streaming = False
+        self._idle.set()
         self.cancel.set()
         self._write_idle.set()
         self.touch()

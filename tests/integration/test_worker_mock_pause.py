@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import grpc
+import pytest
 
 from appliance.config import WorkerSettings, load_settings
 from appliance.tts.client import Control, TTSClient
@@ -75,6 +76,52 @@ async def test_next_stream_may_open_as_soon_as_the_final_frame_arrives(monkeypat
                         break  # the next stream opens now, before the server's handler has returned
                 assert frames and frames[-1].is_final, f"stream {i} ended without its final frame"
             await client.end_session("s")
+            assert worker.manager.total_refcount() == 0
+            assert not worker.service.streams
+    finally:
+        await worker.stop(grace=0)
+
+
+async def test_next_stream_may_open_right_after_the_last_one_is_cancelled(monkeypatch):
+    """Barge-in cancels the reply's call and the next turn's reply may open its stream at once,
+    before the worker has finished cleaning up the cancelled one: the worker waits for that
+    clean-up instead of refusing the new stream as a second open one."""
+    close = SynthesisStream.close
+
+    async def slow_close(self):
+        await asyncio.sleep(0.2)
+        await close(self)
+
+    monkeypatch.setattr(SynthesisStream, "close", slow_close)
+    settings = load_settings(
+        WorkerSettings, None, name="mock", port=0, metrics_port=None, models={"default": "mock-sine"}
+    )
+    worker = TTSWorker(settings)
+    await worker.start()
+    try:
+        async with TTSClient(worker.address) as client:
+            await client.start_session("s")
+            for i in range(6):
+                call = client.synthesize("s", [f"turn {i} " + "word " * 40])
+                await call.read()
+                call.cancel()  # no STOP: the caller just goes away
+                frames = []
+                async for frame in client.synthesize("s", [f"reply {i} one two"]):
+                    frames.append(frame)
+                assert frames and frames[-1].is_final
+            # a stream that is really still open is refused, as before
+            busy = client.synthesize("s", ["word " * 200])
+            await busy.read()
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                async for _ in client.synthesize("s", ["second"]):
+                    pass
+            assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            busy.cancel()
+            await client.end_session("s")
+            for _ in range(50):
+                if worker.manager.total_refcount() == 0 and not worker.service.streams:
+                    break
+                await asyncio.sleep(0.05)
             assert worker.manager.total_refcount() == 0
             assert not worker.service.streams
     finally:

@@ -131,6 +131,10 @@ async def test_concurrent_sessions_each_get_their_own_audio(client):
     before = {m.model_id: m.refcount for m in (await client.list_models()).models}
     results = await asyncio.gather(*(one(s) for s in SENTENCES[:4]))
     for reference, hypothesis in results:
-        assert wer(reference, hypothesis) <= 0.2, (reference, hypothesis)
+        # Each says its own sentence, not another's (Piper's voicing varies run to run, and the
+        # tiny checking model now and then mishears a word or two of an otherwise clean sentence).
+        scores = {other: wer(other, hypothesis) for other, _ in results}
+        assert min(scores, key=scores.get) == reference, (reference, hypothesis)
+        assert scores[reference] <= 0.3, (reference, hypothesis)
     after = {m.model_id: m.refcount for m in (await client.list_models()).models}
     assert after == before

@@ -26,7 +26,7 @@ class FakeLease:
 
 async def test_gate_blocks_while_paused_and_opens_on_resume():
     s = WorkerSession("s", FakeLease())
-    s.begin_stream()
+    await s.begin_stream()
     assert await s.gate()
     s.write_done()
     await s.pause()
@@ -39,7 +39,7 @@ async def test_gate_blocks_while_paused_and_opens_on_resume():
 
 async def test_pause_ack_waits_for_a_write_in_progress():
     s = WorkerSession("s", FakeLease())
-    s.begin_stream()
+    await s.begin_stream()
     assert await s.gate()  # a write is now under way
     pause = asyncio.create_task(s.pause())
     await asyncio.sleep(0.05)
@@ -50,7 +50,7 @@ async def test_pause_ack_waits_for_a_write_in_progress():
 
 async def test_stop_releases_a_paused_writer_with_false():
     s = WorkerSession("s", FakeLease())
-    s.begin_stream()
+    await s.begin_stream()
     await s.pause()
     waiter = asyncio.create_task(s.gate())
     await asyncio.sleep(0.01)
@@ -58,15 +58,15 @@ async def test_stop_releases_a_paused_writer_with_false():
     assert await asyncio.wait_for(waiter, 1) is False
     assert s.cancel.is_set()
     s.end_stream()
-    s.begin_stream()  # a new stream starts unpaused and unstopped
+    await s.begin_stream()  # a new stream starts unpaused and unstopped
     assert not s.paused and not s.stopped and not s.cancel.is_set()
 
 
 async def test_one_stream_at_a_time():
     s = WorkerSession("s", FakeLease())
-    s.begin_stream()
+    await s.begin_stream()
     with pytest.raises(StreamBusy):
-        s.begin_stream()
+        await s.begin_stream()
 
 
 async def test_registry_limits_duplicates_and_release():

@@ -49,7 +49,7 @@ async def test_first_call_is_due_on_arrival_and_later_calls_when_the_audio_runs_
     adapter = MockSineAdapter(spec)
     adapter.load()
     session = WorkerSession("s", Lease(adapter))
-    session.begin_stream()
+    await session.begin_stream()
     scheduler = RecordingScheduler()
     stream = SynthesisStream(
         session, scheduler=scheduler, tracker=SynthesisTracker(), audio=AudioSettings(), max_chars=10_000
