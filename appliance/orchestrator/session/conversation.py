@@ -15,7 +15,6 @@ import logging
 import numpy as np
 
 from appliance.asr import AsrEngine
-from appliance.asr import Transcript as AsrTranscript
 from appliance.config import OrchestratorSettings
 from appliance.orchestrator.respond import Responder
 from appliance.orchestrator.session.barge_in import BargeInControl
@@ -27,19 +26,18 @@ from appliance.orchestrator.session.playback import Playback
 from appliance.orchestrator.session.replying import Replier
 from appliance.orchestrator.session.states import State, StateMachine
 from appliance.orchestrator.session.turn import TurnTimes
+from appliance.orchestrator.session.turn_runner import TurnRunner
 from appliance.orchestrator.workers import TtsLink
 from appliance.transport.base import Channel
 from appliance.transport.protocol import (
     AudioIn,
     Bye,
-    CloseCode,
     ErrorEvent,
     Interrupt,
     Ready,
     Say,
     StateChanged,
     TextTurn,
-    Transcript,
 )
 
 log = logging.getLogger(__name__)
@@ -67,6 +65,15 @@ class Conversation:
         self.metrics = metrics
         self.outbox = Outbox(channel)
         self.sm = StateMachine(session_id, self._on_state)
+        self.turn_runner = TurnRunner(
+            session_id,
+            settings.session.max_turns,
+            self.sm,
+            emit=self.outbox.emit,
+            barge_in=lambda: self.barge_in.now(),
+            transcribe=lambda audio, speculative: self.listening.transcribe(audio, speculative),
+            answer=lambda text, times: self.replier.answer(text, times),
+        )
         self.listening = Listener(
             settings,
             channel.hello.sample_rate,
@@ -86,7 +93,7 @@ class Conversation:
             tts,
             emit=self.outbox.emit,
             spawn=self._spawn,
-            stop_turn=self._stop_turn,
+            stop_turn=self.turn_runner.stop,
             metrics=metrics,
         )
         self.limits = SessionLimits(settings.session)
@@ -97,14 +104,10 @@ class Conversation:
             self.playback,
             self.sm,
             emit=self.outbox.emit,
-            settle=self._settle_after_turn,
+            settle=self.turn_runner.settle,
             metrics=metrics,
         )
-        self.turns = 0
-        self._turn_task: asyncio.Task | None = None
-        self._heard: tuple[np.ndarray, TurnTimes] | None = (
-            None  # the spoken turn in flight, not answered aloud yet
-        )
+        self._heard: tuple[np.ndarray, TurnTimes] | None = None  # a spoken turn not answered aloud yet
         self._carried: tuple[np.ndarray, TurnTimes] | None = None  # ... stopped because the person went on
         self._background: set[asyncio.Task] = set()
 
@@ -123,7 +126,7 @@ class Conversation:
                 if isinstance(message, AudioIn):
                     self._on_audio(message.pcm)
                 elif isinstance(message, TextTurn):
-                    self._start_turn(self._text_turn(message.text))
+                    self._start_turn(self.turn_runner.typed(message.text))
                 elif isinstance(message, Say):
                     self._start_turn(self.replier.speak(message.text))
                 elif isinstance(message, Interrupt):
@@ -142,9 +145,7 @@ class Conversation:
         self.barge_in.cancel_timer()
         if not self.channel.closed:
             await self.outbox.flush()
-        if self._turn_task:
-            self._turn_task.cancel()
-            await asyncio.gather(self._turn_task, return_exceptions=True)
+        await self.turn_runner.close()
         self.listening.close()
         for task in list(self._background):
             task.cancel()
@@ -189,8 +190,7 @@ class Conversation:
             self.barge_in.stop_reply()
 
     def _answering_silently(self) -> bool:
-        turn_running = self._turn_task is not None and not self._turn_task.done()
-        return self.sm.state is State.LISTENING and turn_running and self._heard is not None
+        return self.sm.state is State.LISTENING and self.turn_runner.running and self._heard is not None
 
     def speech_ended(self) -> bool:
         if self.sm.state is State.BARGED_IN and not self.barge_in.backchannels:
@@ -206,7 +206,7 @@ class Conversation:
         if self._carried is not None:  # the rest of a turn whose reply was stopped before it was heard
             audio, speculative = np.concatenate([self._carried[0], audio]), None
             self._carried = None
-        self._start_turn(self._spoken_turn(audio, speculative, times))
+        self._start_turn(self.turn_runner.spoken(audio, speculative, times))
         self._heard = (audio, times)
 
     def speech_discarded(self) -> None:
@@ -214,7 +214,7 @@ class Conversation:
             self.barge_in.false_alarm("burst too short to be a turn")
         elif self._carried is not None and self.sm.state is State.LISTENING:  # a click, not more words
             (audio, times), self._carried = self._carried, None
-            self._start_turn(self._spoken_turn(audio, None, times))
+            self._start_turn(self.turn_runner.spoken(audio, None, times))
             self._heard = (audio, times)
 
     async def _backchannel_or_turn(self, audio, times: TurnTimes) -> None:
@@ -231,74 +231,24 @@ class Conversation:
             self.barge_in.false_alarm("backchannel" if text else "nothing said")
             return
         self.barge_in.confirm()
-        self._start_turn(self._transcribed_turn(transcript, times))
+        self._start_turn(self.turn_runner.transcribed(transcript, times))
 
     # --- barge-in ----------------------------------------------------------------------------
-
-    def _stop_turn(self) -> None:
-        if self._turn_task and not self._turn_task.done():
-            self._turn_task.cancel()
-        self._turn_task = None
 
     async def _interrupt(self) -> None:
         if self.sm.state in (State.SPEAKING, State.BARGED_IN):
             self.barge_in.now()
             self.sm.to(State.LISTENING)
             self.sm.to(State.WAITING_FOR_INPUT)
-        elif self._turn_task and not self._turn_task.done():
+        elif self.turn_runner.running:
             self.barge_in.stop_reply()
 
     # --- turns -------------------------------------------------------------------------------
 
+    @property
+    def turns(self) -> int:
+        return self.turn_runner.count
+
     def _start_turn(self, coro) -> None:
-        limit = self.settings.session.max_turns
-        if self.turns >= limit:
-            coro.close()
-            raise SessionEnded(
-                "max_turns", f"this session reached its limit of {limit} turns", CloseCode.MAX_TURNS
-            )
-        if self._turn_task and not self._turn_task.done():  # a new turn replaces the running one
-            self.barge_in.now()
-            if self.sm.state is State.BARGED_IN:
-                self.sm.to(State.LISTENING)
-        self.turns += 1
+        self.turn_runner.start(coro)
         self._heard = None
-        self._turn_task = asyncio.ensure_future(self._guarded(coro))
-
-    async def _guarded(self, coro) -> None:
-        try:
-            await coro
-        except asyncio.CancelledError:
-            raise
-        except ConnectionError:
-            pass
-        except Exception:
-            log.exception("turn failed session=%s", self.id)
-            self.outbox.emit(ErrorEvent("internal", "this turn failed; please try again"))
-            self._settle_after_turn()
-
-    async def _spoken_turn(self, audio, speculative: asyncio.Task | None, times: TurnTimes) -> None:
-        await self._transcribed_turn(await self.listening.transcribe(audio, speculative), times)
-
-    async def _transcribed_turn(self, transcript: AsrTranscript, times: TurnTimes) -> None:
-        times.asr_ms = transcript.asr_ms
-        times.asr_queue_ms = transcript.queue_ms
-        times.transcribed_at = asyncio.get_running_loop().time()
-        text = transcript.text.strip()
-        self.outbox.emit(Transcript(text, final=True))
-        log.info("transcript session=%s asr_ms=%.0f text=%r", self.id, transcript.asr_ms, text[:200])
-        if not text:
-            self._settle_after_turn()
-            return
-        await self.replier.answer(text, times)
-
-    async def _text_turn(self, text: str) -> None:
-        if self.sm.state is State.WAITING_FOR_INPUT:
-            self.sm.to(State.LISTENING)
-        times = TurnTimes(transcribed_at=asyncio.get_running_loop().time())
-        self.outbox.emit(Transcript(text, final=True))
-        await self.replier.answer(text, times)
-
-    def _settle_after_turn(self) -> None:
-        if self.sm.state in (State.LISTENING, State.SPEAKING):
-            self.sm.to(State.WAITING_FOR_INPUT)
