@@ -114,6 +114,23 @@ class WorkerRecord:
         d["v"] = SCHEMA_VERSION
         return d
 
+    def summary(self) -> dict:
+        """What an operator's view shows of the record (``appliance workers``, ``GET /workers``)."""
+        return {
+            "name": self.name,
+            "address": self.address,
+            "default_model": self.default_model,
+            "resident_models": list(self.resident_models),
+            "available_models": list(self.available_models),
+            "languages": list(self.capabilities.languages),
+            "active_sessions": self.metrics.active_sessions,
+            "max_sessions": self.capabilities.max_concurrent_sessions,
+            "queue_depth": self.metrics.queue_depth,
+            "ttfa_p50_ms": self.metrics.ttfa_p50_ms,
+            "rtf": self.metrics.rtf,
+            "healthy": self.healthy,
+        }
+
 
 # --- keys -------------------------------------------------------------------------------------
 

@@ -120,50 +120,15 @@ def build_wheels(
     manylinux2014_aarch64), pure-Python wheels are built here and binary ones downloaded."""
     dest.mkdir(parents=True, exist_ok=True)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
-    _run([*pip, "wheel", "--quiet", "--wheel-dir", str(dest), str(tree), *requirements, *pip_args])
-    if platform:
-        for w in dest.glob("*.whl"):
-            if not _pure(w):
-                w.unlink()
-        app = sorted(dest.glob("appliance-*.whl"))
-        _run(
-            [
-                *pip,
-                "download",
-                "--quiet",
-                "--dest",
-                str(dest),
-                "--find-links",
-                str(dest),
-                "--only-binary=:all:",
-                "--platform",
-                platform,
-                "--python-version",
-                python_version,
-                "--implementation",
-                "cp",
-                *[str(a) for a in app],
-                *requirements,
-                *pip_args,
-            ]
-        )
-    for _ in range(3):  # what the added wheels need in turn, too
-        missing = missing_on_target(dest)
-        if not missing:
-            break
-        target = (
-            [
-                "--only-binary=:all:",
-                "--platform",
-                platform,
-                "--python-version",
-                python_version,
-                "--implementation",
-                "cp",
-            ]
-            if platform
-            else []
-        )
+    pip_args = list(pip_args)
+    target = (
+        ["--only-binary=:all:", "--platform", platform, "--python-version", python_version]
+        + ["--implementation", "cp"]
+        if platform
+        else []
+    )
+
+    def download(*what: str) -> None:
         _run(
             [
                 *pip,
@@ -174,10 +139,22 @@ def build_wheels(
                 "--find-links",
                 str(dest),
                 *target,
-                *missing,
+                *what,
                 *pip_args,
             ]
         )
+
+    _run([*pip, "wheel", "--quiet", "--wheel-dir", str(dest), str(tree), *requirements, *pip_args])
+    if platform:
+        for w in dest.glob("*.whl"):
+            if not _pure(w):
+                w.unlink()
+        download(*[str(a) for a in sorted(dest.glob("appliance-*.whl"))], *requirements)
+    for _ in range(3):  # what the added wheels need in turn, too
+        missing = missing_on_target(dest)
+        if not missing:
+            break
+        download(*missing)
     return sorted(dest.glob("*.whl"))
 
 

@@ -6,7 +6,7 @@ is loaded, so importing this package is cheap.
 
 from appliance.asr.base import MIN_AUDIO_S, SAMPLE_RATE, AsrEngine, Recognition, Transcript, TranscriptSegment
 from appliance.asr.models import WHISPER_MODELS, ModelNotInstalled, locate_whisper_model
-from appliance.asr.whisper import WhisperAsr
+from appliance.asr.whisper import WhisperAsr, whisper_from_settings
 
 __all__ = [
     "MIN_AUDIO_S",
@@ -19,4 +19,5 @@ __all__ = [
     "TranscriptSegment",
     "WhisperAsr",
     "locate_whisper_model",
+    "whisper_from_settings",
 ]

@@ -176,3 +176,16 @@ class WhisperAsr(AsrEngine):
     def unload(self) -> None:
         self._whisper = None
         self.loaded = False
+
+
+def whisper_from_settings(asr) -> WhisperAsr:
+    """The engine an ``[asr]`` settings section (``AsrSettings``) describes."""
+    return WhisperAsr(
+        model=asr.model,
+        device=asr.device,
+        compute_type=asr.compute_type,
+        cpu_threads=asr.cpu_threads,
+        beam_size=asr.beam_size,
+        language=asr.language,
+        models_dir=asr.models_dir,
+    )

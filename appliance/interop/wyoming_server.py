@@ -16,7 +16,7 @@ from importlib.metadata import version
 from wyoming.info import AsrModel, AsrProgram, Attribution, Info, TtsProgram, TtsVoice
 from wyoming.server import AsyncServer, AsyncTcpServer
 
-from appliance.asr import WhisperAsr
+from appliance.asr import whisper_from_settings
 from appliance.config import OrchestratorSettings
 from appliance.interop.voices import VoiceCatalog
 from appliance.interop.wyoming_handler import WyomingHandler
@@ -32,24 +32,11 @@ APPLIANCE = Attribution(name="appliance", url="")
 WHISPER = Attribution(name="OpenAI Whisper (faster-whisper)", url="https://github.com/SYSTRAN/faster-whisper")
 
 
-def make_asr(settings: OrchestratorSettings) -> WhisperAsr:
-    a = settings.asr
-    return WhisperAsr(
-        model=a.model,
-        device=a.device,
-        compute_type=a.compute_type,
-        cpu_threads=a.cpu_threads,
-        beam_size=a.beam_size,
-        language=a.language,
-        models_dir=a.models_dir,
-    )
-
-
 class WyomingService:
     def __init__(self, settings: OrchestratorSettings, *, pool: WorkerPool | None = None, asr=None) -> None:
         self.settings = settings
         self.pool = pool or make_pool(settings)
-        self.asr = asr or make_asr(settings)
+        self.asr = asr or whisper_from_settings(settings.asr)
         self.catalog = VoiceCatalog(self.pool)
         self.max_clients = settings.wyoming.max_clients
         self.clients: set[WyomingHandler] = set()

@@ -50,18 +50,7 @@ async def read_redis(settings: OrchestratorSettings) -> dict:
             continue
         workers.append(
             {
-                "name": r.name,
-                "address": r.address,
-                "default_model": r.default_model,
-                "resident_models": list(r.resident_models),
-                "available_models": list(r.available_models),
-                "languages": list(r.capabilities.languages),
-                "active_sessions": r.metrics.active_sessions,
-                "max_sessions": r.capabilities.max_concurrent_sessions,
-                "queue_depth": r.metrics.queue_depth,
-                "ttfa_p50_ms": r.metrics.ttfa_p50_ms,
-                "rtf": r.metrics.rtf,
-                "healthy": r.healthy,
+                **r.summary(),
                 "down": None,
                 "source": "redis",
                 "heartbeat_age_s": round(max(0.0, now - r.heartbeat_at), 1),

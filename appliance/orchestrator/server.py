@@ -12,7 +12,7 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from appliance.asr import WhisperAsr
+from appliance.asr import whisper_from_settings
 from appliance.asr.turn_model import TurnModel, load_turn_model
 from appliance.config import ConfigError, OrchestratorSettings
 from appliance.discovery import redact
@@ -35,16 +35,7 @@ class Orchestrator:
     def __init__(self, settings: OrchestratorSettings, asr=None, responder_note: str | None = None) -> None:
         self.settings = settings
         self.responder_note = responder_note  # why this responder (e.g. the echo fallback's reason)
-        a = settings.asr
-        self.asr = asr or WhisperAsr(
-            model=a.model,
-            device=a.device,
-            compute_type=a.compute_type,
-            cpu_threads=a.cpu_threads,
-            beam_size=a.beam_size,
-            language=a.language,
-            models_dir=a.models_dir,
-        )
+        self.asr = asr or whisper_from_settings(settings.asr)
         self.metrics = OrchestratorMetrics()
         self.pool: WorkerPool = make_pool(settings, self.metrics.registry)  # Redis-routed, or the static list
         self.conversations: dict[str, Conversation] = {}

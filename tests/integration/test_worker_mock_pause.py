@@ -13,12 +13,27 @@ from appliance.tts.stream import SynthesisStream
 from appliance.tts.worker import TTSWorker
 
 
-async def test_resume_continues_exactly_where_pause_stopped():
+async def _mock_worker() -> TTSWorker:
     settings = load_settings(
         WorkerSettings, None, name="mock", port=0, metrics_port=None, models={"default": "mock-sine"}
     )
     worker = TTSWorker(settings)
     await worker.start()
+    return worker
+
+
+def _slow_close(monkeypatch, delay_s: float) -> None:
+    close = SynthesisStream.close
+
+    async def slow_close(self):
+        await asyncio.sleep(delay_s)
+        await close(self)
+
+    monkeypatch.setattr(SynthesisStream, "close", slow_close)
+
+
+async def test_resume_continues_exactly_where_pause_stopped():
+    worker = await _mock_worker()
     text = " ".join(f"word{i}" for i in range(120))  # ~18 s of tones
     try:
         async with TTSClient(worker.address) as client:
@@ -49,18 +64,8 @@ async def test_next_stream_may_open_as_soon_as_the_final_frame_arrives(monkeypat
     """A client (the orchestrator) opens a session's next stream the moment it reads the last one's
     final frame, normally or after STOP: the worker must not still count the old stream as open,
     however long its clean-up takes (here made slow on purpose)."""
-    close = SynthesisStream.close
-
-    async def slow_close(self):
-        await asyncio.sleep(0.05)
-        await close(self)
-
-    monkeypatch.setattr(SynthesisStream, "close", slow_close)
-    settings = load_settings(
-        WorkerSettings, None, name="mock", port=0, metrics_port=None, models={"default": "mock-sine"}
-    )
-    worker = TTSWorker(settings)
-    await worker.start()
+    _slow_close(monkeypatch, 0.05)
+    worker = await _mock_worker()
     try:
         async with TTSClient(worker.address) as client:
             await client.start_session("s")
@@ -86,18 +91,8 @@ async def test_next_stream_may_open_right_after_the_last_one_is_cancelled(monkey
     """Barge-in cancels the reply's call and the next turn's reply may open its stream at once,
     before the worker has finished cleaning up the cancelled one: the worker waits for that
     clean-up instead of refusing the new stream as a second open one."""
-    close = SynthesisStream.close
-
-    async def slow_close(self):
-        await asyncio.sleep(0.2)
-        await close(self)
-
-    monkeypatch.setattr(SynthesisStream, "close", slow_close)
-    settings = load_settings(
-        WorkerSettings, None, name="mock", port=0, metrics_port=None, models={"default": "mock-sine"}
-    )
-    worker = TTSWorker(settings)
-    await worker.start()
+    _slow_close(monkeypatch, 0.2)
+    worker = await _mock_worker()
     try:
         async with TTSClient(worker.address) as client:
             await client.start_session("s")

@@ -293,18 +293,8 @@ class RoutedPool:
             r = e.record
             workers.append(
                 {
-                    "name": r.name,
+                    **r.summary(),
                     "address": address,
-                    "default_model": r.default_model,
-                    "resident_models": list(r.resident_models),
-                    "available_models": list(r.available_models),
-                    "languages": list(r.capabilities.languages),
-                    "active_sessions": r.metrics.active_sessions,
-                    "max_sessions": r.capabilities.max_concurrent_sessions,
-                    "queue_depth": r.metrics.queue_depth,
-                    "ttfa_p50_ms": r.metrics.ttfa_p50_ms,
-                    "rtf": r.metrics.rtf,
-                    "healthy": r.healthy,
                     "down": e.down,
                     "source": e.source,
                     "heartbeat_age_s": round(max(0.0, now_wall - r.heartbeat_at), 1) if e.in_redis else None,
