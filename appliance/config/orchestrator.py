@@ -148,6 +148,15 @@ DEFAULT_BACKCHANNELS = (
 )
 
 
+# Words an English sentence seldom ends on: a transcript ending on one is a phrase going on.
+DEFAULT_UNFINISHED_WORDS = (
+    "a", "an", "the", "and", "or", "but", "so", "because", "if", "than", "that", "of", "to", "for",
+    "with", "by", "at", "in", "on", "from", "into", "about", "like", "my", "your", "our", "their",
+    "his", "her", "its", "this", "these", "those", "is", "are", "was", "were", "be", "am", "can",
+    "could", "would", "should", "will", "um", "uh", "er",
+)  # fmt: skip
+
+
 class TurnSettings(_Section):
     mode: Literal["smart", "silence"] = Field(
         "smart",
@@ -163,6 +172,15 @@ class TurnSettings(_Section):
         None, description="the smart-turn ONNX file (absent: the model store's copy)"
     )
     threads: int = Field(1, ge=1, description="CPU threads of the turn model")
+    check_transcript: bool = Field(
+        True,
+        description="smart mode: a pause the model calls complete ends the turn only once the "
+        "speculative transcript shows it does not stop on an unfinished phrase",
+    )
+    unfinished_words: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_UNFINISHED_WORDS),
+        description="a transcript ending on one of these is a phrase going on",
+    )
     backchannels: bool = Field(True, description="short listener words while speaking resume the reply")
     backchannel_words: list[str] = Field(
         default_factory=lambda: list(DEFAULT_BACKCHANNELS), description="what counts as a backchannel"

@@ -13,6 +13,7 @@ from speech import transcribe, wer
 from voices import pad, paused_speech, piper_speech, with_noise
 
 from appliance.asr import WhisperAsr
+from appliance.asr.turn_model import TurnVerdict
 from appliance.config import OrchestratorSettings, load_settings
 from appliance.orchestrator.server import Orchestrator
 from appliance.transport.ws_client import WsClient
@@ -105,6 +106,39 @@ async def test_a_mid_sentence_pause_is_one_turn_in_smart_mode_and_splits_in_sile
     # transcribing when the speech resumes (the two parts are joined into one turn), a fast one has
     # started its reply within the 700 ms pause (the rest is a barge-in and a new turn). Either way
     # it is not the one turn smart mode gives, which is what this test is about.
+
+
+class SaysComplete:
+    """The real turn model, its every verdict turned to "complete": a pause the model gets wrong."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+
+    @property
+    def last_ms(self):
+        return self.model.last_ms
+
+    async def judge(self, audio):
+        verdict = await self.model.judge(audio)
+        return TurnVerdict(True, verdict.probability, verdict.ms)
+
+    def close(self) -> None:
+        self.model.close()
+
+
+async def test_a_pause_on_an_unfinished_phrase_is_held_by_its_transcript(orchestrator_with):
+    clip = [("Play the new album by my favourite band.", "by")]
+    heard = {}
+    for check in (False, True):
+        # The long bound leaves a slow machine time for the speculative pass the check reads.
+        orch = await orchestrator_with(
+            "smart", turn={"check_transcript": check, "incomplete_timeout_ms": 4000}
+        )
+        orch.turn_model = SaysComplete(orch.turn_model)
+        ((heard[check]),) = await _paused_turns(orch, clip)
+    assert heard[False][0] > 1, heard  # a "complete" verdict alone ends the turn at "by"
+    ends, finals = heard[True]
+    assert ends == 1 and len(finals) == 1 and wer(clip[0][0], finals[0]) <= 0.4, heard
 
 
 async def _over_the_reply(orch, words: str) -> WsClient:

@@ -116,3 +116,27 @@ def test_smart_mode_asks_at_the_short_pause_and_waits_the_long_bound():
     assert (vad.provisional_silence_ms, vad.endpoint_silence_ms) == (100, 1400)
     assert eot.soonest_end_ms(vad) == 140.0
     assert not EndOfTurn(TurnSettings(mode="silence"), Model()).smart  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "text, unfinished",
+    [
+        ("I would like to book a table for", True),
+        ("Please add milk and", True),
+        ("What is the capital city of...", True),
+        ("Play the new album by", True),
+        ("What is the weather like in Paris today?", False),
+        ("Turn the volume down.", False),
+        ("", False),
+    ],
+)
+def test_a_transcript_ending_on_a_function_word_is_a_phrase_going_on(text, unfinished):
+    end = EndOfTurn(TurnSettings(), None)
+    assert end.sounds_unfinished(text) is unfinished
+    assert EndOfTurn(TurnSettings(unfinished_words=[]), None).sounds_unfinished(text) is False
+
+
+def test_the_transcript_check_belongs_to_smart_mode(tmp_path):
+    assert EndOfTurn(TurnSettings(mode="silence"), object()).checks_transcript is False
+    assert EndOfTurn(TurnSettings(check_transcript=False), object()).checks_transcript is False
+    assert EndOfTurn(TurnSettings(), object()).checks_transcript is True

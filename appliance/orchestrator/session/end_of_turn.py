@@ -4,6 +4,9 @@
 * ``smart``: the VAD's provisional pause is ``[turn] pause_ms``; there the turn model judges the
   audio so far (off the loop). Complete: the turn ends at that pause. Incomplete: it ends only after
   ``[turn] incomplete_timeout_ms`` of silence, unless speech resumes (the next pause is judged again).
+  With ``check_transcript``, a complete verdict waits for the speculative transcript started at the
+  same pause: one that ends on an unfinished phrase ("a table for") is overruled. The transcript is
+  what the reply needs anyway, so this costs no voice-to-voice time, only moves the commit to it.
 
 Without a turn model (not installed, or failed to load) smart mode is silence mode.
 """
@@ -11,6 +14,7 @@ Without a turn model (not installed, or failed to load) smart mode is silence mo
 from __future__ import annotations
 
 import logging
+import re
 
 import numpy as np
 
@@ -25,6 +29,7 @@ class EndOfTurn:
     def __init__(self, settings: TurnSettings, model: TurnModel | None) -> None:
         self.settings = settings
         self.model = model if settings.mode == "smart" else None
+        self._unfinished = {w.lower() for w in settings.unfinished_words}
 
     @property
     def smart(self) -> bool:
@@ -44,6 +49,15 @@ class EndOfTurn:
         if not self.smart:
             return vad.endpoint_silence_ms
         return self.settings.pause_ms + (self.model_ms or 0.0)
+
+    @property
+    def checks_transcript(self) -> bool:
+        return self.smart and self.settings.check_transcript
+
+    def sounds_unfinished(self, text: str) -> bool:
+        """Does the transcript stop on a word a sentence seldom ends on ("for", "and", "the")?"""
+        words = re.findall(r"[a-z']+", text.lower())
+        return bool(words) and words[-1] in self._unfinished
 
     @property
     def model_ms(self) -> float | None:

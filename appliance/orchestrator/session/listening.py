@@ -14,6 +14,7 @@ speech means for the session (barge-in, a new turn) is the host's to decide.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import Protocol
 
@@ -30,6 +31,8 @@ from appliance.orchestrator.session.timeline import InputTimeline
 from appliance.orchestrator.session.turn import TurnTimes
 from appliance.transport.protocol import ServerEvent, VadEvent
 from appliance.transport.protocol import Transcript as TranscriptEvent
+
+log = logging.getLogger(__name__)
 
 SPECULATION_MATCH_MS = 40  # a speculative transcript is used if the turn ended this close to where it did
 
@@ -136,7 +139,26 @@ class Listener:
         """The turn model on the utterance at this pause: complete ends the turn here and now."""
         verdict = await self.end_of_turn.judge(audio)
         self._verdict_ms = verdict.ms
-        if verdict.complete and pause == self._pause and self.detector.in_pause:
+        if not verdict.complete:
+            return
+        if self.end_of_turn.checks_transcript and pause == self._pause and self._speculative is not None:
+            task = self._speculative[1]
+            try:
+                text = (await asyncio.shield(task)).text
+            except asyncio.CancelledError:
+                if not task.cancelled():
+                    raise  # this judgement itself is cancelled
+                return  # speech went on and the pass was dropped
+            except Exception:  # noqa: BLE001 (the final pass transcribes the turn: the model decides)
+                text = ""
+            if pause == self._pause and self.end_of_turn.sounds_unfinished(text):
+                log.info(
+                    "turn goes on session=%s: the transcript stops mid-phrase text=%r",
+                    self.sm.session_id,
+                    text[-60:],
+                )
+                return
+        if pause == self._pause and self.detector.in_pause:
             self._handle(self.detector.end_now())
 
     def _on_speech_end(self, event: vad.SpeechEnd) -> None:
