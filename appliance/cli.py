@@ -81,7 +81,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from appliance.logs import setup_logging
 
     setup_logging("info")
-    asyncio.run(run_embedded(port=args.port, host=args.host))
+    asyncio.run(run_embedded(port=args.port, host=args.host, livekit_url=args.livekit_url))
     return 0
 
 
@@ -224,6 +224,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="the embedded default: orchestrator + one Piper worker, no Redis, no root")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--host", default="127.0.0.1")
+    p.add_argument(
+        "--livekit-url",
+        help="also serve LiveKit rooms through this livekit-server, e.g. ws://127.0.0.1:7880 (key and secret: "
+        "APPLIANCE_LIVEKIT__API_KEY and APPLIANCE_LIVEKIT__API_SECRET or APPLIANCE_LIVEKIT__API_SECRET_FILE)",
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("chat", help="stream a WAV to the appliance in real time and save the reply")
