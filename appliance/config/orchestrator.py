@@ -193,7 +193,9 @@ class LiveKitSettings(_Section):
     """LiveKit as a transport: the orchestrator joins one room per conversation as an agent."""
 
     enabled: bool = Field(False, description="serve POST /livekit/token and join the rooms it names")
-    url: str = Field("", description="livekit-server's signalling URL for the orchestrator, e.g. ws://127.0.0.1:7880")
+    url: str = Field(
+        "", description="livekit-server's signalling URL for the orchestrator, e.g. ws://127.0.0.1:7880"
+    )
     public_url: str = Field(
         "", description="the URL the page connects to, e.g. wss://appliance.local/livekit (empty: url)"
     )
@@ -208,7 +210,9 @@ class LiveKitSettings(_Section):
     agent_name: str = Field(
         "appliance", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="the agent's identity in each room"
     )
-    token_ttl_s: int = Field(600, ge=10, le=86_400, description="how long a minted room token may be used to join")
+    token_ttl_s: int = Field(
+        600, ge=10, le=86_400, description="how long a minted room token may be used to join"
+    )
     join_timeout_s: float = Field(30.0, gt=0, description="the person must publish a microphone this soon")
     max_rooms: int = Field(16, ge=1, description="rooms served at once (more get HTTP 503)")
 

@@ -72,12 +72,14 @@ class LiveKitEndpoint:
                 return _error(400, f'"voice" must be a model id of at most {MAX_VOICE_CHARS} characters')
         if len(self.channels) >= self.settings.max_rooms:
             log.warning("token refused: %d rooms open", len(self.channels))
-            return _error(503, f"the appliance is serving its maximum of {self.settings.max_rooms} LiveKit rooms")
+            return _error(
+                503, f"the appliance is serving its maximum of {self.settings.max_rooms} LiveKit rooms"
+            )
         s = self.settings
         room_name = f"{s.room_prefix}{uuid.uuid4().hex[:12]}"
         person = f"person-{uuid.uuid4().hex[:8]}"
         room = rtc.Room()
-        channel = LiveKitChannel(room, person, max_lead_ms=self.max_lead_ms, voice=voice)
+        channel = LiveKitChannel(room, room_name, person, max_lead_ms=self.max_lead_ms, voice=voice)
         self.channels.add(channel)
         try:
             await room.connect(s.url, self.mint(room_name, s.agent_name, agent=True))
@@ -90,14 +92,21 @@ class LiveKitEndpoint:
         log.info("room %s open for %s (%d rooms)", room_name, person, len(self.channels))
         _spawn(self._tasks, self._run(channel))
         return web.json_response(
-            {"url": s.public_url or s.url, "token": self.mint(room_name, person), "room": room_name, "identity": person}
+            {
+                "url": s.public_url or s.url,
+                "token": self.mint(room_name, person),
+                "room": room_name,
+                "identity": person,
+            }
         )
 
     async def _run(self, channel: LiveKitChannel) -> None:
         try:
             mic = asyncio.ensure_future(channel.microphone.wait())
             gone = asyncio.ensure_future(channel.finished.wait())
-            await asyncio.wait({mic, gone}, timeout=self.settings.join_timeout_s, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                {mic, gone}, timeout=self.settings.join_timeout_s, return_when=asyncio.FIRST_COMPLETED
+            )
             for waiter in (mic, gone):
                 waiter.cancel()
             if channel.microphone.is_set() and not channel.closed:

@@ -48,9 +48,11 @@ DISCONNECT_TIMEOUT_S = 5.0
 
 
 class LiveKitChannel(Channel):
-    def __init__(self, room: rtc.Room, person: str, *, max_lead_ms: int = 100, voice: str | None = None):
+    def __init__(
+        self, room: rtc.Room, name: str, person: str, *, max_lead_ms: int = 100, voice: str | None = None
+    ):
         self.room, self.person = room, person
-        self.peer = f"livekit:{room.name}/{person}"
+        self.peer = f"livekit:{name}/{person}"
         self.hello = Hello(sample_rate=RATE, voice=voice)
         self.session_id: str | None = None
         self.source = rtc.AudioSource(RATE, 1, queue_size_ms=max_lead_ms + FRAME_MS + STALL_SLACK_MS)
@@ -131,7 +133,9 @@ class LiveKitChannel(Channel):
             try:
                 text = packet.data.decode()
             except UnicodeDecodeError:
-                raise ProtocolError("bad_message", "events are JSON text; audio goes on the audio track") from None
+                raise ProtocolError(
+                    "bad_message", "events are JSON text; audio goes on the audio track"
+                ) from None
             obj = parse_text_message(text)
             if obj["type"] == "hello":
                 log.info("hello ignored (not needed on LiveKit) %s", self._where())
