@@ -127,6 +127,11 @@ def cmd_bench_tts(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_conversation(args: argparse.Namespace) -> int:
+    if args.transport != "websocket":
+        from appliance.bench.transports import run_bench as run_transports
+
+        transports = [t.strip() for t in args.transport.split(",") if t.strip()]
+        return _report(asyncio.run(run_transports(transports, turns=args.turns)), args.out)
     from appliance.bench.conversation import run_bench
 
     result = asyncio.run(run_bench(turns=args.turns, url=args.url))
@@ -289,6 +294,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     q.add_argument("--turns", type=int, default=20)
     q.add_argument("--url", help="ws://HOST:PORT/ws of a running appliance (absent: start `appliance run`)")
+    q.add_argument(
+        "--transport",
+        default="websocket",
+        help="websocket (the full set above), or a comma list of websocket,livekit: voice-to-voice and "
+        "barge-in per transport in one run (livekit starts the livekit-server that "
+        "scripts/build-livekit-server.sh built, or $LIVEKIT_SERVER)",
+    )
     q.add_argument("--out", help="also write the JSON here")
     q.set_defaults(func=cmd_bench_conversation)
     q = bsub.add_parser(

@@ -11,11 +11,11 @@ from datetime import timedelta
 import aiohttp
 import pytest
 from livekit import api, rtc
-from livekit_participant import RATE, Participant, rms
-from livekit_server import GoMissing, LiveKitServer
+from livekit_server import GoMissing, livekit_server
 from speech import transcribe, wer
 from voices import pad, piper_speech
 
+from appliance.bench.livekit_client import RATE, Participant, rms
 from appliance.config import OrchestratorSettings, load_settings
 from appliance.orchestrator.server import Orchestrator
 
@@ -28,7 +28,7 @@ LONG_SAY = (
 @pytest.fixture(scope="module")
 def livekit():
     try:
-        server = LiveKitServer()
+        server = livekit_server()
     except GoMissing as exc:
         pytest.skip(str(exc))
     yield server

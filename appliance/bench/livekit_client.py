@@ -1,4 +1,4 @@
-"""The person's side of a LiveKit room, on the real ``livekit`` rtc SDK: it asks the appliance for a
+"""The person's side of a LiveKit room (the benchmark's and the tests'), on the ``livekit`` rtc SDK: it asks the appliance for a
 room token, joins, publishes a microphone (16 kHz stereo by default, so the agent has to resample and
 down-mix) that plays queued speech in real time and silence otherwise, and records the agent's
 audio track and the events on the data topic."""
