@@ -167,7 +167,8 @@ async def run_bench(transports: list[str], turns: int = 20, port: int = 18080) -
         )
     voice = _Voice()
     clips = [voice.speech(QUESTIONS[i % len(QUESTIONS)])[0] for i in range(turns)]
-    server, env = None, {}
+    # The echo responder: an LLM's time would drown the transports' difference in its own spread.
+    server, env = None, {"APPLIANCE_RESPONDER__KIND": "echo"}
     if "livekit" in transports:
         from appliance.bench.livekit_server import LiveKitServer
 
@@ -177,7 +178,7 @@ async def run_bench(transports: list[str], turns: int = 20, port: int = 18080) -
                 "no livekit-server: run scripts/build-livekit-server.sh or set LIVEKIT_SERVER"
             )
         server = LiveKitServer(binary)
-        env = {
+        env |= {
             "APPLIANCE_LIVEKIT__ENABLED": "true",
             "APPLIANCE_LIVEKIT__URL": server.url,
             "APPLIANCE_LIVEKIT__API_KEY": server.api_key,
@@ -211,7 +212,12 @@ async def run_bench(transports: list[str], turns: int = 20, port: int = 18080) -
             terminate(proc, 30)
         if server:
             server.close()
-    out = {"benchmark": "conversation-transports", "turns": turns, "machine": {"cpus": os.cpu_count()}}
+    out = {
+        "benchmark": "conversation-transports",
+        "turns": turns,
+        "responder": "echo",
+        "machine": {"cpus": os.cpu_count(), "load_average": os.getloadavg()},
+    }
     out["transports"] = results
     if {"websocket", "livekit"} <= set(results):
         ws, lk = results["websocket"], results["livekit"]
