@@ -45,7 +45,7 @@ define apt_ensure
 	else echo "warning: not root; install these Debian packages yourself:$$missing" >&2; fi
 endef
 
-.PHONY: run run-tls test test-unit test-integration test-deploy bundle bench run-deps tls-deps system-deps \
+.PHONY: livekit-server web-livekit run run-tls test test-unit test-integration test-deploy bundle bench run-deps tls-deps system-deps \
 	proto lint clean
 
 $(RUN_STAMP): pyproject.toml
@@ -69,20 +69,33 @@ tls-deps:
 system-deps:
 	$(call apt_ensure,$(RUN_APT) $(TEST_APT))
 
-run: $(RUN_STAMP)
+run: $(RUN_STAMP) web-livekit
 	$(BIN)/appliance run --port 8080
 
 # make run-tls — the same behind a local Caddy (HTTPS, internal CA) for other devices on the LAN
 run-tls: $(RUN_STAMP) tls-deps
 	scripts/run-tls.sh
 
-test: $(STAMP) system-deps
+# livekit-server for the LiveKit tests: built from its Go module once per machine, cached outside the
+# clone by version (scripts/build-livekit-server.sh; about 6 minutes on 2 cores, downloads included).
+# Without Go the LiveKit tests skip and say so; a build that fails fails here.
+livekit-server:
+	@if command -v go >/dev/null; then scripts/build-livekit-server.sh >/dev/null; \
+	else echo "warning: Go is not installed; the LiveKit tests will skip (https://go.dev/dl/)" >&2; fi
+
+# The page's LiveKit client (livekit-client from npm, pinned by appliance/web/livekit/package-lock.json)
+# into appliance/web/vendor/, which git ignores. Without npm the page's LiveKit choice says so.
+web-livekit:
+	@if command -v npm >/dev/null; then scripts/build-web-livekit.sh >/dev/null; \
+	else echo "warning: npm is not installed; the page's LiveKit transport stays unavailable" >&2; fi
+
+test: $(STAMP) system-deps livekit-server web-livekit
 	$(BIN)/python -m pytest tests
 
 test-unit: $(STAMP) system-deps
 	$(BIN)/python -m pytest tests/unit
 
-test-integration: $(STAMP) system-deps
+test-integration: $(STAMP) system-deps livekit-server
 	$(BIN)/python -m pytest tests/integration
 
 # As root with the tools: boots a bookworm container and runs ansible/site.yml against it (offline

@@ -81,7 +81,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from appliance.logs import setup_logging
 
     setup_logging("info")
-    asyncio.run(run_embedded(port=args.port, host=args.host))
+    asyncio.run(run_embedded(port=args.port, host=args.host, livekit_url=args.livekit_url))
     return 0
 
 
@@ -127,6 +127,11 @@ def cmd_bench_tts(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_conversation(args: argparse.Namespace) -> int:
+    if args.transport != "websocket":
+        from appliance.bench.transports import run_bench as run_transports
+
+        transports = [t.strip() for t in args.transport.split(",") if t.strip()]
+        return _report(asyncio.run(run_transports(transports, turns=args.turns)), args.out)
     from appliance.bench.conversation import run_bench
 
     result = asyncio.run(run_bench(turns=args.turns, url=args.url))
@@ -224,6 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="the embedded default: orchestrator + one Piper worker, no Redis, no root")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--host", default="127.0.0.1")
+    p.add_argument(
+        "--livekit-url",
+        help="also serve LiveKit rooms through this livekit-server, e.g. ws://127.0.0.1:7880 (key and secret: "
+        "APPLIANCE_LIVEKIT__API_KEY and APPLIANCE_LIVEKIT__API_SECRET or APPLIANCE_LIVEKIT__API_SECRET_FILE)",
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("chat", help="stream a WAV to the appliance in real time and save the reply")
@@ -284,6 +294,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     q.add_argument("--turns", type=int, default=20)
     q.add_argument("--url", help="ws://HOST:PORT/ws of a running appliance (absent: start `appliance run`)")
+    q.add_argument(
+        "--transport",
+        default="websocket",
+        help="websocket (the full set above), or a comma list of websocket,livekit: voice-to-voice and "
+        "barge-in per transport in one run (livekit starts the livekit-server that "
+        "scripts/build-livekit-server.sh built, or $LIVEKIT_SERVER)",
+    )
     q.add_argument("--out", help="also write the JSON here")
     q.set_defaults(func=cmd_bench_conversation)
     q = bsub.add_parser(

@@ -17,7 +17,12 @@ from appliance.tts.client import TTSClient
 log = logging.getLogger(__name__)
 
 
-async def run_embedded(port: int = 8080, host: str = "127.0.0.1", worker_config: str | None = None) -> None:
+async def run_embedded(
+    port: int = 8080,
+    host: str = "127.0.0.1",
+    worker_config: str | None = None,
+    livekit_url: str | None = None,
+) -> None:
     worker_port = free_port()
     cmd = worker_command(worker_port, name="embedded")
     if worker_config:
@@ -27,7 +32,12 @@ async def run_embedded(port: int = 8080, host: str = "127.0.0.1", worker_config:
         async with TTSClient(f"127.0.0.1:{worker_port}") as client:
             await client.wait_ready(180)
         settings = load_settings(
-            OrchestratorSettings, None, host=host, port=port, workers=[f"127.0.0.1:{worker_port}"]
+            OrchestratorSettings,
+            None,
+            host=host,
+            port=port,
+            workers=[f"127.0.0.1:{worker_port}"],
+            livekit={"enabled": True, "url": livekit_url} if livekit_url else None,
         )
         settings, note = choose_responder(settings)
         orchestrator = Orchestrator(settings, responder_note=note)

@@ -207,6 +207,60 @@ class WebRtcSettings(_Section):
         return v
 
 
+class LiveKitSettings(_Section):
+    """LiveKit as a transport: the orchestrator joins one room per conversation as an agent."""
+
+    enabled: bool = Field(False, description="serve POST /livekit/token and join the rooms it names")
+    url: str = Field(
+        "", description="livekit-server's signalling URL for the orchestrator, e.g. ws://127.0.0.1:7880"
+    )
+    public_url: str = Field(
+        "", description="the URL the page connects to, e.g. wss://appliance.local/livekit (empty: url)"
+    )
+    api_key: str = Field("", description="the API key livekit-server knows (or APPLIANCE_LIVEKIT__API_KEY)")
+    api_secret: SecretStr | None = Field(
+        None, description="its secret (or APPLIANCE_LIVEKIT__API_SECRET); never logged"
+    )
+    api_secret_file: Path | None = Field(None, description="first line is the secret (instead of api_secret)")
+    room_prefix: str = Field(
+        "appliance-", pattern=r"^[A-Za-z0-9_.-]{0,32}$", description="rooms are named <prefix><random id>"
+    )
+    agent_name: str = Field(
+        "appliance", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="the agent's identity in each room"
+    )
+    token_ttl_s: int = Field(
+        600, ge=10, le=86_400, description="how long a minted room token may be used to join"
+    )
+    join_timeout_s: float = Field(30.0, gt=0, description="the person must publish a microphone this soon")
+    max_rooms: int = Field(16, ge=1, description="rooms served at once (more get HTTP 503)")
+
+    @field_validator("url", "public_url")
+    @classmethod
+    def _ws_url(cls, v: str) -> str:
+        if v and not v.startswith(("ws://", "wss://", "http://", "https://")):
+            raise ValueError("must start with ws://, wss://, http:// or https://")
+        return v
+
+    @model_validator(mode="after")
+    def _complete_when_enabled(self) -> LiveKitSettings:
+        if self.enabled:
+            missing = [k for k in ("url", "api_key") if not getattr(self, k)]
+            if self.api_secret is None and self.api_secret_file is None:
+                missing.append("api_secret (or api_secret_file)")
+            if missing:
+                raise ValueError(f"enabled = true needs {', '.join(missing)}")
+        return self
+
+    def secret(self) -> str:
+        """The API secret, from the setting or the first line of its file."""
+        if self.api_secret is not None:
+            return self.api_secret.get_secret_value()
+        if self.api_secret_file is None:
+            raise ValueError("[livekit] has no api_secret or api_secret_file")
+        lines = self.api_secret_file.read_text().splitlines()
+        return lines[0].strip() if lines else ""
+
+
 class ApiSettings(_Section):
     """The OpenAI-compatible HTTP API under /v1 (docs/interop.md)."""
 
@@ -302,6 +356,7 @@ class OrchestratorSettings(_ServiceSettings):
     playback: PlaybackSettings = Field(default_factory=PlaybackSettings)
     turn: TurnSettings = Field(default_factory=TurnSettings)
     webrtc: WebRtcSettings = Field(default_factory=WebRtcSettings)
+    livekit: LiveKitSettings = Field(default_factory=LiveKitSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     wyoming: WyomingSettings = Field(default_factory=WyomingSettings)
 

@@ -1,5 +1,5 @@
 """The orchestrator's HTTP side (aiohttp): the page at /, the WebSocket at /ws, WebRTC signalling at
-/webrtc/offer, /healthz, /metrics."""
+/webrtc/offer, LiveKit room tokens at /livekit/token (only with [livekit] enabled), /healthz, /metrics."""
 
 from __future__ import annotations
 
@@ -46,6 +46,15 @@ class Orchestrator:
             max_peers=settings.webrtc.max_peers,
             max_lead_ms=settings.playback.lead_ms,
         )
+        self.livekit = None  # LiveKitEndpoint with [livekit] enabled: the SDK is imported only then
+        if settings.livekit.enabled:
+            from appliance.transport.livekit import LiveKitEndpoint
+
+            self.livekit = LiveKitEndpoint(
+                lambda channel: self.converse(channel, "livekit"),
+                settings.livekit,
+                max_lead_ms=settings.playback.lead_ms,
+            )
         self.llm = None  # the embedded responder's loaded model, shared by every session
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
@@ -60,6 +69,8 @@ class Orchestrator:
         app.router.add_get("/", self.index)
         app.router.add_get("/ws", self.websocket)
         app.router.add_post("/webrtc/offer", self.webrtc.offer)
+        if self.livekit is not None:
+            app.router.add_post("/livekit/token", self.livekit.token)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/metrics", self.prometheus)
         app.router.add_get("/workers", self.workers)
@@ -132,6 +143,8 @@ class Orchestrator:
         for conv in list(self.conversations.values()):
             await conv.channel.close(1001, "server shutting down")
         await self.webrtc.close()
+        if self.livekit is not None:
+            await self.livekit.close()
         if self._runner:
             await self._runner.cleanup()
         await self.pool.close()
@@ -160,6 +173,7 @@ class Orchestrator:
                 "sessions": len(self.conversations),
                 "workers": [w["address"] for w in self.pool.view()["workers"]],
                 "responder": self.responder_description(),
+                "livekit": self.settings.livekit.enabled,
             }
         )
 

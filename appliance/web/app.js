@@ -1,20 +1,23 @@
 // The appliance page: press Start, talk, hear the answer, interrupt it by talking over it.
 //
 // app.js holds the session logic (start/stop, reconnect with backoff, events → state);
-// ui.js draws; audio.js captures and plays; transport-ws.js and transport-webrtc.js talk to the
-// orchestrator. URL options: ?transport=websocket|webrtc, ?test=1 (microphone DSP off, for a
-// fake microphone file). Test drivers use window.applianceTest (see the bottom of this file).
+// ui.js draws; audio.js captures and plays; transport-ws.js, transport-webrtc.js and
+// transport-livekit.js (through a LiveKit room) talk to the orchestrator. URL options:
+// ?transport=websocket|webrtc|livekit, ?test=1 (microphone DSP off, for a fake microphone file).
+// Test drivers use window.applianceTest (see the bottom of this file).
 
 import { Microphone, FramePlayer, StreamTap, Recording, createContext, captureRate, REPLY_RATE } from "./audio.js";
 import { WsTransport, TransportError, closeText } from "./transport-ws.js";
 import { WebRtcTransport } from "./transport-webrtc.js";
+import { LiveKitTransport } from "./transport-livekit.js";
 import { Ui } from "./ui.js";
 
 const params = new URLSearchParams(location.search);
 const TEST_MODE = params.get("test") === "1";
 const WANT_RATE = Number(params.get("rate")) || 0; // ?rate=16000: send the microphone at 16 kHz
 const VOICE = params.get("voice") || ""; // ?voice=MODEL_ID: the TTS model (WebSocket hello)
-const TRANSPORTS = ["webrtc", "websocket"];
+const TRANSPORTS = ["webrtc", "websocket", "livekit"];
+const TRANSPORT_LABELS = { webrtc: "WebRTC", websocket: "WebSocket", livekit: "LiveKit" };
 const BACKOFF_MS = [1000, 2000, 4000, 8000, 10000];
 const STABLE_MS = 10000; // a connection that lasted this long resets the backoff
 // Close codes after which reconnecting would not help (docs/protocol.md; transport/protocol.py CloseCode).
@@ -255,7 +258,7 @@ function makeTransport() {
     t = new WsTransport(handlers);
   } else {
     handlers.onRemoteStream = (stream) => onRemoteStream(t, stream);
-    t = new WebRtcTransport(handlers);
+    t = app.transportName === "livekit" ? new LiveKitTransport(handlers) : new WebRtcTransport(handlers);
   }
   return t;
 }
@@ -277,7 +280,7 @@ async function connect() {
     app.connecting = false;
     if (gen !== app.generation) return;
     const err = e instanceof TransportError ? e : new TransportError(String(e.message || e));
-    if (err.fallback && app.transportName === "webrtc") {
+    if (err.fallback && app.transportName !== "websocket") {
       notice("error", `${err.message}; using WebSocket instead.`);
       app.transportName = "websocket";
       ui.setTransport("websocket");
@@ -304,7 +307,7 @@ async function connect() {
     if (app.player) app.player.close();
     app.player = new FramePlayer(app.playbackCtx, recording);
   }
-  ui.setConnection("connected", `connected (${t.name === "webrtc" ? "WebRTC" : "WebSocket"})`);
+  ui.setConnection("connected", `connected (${TRANSPORT_LABELS[t.name]})`);
   ui.showConnNotice("");
   ui.setConnected(true);
   if (app.rawState === "CONNECTING" || app.rawState === "RECONNECTING") {
@@ -333,7 +336,7 @@ async function connect() {
     console.error("attaching the microphone failed", e);
     notice("error", `The microphone could not be connected: ${e.message || e}`);
   }
-  if (app.mic && app.mic.startedAt === null && t.name === "webrtc") app.mic.startedAt = performance.now();
+  if (app.mic && app.mic.startedAt === null && t.name !== "websocket") app.mic.startedAt = performance.now();
   ui.setSession(`${app.sessionId ? `session ${app.sessionId} · ` : ""}${t.name} · ${app.mic ? app.mic.label : ""}`);
 }
 

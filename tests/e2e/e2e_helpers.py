@@ -79,7 +79,7 @@ FED_MIC_SCRIPT = """
 class CaddyProcess:
     """Debian's Caddy with the shipped Caddyfile template, on free ports, with its own data dir."""
 
-    def __init__(self, upstream: str, data_dir: Path) -> None:
+    def __init__(self, upstream: str, data_dir: Path, env: dict[str, str] | None = None) -> None:
         self.https_port = free_port()
         self.http_port = free_port()
         self.url = f"https://localhost:{self.https_port}"
@@ -94,6 +94,7 @@ class CaddyProcess:
             "APPLIANCE_HTTPS_PORT": str(self.https_port),
             "APPLIANCE_HTTP_PORT": str(self.http_port),
             "APPLIANCE_CA_DIR": str(data_dir / "data" / "caddy" / "pki" / "authorities" / "local"),
+            **(env or {}),
         }
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
