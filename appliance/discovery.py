@@ -66,6 +66,7 @@ UNKNOWN_ENGINE = EngineCapabilities(cpu_ok=False)
 # answer (a static worker) derives the same flags as the worker's own record.
 ENGINE_CAPABILITIES: dict[str, EngineCapabilities] = {
     "piper": EngineCapabilities(cpu_ok=True),
+    "hibari": EngineCapabilities(cpu_ok=True),  # ~100x real time on one core
     "mock": EngineCapabilities(cpu_ok=True),
 }
 

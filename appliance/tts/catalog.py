@@ -25,11 +25,16 @@ class ModelError(Exception):
 
 
 class UnknownModel(ModelError):
-    def __init__(self, model_id: str, known: list[str]) -> None:
+    def __init__(self, model_id: str, known: list[str], missing: str = "") -> None:
         super().__init__(model_id, f"unknown model id {model_id!r}")
         self.known = known
+        self.missing = missing  # why a model this release knows is not served here
 
     def __str__(self) -> str:
+        if self.missing:
+            return (
+                f"model {self.model_id!r} is not served here: {self.missing}; served: {', '.join(self.known)}"
+            )
         return f"unknown model id {self.model_id!r}; known: {', '.join(self.known) or 'none'}"
 
 
@@ -40,6 +45,8 @@ class ModelSpec:
     language: str
     sample_rate: int
     description: str = ""
+    # An optional model is served only where its files (and engine package) are installed.
+    optional: bool = False
     # Returns the model's files (e.g. {"onnx": Path, "config": Path}); raises FileNotFoundError.
     locate: Callable[[Path | None], dict[str, Path]] = field(
         default=lambda _dir: {}, repr=False, compare=False
@@ -63,6 +70,49 @@ def _piper_joe(models_dir: Path | None) -> dict[str, Path]:
     return {"onnx": Path(pkg.model_path()), "config": Path(pkg.config_path())}
 
 
+# hibari's voices: "heart" is inside the hibari-tts wheel; the others are published only on the
+# upstream model hub, so they come from DIR/hibari-<voice>/ once `appliance models fetch` put them
+# there (the worker never downloads at run time).
+HIBARI_VOICES: dict[str, tuple[str, str, str]] = {
+    # voice: (language, file, description)
+    "heart": ("en-US", "hibari.onnx", "American English, female (Kokoro af_heart)"),
+    "fenrir": ("en-US", "am_fenrir_v2.int8.onnx", "American English, male (Kokoro am_fenrir)"),
+    "kore": ("en-US", "af_kore.int8.onnx", "American English, female (Kokoro af_kore)"),
+    "emma": ("en-GB", "bf_emma.int8.onnx", "British English, female (Kokoro bf_emma)"),
+    "fable": ("en-GB", "bm_fable.int8.onnx", "British English, male (Kokoro bm_fable)"),
+}
+
+
+def _hibari_files(voice: str, file: str) -> Callable[[Path | None], dict[str, Path]]:
+    model_id = f"hibari-{voice}"
+
+    def locate(models_dir: Path | None) -> dict[str, Path]:
+        installed = find_installed(model_id, models_dir)
+        if installed is not None:
+            return {"onnx": installed / file}
+        if voice == "heart":
+            pkg = importlib.import_module("hibari")
+            return {"onnx": Path(pkg.__file__).parent / "assets" / file}
+        raise FileNotFoundError(f"{model_id} is not installed: run `appliance models fetch {model_id}`")
+
+    return locate
+
+
+def _hibari_specs() -> tuple[ModelSpec, ...]:
+    return tuple(
+        ModelSpec(
+            f"hibari-{voice}",
+            engine="hibari",
+            language=language,
+            sample_rate=24000,
+            description=f"hibari voice '{voice}': {description}",
+            optional=True,
+            locate=_hibari_files(voice, file),
+        )
+        for voice, (language, file, description) in HIBARI_VOICES.items()
+    )
+
+
 BUILTIN_MODELS: tuple[ModelSpec, ...] = (
     ModelSpec(
         "piper-en_US-joe-medium",
@@ -79,19 +129,33 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
         sample_rate=24000,
         description="a sine tone per word, for plumbing tests",
     ),
+    *_hibari_specs(),
 )
+
+
+def _why_missing(spec: ModelSpec, models_dir: Path | None) -> str:
+    try:
+        files = spec.locate(models_dir)
+    except ImportError as exc:
+        return f"its engine package is not installed ({exc.name}; pip install 'appliance[{spec.engine}]')"
+    except FileNotFoundError as exc:
+        return str(exc)
+    gone = [str(p) for p in files.values() if not p.exists()]
+    return f"missing {', '.join(gone)}" if gone else ""
 
 
 class Catalog:
     def __init__(self, specs: tuple[ModelSpec, ...] = BUILTIN_MODELS, models_dir: Path | None = None) -> None:
-        self._specs = {s.model_id: s for s in specs}
         self.models_dir = models_dir
+        # Optional models that cannot be served here, with the reason (for a clear NOT_FOUND).
+        self.missing = {s.model_id: why for s in specs if s.optional and (why := _why_missing(s, models_dir))}
+        self._specs = {s.model_id: s for s in specs if s.model_id not in self.missing}
 
     def get(self, model_id: str) -> ModelSpec:
         try:
             return self._specs[model_id]
         except KeyError:
-            raise UnknownModel(model_id, sorted(self._specs)) from None
+            raise UnknownModel(model_id, sorted(self._specs), self.missing.get(model_id, "")) from None
 
     def __contains__(self, model_id: str) -> bool:
         return model_id in self._specs

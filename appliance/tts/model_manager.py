@@ -322,7 +322,8 @@ class ModelManager:
         try:
             return self._entries[model_id]
         except KeyError:
-            raise UnknownModel(model_id, sorted(self._entries)) from None
+            missing = self.catalog.missing.get(model_id, "")
+            raise UnknownModel(model_id, sorted(self._entries), missing) from None
 
     @staticmethod
     def _evictable(entry: _Entry) -> bool:
