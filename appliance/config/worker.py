@@ -29,6 +29,15 @@ class ModelsSettings(_Section):
         ge=0,
         description="intra-op threads per ONNX call (0: all cores when alone, one each when calls overlap)",
     )
+    ram_budget_mb: float = Field(
+        0.0,
+        ge=0,
+        description="process memory the resident models may take (0: no budget); idle models are "
+        "evicted least recently used first to stay under it",
+    )
+    vram_budget_mb: float = Field(
+        0.0, ge=0, description="GPU memory the resident CUDA models may take (0: no budget)"
+    )
     models_dir: Path | None = Field(
         None,
         description="DIR/<model-id>/ installed by `appliance models fetch`, used before the packaged copy "

@@ -53,6 +53,8 @@ class TTSWorker:
             max_parallel_loads=m.max_parallel_loads,
             warmup=m.warmup,
             device=m.device,
+            ram_budget_mb=m.ram_budget_mb,
+            vram_budget_mb=m.vram_budget_mb,
             adapter_factory=lambda spec: create_adapter(
                 spec, m.device, m.models_dir, m.onnx_threads, contended=self._engine_contended
             ),
