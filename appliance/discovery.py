@@ -67,6 +67,7 @@ UNKNOWN_ENGINE = EngineCapabilities(cpu_ok=False)
 ENGINE_CAPABILITIES: dict[str, EngineCapabilities] = {
     "piper": EngineCapabilities(cpu_ok=True),
     "hibari": EngineCapabilities(cpu_ok=True),  # ~100x real time on one core
+    "kokoro": EngineCapabilities(cpu_ok=False),  # 82 M parameters: near real time on a small CPU
     "mock": EngineCapabilities(cpu_ok=True),
 }
 

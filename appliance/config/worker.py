@@ -18,6 +18,10 @@ from appliance.config.base import _host_port_or_none, _redis_scheme, _RedisSecti
 class ModelsSettings(_Section):
     default: str = "piper-en_US-joe-medium"
     preload: list[str] = Field(default_factory=list, description="loaded at start besides the default")
+    serve: list[str] = Field(
+        default_factory=list,
+        description="optional models (hibari-*, kokoro-ja-*) served on demand besides the default and preload",
+    )
     resident_cap: int = Field(2, ge=1)
     ttl_s: float = Field(600.0, gt=0, description="idle models are evicted after this long")
     min_residency_s: float = Field(60.0, ge=0, description="a model stays at least this long after loading")

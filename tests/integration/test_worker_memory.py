@@ -20,7 +20,11 @@ pytest.importorskip("hibari")
 PIPER, HIBARI = "piper-en_US-joe-medium", "hibari-heart"
 MB = 2**20
 # The default is the mock engine (it takes no memory), so both real engines can be evicted.
-ENV = {"APPLIANCE_MODELS__DEFAULT": "mock-sine", "APPLIANCE_MODELS__RESIDENT_CAP": "3"}
+ENV = {
+    "APPLIANCE_MODELS__DEFAULT": "mock-sine",
+    "APPLIANCE_MODELS__RESIDENT_CAP": "3",
+    "APPLIANCE_MODELS__SERVE": f'["{HIBARI}"]',
+}
 
 
 def _worker(**env: str) -> WorkerProcess:
@@ -88,8 +92,8 @@ async def test_a_budget_between_the_two_engines_refuses_then_evicts(measured):
             fresh = f"m-{uuid.uuid4().hex[:8]}"
             await client.start_session(fresh, PIPER)
             assert await _resident(client) == [PIPER]
-            pcm, _ = await client.synthesize_all(fresh, "Piper speaks now.")
-            assert wer("Piper speaks now.", transcribe(pcm, 48000)) <= 0.25
+            pcm, _ = await client.synthesize_all(fresh, "The kitchen lights are on.")
+            assert wer("The kitchen lights are on.", transcribe(pcm, 48000)) <= 0.25
             await client.end_session(fresh)
     finally:
         worker.stop()
