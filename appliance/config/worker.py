@@ -27,7 +27,10 @@ class ModelsSettings(_Section):
     min_residency_s: float = Field(60.0, ge=0, description="a model stays at least this long after loading")
     max_parallel_loads: int = Field(1, ge=1)
     warmup: bool = True
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda", "tensorrt"] = "auto"
+    devices: dict[str, Literal["auto", "cpu", "cuda", "tensorrt"]] = Field(
+        default_factory=dict, description="model id -> device, for models that differ from `device`"
+    )
     onnx_threads: int = Field(
         0,
         ge=0,

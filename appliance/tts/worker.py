@@ -58,7 +58,11 @@ class TTSWorker:
             ram_budget_mb=m.ram_budget_mb,
             vram_budget_mb=m.vram_budget_mb,
             adapter_factory=lambda spec: create_adapter(
-                spec, m.device, m.models_dir, m.onnx_threads, contended=self._engine_contended
+                spec,
+                m.devices.get(spec.model_id, m.device),
+                m.models_dir,
+                m.onnx_threads,
+                contended=self._engine_contended,
             ),
         )
         self.sessions = SessionRegistry(settings.max_sessions)

