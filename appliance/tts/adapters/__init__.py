@@ -12,7 +12,9 @@ from appliance.tts.adapters.mock import MockSineAdapter
 from appliance.tts.adapters.piper import PiperAdapter
 from appliance.tts.catalog import ModelSpec
 
-ENGINES: dict[str, type[EngineAdapter]] = {cls.engine: cls for cls in (MockSineAdapter, PiperAdapter, HibariAdapter, KokoroAdapter)}
+ENGINES: dict[str, type[EngineAdapter]] = {
+    cls.engine: cls for cls in (MockSineAdapter, PiperAdapter, HibariAdapter, KokoroAdapter)
+}
 
 
 def create_adapter(
