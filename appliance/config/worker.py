@@ -18,16 +18,32 @@ from appliance.config.base import _host_port_or_none, _redis_scheme, _RedisSecti
 class ModelsSettings(_Section):
     default: str = "piper-en_US-joe-medium"
     preload: list[str] = Field(default_factory=list, description="loaded at start besides the default")
+    serve: list[str] = Field(
+        default_factory=list,
+        description="optional models (hibari-*, kokoro-ja-*) served on demand besides the default and preload",
+    )
     resident_cap: int = Field(2, ge=1)
     ttl_s: float = Field(600.0, gt=0, description="idle models are evicted after this long")
     min_residency_s: float = Field(60.0, ge=0, description="a model stays at least this long after loading")
     max_parallel_loads: int = Field(1, ge=1)
     warmup: bool = True
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda", "tensorrt"] = "auto"
+    devices: dict[str, Literal["auto", "cpu", "cuda", "tensorrt"]] = Field(
+        default_factory=dict, description="model id -> device, for models that differ from `device`"
+    )
     onnx_threads: int = Field(
         0,
         ge=0,
         description="intra-op threads per ONNX call (0: all cores when alone, one each when calls overlap)",
+    )
+    ram_budget_mb: float = Field(
+        0.0,
+        ge=0,
+        description="process memory the resident models may take (0: no budget); idle models are "
+        "evicted least recently used first to stay under it",
+    )
+    vram_budget_mb: float = Field(
+        0.0, ge=0, description="GPU memory the resident CUDA models may take (0: no budget)"
     )
     models_dir: Path | None = Field(
         None,

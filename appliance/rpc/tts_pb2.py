@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x61ppliance/rpc/tts.proto\x12\x10\x61ppliance.tts.v1\"\xb0\x01\n\x13StartSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x43\n\x07options\x18\x03 \x03(\x0b\x32\x32.appliance.tts.v1.StartSessionRequest.OptionsEntry\x1a.\n\x0cOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"z\n\x14StartSessionResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x10\n\x08model_id\x18\x03 \x01(\t\x12\x13\n\x0bsample_rate\x18\x04 \x01(\x05\x12\x19\n\x11\x66rame_duration_ms\x18\x05 \x01(\x05\"\'\n\x11\x45ndSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"6\n\x12\x45ndSessionResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\"X\n\tTextChunk\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x10\n\x08is_final\x18\x03 \x01(\x08\x12\x17\n\x0fsequence_number\x18\x04 \x01(\x03\"\xa4\x01\n\nAudioFrame\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\naudio_data\x18\x02 \x01(\x0c\x12\x13\n\x0bsample_rate\x18\x03 \x01(\x05\x12\x19\n\x11\x66rame_duration_ms\x18\x04 \x01(\x05\x12\x17\n\x0fsequence_number\x18\x05 \x01(\x03\x12\x10\n\x08is_final\x18\x06 \x01(\x08\x12\x13\n\x0btext_offset\x18\x07 \x01(\x03\"W\n\x0e\x43ontrolRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x31\n\x07\x63ommand\x18\x02 \x01(\x0e\x32 .appliance.tts.v1.ControlCommand\"I\n\x0f\x43ontrolResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x14\n\x0ctimestamp_ms\x18\x03 \x01(\x03\"\x13\n\x11ListModelsRequest\"\xcf\x01\n\tModelInfo\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0e\n\x06\x65ngine\x18\x02 \x01(\t\x12+\n\x05state\x18\x03 \x01(\x0e\x32\x1c.appliance.tts.v1.ModelState\x12\x1a\n\x12native_sample_rate\x18\x04 \x01(\x05\x12\x10\n\x08language\x18\x05 \x01(\t\x12\x10\n\x08refcount\x18\x06 \x01(\x05\x12\x0e\n\x06idle_s\x18\x07 \x01(\x01\x12\x0f\n\x07load_ms\x18\x08 \x01(\x01\x12\x12\n\nis_default\x18\t \x01(\x08\"A\n\x12ListModelsResponse\x12+\n\x06models\x18\x01 \x03(\x0b\x32\x1b.appliance.tts.v1.ModelInfo\"$\n\x10LoadModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\"F\n\x11LoadModelResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0f\n\x07load_ms\x18\x03 \x01(\x01\"&\n\x12UnloadModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\"7\n\x13UnloadModelResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x18\n\x16GetCapabilitiesRequest\"\xa3\x02\n\x17GetCapabilitiesResponse\x12\x13\n\x0bworker_name\x18\x01 \x01(\t\x12\x0f\n\x07\x65ngines\x18\x02 \x03(\t\x12\x17\n\x0fresident_models\x18\x03 \x03(\t\x12\x18\n\x10\x61vailable_models\x18\x04 \x03(\t\x12\x1b\n\x13output_sample_rates\x18\x05 \x03(\x05\x12\x19\n\x11\x66rame_duration_ms\x18\x06 \x01(\x05\x12\x11\n\tstreaming\x18\x07 \x01(\x08\x12\x0b\n\x03gpu\x18\x08 \x01(\x08\x12\x14\n\x0cmax_sessions\x18\t \x01(\x05\x12\x17\n\x0f\x61\x63tive_sessions\x18\n \x01(\x05\x12\x11\n\tlanguages\x18\x0b \x03(\t\x12\x15\n\rdefault_model\x18\x0c \x01(\t*^\n\x0e\x43ontrolCommand\x12\x1f\n\x1b\x43ONTROL_COMMAND_UNSPECIFIED\x10\x00\x12\t\n\x05PAUSE\x10\x01\x12\n\n\x06RESUME\x10\x02\x12\x08\n\x04STOP\x10\x03\x12\n\n\x06RELOAD\x10\x04*n\n\nModelState\x12\x1b\n\x17MODEL_STATE_UNSPECIFIED\x10\x00\x12\r\n\tAVAILABLE\x10\x01\x12\x0b\n\x07LOADING\x10\x02\x12\x0c\n\x08RESIDENT\x10\x03\x12\r\n\tUNLOADING\x10\x04\x12\n\n\x06\x46\x41ILED\x10\x05\x32\xd4\x05\n\nTTSService\x12]\n\x0cStartSession\x12%.appliance.tts.v1.StartSessionRequest\x1a&.appliance.tts.v1.StartSessionResponse\x12W\n\nEndSession\x12#.appliance.tts.v1.EndSessionRequest\x1a$.appliance.tts.v1.EndSessionResponse\x12K\n\nSynthesize\x12\x1b.appliance.tts.v1.TextChunk\x1a\x1c.appliance.tts.v1.AudioFrame(\x01\x30\x01\x12N\n\x07\x43ontrol\x12 .appliance.tts.v1.ControlRequest\x1a!.appliance.tts.v1.ControlResponse\x12W\n\nListModels\x12#.appliance.tts.v1.ListModelsRequest\x1a$.appliance.tts.v1.ListModelsResponse\x12T\n\tLoadModel\x12\".appliance.tts.v1.LoadModelRequest\x1a#.appliance.tts.v1.LoadModelResponse\x12Z\n\x0bUnloadModel\x12$.appliance.tts.v1.UnloadModelRequest\x1a%.appliance.tts.v1.UnloadModelResponse\x12\x66\n\x0fGetCapabilities\x12(.appliance.tts.v1.GetCapabilitiesRequest\x1a).appliance.tts.v1.GetCapabilitiesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x61ppliance/rpc/tts.proto\x12\x10\x61ppliance.tts.v1\"\xb0\x01\n\x13StartSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x43\n\x07options\x18\x03 \x03(\x0b\x32\x32.appliance.tts.v1.StartSessionRequest.OptionsEntry\x1a.\n\x0cOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"z\n\x14StartSessionResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x10\n\x08model_id\x18\x03 \x01(\t\x12\x13\n\x0bsample_rate\x18\x04 \x01(\x05\x12\x19\n\x11\x66rame_duration_ms\x18\x05 \x01(\x05\"\'\n\x11\x45ndSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"6\n\x12\x45ndSessionResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\"X\n\tTextChunk\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x10\n\x08is_final\x18\x03 \x01(\x08\x12\x17\n\x0fsequence_number\x18\x04 \x01(\x03\"\xa4\x01\n\nAudioFrame\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\naudio_data\x18\x02 \x01(\x0c\x12\x13\n\x0bsample_rate\x18\x03 \x01(\x05\x12\x19\n\x11\x66rame_duration_ms\x18\x04 \x01(\x05\x12\x17\n\x0fsequence_number\x18\x05 \x01(\x03\x12\x10\n\x08is_final\x18\x06 \x01(\x08\x12\x13\n\x0btext_offset\x18\x07 \x01(\x03\"W\n\x0e\x43ontrolRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x31\n\x07\x63ommand\x18\x02 \x01(\x0e\x32 .appliance.tts.v1.ControlCommand\"I\n\x0f\x43ontrolResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x14\n\x0ctimestamp_ms\x18\x03 \x01(\x03\"\x13\n\x11ListModelsRequest\"\xf7\x01\n\tModelInfo\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0e\n\x06\x65ngine\x18\x02 \x01(\t\x12+\n\x05state\x18\x03 \x01(\x0e\x32\x1c.appliance.tts.v1.ModelState\x12\x1a\n\x12native_sample_rate\x18\x04 \x01(\x05\x12\x10\n\x08language\x18\x05 \x01(\t\x12\x10\n\x08refcount\x18\x06 \x01(\x05\x12\x0e\n\x06idle_s\x18\x07 \x01(\x01\x12\x0f\n\x07load_ms\x18\x08 \x01(\x01\x12\x12\n\nis_default\x18\t \x01(\x08\x12\x16\n\x0eresident_bytes\x18\n \x01(\x04\x12\x0e\n\x06\x64\x65vice\x18\x0b \x01(\t\"A\n\x12ListModelsResponse\x12+\n\x06models\x18\x01 \x03(\x0b\x32\x1b.appliance.tts.v1.ModelInfo\"$\n\x10LoadModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\"F\n\x11LoadModelResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0f\n\x07load_ms\x18\x03 \x01(\x01\"&\n\x12UnloadModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\"7\n\x13UnloadModelResponse\x12\x0f\n\x07success\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x18\n\x16GetCapabilitiesRequest\"\xa3\x02\n\x17GetCapabilitiesResponse\x12\x13\n\x0bworker_name\x18\x01 \x01(\t\x12\x0f\n\x07\x65ngines\x18\x02 \x03(\t\x12\x17\n\x0fresident_models\x18\x03 \x03(\t\x12\x18\n\x10\x61vailable_models\x18\x04 \x03(\t\x12\x1b\n\x13output_sample_rates\x18\x05 \x03(\x05\x12\x19\n\x11\x66rame_duration_ms\x18\x06 \x01(\x05\x12\x11\n\tstreaming\x18\x07 \x01(\x08\x12\x0b\n\x03gpu\x18\x08 \x01(\x08\x12\x14\n\x0cmax_sessions\x18\t \x01(\x05\x12\x17\n\x0f\x61\x63tive_sessions\x18\n \x01(\x05\x12\x11\n\tlanguages\x18\x0b \x03(\t\x12\x15\n\rdefault_model\x18\x0c \x01(\t*^\n\x0e\x43ontrolCommand\x12\x1f\n\x1b\x43ONTROL_COMMAND_UNSPECIFIED\x10\x00\x12\t\n\x05PAUSE\x10\x01\x12\n\n\x06RESUME\x10\x02\x12\x08\n\x04STOP\x10\x03\x12\n\n\x06RELOAD\x10\x04*n\n\nModelState\x12\x1b\n\x17MODEL_STATE_UNSPECIFIED\x10\x00\x12\r\n\tAVAILABLE\x10\x01\x12\x0b\n\x07LOADING\x10\x02\x12\x0c\n\x08RESIDENT\x10\x03\x12\r\n\tUNLOADING\x10\x04\x12\n\n\x06\x46\x41ILED\x10\x05\x32\xd4\x05\n\nTTSService\x12]\n\x0cStartSession\x12%.appliance.tts.v1.StartSessionRequest\x1a&.appliance.tts.v1.StartSessionResponse\x12W\n\nEndSession\x12#.appliance.tts.v1.EndSessionRequest\x1a$.appliance.tts.v1.EndSessionResponse\x12K\n\nSynthesize\x12\x1b.appliance.tts.v1.TextChunk\x1a\x1c.appliance.tts.v1.AudioFrame(\x01\x30\x01\x12N\n\x07\x43ontrol\x12 .appliance.tts.v1.ControlRequest\x1a!.appliance.tts.v1.ControlResponse\x12W\n\nListModels\x12#.appliance.tts.v1.ListModelsRequest\x1a$.appliance.tts.v1.ListModelsResponse\x12T\n\tLoadModel\x12\".appliance.tts.v1.LoadModelRequest\x1a#.appliance.tts.v1.LoadModelResponse\x12Z\n\x0bUnloadModel\x12$.appliance.tts.v1.UnloadModelRequest\x1a%.appliance.tts.v1.UnloadModelResponse\x12\x66\n\x0fGetCapabilities\x12(.appliance.tts.v1.GetCapabilitiesRequest\x1a).appliance.tts.v1.GetCapabilitiesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,10 +33,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_STARTSESSIONREQUEST_OPTIONSENTRY']._loaded_options = None
   _globals['_STARTSESSIONREQUEST_OPTIONSENTRY']._serialized_options = b'8\001'
-  _globals['_CONTROLCOMMAND']._serialized_start=1691
-  _globals['_CONTROLCOMMAND']._serialized_end=1785
-  _globals['_MODELSTATE']._serialized_start=1787
-  _globals['_MODELSTATE']._serialized_end=1897
+  _globals['_CONTROLCOMMAND']._serialized_start=1731
+  _globals['_CONTROLCOMMAND']._serialized_end=1825
+  _globals['_MODELSTATE']._serialized_start=1827
+  _globals['_MODELSTATE']._serialized_end=1937
   _globals['_STARTSESSIONREQUEST']._serialized_start=46
   _globals['_STARTSESSIONREQUEST']._serialized_end=222
   _globals['_STARTSESSIONREQUEST_OPTIONSENTRY']._serialized_start=176
@@ -58,21 +58,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTMODELSREQUEST']._serialized_start=866
   _globals['_LISTMODELSREQUEST']._serialized_end=885
   _globals['_MODELINFO']._serialized_start=888
-  _globals['_MODELINFO']._serialized_end=1095
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1097
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1162
-  _globals['_LOADMODELREQUEST']._serialized_start=1164
-  _globals['_LOADMODELREQUEST']._serialized_end=1200
-  _globals['_LOADMODELRESPONSE']._serialized_start=1202
-  _globals['_LOADMODELRESPONSE']._serialized_end=1272
-  _globals['_UNLOADMODELREQUEST']._serialized_start=1274
-  _globals['_UNLOADMODELREQUEST']._serialized_end=1312
-  _globals['_UNLOADMODELRESPONSE']._serialized_start=1314
-  _globals['_UNLOADMODELRESPONSE']._serialized_end=1369
-  _globals['_GETCAPABILITIESREQUEST']._serialized_start=1371
-  _globals['_GETCAPABILITIESREQUEST']._serialized_end=1395
-  _globals['_GETCAPABILITIESRESPONSE']._serialized_start=1398
-  _globals['_GETCAPABILITIESRESPONSE']._serialized_end=1689
-  _globals['_TTSSERVICE']._serialized_start=1900
-  _globals['_TTSSERVICE']._serialized_end=2624
+  _globals['_MODELINFO']._serialized_end=1135
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1137
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1202
+  _globals['_LOADMODELREQUEST']._serialized_start=1204
+  _globals['_LOADMODELREQUEST']._serialized_end=1240
+  _globals['_LOADMODELRESPONSE']._serialized_start=1242
+  _globals['_LOADMODELRESPONSE']._serialized_end=1312
+  _globals['_UNLOADMODELREQUEST']._serialized_start=1314
+  _globals['_UNLOADMODELREQUEST']._serialized_end=1352
+  _globals['_UNLOADMODELRESPONSE']._serialized_start=1354
+  _globals['_UNLOADMODELRESPONSE']._serialized_end=1409
+  _globals['_GETCAPABILITIESREQUEST']._serialized_start=1411
+  _globals['_GETCAPABILITIESREQUEST']._serialized_end=1435
+  _globals['_GETCAPABILITIESRESPONSE']._serialized_start=1438
+  _globals['_GETCAPABILITIESRESPONSE']._serialized_end=1729
+  _globals['_TTSSERVICE']._serialized_start=1940
+  _globals['_TTSSERVICE']._serialized_end=2664
 # @@protoc_insertion_point(module_scope)

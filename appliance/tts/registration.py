@@ -48,6 +48,7 @@ def describe_worker(worker) -> WorkerRecord:
     """The record of a running :class:`~appliance.tts.worker.TTSWorker` as it is now (unstamped)."""
     s = worker.settings
     snapshot = worker.manager.snapshot()
+    resident = [m for m in snapshot if m.state == "resident"]
     flags = flags_for(
         ENGINES[e].capabilities if e in ENGINES else UNKNOWN_ENGINE for e in {m.engine for m in snapshot}
     )
@@ -67,7 +68,8 @@ def describe_worker(worker) -> WorkerRecord:
             gpu=worker.service.gpu,
         ),
         default_model=s.models.default,
-        resident_models=tuple(worker.manager.resident_ids()),
+        resident_models=tuple(m.model_id for m in resident),
+        resident_bytes=tuple(m.resident_bytes for m in resident),
         available_models=tuple(m.model_id for m in snapshot),
         metrics=LiveMetrics(
             active_sessions=len(worker.sessions),

@@ -19,6 +19,7 @@ from appliance.tts.adapters import ENGINES, SynthesisTracker
 from appliance.tts.metrics import WorkerMetrics
 from appliance.tts.model_manager import (
     CapacityExceeded,
+    MemoryBudgetExceeded,
     ModelError,
     ModelInUse,
     ModelLoadFailed,
@@ -37,6 +38,7 @@ _MODEL_ERROR_CODES: dict[type[Exception], grpc.StatusCode] = {
     NotResident: grpc.StatusCode.FAILED_PRECONDITION,
     ModelInUse: grpc.StatusCode.FAILED_PRECONDITION,
     CapacityExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    MemoryBudgetExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     ModelLoadFailed: grpc.StatusCode.UNAVAILABLE,
 }
 _STATE = {
@@ -281,6 +283,8 @@ class TTSService(tts_pb2_grpc.TTSServiceServicer):
                 idle_s=m.idle_s or 0.0,
                 load_ms=m.load_ms or 0.0,
                 is_default=m.is_default,
+                resident_bytes=m.resident_bytes,
+                device=m.device,
             )
             for m in self.manager.snapshot()
         ]
@@ -326,6 +330,7 @@ class TTSService(tts_pb2_grpc.TTSServiceServicer):
         self.metrics.resident_models.set(len(resident))
         for m in self.manager.snapshot():
             self.metrics.model_refcount.labels(m.model_id).set(m.refcount)
+            self.metrics.model_resident_bytes.labels(m.model_id).set(m.resident_bytes)
         self.on_change()
 
 

