@@ -14,6 +14,7 @@ from appliance.config import SERVICE_KINDS, ConfigError, WorkerSettings, guess_k
 from appliance.discovery import split_host_port
 from appliance.interop import commands as interop_commands
 from appliance.modelstore import commands as models_commands
+from appliance.orchestrator.access import commands as access_commands
 
 
 def _host_port(value: str) -> str:
@@ -267,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     models_commands.add_parser(sub)  # appliance models list|verify|fetch|bundle|lock
     interop_commands.add_parser(sub)  # appliance wyoming, appliance api-key
+    access_commands.add_parser(sub)  # appliance access show|rotate
 
     p = sub.add_parser("bench", help="benchmarks (JSON out)")
     bsub = p.add_subparsers(dest="bench_command", required=True, metavar="WHAT")
