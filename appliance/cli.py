@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -89,7 +90,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_chat(args: argparse.Namespace) -> int:
     from appliance.chat import chat
 
-    return asyncio.run(chat(args.wav, args.url, args.out, timeout=args.timeout))
+    token = args.token or os.environ.get("APPLIANCE_ACCESS_TOKEN")
+    return asyncio.run(chat(args.wav, args.url, args.out, timeout=args.timeout, token=token))
 
 
 def cmd_say(args: argparse.Namespace) -> int:
@@ -232,6 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--url", default="ws://127.0.0.1:8080/ws")
     p.add_argument("--out", help="WAV file for the reply audio (48 kHz)")
     p.add_argument("--timeout", type=float, default=60.0)
+    p.add_argument(
+        "--token", help="the access secret, for an appliance beyond loopback (or $APPLIANCE_ACCESS_TOKEN)"
+    )
     p.set_defaults(func=cmd_chat)
 
     p = sub.add_parser("say", help="synthesise text to a WAV file (48 kHz mono)")

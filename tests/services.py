@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+from appliance.orchestrator.access.secret import new_secret, write_secret
 from appliance.process import free_port, terminate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -117,6 +119,11 @@ class OrchestratorProcess(ServiceProcess):
         self.port = port or free_port()
         self.url = f"ws://127.0.0.1:{self.port}/ws"
         self.http = f"http://127.0.0.1:{self.port}"
+        # Its own access secret, known to the test: clients through a proxy (Caddy) need it.
+        secret_file = Path(tempfile.mkdtemp(prefix="appliance-access-")) / "access_secret"
+        self.secret = new_secret()
+        write_secret(secret_file, self.secret)
+        env = {"APPLIANCE_ACCESS__SECRET_FILE": str(secret_file), **(env or {})}
         cmd = [
             sys.executable,
             "-m",
