@@ -256,6 +256,7 @@ async def test_orchestrator_restart_is_survived_by_reconnecting(piper_worker, tm
     orch = OrchestratorProcess([piper_worker.address])
     orch.wait_ready()
     proxy = CaddyProcess(f"127.0.0.1:{orch.port}", tmp_path)
+    proxy.secret = orch.secret
     proxy.wait_ready()
     try:
         async with chromium(tmp_path / "profile", silent_mic(tmp_path)) as context:
@@ -264,7 +265,7 @@ async def test_orchestrator_restart_is_survived_by_reconnecting(piper_worker, tm
             await wait_event(page, "ready", 30)
             orch.stop()
             await page.wait_for_function("() => !window.applianceTest.connected", timeout=30000)
-            orch = OrchestratorProcess([piper_worker.address], port=orch.port)
+            orch = OrchestratorProcess([piper_worker.address], port=orch.port, secret_file=orch.secret_file)
             orch.wait_ready()
             await wait_event(page, "ready", 60, count=2)
             await page.evaluate("() => window.applianceTest.sendText('back again')")
