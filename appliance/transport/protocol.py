@@ -36,7 +36,7 @@ class CloseCode:
     UNAUTHORIZED = 4003
     ACCESS_DENIED = 4401  # no access secret (hello's token, or the pairing cookie), or a wrong one
     ORIGIN_REFUSED = 4403  # an Origin that is not one of the appliance's own names
-    RATE_LIMITED = 4029  # too many session starts or failed attempts from one address; the reason says when to retry
+    RATE_LIMITED = 4029  # too many session starts or wrong secrets from one address; says when to retry
     SLOW_CONSUMER = 4008
     TOO_BIG = 4009
     BUSY = 4029  # session limit reached

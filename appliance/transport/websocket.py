@@ -62,7 +62,9 @@ class WebSocketChannel(Channel):
         return channel
 
     @classmethod
-    async def refuse(cls, request: web.Request, close_code: int, code: str, message: str) -> web.WebSocketResponse:
+    async def refuse(
+        cls, request: web.Request, close_code: int, code: str, message: str
+    ) -> web.WebSocketResponse:
         """Upgrade only to say no: an error event, then the close code (a browser sees no HTTP status)."""
         channel = cls(web.WebSocketResponse(), request.remote or "?")
         await channel.ws.prepare(request)
