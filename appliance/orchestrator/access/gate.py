@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from appliance.config import OrchestratorSettings
+from appliance.config import ConfigError, OrchestratorSettings
 from appliance.orchestrator.access.addresses import (
     client_address,
     is_local,
@@ -81,7 +81,13 @@ class AccessGate:
             return
         if self.settings.enabled is True or not is_loopback(self.listen_host):
             created = not self.store.path.exists()
-            self.store.get()
+            try:
+                self.store.get()
+            except (OSError, ValueError) as exc:
+                raise ConfigError(
+                    f"[access] secret_file {self.store.path}: {exc} (`appliance access rotate` as a user "
+                    "who may write there makes one)"
+                ) from None
             log.info(
                 "access control on: clients need the access secret in %s%s (`appliance access show`)",
                 self.store.path,
