@@ -80,3 +80,20 @@ def test_access_settings_name_what_is_wrong():
     assert AccessSettings(enabled=False).enabled is False
     with pytest.raises(ValidationError):
         AccessSettings(enabled="sometimes")
+
+
+def test_access_show_makes_and_prints_the_secret_and_rotate_replaces_it(tmp_path, capsys):
+    from appliance.cli import main
+
+    config = tmp_path / "orchestrator.toml"
+    config.write_text(f'[access]\nsecret_file = "{tmp_path / "access_secret"}"\n')
+    assert main(["access", "show", "--config", str(config), "--host", "voice.lan"]) == 0
+    out = capsys.readouterr()
+    secret = out.out.strip()
+    assert (tmp_path / "access_secret").read_text().strip() == secret
+    assert f"https://voice.lan/trust#secret={secret}" in out.err
+    assert main(["access", "rotate", "--config", str(config)]) == 0
+    rotated = capsys.readouterr().out.strip()
+    assert rotated != secret and (tmp_path / "access_secret").read_text().strip() == rotated
+    assert main(["access", "show", "--config", str(config)]) == 0
+    assert capsys.readouterr().out.strip() == rotated
