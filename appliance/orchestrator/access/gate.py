@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -24,6 +25,7 @@ from appliance.transport.protocol import CloseCode
 log = logging.getLogger(__name__)
 
 COOKIE_NAME = "appliance_access"
+NAMES_REFRESH_S = 30.0  # an unknown Origin looks the appliance's own names up again at most this often
 
 
 @dataclass(frozen=True)
@@ -61,8 +63,9 @@ class AccessGate:
         self.store = SecretStore(self.settings.secret_file or default_secret_file())
         self.failures = RateLimit(self.settings.failed_attempts_per_minute)
         self.starts = RateLimit(self.settings.session_starts_per_minute)
-        extra = [origin_host(o) for o in self.settings.allowed_origins]
-        self.names = own_names(extra)
+        self._extra_hosts = [origin_host(o) for o in self.settings.allowed_origins]
+        self.names = own_names(self._extra_hosts)
+        self._names_at = time.monotonic()
         self.max_age_s = self.settings.cookie_max_age_days * 86400
 
     @property
@@ -114,7 +117,11 @@ class AccessGate:
             self.off or origin is None
         ):  # browsers always send it for WebSocket and POST; other clients need not
             return None
-        if origin_host(origin) in self.names:
+        host = origin_host(origin)
+        if host not in self.names and time.monotonic() - self._names_at > NAMES_REFRESH_S:
+            self.names = own_names(self._extra_hosts)  # a new DHCP lease, a renamed host
+            self._names_at = time.monotonic()
+        if host in self.names:
             return None
         log.warning("refused Origin %s from %s on %s", origin, self.client(request), request.path)
         return Refusal(
