@@ -135,6 +135,8 @@ def parse_text_message(raw: str) -> dict:
         raise ProtocolError(
             "bad_json", f"message is not valid JSON: {exc.msg} at position {exc.pos}"
         ) from None
+    except RecursionError:  # "[[[[…" a million deep: the parser's recursion, not the client's problem
+        raise ProtocolError("bad_json", "message is nested too deeply") from None
     if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
         raise ProtocolError("bad_message", 'a text message must be a JSON object with a string "type"')
     return obj
