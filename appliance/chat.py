@@ -16,7 +16,7 @@ from appliance.transport.ws_client import WsClient
 TRAILING_SILENCE_S = 1.0
 
 
-async def chat(wav: str, url: str, out: str | None, timeout: float = 60.0) -> int:
+async def chat(wav: str, url: str, out: str | None, timeout: float = 60.0, token: str | None = None) -> int:
     samples, rate = read_wav(wav)
     if not MIN_RATE <= rate <= MAX_RATE:
         print(f"appliance chat: {wav} is {rate} Hz; {MIN_RATE}-{MAX_RATE} Hz is supported", file=sys.stderr)
@@ -24,7 +24,7 @@ async def chat(wav: str, url: str, out: str | None, timeout: float = 60.0) -> in
     client = WsClient(url)
     try:
         try:
-            ready = await client.connect(rate)
+            ready = await client.connect(rate, token=token)
         except ConnectionError as exc:
             errors = client.rx.of_type(ErrorEvent.type)
             if client.ws is None:

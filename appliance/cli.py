@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from appliance.config import SERVICE_KINDS, ConfigError, WorkerSettings, guess_k
 from appliance.discovery import split_host_port
 from appliance.interop import commands as interop_commands
 from appliance.modelstore import commands as models_commands
+from appliance.orchestrator.access import commands as access_commands
 
 
 def _host_port(value: str) -> str:
@@ -88,7 +90,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_chat(args: argparse.Namespace) -> int:
     from appliance.chat import chat
 
-    return asyncio.run(chat(args.wav, args.url, args.out, timeout=args.timeout))
+    token = args.token or os.environ.get("APPLIANCE_ACCESS_TOKEN")
+    return asyncio.run(chat(args.wav, args.url, args.out, timeout=args.timeout, token=token))
 
 
 def cmd_say(args: argparse.Namespace) -> int:
@@ -241,6 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--url", default="ws://127.0.0.1:8080/ws")
     p.add_argument("--out", help="WAV file for the reply audio (48 kHz)")
     p.add_argument("--timeout", type=float, default=60.0)
+    p.add_argument(
+        "--token", help="the access secret, for an appliance beyond loopback (or $APPLIANCE_ACCESS_TOKEN)"
+    )
     p.set_defaults(func=cmd_chat)
 
     p = sub.add_parser("say", help="synthesise text to a WAV file (48 kHz mono)")
@@ -277,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     models_commands.add_parser(sub)  # appliance models list|verify|fetch|bundle|lock
     interop_commands.add_parser(sub)  # appliance wyoming, appliance api-key
+    access_commands.add_parser(sub)  # appliance access show|rotate
 
     p = sub.add_parser("bench", help="benchmarks (JSON out)")
     bsub = p.add_subparsers(dest="bench_command", required=True, metavar="WHAT")

@@ -10,6 +10,7 @@ import subprocess
 
 from appliance.config import OrchestratorSettings, load_settings
 from appliance.interop.openai_api import OpenAiApi
+from appliance.orchestrator.access.addresses import is_loopback
 from appliance.orchestrator.server import Orchestrator
 from appliance.process import free_port, terminate, wait_for_signal, worker_command
 from appliance.tts.client import TTSClient
@@ -50,6 +51,12 @@ async def run_embedded(
             f"  talk to it: appliance chat --wav question.wav --url ws://{shown}:{orchestrator.port}/ws\n",
             flush=True,
         )
+        if not orchestrator.access.off and not is_loopback(host):
+            print(
+                f"  other devices need the access secret: pair them at http://<this host>:{orchestrator.port}/trust\n"
+                f"  (`appliance access show` prints it; docs/access.md)\n",
+                flush=True,
+            )
         await wait_for_signal()
         await orchestrator.stop()
     finally:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+from appliance.orchestrator.access.secret import new_secret, write_secret
 from appliance.process import free_port, terminate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -112,11 +114,23 @@ class OrchestratorProcess(ServiceProcess):
     """A real `appliance orchestrator` process on loopback, talking to ``workers``."""
 
     def __init__(
-        self, workers: list[str], env: dict[str, str] | None = None, port: int | None = None
+        self,
+        workers: list[str],
+        env: dict[str, str] | None = None,
+        port: int | None = None,
+        secret_file: Path | None = None,
     ) -> None:
         self.port = port or free_port()
         self.url = f"ws://127.0.0.1:{self.port}/ws"
         self.http = f"http://127.0.0.1:{self.port}"
+        # Its own access secret, known to the test (clients through a proxy need it); a restart
+        # passes the last one's ``secret_file``, so paired browsers stay paired.
+        if secret_file is None:
+            secret_file = Path(tempfile.mkdtemp(prefix="appliance-access-")) / "access_secret"
+            write_secret(secret_file, new_secret())
+        self.secret_file = secret_file
+        self.secret = secret_file.read_text().strip()
+        env = {"APPLIANCE_ACCESS__SECRET_FILE": str(secret_file), **(env or {})}
         cmd = [
             sys.executable,
             "-m",

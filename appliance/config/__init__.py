@@ -5,6 +5,7 @@ Nested keys use a double underscore in the environment: ``APPLIANCE_MODELS__TTL_
 Unknown keys are errors, so a typo in a file is named instead of silently ignored.
 """
 
+from appliance.config.access import AccessSettings
 from appliance.config.base import ConfigError
 from appliance.config.loading import SERVICE_KINDS, guess_kind, load_settings
 from appliance.config.orchestrator import (
@@ -35,6 +36,7 @@ __all__ = [
     "DEFAULT_BACKCHANNELS",
     "ROUTING_FLAGS",
     "SERVICE_KINDS",
+    "AccessSettings",
     "ApiSettings",
     "AsrSettings",
     "AudioSettings",

@@ -72,19 +72,40 @@ class OpenAiApi:
 
     def _guarded(self, handler):
         async def guarded(request: web.Request) -> web.StreamResponse:
-            if not self.keys.allows(request.remote, request.headers):
-                return ApiError(
-                    401,
-                    "a valid API key is needed: Authorization: Bearer <key>",
-                    "invalid_api_key",
-                    "authentication_error",
-                ).response()
+            refused = self._refused(request)
+            if refused is not None:
+                return refused
             try:
                 return await handler(request)
             except ApiError as exc:
                 return exc.response()
 
         return guarded
+
+    def _refused(self, request: web.Request) -> web.Response | None:
+        """A listed API key lets a request in as it always has; with access control on, so do the
+        access secret as the Bearer token and a paired browser's cookie."""
+        gate = self.orchestrator.access
+        if not gate.off:
+            lockout = gate.lockout(request)
+            if lockout is not None:
+                error = ApiError(429, lockout.message, lockout.code, "rate_limit_error").response()
+                error.headers.update(lockout.headers())
+                return error
+        if self.keys.allows(request.remote, request.headers):
+            return None
+        bearer = gate.bearer(request)
+        if not gate.off and (gate.has_cookie(request) or gate.secret_matches(bearer)):
+            return None
+        if not gate.off and bearer:
+            gate.denied(request, presented=True)  # counts towards the lockout
+        gate_note = " or the access secret" if not gate.off else ""
+        return ApiError(
+            401,
+            f"a valid API key{gate_note} is needed: Authorization: Bearer <key>",
+            "invalid_api_key",
+            "authentication_error",
+        ).response()
 
     # --- handlers ----------------------------------------------------------------------------
 

@@ -44,7 +44,8 @@ class WyomingHandler(AsyncEventHandler):
         self.service = service
         self.peer = writer.get_extra_info("peername")
         self.rate = service.settings.wyoming.tts_sample_rate or OUTPUT_RATE
-        self._busy = not service.admit(self)
+        self._refused = not service.allows(self.peer)
+        self._busy = self._refused or not service.admit(self)
         self._stream_session = None  # the context of an open streaming synthesis
         self._stream_task: asyncio.Task | None = None
         self._speech = None
@@ -57,6 +58,10 @@ class WyomingHandler(AsyncEventHandler):
         self._dropping: str | None = None
 
     async def run(self) -> None:
+        if self._refused:  # said at once, before the client asks anything, and the connection closed
+            await self._error("access_denied", f"{self.peer[0]} is not in [access] wyoming_allow")
+            self.writer.close()
+            return
         try:
             await super().run()
         except (ConnectionError, asyncio.IncompleteReadError):  # the client went away mid-event

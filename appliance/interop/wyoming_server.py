@@ -9,6 +9,7 @@ ASR model is loaded and it listens, and WATCHDOG=1 while its loop turns.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 from functools import partial
 from importlib.metadata import version
@@ -39,12 +40,35 @@ class WyomingService:
         self.asr = asr or whisper_from_settings(settings.asr)
         self.catalog = VoiceCatalog(self.pool)
         self.max_clients = settings.wyoming.max_clients
+        access = settings.access
+        self.allowed = (
+            None
+            if access.enabled is False
+            else [ipaddress.ip_network(n, strict=False) for n in access.wyoming_allow]
+        )
         self.clients: set[WyomingHandler] = set()
         self.server: AsyncServer | None = None
         self.port: int | None = None
         self.advertiser = None
         self.notifier = Notifier()
         self._watchdog: asyncio.Task | None = None
+
+    def allows(self, peer) -> bool:
+        """``[access] wyoming_allow``: the protocol has no authentication, so the client's address decides."""
+        if self.allowed is None or not isinstance(peer, tuple) or not peer:  # off, or a unix socket
+            return True
+        try:
+            ip = ipaddress.ip_address(peer[0])
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        if self.settings.access.enabled == "auto" and ip.is_loopback:
+            return True
+        if not any(ip in net for net in self.allowed):
+            log.warning("wyoming client %s refused: not in [access] wyoming_allow", peer[0])
+            return False
+        return True
 
     def admit(self, handler: WyomingHandler) -> bool:
         if len(self.clients) >= self.max_clients:
@@ -65,6 +89,10 @@ class WyomingService:
         if isinstance(self.server, AsyncTcpServer):
             self.port = self.server._server.sockets[0].getsockname()[1]  # the real port when 0 was asked for
         log.info("wyoming listening on %s (port %s)", w.uri, self.port)
+        if self.allowed is None:
+            log.warning("wyoming: access control is off ([access] enabled = false): any client is served")
+        else:
+            log.info("wyoming: serving clients from %s only", ", ".join(self.settings.access.wyoming_allow))
         if w.zeroconf and self.port is not None:
             from appliance.interop.zeroconf import Advertiser
 

@@ -24,6 +24,13 @@ class OrchestratorMetrics:
             registry=r,
         )
         self.errors = Counter("appliance_errors_total", "Errors sent to clients", ["code"], registry=r)
+        self.access_refused = Counter(
+            "appliance_access_refused_total",
+            "Requests and sessions refused by access control, by reason "
+            "(access_required, access_denied, origin_refused, rate_limited)",
+            ["code"],
+            registry=r,
+        )
         self.stage = Histogram(
             "appliance_turn_stage_seconds",
             "Per-turn latency by stage (endpoint, asr, responder, tts_first_frame, voice_to_voice)",

@@ -1,5 +1,6 @@
 """The orchestrator's HTTP side (aiohttp): the page at /, the WebSocket at /ws, WebRTC signalling at
-/webrtc/offer, LiveKit room tokens at /livekit/token (only with [livekit] enabled), /healthz, /metrics."""
+/webrtc/offer, LiveKit room tokens at /livekit/token (only with [livekit] enabled), /healthz, /metrics,
+and /trust (pairing); the access gate guards all but /healthz."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from appliance.asr import whisper_from_settings
 from appliance.asr.turn_model import TurnModel, load_turn_model
 from appliance.config import ConfigError, OrchestratorSettings
 from appliance.discovery import redact
+from appliance.orchestrator.access.gate import AccessGate, Refusal
+from appliance.orchestrator.access.trust_page import TrustPage
 from appliance.orchestrator.metrics import OrchestratorMetrics
 from appliance.orchestrator.respond import create_responder
 from appliance.orchestrator.session import Conversation
@@ -37,6 +40,7 @@ class Orchestrator:
         self.responder_note = responder_note  # why this responder (e.g. the echo fallback's reason)
         self.asr = asr or whisper_from_settings(settings.asr)
         self.metrics = OrchestratorMetrics()
+        self.access = AccessGate(settings)  # who may come in (docs/access.md)
         self.pool: WorkerPool = make_pool(settings, self.metrics.registry)  # Redis-routed, or the static list
         self.conversations: dict[str, Conversation] = {}
         self.turn_model: TurnModel | None = None  # loaded at start in smart mode
@@ -68,12 +72,13 @@ class Orchestrator:
         app = web.Application()
         app.router.add_get("/", self.index)
         app.router.add_get("/ws", self.websocket)
-        app.router.add_post("/webrtc/offer", self.webrtc.offer)
+        app.router.add_post("/webrtc/offer", self.webrtc_offer)
         if self.livekit is not None:
-            app.router.add_post("/livekit/token", self.livekit.token)
+            app.router.add_post("/livekit/token", self.guarded(self.livekit.token))
         app.router.add_get("/healthz", self.healthz)
-        app.router.add_get("/metrics", self.prometheus)
-        app.router.add_get("/workers", self.workers)
+        app.router.add_get("/metrics", self.guarded(self.prometheus))
+        app.router.add_get("/workers", self.guarded(self.workers))
+        TrustPage(self.access, WEB_DIR).register(app)
         if WEB_DIR.is_dir():
             app.router.add_static("/static/", WEB_DIR, show_index=False)
         for mount in self.mounts:
@@ -92,6 +97,7 @@ class Orchestrator:
             self.turn_model = await asyncio.to_thread(
                 load_turn_model, t.model_path, s.asr.models_dir, t.threads
             )
+        self.access.announce()
         self._runner = web.AppRunner(self.app(), access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, s.host, s.port)
@@ -159,13 +165,32 @@ class Orchestrator:
 
     # --- handlers ----------------------------------------------------------------------------
 
+    def guarded(self, handler):
+        """The handler, behind the access gate (a JSON refusal: 401, 403 or 429)."""
+
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            refusal = self.access.check(request)
+            if refusal is not None:
+                return self._refused(refusal)
+            return await handler(request)
+
+        return guarded
+
+    def _refused(self, refusal: Refusal) -> web.Response:
+        self.metrics.access_refused.labels(refusal.code).inc()
+        return refusal.response()
+
     async def index(self, request: web.Request) -> web.StreamResponse:
+        if self.access.required(request) and not self.access.has_cookie(request):
+            return web.Response(status=303, headers={"Location": "/trust"})  # pair first
         page = WEB_DIR / "index.html"
         if page.exists():
             return web.FileResponse(page)
         return web.Response(text="appliance orchestrator: connect a client to /ws", content_type="text/plain")
 
     async def healthz(self, request: web.Request) -> web.Response:
+        if self.access.check(request) is not None:  # for monitoring: alive, and nothing more
+            return web.json_response({"status": "ok"})
         return web.json_response(
             {
                 "status": "ok",
@@ -186,10 +211,39 @@ class Orchestrator:
         return web.json_response(self.pool.view())
 
     async def websocket(self, request: web.Request) -> web.StreamResponse:
+        gate = self.access
+        needed = gate.required(request) and not gate.has_cookie(request)
+        refusal = gate.origin_refusal(request) or gate.lockout(request)
+        if refusal is None and gate.required(request):
+            refusal = gate.session_start(request)
+        if refusal is not None:
+            self.metrics.access_refused.labels(refusal.code).inc()
+            return await WebSocketChannel.refuse(request, refusal.close_code, refusal.code, refusal.message)
         channel = await WebSocketChannel.accept(request)
-        if channel.hello is not None:
-            await self.converse(channel, "websocket")
+        if channel.hello is None:
+            return channel.ws
+        if needed and not gate.secret_matches(channel.hello.token):
+            refusal = gate.denied(request, presented=channel.hello.token is not None)
+            self.metrics.access_refused.labels(refusal.code).inc()
+            await channel.send_error(refusal.code, refusal.message)
+            await channel.close(refusal.close_code, refusal.message)
+            return channel.ws
+        await self.converse(channel, "websocket")
         return channel.ws
+
+    async def webrtc_offer(self, request: web.Request) -> web.StreamResponse:
+        """The offer's JSON may carry the secret as ``"token"`` (the page relies on its cookie)."""
+        try:
+            body = await request.json()  # aiohttp keeps the body: the endpoint reads it again
+        except (ValueError, UnicodeDecodeError):
+            body = None
+        token = body.get("token") if isinstance(body, dict) else None
+        refusal = self.access.check(request, token if isinstance(token, str) else None)
+        if refusal is None and self.access.required(request):
+            refusal = self.access.session_start(request)
+        if refusal is not None:
+            return self._refused(refusal)
+        return await self.webrtc.offer(request)
 
     async def converse(self, channel, transport: str) -> None:
         """Join an accepted channel to a new session until either side ends it."""

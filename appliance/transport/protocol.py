@@ -34,6 +34,9 @@ class CloseCode:
     PROTOCOL = 4001  # binary before hello, no hello, hello twice
     BAD_RATE = 4002
     UNAUTHORIZED = 4003
+    ACCESS_DENIED = 4401  # no access secret (hello's token, or the pairing cookie), or a wrong one
+    ORIGIN_REFUSED = 4403  # an Origin that is not one of the appliance's own names
+    RATE_LIMITED = 4029  # too many session starts or wrong secrets from one address; says when to retry
     SLOW_CONSUMER = 4008
     TOO_BIG = 4009
     BUSY = 4029  # session limit reached
@@ -132,6 +135,8 @@ def parse_text_message(raw: str) -> dict:
         raise ProtocolError(
             "bad_json", f"message is not valid JSON: {exc.msg} at position {exc.pos}"
         ) from None
+    except RecursionError:  # "[[[[…" a million deep: the parser's recursion, not the client's problem
+        raise ProtocolError("bad_json", "message is nested too deeply") from None
     if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
         raise ProtocolError("bad_message", 'a text message must be a JSON object with a string "type"')
     return obj

@@ -61,6 +61,20 @@ class WebSocketChannel(Channel):
             pass
         return channel
 
+    @classmethod
+    async def refuse(
+        cls, request: web.Request, close_code: int, code: str, message: str
+    ) -> web.WebSocketResponse:
+        """Upgrade only to say no: an error event, then the close code (a browser sees no HTTP status)."""
+        channel = cls(web.WebSocketResponse(), request.remote or "?")
+        await channel.ws.prepare(request)
+        try:
+            await channel.send_error(code, message)
+        except ConnectionError:
+            pass
+        await channel.close(close_code, message)
+        return channel.ws
+
     async def _read_hello(self) -> Hello | None:
         msg = await self.ws.receive()
         if msg.type == WSMsgType.BINARY:

@@ -11,7 +11,7 @@ import sys
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from appliance.config import WorkerSettings
+from appliance.config import ConfigError, WorkerSettings
 from appliance.process import serve_until_signalled
 from appliance.rpc import tts_pb2_grpc
 from appliance.systemd import Notifier, Watchdog, watchdog_interval
@@ -136,7 +136,15 @@ class TTSWorker:
             raise OSError(f"cannot listen on {s.host}:{s.port}")
         await self.server.start()
         if s.metrics_port is not None:
-            self.metrics.serve(s.metrics_host, s.metrics_port)
+            try:
+                self.metrics.serve(s.metrics_host, s.metrics_port)
+            except OSError as exc:  # most often a second worker started from the same file
+                await self.server.stop(None)
+                raise ConfigError(
+                    f"metrics_port {s.metrics_port} on {s.metrics_host}: {exc.strerror or exc}. Each worker "
+                    "needs its own metrics_port: --metrics-port N, APPLIANCE_METRICS_PORT, or metrics_port "
+                    "in its TOML (0: any free port)"
+                ) from None
         log.info(
             "worker %s listening on %s (metrics port %s); loading %s",
             s.name,

@@ -21,7 +21,7 @@ const TRANSPORT_LABELS = { webrtc: "WebRTC", websocket: "WebSocket", livekit: "L
 const BACKOFF_MS = [1000, 2000, 4000, 8000, 10000];
 const STABLE_MS = 10000; // a connection that lasted this long resets the backoff
 // Close codes after which reconnecting would not help (docs/protocol.md; transport/protocol.py CloseCode).
-const FINAL_CLOSE = new Set([1000, 1008, 4001, 4002, 4003, 4009, 4100, 4101, 4102]);
+const FINAL_CLOSE = new Set([1000, 1008, 4001, 4002, 4003, 4009, 4100, 4101, 4102, 4401, 4403]);
 const FINAL_ERRORS = new Set(["idle_timeout", "max_duration", "max_turns", "unauthorized", "unsupported_sample_rate"]);
 const DEVICE_KEY = "appliance.microphone";
 

@@ -235,7 +235,7 @@ async function offerError(resp) {
     const text = await resp.text();
     try {
       const obj = JSON.parse(text);
-      detail = obj.message || obj.error || text;
+      detail = obj.message || (obj.error && obj.error.message) || obj.error || text;
     } catch (_) {
       detail = text;
     }

@@ -95,7 +95,9 @@ export class WsTransport {
       ws.onclose = (e) => {
         const info = { code: e.code, reason: e.reason, clean: e.wasClean, byUs: this.closedByUs };
         if (!settled) {
-          const retry = !(e.code >= 4000 && e.code < 4100 && e.code !== 4008 && e.code !== 4029);
+          // 4401 (not paired) and 4403 (a foreign Origin) will not change by trying again.
+          const refused = e.code === 4401 || e.code === 4403;
+          const retry = !refused && !(e.code >= 4000 && e.code < 4100 && e.code !== 4008 && e.code !== 4029);
           fail(new TransportError(closeText(e.code, e.reason), { code: `close_${e.code}`, retry }));
           return;
         }
@@ -156,6 +158,8 @@ export class WsTransport {
 export function closeText(code, reason) {
   const why = reason ? `: ${reason}` : "";
   if (code === 1006) return "the connection to the appliance was lost";
+  if (code === 4401) return "this device is not paired with the appliance: pair it at /trust";
+  if (code === 4403) return `the appliance refused this page's origin${why}`;
   if (code === 1001) return `the appliance went away${why}`;
   return `the connection closed (code ${code})${why}`;
 }

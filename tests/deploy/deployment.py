@@ -266,6 +266,11 @@ class Deployment:
     def https(self) -> str:
         return f"https://localhost:{self.https_port}"
 
+    @property
+    def access_secret(self) -> str:
+        """What the playbook made at the first install (clients through Caddy need it)."""
+        return self.container.path("etc/appliance/access_secret").read_text().strip()
+
 
 # ------------------------------------------------------------------ checks from the host
 

@@ -77,6 +77,15 @@ def test_target_active_and_every_unit_running(offline):
     assert not bad, f"not active (running): {bad}"
 
 
+def test_the_access_secret_is_made_once_0600_for_the_service_and_printed_once(offline):
+    secret = offline.container.path("etc/appliance/access_secret")
+    st = secret.stat()
+    assert oct(st.st_mode & 0o777) == "0o600"
+    owner = offline.container.run("stat", "-c", "%U", "/etc/appliance/access_secret").stdout.strip()
+    assert owner == "appliance"
+    assert offline.access_secret in offline.install_run.output  # shown by the first install
+
+
 def test_healthz_answers_through_caddy_over_https(offline):
     status, body = healthz(offline)
     assert status == 200, body
@@ -90,7 +99,7 @@ async def test_a_spoken_turn_through_caddy_gets_a_transcript_and_reply_audio(off
     # answer, which the English voice cannot say; about the ocean it answers in plain English words.
     text = "Can you tell me something nice about the ocean?"
     client = WsClient(f"wss://localhost:{offline.https_port}/ws", ssl=ssl_context(offline))
-    await client.connect(RATE)
+    await client.connect(RATE, token=offline.access_secret)
     try:
         await client.stream(with_noise(pad(piper_speech(text, RATE), RATE)), RATE)
         await client.wait_for(lambda: client.rx.of_type("metrics"), 60)
@@ -143,7 +152,7 @@ def test_watchdog_restarts_a_stopped_worker(offline):
 
 async def test_the_orchestrator_speaks_again_after_the_worker_restart(offline):
     client = WsClient(f"wss://localhost:{offline.https_port}/ws", ssl=ssl_context(offline))
-    await client.connect(RATE)
+    await client.connect(RATE, token=offline.access_secret)
     try:
         await client.send_json({"type": "say", "text": SAY_AGAIN})
         await client.wait_for(lambda: client.rx.of_type("reply_end"), 60)

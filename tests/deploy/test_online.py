@@ -80,7 +80,7 @@ async def test_online_install_serves_a_turn_through_caddy(online):
     assert all(s == ("active", "running") for s in states.values()), states
     assert healthz(online)[0] == 200
     client = WsClient(f"wss://localhost:{online.https_port}/ws", ssl=ssl_context(online))
-    await client.connect(RATE)
+    await client.connect(RATE, token=online.access_secret)
     try:
         await client.send_json({"type": "text", "text": "hello there"})
         await client.wait_for(lambda: client.rx.of_type("reply_end"), 60)

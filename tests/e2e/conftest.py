@@ -15,6 +15,7 @@ from e2e_helpers import CaddyProcess
 @pytest.fixture(scope="session")
 def caddy(orchestrator, tmp_path_factory):
     proxy = CaddyProcess(f"127.0.0.1:{orchestrator.port}", tmp_path_factory.mktemp("caddy"))
+    proxy.secret = orchestrator.secret  # through Caddy, clients need the orchestrator's access secret
     try:
         proxy.wait_ready()
         yield proxy

@@ -38,8 +38,16 @@ async def open_page(context, caddy, transport: str):
     page = await context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
+    await pair(page, caddy)
     await page.goto(f"{caddy.url}/?test=1&transport={transport}")
     return page, errors
+
+
+async def pair(page, caddy) -> None:
+    """Open the pairing link, as a phone does from the QR code: the page sends the secret, and the
+    browser keeps the cookie and lands on the appliance's page."""
+    await page.goto(f"{caddy.url}/trust#secret={caddy.secret}")
+    await page.wait_for_url(f"{caddy.url}/", timeout=30_000)
 
 
 async def events(page) -> list[dict]:
@@ -248,6 +256,7 @@ async def test_orchestrator_restart_is_survived_by_reconnecting(piper_worker, tm
     orch = OrchestratorProcess([piper_worker.address])
     orch.wait_ready()
     proxy = CaddyProcess(f"127.0.0.1:{orch.port}", tmp_path)
+    proxy.secret = orch.secret
     proxy.wait_ready()
     try:
         async with chromium(tmp_path / "profile", silent_mic(tmp_path)) as context:
@@ -256,7 +265,7 @@ async def test_orchestrator_restart_is_survived_by_reconnecting(piper_worker, tm
             await wait_event(page, "ready", 30)
             orch.stop()
             await page.wait_for_function("() => !window.applianceTest.connected", timeout=30000)
-            orch = OrchestratorProcess([piper_worker.address], port=orch.port)
+            orch = OrchestratorProcess([piper_worker.address], port=orch.port, secret_file=orch.secret_file)
             orch.wait_ready()
             await wait_event(page, "ready", 60, count=2)
             await page.evaluate("() => window.applianceTest.sendText('back again')")
@@ -266,3 +275,20 @@ async def test_orchestrator_restart_is_survived_by_reconnecting(piper_worker, tm
     finally:
         proxy.stop()
         orch.stop()
+
+
+async def test_an_unpaired_browser_is_sent_to_pair_and_a_wrong_secret_is_refused(caddy, tmp_path):
+    async with chromium(tmp_path / "profile") as context:
+        page = await context.new_page()
+        await page.goto(f"{caddy.url}/")
+        assert page.url == f"{caddy.url}/trust"
+        await page.fill('[data-testid="pair-form"] input[name="secret"]', "aaaa-bbbb-cccc-dddd-eeee")
+        await page.click('[data-testid="pair-form"] button')
+        assert "wrong" in await page.text_content('[data-testid="pair-error"]')
+        await page.fill('[data-testid="pair-form"] input[name="secret"]', caddy.secret)
+        await page.click('[data-testid="pair-form"] button')
+        await page.wait_for_url(f"{caddy.url}/", timeout=30_000)
+        await page.goto(f"{caddy.url}/trust")
+        assert await page.locator('[data-testid="pair-qr"] svg').count() == 1
+        cookies = {c["name"]: c for c in await context.cookies()}
+        assert cookies["appliance_access"]["httpOnly"] and cookies["appliance_access"]["secure"]

@@ -49,8 +49,31 @@ async def test_websocket_upgrade_through_caddy(caddy):
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     client = WsClient(caddy.url.replace("https", "wss") + "/ws", ssl=ctx)
-    await client.connect(16000)
+    await client.connect(16000, token=caddy.secret)  # through the proxy the access secret is needed
     await client.send_json({"type": "text", "text": "through the proxy"})
     await client.wait_for(lambda: client.rx.of_type("reply_end"), 30)
     assert client.rx.frames and all(len(f) == 1920 for _, f in client.rx.frames)
     await client.close()
+
+
+async def test_through_caddy_a_client_without_access_is_refused(caddy):
+    import json
+
+    import aiohttp
+
+    from appliance.transport.protocol import CloseCode
+
+    async with aiohttp.ClientSession() as http:
+        async with http.ws_connect(caddy.url.replace("https", "wss") + "/ws", ssl=False) as ws:
+            await ws.send_str(json.dumps({"type": "hello", "sample_rate": 16000}))
+            event = json.loads((await ws.receive()).data)
+            await ws.receive()
+            assert event["code"] == "access_required" and ws.close_code == CloseCode.ACCESS_DENIED
+        async with http.get(caddy.url + "/", ssl=False, allow_redirects=False) as r:
+            assert r.status == 303 and r.headers["Location"] == "/trust"
+        async with http.get(caddy.url + "/metrics", ssl=False) as r:
+            assert r.status == 401
+        async with http.post(caddy.url + "/trust/pair", json={"secret": caddy.secret}, ssl=False) as r:
+            assert r.status == 200
+            cookie = r.cookies["appliance_access"]
+            assert cookie["secure"] and cookie["httponly"] and cookie["samesite"] == "Strict"  # over TLS

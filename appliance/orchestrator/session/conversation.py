@@ -116,9 +116,9 @@ class Conversation:
     async def run(self) -> None:
         self.playback.start()
         self.outbox.start()
-        await self.channel.send_event(Ready(self.id, responder=self.responder_description))
-        self.sm.to(State.LISTENING)
-        try:
+        try:  # from here on, however the session ends, _shutdown stops what was started
+            await self.channel.send_event(Ready(self.id, responder=self.responder_description))
+            self.sm.to(State.LISTENING)
             while True:
                 message = await self.limits.receive(self.channel)
                 if message is None or isinstance(message, Bye):
@@ -138,6 +138,8 @@ class Conversation:
                 self.sm.to(State.TERMINATED)
             await self.outbox.flush()  # the TERMINATED state reaches the client before the close
             await self.channel.close(end.close_code, str(end))
+        except ConnectionError:  # the client went while a message was on its way to it
+            log.info("session=%s client gone", self.id)
         finally:
             await self._shutdown()
 
