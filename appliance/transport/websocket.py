@@ -135,7 +135,10 @@ class WebSocketChannel(Channel):
             raise ConnectionResetError("websocket closed")
         async with self._send_lock:
             try:
-                await asyncio.wait_for(coro_factory(), SEND_TIMEOUT_S)
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancellation
+                # that arrives as the send completes, and the sender task then never ends.
+                async with asyncio.timeout(SEND_TIMEOUT_S):
+                    await coro_factory()
             except TimeoutError:
                 log.warning("slow consumer peer=%s: closing", self.peer)
                 asyncio.ensure_future(
@@ -152,7 +155,8 @@ class WebSocketChannel(Channel):
     async def close(self, code: int = 1000, reason: str = "") -> None:
         if not self.ws.closed:
             try:
-                await asyncio.wait_for(self.ws.close(code=code, message=reason[:120].encode()), 2)
+                async with asyncio.timeout(2):
+                    await self.ws.close(code=code, message=reason[:120].encode())
             except (TimeoutError, ConnectionError):
                 pass
 

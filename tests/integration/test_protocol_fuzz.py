@@ -99,7 +99,7 @@ async def test_fuzzed_websocket_clients_crash_nothing_and_leak_no_session(target
     deadline = loop.time() + 120
     while sessions_open(target) and loop.time() < deadline:
         await asyncio.sleep(0.5)
-    assert sessions_open(target) == 0, "sessions left open after every client went"
+    assert sessions_open(target) == 0, "sessions left open after every client went\n" + target.log()[-6000:]
     assert target.proc.poll() is None, target.log()
     assert "Traceback" not in target.log(), target.log()[-4000:]
 

@@ -14,6 +14,7 @@ class Outbox:
         self.channel = channel
         self._queue: asyncio.Queue[ServerEvent] = asyncio.Queue()
         self._sender: asyncio.Task | None = None
+        self._closing = False
 
     def start(self) -> None:
         self._sender = asyncio.ensure_future(self._send())
@@ -29,12 +30,15 @@ class Outbox:
             pass
 
     async def close(self) -> None:
+        self._closing = True
         if self._sender is not None:
             self._sender.cancel()
             await asyncio.gather(self._sender, return_exceptions=True)
 
     async def _send(self) -> None:
-        while True:
+        # The flag, as well as the cancellation: a cancellation that arrives as a send completes can
+        # be lost in the transport's timeout handling, and the loop must end all the same.
+        while not self._closing:
             event = await self._queue.get()
             try:
                 await self.channel.send_event(event)
