@@ -1,6 +1,6 @@
 """`appliance bench conversation --transport livekit,websocket`: voice-to-voice and barge-in per
-transport, in one run against one `appliance run` (the same models, the same clips, one after the
-other), so the transports' own cost shows as the difference.
+transport, in one run against one `appliance run` (the same models, the same clips, the transports
+taking turns clip by clip), so the transports' own cost shows as the difference.
 
 Both are measured at the person's end the same way: voice-to-voice from the moment the end of the
 speech was sent (in real time) to the first reply frame louder than Opus silence; barge-in from the
@@ -189,24 +189,28 @@ async def run_bench(transports: list[str], turns: int = 20, port: int = 18080) -
         proc = _start_appliance(port, env)
         http = f"http://127.0.0.1:{port}"
         people = {"websocket": _WebSocketPerson, "livekit": _LiveKitPerson}
-        results = {}
-        for transport in transports:
-            v2v, barge, missed = [], [], 0
-            for samples in clips:
-                for trial, out in ((_voice_turn, v2v), (_barge_in, barge)):
+        got = {t: {"v2v": [], "barge": [], "missed": 0} for t in transports}
+        # Interleaved (each clip on every transport in turn), so a shared machine's changing load
+        # falls on all of them alike.
+        for samples in clips:
+            for transport in transports:
+                for trial, key in ((_voice_turn, "v2v"), (_barge_in, "barge")):
                     try:
                         ms = await trial(people[transport](http), samples)
                     except TimeoutError:
                         ms = None
                     if ms is None:
-                        missed += 1
+                        got[transport]["missed"] += 1
                     else:
-                        out.append(ms)
-            results[transport] = {
-                "voice_to_voice_ms": summary(v2v),
-                "barge_in_ms": summary(barge),
-                "missed_trials": missed,
+                        got[transport][key].append(ms)
+        results = {
+            t: {
+                "voice_to_voice_ms": summary(g["v2v"]),
+                "barge_in_ms": summary(g["barge"]),
+                "missed_trials": g["missed"],
             }
+            for t, g in got.items()
+        }
     finally:
         if proc:
             terminate(proc, 30)

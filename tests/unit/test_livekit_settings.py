@@ -67,3 +67,16 @@ def test_without_livekit_the_sdk_is_never_imported():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     )
     assert done.stdout.strip() == "[]", done.stdout
+
+
+def test_run_flag_settings_merge_with_the_key_and_secret_from_the_environment(monkeypatch):
+    """What `appliance run --livekit-url URL` passes: the URL; key and secret stay in the environment."""
+    from appliance.cli import build_parser
+
+    args = build_parser().parse_args(["run", "--livekit-url", "ws://127.0.0.1:7880"])
+    monkeypatch.setenv("APPLIANCE_LIVEKIT__API_KEY", "env-key")
+    monkeypatch.setenv("APPLIANCE_LIVEKIT__API_SECRET", "env-secret")
+    settings = load_settings(OrchestratorSettings, None, livekit={"enabled": True, "url": args.livekit_url})
+    lk = settings.livekit
+    assert lk.enabled and lk.url == "ws://127.0.0.1:7880" and lk.api_key == "env-key"
+    assert lk.secret() == "env-secret"
