@@ -51,6 +51,7 @@ def livekit_page(piper_worker, tmp_path_factory):
         },
         port=orch_port,
     )
+    proxy.secret = orch.secret  # through Caddy, clients need the orchestrator's access secret
     try:
         orch.wait_ready()
         proxy.wait_ready()
