@@ -13,7 +13,10 @@ from appliance.audio.wavio import read_wav, write_wav
 from appliance.transport.protocol import MAX_RATE, MIN_RATE, ErrorEvent, ReplyText, Transcript, TurnMetrics
 from appliance.transport.ws_client import WsClient
 
-TRAILING_SILENCE_S = 1.0
+# After the WAV, silence goes on like a microphone's until the turn is over: a pause the turn
+# model calls incomplete ends the turn only after [turn] incomplete_timeout_ms (1.2 s by default).
+TRAILING_SILENCE_MAX_S = 6.0
+SILENCE_CHUNK_S = 0.1
 
 
 async def chat(wav: str, url: str, out: str | None, timeout: float = 60.0, token: str | None = None) -> int:
@@ -37,8 +40,6 @@ async def chat(wav: str, url: str, out: str | None, timeout: float = 60.0, token
             print(f"appliance chat: cannot connect to {url}: {exc}", file=sys.stderr)
             return 1
         print(f"session {ready['session_id']}")
-        silence = np.zeros(int(TRAILING_SILENCE_S * rate), dtype=np.int16)
-        await client.stream(np.concatenate([samples, silence]), rate)
 
         def turn_done():
             kinds = [e.get("type") for _, e in client.rx.events]
@@ -50,6 +51,15 @@ async def chat(wav: str, url: str, out: str | None, timeout: float = 60.0, token
                 or ErrorEvent.type in kinds
             )
 
+        def speech_ended() -> bool:
+            return turn_done() or any(e.get("event") == "speech_end" for e in client.rx.of_type("vad"))
+
+        await client.stream(samples, rate)
+        silence = np.zeros(int(SILENCE_CHUNK_S * rate), dtype=np.int16)
+        for _ in range(int(TRAILING_SILENCE_MAX_S / SILENCE_CHUNK_S)):
+            if speech_ended():
+                break
+            await client.stream(silence, rate)
         await client.wait_for(turn_done, timeout)
     finally:
         await client.close()

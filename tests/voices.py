@@ -50,7 +50,9 @@ def espeak_speech(text: str, rate: int = 16000) -> np.ndarray:
     return (audio * 32767).astype(np.int16)
 
 
-def pad(samples: np.ndarray, rate: int, before_s: float = 0.5, after_s: float = 1.0) -> np.ndarray:
+def pad(samples: np.ndarray, rate: int, before_s: float = 0.5, after_s: float = 2.0) -> np.ndarray:
+    """Silence around speech. After it, as long as a microphone would go on sending before a turn
+    whose last pause the turn model calls incomplete ends ([turn] incomplete_timeout_ms, 1.2 s)."""
     return np.concatenate(
         [np.zeros(int(before_s * rate), np.int16), samples, np.zeros(int(after_s * rate), np.int16)]
     )

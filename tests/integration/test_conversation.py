@@ -134,7 +134,9 @@ async def test_long_turn_gets_partial_transcripts_then_the_final(client):
         "I would like to plan a trip to the mountains next weekend with my two brothers "
         "and we need a place to stay near the lake"
     )
-    await client.stream(pad(piper_speech(text, RATE), RATE), RATE)
+    # 2 s of silence after it, as a microphone goes on sending: enough for the turn to end even where
+    # the turn model calls its last pause incomplete ([turn] incomplete_timeout_ms, 1.2 s).
+    await client.stream(pad(piper_speech(text, RATE), RATE, 0.5, 2.0), RATE)
     await client.wait_for(lambda: _turn_done(client), 40)
     transcripts = client.rx.of_type("transcript")
     partials = [t for t in transcripts if not t["final"]]

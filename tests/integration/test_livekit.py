@@ -100,7 +100,7 @@ async def test_spoken_turn_through_a_room_then_leaving(orch, person, piper_worke
     # A spoken question on a 16 kHz stereo microphone, in real time.
     question = "What is the weather like in Paris today?"
     t0 = asyncio.get_running_loop().time()
-    person.play(pad(piper_speech(question, 16000), 16000, 0.3, 1.0))
+    person.play(pad(piper_speech(question, 16000), 16000, 0.3, 2.0))
     await person.wait_for(lambda: _turn_done(person), 60)
     transcript = person.of_type("transcript")[-1]
     assert transcript["final"] is True

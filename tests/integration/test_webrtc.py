@@ -200,7 +200,7 @@ async def test_spoken_and_typed_turns_then_hang_up(orch, client, piper_worker):
     loop = asyncio.get_running_loop()
     t0 = loop.time()
     client.mic.play(
-        resample(pad(piper_speech(question, 16000), 16000, 0.3, 1.0).astype(np.float32) / 32768, 16000, RATE)
+        resample(pad(piper_speech(question, 16000), 16000, 0.3, 2.0).astype(np.float32) / 32768, 16000, RATE)
         * 32767
     )
     await client.wait_for(lambda: _turn_done(client) and client.of_type("reply_end"), 40)
