@@ -29,7 +29,10 @@ def transcribe(pcm: bytes | np.ndarray, rate: int) -> str:
     return " ".join(s.text.strip() for s in segments).strip()
 
 
-_NUMBERS = {"1": "one", "2": "two", "3": "three", "4": "four", "5": "five", "10": "ten"}
+_NUMBERS = {
+    "1": "one", "2": "two", "3": "three", "4": "four", "5": "five", "6": "six", "7": "seven",
+    "8": "eight", "9": "nine", "10": "ten", "11": "eleven", "12": "twelve", "20": "twenty",
+}  # fmt: skip
 
 
 def normalise(text: str) -> str:
