@@ -228,6 +228,10 @@ async def test_several_clients_at_once(api, held_back_wav):
     ]
     results = await asyncio.gather(*speech, *heard)
     for text, result in zip(texts, results[:4], strict=True):
-        assert wer(text, transcribe(*_decode(result.content))) <= 0.25
+        # Each says its own text, not another's; the tiny checking model mishears a word or two of
+        # such short sentences now and then (one word of five is 0.2).
+        hypothesis = transcribe(*_decode(result.content))
+        scores = {other: wer(other, hypothesis) for other in texts}
+        assert min(scores, key=scores.get) == text and scores[text] <= 0.4, (text, hypothesis)
     assert all(wer(HEARD, r.text) <= 0.3 for r in results[4:])
     await client.close()
