@@ -12,7 +12,6 @@ data topic ``"events"``, reliable, addressed to the person only.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 
@@ -20,9 +19,9 @@ from livekit import rtc
 
 from appliance.audio import FRAME_MS, FRAME_SAMPLES, OUTPUT_RATE
 from appliance.transport.base import Channel
+from appliance.transport.inbox import Inbox
 from appliance.transport.protocol import (
     MAX_MESSAGE_BYTES,
-    AudioIn,
     BargeIn,
     ErrorEvent,
     Hello,
@@ -59,10 +58,8 @@ class LiveKitChannel(Channel):
         self.track = rtc.LocalAudioTrack.create_audio_track("reply", self.source)
         self.microphone = asyncio.Event()  # the person's microphone is subscribed
         self.finished = asyncio.Event()
-        self._inbox: collections.deque[Inbound] = collections.deque()
-        self._inbox_audio_s = 0.0
-        self._wake = asyncio.Event()
-        self._consuming = self._lagging = self._ended = self._closing = False
+        self.inbox = Inbox(RATE, MAX_INBOUND_S, self._where)
+        self._ended = self._closing = False
         self._tasks: set[asyncio.Task] = set()
         room.on("track_subscribed", self._on_track)
         room.on("data_received", self._on_data)
@@ -96,7 +93,7 @@ class LiveKitChannel(Channel):
         if not self._ended:
             log.info("peer gone (%s) %s", why, self._where())
             self._ended = True
-            self._wake.set()
+            self.inbox.close()
         if not self._closing:
             _spawn(self._tasks, self.close())
 
@@ -105,24 +102,12 @@ class LiveKitChannel(Channel):
             async for event in stream:
                 if self._ended:
                     break
-                if self._consuming:
-                    self._put_audio(event.frame.data.tobytes())
+                if self.inbox.consuming:
+                    self.inbox.put_audio(event.frame.data.tobytes())
         except Exception:
             log.exception("microphone stream failed %s", self._where())
         finally:
             await stream.aclose()
-
-    def _put_audio(self, pcm: bytes) -> None:
-        self._inbox.append(AudioIn(pcm))
-        self._inbox_audio_s += len(pcm) / 2 / RATE
-        while self._inbox_audio_s > MAX_INBOUND_S:  # drop the oldest audio, never an event
-            i = next(i for i, m in enumerate(self._inbox) if isinstance(m, AudioIn))
-            self._inbox_audio_s -= len(self._inbox[i].pcm) / 2 / RATE
-            del self._inbox[i]
-            if not self._lagging:
-                self._lagging = True
-                log.warning("session lags behind the microphone: dropping the oldest audio %s", self._where())
-        self._wake.set()
 
     def _on_data(self, packet: rtc.DataPacket) -> None:
         if packet.topic != TOPIC or packet.participant is None or packet.participant.identity != self.person:
@@ -148,22 +133,10 @@ class LiveKitChannel(Channel):
         log.info("event in %s type=%s", self._where(), obj["type"])
         if isinstance(message, Interrupt):
             self.source.clear_queue()  # cut the reply now; the session stops feeding more
-        self._inbox.append(message)
-        self._wake.set()
+        self.inbox.put(message)
 
     async def receive(self) -> Inbound | None:
-        self._consuming = True
-        while not self._ended:
-            if self._inbox:
-                message = self._inbox.popleft()
-                if isinstance(message, AudioIn):
-                    self._inbox_audio_s -= len(message.pcm) / 2 / RATE
-                if not self._inbox:
-                    self._lagging = False
-                return message
-            self._wake.clear()
-            await self._wake.wait()
-        return None
+        return await self.inbox.get()
 
     async def send_message(self, message: dict) -> None:
         if self._ended or not self.room.isconnected():
@@ -200,7 +173,7 @@ class LiveKitChannel(Channel):
             if code == 1001 and not self._ended:  # no close frame here: say why before leaving
                 await self._send_quietly(ErrorEvent("going_away", reason or "server shutting down"))
             self._ended = True
-            self._wake.set()
+            self.inbox.close()
             self.source.clear_queue()
             try:
                 await asyncio.wait_for(self.room.disconnect(), DISCONNECT_TIMEOUT_S)

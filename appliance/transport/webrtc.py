@@ -14,7 +14,6 @@ frame and one loop stall's slack, and it is flushed on ``interrupt`` and ``barge
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import uuid
@@ -26,9 +25,9 @@ from aiortc.mediastreams import MediaStreamError
 
 from appliance.audio import FRAME_MS
 from appliance.transport.base import Channel
+from appliance.transport.inbox import Inbox
 from appliance.transport.protocol import (
     MAX_MESSAGE_BYTES,
-    AudioIn,
     BargeIn,
     ErrorEvent,
     Hello,
@@ -79,11 +78,8 @@ class WebRtcChannel(Channel):
         self.dc = None
         self.opened = asyncio.Event()  # the "events" data channel is open
         self.finished = asyncio.Event()  # the PC is closed and every task ended
-        self._inbox: collections.deque[Inbound] = collections.deque()
-        self._inbox_audio_s = 0.0
-        self._wake = asyncio.Event()
-        self._consuming = False  # microphone audio is queued only once someone reads it
-        self._lagging = self._ended = self._closing = False
+        self.inbox = Inbox(RATE, MAX_INBOUND_S, self._where)
+        self._ended = self._closing = False
         self._downmix = Downmixer()
         self._tasks: set[asyncio.Task] = set()
         pc.on("track", self._on_track)
@@ -122,7 +118,7 @@ class WebRtcChannel(Channel):
         if not self._ended:
             log.info("peer gone (%s) %s", why, self._where())
             self._ended = True
-            self._wake.set()
+            self.inbox.close()
         if not self._closing:
             _spawn(self._tasks, self.close())
 
@@ -131,28 +127,12 @@ class WebRtcChannel(Channel):
             while not self._ended:
                 frame = await track.recv()
                 pcm = self._downmix(frame)
-                if pcm and self._consuming:
-                    self._put_audio(pcm)
+                if pcm and self.inbox.consuming:
+                    self.inbox.put_audio(pcm)
         except MediaStreamError:
             log.info("remote audio track ended %s", self._where())
         except Exception:
             log.exception("remote audio failed %s", self._where())
-
-    def _put_audio(self, pcm: bytes) -> None:
-        self._inbox.append(AudioIn(pcm))
-        self._inbox_audio_s += len(pcm) / 2 / RATE
-        while self._inbox_audio_s > MAX_INBOUND_S:  # drop the oldest audio, never an event
-            i = next(i for i, m in enumerate(self._inbox) if isinstance(m, AudioIn))
-            self._inbox_audio_s -= len(self._inbox[i].pcm) / 2 / RATE
-            del self._inbox[i]
-            if not self._lagging:
-                self._lagging = True
-                log.warning(
-                    "session lags %.0f s behind the microphone: dropping the oldest audio %s",
-                    MAX_INBOUND_S,
-                    self._where(),
-                )
-        self._wake.set()
 
     def _on_message(self, data) -> None:
         try:
@@ -172,22 +152,10 @@ class WebRtcChannel(Channel):
         log.info("event in %s type=%s", self._where(), obj["type"])
         if isinstance(message, Interrupt):
             self.outbound.flush()  # cut the reply now; the session stops feeding more
-        self._inbox.append(message)
-        self._wake.set()
+        self.inbox.put(message)
 
     async def receive(self) -> Inbound | None:
-        self._consuming = True
-        while not self._ended:
-            if self._inbox:
-                message = self._inbox.popleft()
-                if isinstance(message, AudioIn):
-                    self._inbox_audio_s -= len(message.pcm) / 2 / RATE
-                if not self._inbox:
-                    self._lagging = False
-                return message
-            self._wake.clear()
-            await self._wake.wait()
-        return None
+        return await self.inbox.get()
 
     async def send_message(self, message: dict) -> None:
         dc = self.dc
@@ -239,7 +207,7 @@ class WebRtcChannel(Channel):
                     )  # let the last events (error, TERMINATED) reach the client
                 dc.close()
             self._ended = True
-            self._wake.set()
+            self.inbox.close()
             self.outbound.stop()
             try:
                 await asyncio.wait_for(self.pc.close(), PC_CLOSE_TIMEOUT_S)
