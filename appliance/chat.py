@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import wave
 
 import aiohttp
 import numpy as np
@@ -20,7 +21,11 @@ SILENCE_CHUNK_S = 0.1
 
 
 async def chat(wav: str, url: str, out: str | None, timeout: float = 60.0, token: str | None = None) -> int:
-    samples, rate = read_wav(wav)
+    try:
+        samples, rate = read_wav(wav)
+    except (OSError, ValueError, EOFError, wave.Error) as exc:  # missing, unreadable, not a PCM WAV
+        print(f"appliance chat: cannot read {wav}: {exc}", file=sys.stderr)
+        return 2
     if not MIN_RATE <= rate <= MAX_RATE:
         print(f"appliance chat: {wav} is {rate} Hz; {MIN_RATE}-{MAX_RATE} Hz is supported", file=sys.stderr)
         return 2
