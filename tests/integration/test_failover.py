@@ -16,7 +16,7 @@ import urllib.request
 
 import pytest
 from services import OrchestratorProcess, WorkerProcess
-from speech import normalise, transcribe
+from speech import listen, normalise
 
 from appliance.transport.ws_client import WsClient
 
@@ -136,7 +136,7 @@ def _states(client: WsClient) -> list[str]:
 
 
 def _assert_every_sentence_heard(client: WsClient) -> None:
-    heard = normalise(transcribe(client.rx.audio(), 48000))
+    heard = normalise(listen(client.rx.audio(), 48000, " ".join(" ".join(w) for w in KEY_WORDS)))
     missing = [w for words in KEY_WORDS for w in words if not re.search(rf"\b{w}\b", heard)]
     assert not missing, f"missing {missing} in {heard!r}"
 

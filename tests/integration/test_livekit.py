@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from livekit import api, rtc
 from livekit_server import GoMissing, livekit_server
-from speech import transcribe, wer
+from speech import listen, wer
 from voices import pad, piper_speech
 
 from appliance.bench.livekit_client import RATE, Participant, rms
@@ -116,7 +116,7 @@ async def test_spoken_turn_through_a_room_then_leaving(orch, person, piper_worke
     assert person.voiced_s(t0) > 1.0, f"only {person.voiced_s(t0):.2f} s of voiced audio received"
     heard_audio = person.audio(voiced[0] - 0.1)
     assert rms(heard_audio) > 1000
-    heard = await asyncio.to_thread(transcribe, heard_audio, RATE)
+    heard = await asyncio.to_thread(listen, heard_audio, RATE, reply)
     assert wer(reply, heard) <= 0.3, (reply, heard)
 
     # A typed turn on the data topic; bad messages get an error event and change nothing.

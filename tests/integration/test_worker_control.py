@@ -6,7 +6,7 @@ import asyncio
 import uuid
 
 import pytest
-from speech import transcribe, wer
+from speech import listen, wer
 
 from appliance.rpc import tts_pb2 as pb
 from appliance.tts.client import Control, TTSClient
@@ -82,7 +82,7 @@ async def test_pause_stops_frames_at_once_and_resume_loses_nothing(client):
     # As much audio as without the pause (Piper's VITS noise varies durations by a frame or
     # two between runs; the bit-exact check is in test_worker_mock_pause.py): nothing lost.
     assert abs(len(frames) - len(ref_frames)) <= 0.03 * len(ref_frames)
-    assert wer(LONG_TEXT, transcribe(rx.pcm, 48000)) <= 0.15
+    assert wer(LONG_TEXT, listen(rx.pcm, 48000, LONG_TEXT)) <= 0.15
     await client.end_session(sid)
 
 
@@ -118,7 +118,7 @@ async def test_reload_swaps_the_model_under_a_session(client):
     ack = await client.control(sid, Control.RELOAD)
     assert ack.success and "reloaded" in ack.message
     pcm, _ = await client.synthesize_all(sid, "The model was reloaded.")
-    assert wer("The model was reloaded.", transcribe(pcm, 48000)) <= 0.25
+    assert wer("The model was reloaded.", listen(pcm, 48000, "The model was reloaded.")) <= 0.25
     await client.end_session(sid)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from speech import transcribe, wer
+from speech import listen, wer
 
 from appliance.config import WorkerSettings, load_settings
 from appliance.tts.client import TTSClient
@@ -27,7 +27,7 @@ async def test_piper_on_cuda_speaks_the_text():
             text = "The graphics card is doing the talking now."
             pcm, frames = await client.synthesize_all("gpu", text)
             assert frames[-1].is_final
-            assert wer(text, transcribe(pcm, 48000)) <= 0.2
+            assert wer(text, listen(pcm, 48000, text)) <= 0.2
             await client.end_session("gpu")
     finally:
         await worker.stop(grace=0)

@@ -11,7 +11,7 @@ import uuid
 import grpc
 import pytest
 from services import WorkerProcess
-from speech import transcribe, wer
+from speech import listen, wer
 
 from appliance.tts.client import TTSClient
 
@@ -86,14 +86,19 @@ async def test_a_budget_between_the_two_engines_refuses_then_evicts(measured):
             assert f"of the {budget_mb:.0f} MB budget" in details and HIBARI in details, details
             assert await _resident(client) == [HIBARI]
             pcm, _ = await client.synthesize_all(busy, "The other session is unaffected.")
-            assert wer("The other session is unaffected.", transcribe(pcm, 48000)) <= 0.25
+            assert (
+                wer(
+                    "The other session is unaffected.", listen(pcm, 48000, "The other session is unaffected.")
+                )
+                <= 0.25
+            )
 
             await client.end_session(busy)  # hibari idle now: the least recently used, evicted
             fresh = f"m-{uuid.uuid4().hex[:8]}"
             await client.start_session(fresh, PIPER)
             assert await _resident(client) == [PIPER]
             pcm, _ = await client.synthesize_all(fresh, "The kitchen lights are on.")
-            assert wer("The kitchen lights are on.", transcribe(pcm, 48000)) <= 0.25
+            assert wer("The kitchen lights are on.", listen(pcm, 48000, "The kitchen lights are on.")) <= 0.25
             await client.end_session(fresh)
     finally:
         worker.stop()
