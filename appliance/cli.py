@@ -11,6 +11,7 @@ from pathlib import Path
 
 import grpc
 
+from appliance import certs
 from appliance.config import SERVICE_KINDS, ConfigError, WorkerSettings, guess_kind, load_settings
 from appliance.discovery import split_host_port
 from appliance.interop import commands as interop_commands
@@ -284,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     models_commands.add_parser(sub)  # appliance models list|verify|fetch|bundle|lock
     interop_commands.add_parser(sub)  # appliance wyoming, appliance api-key
     access_commands.add_parser(sub)  # appliance access show|rotate
+    certs.add_parser(sub)  # appliance certs init|issue
 
     p = sub.add_parser("bench", help="benchmarks (JSON out)")
     bsub = p.add_subparsers(dest="bench_command", required=True, metavar="WHAT")
@@ -329,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--threads", type=int, default=0, help="llama.cpp CPU threads (0: half the cores)")
     q.add_argument("--n-gpu-layers", type=int, default=0)
     q.add_argument("--max-tokens", type=int, default=60)
-    q.add_argument("--cancel-trials", type=int, default=10)
+    q.add_argument("--cancel-trials", type=int, default=20, help="generations interrupted (≥ 20)")
     q.add_argument("--out", help="also write the JSON here")
     q.set_defaults(func=cmd_bench_responder)
     q = bsub.add_parser("failover", help="the gap when the worker serving a reply is SIGKILLed or SIGSTOPped")

@@ -39,7 +39,8 @@ class ServiceProcess:
 
 
 class WorkerProcess(ServiceProcess):
-    """A real `appliance tts-worker` process on loopback."""
+    """A real `appliance tts-worker` process on loopback (or on ``host`` inside network namespace
+    ``netns``: another host, as far as the network can tell)."""
 
     def __init__(
         self,
@@ -47,17 +48,21 @@ class WorkerProcess(ServiceProcess):
         env: dict[str, str] | None = None,
         config: str | None = None,
         port: int | None = None,
+        host: str = "127.0.0.1",
+        netns: str | None = None,
     ) -> None:
         self.port = port or free_port()  # a port given: e.g. a restart where the last one listened
         self.metrics_port = free_port()
-        self.address = f"127.0.0.1:{self.port}"
+        self.address = f"{host}:{self.port}"
+        self.netns = netns
         cmd = [
+            *(["ip", "netns", "exec", netns] if netns else []),
             *self._program(),
             "tts-worker",
             "--config",
             config or str(ROOT / "etc/appliance/tts/piper.toml"),
             "--host",
-            "127.0.0.1",
+            host,
             "--port",
             str(self.port),
             "--metrics-port",
@@ -69,12 +74,18 @@ class WorkerProcess(ServiceProcess):
     def _program(self) -> list[str]:
         return [sys.executable, "-m", "appliance"]
 
-    def wait_ready(self, timeout: float = 60) -> None:
+    def wait_ready(self, timeout: float = 60, credentials=None) -> None:
+        """Until its health says SERVING; ``credentials``: a worker serving TLS."""
         import grpc
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
         deadline = time.monotonic() + timeout
-        with grpc.insecure_channel(self.address) as channel:
+        channel = (
+            grpc.secure_channel(self.address, credentials)
+            if credentials is not None
+            else grpc.insecure_channel(self.address)
+        )
+        with channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:

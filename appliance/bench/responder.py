@@ -124,7 +124,7 @@ async def run_bench(
     threads: int = 0,
     n_gpu_layers: int = 0,
     max_tokens: int = 60,
-    cancel_trials: int = 10,
+    cancel_trials: int = 20,
     context_tokens: int = 2048,
 ) -> dict:
     settings = ResponderSettings(

@@ -24,6 +24,7 @@ from appliance.config.orchestrator import (
     WebRtcSettings,
     WyomingSettings,
 )
+from appliance.config.tls import WorkerLinkTlsSettings, WorkerTlsSettings
 from appliance.config.worker import (
     AudioSettings,
     ModelsSettings,
@@ -53,7 +54,9 @@ __all__ = [
     "WatchdogSettings",
     "WebRtcSettings",
     "WorkerDiscoverySettings",
+    "WorkerLinkTlsSettings",
     "WorkerSettings",
+    "WorkerTlsSettings",
     "WyomingSettings",
     "guess_kind",
     "load_settings",

@@ -15,6 +15,7 @@ from pydantic import (
 from appliance.audio.vad_config import VadConfig
 from appliance.config.access import AccessSettings
 from appliance.config.base import _redis_scheme, _RedisSection, _Section, _ServiceSettings
+from appliance.config.tls import WorkerLinkTlsSettings
 from appliance.discovery import split_host_port
 
 
@@ -361,6 +362,7 @@ class OrchestratorSettings(_ServiceSettings):
     api: ApiSettings = Field(default_factory=ApiSettings)
     wyoming: WyomingSettings = Field(default_factory=WyomingSettings)
     access: AccessSettings = Field(default_factory=AccessSettings)
+    tls: WorkerLinkTlsSettings = Field(default_factory=WorkerLinkTlsSettings)
 
     _empty_redis_is_none = field_validator("redis_url")(lambda v: v or None)
     _redis_url_scheme = field_validator("redis_url")(_redis_scheme)

@@ -13,6 +13,7 @@ from pydantic import (
 )
 
 from appliance.config.base import _host_port_or_none, _redis_scheme, _RedisSection, _Section, _ServiceSettings
+from appliance.config.tls import WorkerTlsSettings
 
 
 class ModelsSettings(_Section):
@@ -100,6 +101,7 @@ class WorkerSettings(_ServiceSettings):
     models: ModelsSettings = Field(default_factory=ModelsSettings)
     watchdog: WatchdogSettings = Field(default_factory=WatchdogSettings)
     audio: AudioSettings = Field(default_factory=AudioSettings)
+    tls: WorkerTlsSettings = Field(default_factory=WorkerTlsSettings)
 
     _empty_redis_is_none = field_validator("redis_url")(lambda v: v or None)
     _redis_url_scheme = field_validator("redis_url")(_redis_scheme)

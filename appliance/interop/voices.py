@@ -84,7 +84,7 @@ class VoiceCatalog:
     async def _models(self, address: str) -> list[pb.ModelInfo]:
         client = self._clients.get(address)
         if client is None:
-            client = self._clients[address] = TTSClient(address)
+            client = self._clients[address] = self.pool.dialer.dial(address)
         try:
             reply = await client.stub.ListModels(pb.ListModelsRequest(), timeout=LIST_TIMEOUT_S)
         except grpc.aio.AioRpcError as exc:

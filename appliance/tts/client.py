@@ -35,9 +35,19 @@ class ReceivedFrame:
 
 
 class TTSClient:
-    def __init__(self, address: str, options: Iterable[tuple[str, int | str]] = ()) -> None:
+    def __init__(
+        self,
+        address: str,
+        options: Iterable[tuple[str, int | str]] = (),
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
+        """``credentials``: TLS (``appliance.rpc.tls.channel_credentials``); None: plaintext."""
         self.address = address
-        self.channel = grpc.aio.insecure_channel(address, options=list(options))
+        self.tls = credentials is not None
+        if credentials is None:
+            self.channel = grpc.aio.insecure_channel(address, options=list(options))
+        else:
+            self.channel = grpc.aio.secure_channel(address, credentials, options=list(options))
         self.stub = tts_pb2_grpc.TTSServiceStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
 

@@ -14,6 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from appliance.config import ConfigError, WorkerSettings
 from appliance.process import serve_until_signalled
 from appliance.rpc import tts_pb2_grpc
+from appliance.rpc.tls import TlsFileError, is_loopback, server_credentials
 from appliance.systemd import Notifier, Watchdog, watchdog_interval
 from appliance.tts.adapters import SynthesisTracker, create_adapter
 from appliance.tts.adapters.piper import cuda_available
@@ -112,6 +113,25 @@ class TTSWorker:
         resident = ",".join(self.manager.resident_ids()) or "none"
         return f"models: {resident}; sessions: {len(self.sessions)}; streams: {len(self.service.streams)}"
 
+    def _listen(self, server: grpc.aio.Server) -> int:
+        s, tls = self.settings, self.settings.tls
+        where = f"{s.host}:{s.port}"
+        if tls.enabled:
+            try:
+                credentials = server_credentials(tls.cert, tls.key, tls.client_ca)
+            except TlsFileError as exc:
+                raise ConfigError(f"[tls]: {exc}") from None
+            mutual = " (mutual: clients need a certificate from [tls] client_ca)" if tls.client_ca else ""
+            log.info("gRPC over TLS on %s%s", where, mutual)
+            return server.add_secure_port(where, credentials)
+        if not is_loopback(where):
+            log.warning(
+                "plaintext gRPC on %s: anyone who can reach it can make this worker speak; "
+                "set [tls] cert and key (appliance certs issue)",
+                where,
+            )
+        return server.add_insecure_port(where)
+
     async def start(self) -> None:
         s = self.settings
         sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_S))
@@ -131,7 +151,7 @@ class TTSWorker:
         )
         tts_pb2_grpc.add_TTSServiceServicer_to_server(self.service, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        self.port = self.server.add_insecure_port(f"{s.host}:{s.port}")
+        self.port = self._listen(self.server)
         if self.port == 0:
             raise OSError(f"cannot listen on {s.host}:{s.port}")
         await self.server.start()

@@ -14,6 +14,7 @@ from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter
 
+from appliance.orchestrator.workers.dialer import WorkerDialer
 from appliance.tts.client import TTSClient
 
 # A worker that died may be back on the same address within a second or two (systemd's
@@ -27,6 +28,8 @@ class TtsUnavailable(Exception):
 
 
 class WorkerPool(Protocol):
+    dialer: WorkerDialer  # how its workers are dialled (TLS or plaintext), for others that dial them too
+
     async def start(self) -> None: ...
 
     async def start_session(

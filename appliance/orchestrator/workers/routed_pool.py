@@ -20,6 +20,7 @@ from prometheus_client.core import GaugeMetricFamily
 
 from appliance import discovery
 from appliance.config import ConfigError, OrchestratorSettings
+from appliance.orchestrator.workers.dialer import PlaintextRefused, WorkerDialer
 from appliance.orchestrator.workers.pool import RECONNECT_OPTIONS, RoutingMetrics, TtsUnavailable, WorkerPool
 from appliance.orchestrator.workers.registry import WorkerRegistry
 from appliance.orchestrator.workers.routing import RouteRequest, route
@@ -46,7 +47,9 @@ class RoutedPool:
         metrics_registry: CollectorRegistry | None = None,
         health_check_s: float = 2.0,
         static_workers: list[str] | None = None,
+        dialer: WorkerDialer | None = None,
     ) -> None:
+        self.dialer = dialer or WorkerDialer()
         self.registry = registry
         self.static = StaticWorkers(registry, static_workers or [], self.probe)
         self.request = request or RouteRequest()
@@ -87,6 +90,7 @@ class RoutedPool:
             metrics_registry=metrics_registry,
             health_check_s=d.health_check_s,
             static_workers=static,
+            dialer=WorkerDialer(s.tls),
         )
 
     async def start(self) -> None:
@@ -131,7 +135,12 @@ class RoutedPool:
             w = attempt.worker
             if w.address in self.registry.down_addresses():  # marked down by an earlier attempt
                 continue
-            client = self._client(w.address)
+            try:
+                client = self._client(w.address)
+            except PlaintextRefused as exc:
+                errors.append(f"{w.name}@{w.address}: refused ({exc})")
+                self.mark_down(w.address, "refused: plaintext gRPC to another host")
+                continue
             request = pb.StartSessionRequest(session_id=session_id, model_id=attempt.model_id)
             try:
                 await client.stub.StartSession(
@@ -192,7 +201,7 @@ class RoutedPool:
     def _client(self, address: str) -> TTSClient:
         client = self.clients.get(address)
         if client is None:
-            client = self.clients[address] = TTSClient(address, RECONNECT_OPTIONS)
+            client = self.clients[address] = self.dialer.dial(address, RECONNECT_OPTIONS)
         return client
 
     def _note_assigned(self, address: str) -> None:
@@ -258,6 +267,9 @@ class RoutedPool:
     async def _check(self, address: str) -> None:
         try:
             caps = await self.probe(address)
+        except PlaintextRefused:
+            self.mark_down(address, "refused: plaintext gRPC to another host")
+            return
         except (grpc.aio.AioRpcError, RuntimeError) as exc:
             self.mark_down(address, f"health check: {describe_failure(exc)}")
             return
@@ -318,7 +330,7 @@ def make_pool(
     """Redis configured: the routed pool (with the static workers listed); else the static worker list."""
     if settings.redis_url:
         return RoutedPool.from_settings(settings, metrics_registry)
-    return StaticPool(settings.workers, metrics_registry)
+    return StaticPool(settings.workers, metrics_registry, WorkerDialer(settings.tls))
 
 
 class _RegistryCollector:

@@ -10,6 +10,7 @@ from collections.abc import Iterable
 import grpc
 from prometheus_client import CollectorRegistry
 
+from appliance.orchestrator.workers.dialer import PlaintextRefused, WorkerDialer
 from appliance.orchestrator.workers.pool import RECONNECT_OPTIONS, RoutingMetrics, TtsUnavailable
 from appliance.tts.client import TTSClient
 
@@ -17,8 +18,21 @@ log = logging.getLogger(__name__)
 
 
 class StaticPool:
-    def __init__(self, addresses: list[str], metrics_registry: CollectorRegistry | None = None) -> None:
-        self.clients = [TTSClient(a, RECONNECT_OPTIONS) for a in addresses]
+    def __init__(
+        self,
+        addresses: list[str],
+        metrics_registry: CollectorRegistry | None = None,
+        dialer: WorkerDialer | None = None,
+    ) -> None:
+        self.dialer = dialer or WorkerDialer()
+        self.clients: list[TTSClient] = []
+        self.refused: dict[str, str] = {}  # address -> why it is never dialled
+        for address in addresses:
+            try:
+                self.clients.append(self.dialer.dial(address, RECONNECT_OPTIONS))
+            except PlaintextRefused as exc:
+                log.error("worker refused worker=%s: %s", address, exc)
+                self.refused[address] = str(exc)
         self.down: set[str] = set()
         self.metrics = RoutingMetrics(metrics_registry)
 
@@ -31,7 +45,7 @@ class StaticPool:
         skip = set(exclude)
         candidates = [c for c in self.clients if c.address not in skip]
         candidates.sort(key=lambda c: c.address in self.down)
-        errors = []
+        errors = [f"{a}: refused ({why})" for a, why in self.refused.items()]
         for client in candidates:
             try:
                 await client.start_session(session_id, model_id)
@@ -64,6 +78,10 @@ class StaticPool:
                     "routed": self.metrics.routed_to(c.address, c.address),
                 }
                 for c in self.clients
+            ]
+            + [
+                {"name": a, "address": a, "source": "static", "down": f"refused: {why}", "routed": 0}
+                for a, why in self.refused.items()
             ],
         }
 
