@@ -11,7 +11,7 @@ from pathlib import Path
 
 import grpc
 
-from appliance import certs
+from appliance import certs, redis_acl
 from appliance.config import SERVICE_KINDS, ConfigError, WorkerSettings, guess_kind, load_settings
 from appliance.discovery import split_host_port
 from appliance.interop import commands as interop_commands
@@ -286,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     interop_commands.add_parser(sub)  # appliance wyoming, appliance api-key
     access_commands.add_parser(sub)  # appliance access show|rotate
     certs.add_parser(sub)  # appliance certs init|issue
+    redis_acl.add_parser(sub)  # appliance redis-acl
 
     p = sub.add_parser("bench", help="benchmarks (JSON out)")
     bsub = p.add_subparsers(dest="bench_command", required=True, metavar="WHAT")

@@ -15,12 +15,21 @@ PASSWORD = "test-redis-secret"
 
 
 class RedisServer:
-    def __init__(self, password: str = PASSWORD, port: int | None = None) -> None:
+    def __init__(
+        self,
+        password: str = PASSWORD,
+        port: int | None = None,
+        aclfile: Path | None = None,
+        user: str | None = None,
+    ) -> None:
+        """``aclfile``: users from it instead of ``requirepass``; ``user``/``password``: one of them,
+        for the readiness check."""
         if shutil.which("redis-server") is None:
             raise RuntimeError(
                 "redis-server is not installed (Debian package redis-server; `make system-deps`)"
             )
         self.password = password
+        self.aclfile, self.user = aclfile, user
         self.port = port or free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="redis-"))
         self.log_path = self.dir / "redis.log"
@@ -44,8 +53,7 @@ class RedisServer:
             str(self.port),
             "--bind",
             "127.0.0.1",
-            "--requirepass",
-            self.password,
+            *(["--aclfile", str(self.aclfile)] if self.aclfile else ["--requirepass", self.password]),
             "--save",
             "",
             "--appendonly",
@@ -86,7 +94,8 @@ class RedisServer:
         """One command over a raw socket (RESP), authenticated; returns the first reply line (for readiness)."""
         with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
             payload = b""
-            for cmd in (("AUTH", self.password), args):
+            auth = ("AUTH", self.user, self.password) if self.user else ("AUTH", self.password)
+            for cmd in (auth, args):
                 payload += f"*{len(cmd)}\r\n".encode() + b"".join(
                     f"${len(a.encode())}\r\n{a}\r\n".encode() for a in cmd
                 )
