@@ -50,7 +50,11 @@ def channel_credentials(
 
 def is_loopback(address: str) -> bool:
     """Whether HOST:PORT (or [IPv6]:PORT) names this machine by a loopback address or name."""
-    host = split_host_port(address)[0].removeprefix("[").removesuffix("]")
+    return is_loopback_host(split_host_port(address)[0])
+
+
+def is_loopback_host(host: str) -> bool:
+    host = host.removeprefix("[").removesuffix("]")
     if host.lower() in LOOPBACK_NAMES:
         return True
     try:

@@ -14,7 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from appliance.config import ConfigError, WorkerSettings
 from appliance.process import serve_until_signalled
 from appliance.rpc import tts_pb2_grpc
-from appliance.rpc.tls import TlsFileError, is_loopback, server_credentials
+from appliance.rpc.tls import TlsFileError, is_loopback_host, server_credentials
 from appliance.systemd import Notifier, Watchdog, watchdog_interval
 from appliance.tts.adapters import SynthesisTracker, create_adapter
 from appliance.tts.adapters.piper import cuda_available
@@ -124,7 +124,7 @@ class TTSWorker:
             mutual = " (mutual: clients need a certificate from [tls] client_ca)" if tls.client_ca else ""
             log.info("gRPC over TLS on %s%s", where, mutual)
             return server.add_secure_port(where, credentials)
-        if not is_loopback(where):
+        if not is_loopback_host(s.host):
             log.warning(
                 "plaintext gRPC on %s: anyone who can reach it can make this worker speak; "
                 "set [tls] cert and key (appliance certs issue)",
