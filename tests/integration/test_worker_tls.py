@@ -26,7 +26,7 @@ from appliance.interop.api_keys import hash_key, new_key
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
 
 KEY = new_key()
-SAID = "The lights in the hall are on."
+SAID = "Good morning, the kitchen lights are on."
 
 
 def _run(*args: str) -> None:
