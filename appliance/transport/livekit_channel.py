@@ -44,6 +44,9 @@ MAX_INBOUND_S = 2.0  # microphone audio queued for a lagging session before the 
 # clears it, so the slack never reaches the listener as extra reply audio).
 STALL_SLACK_MS = 200
 DISCONNECT_TIMEOUT_S = 5.0
+# A send never waits forever: a capture that the SDK does not drain within this (its queue holds
+# under half a second), or a data packet not taken, means the room is going; the session then ends.
+SEND_TIMEOUT_S = 3.0
 
 
 class LiveKitChannel(Channel):
@@ -146,9 +149,13 @@ class LiveKitChannel(Channel):
             self.session_id = message.get("session_id")
         elif kind == BargeIn.type:
             self.source.clear_queue()
-        await self.room.local_participant.publish_data(
-            encode(message), reliable=True, topic=TOPIC, destination_identities=[self.person]
-        )
+        try:
+            async with asyncio.timeout(SEND_TIMEOUT_S):
+                await self.room.local_participant.publish_data(
+                    encode(message), reliable=True, topic=TOPIC, destination_identities=[self.person]
+                )
+        except TimeoutError:
+            raise ConnectionResetError(f"an event was not taken in {SEND_TIMEOUT_S:.0f} s") from None
 
     async def _send_quietly(self, event: ServerEvent) -> None:
         with contextlib.suppress(Exception):
@@ -158,7 +165,11 @@ class LiveKitChannel(Channel):
         if self._ended:
             raise ConnectionResetError("the room is gone")
         samples = len(frame) // 2
-        await self.source.capture_frame(rtc.AudioFrame(frame, RATE, 1, samples or FRAME_SAMPLES))
+        try:
+            async with asyncio.timeout(SEND_TIMEOUT_S):
+                await self.source.capture_frame(rtc.AudioFrame(frame, RATE, 1, samples or FRAME_SAMPLES))
+        except TimeoutError:
+            raise ConnectionResetError(f"reply audio was not drained in {SEND_TIMEOUT_S:.0f} s") from None
 
     def flush(self) -> None:
         self.source.clear_queue()
