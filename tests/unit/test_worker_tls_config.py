@@ -86,12 +86,13 @@ def test_plaintext_to_another_host_by_name_is_allowed_and_warned_once(caplog):
     ) == 1
 
 
-def test_with_a_ca_other_hosts_get_tls_and_loopback_only_when_asked(ca):
+async def test_with_a_ca_other_hosts_get_tls_and_loopback_only_when_asked(ca):
     dialer = WorkerDialer(WorkerLinkTlsSettings(ca=ca / "ca.crt"))
     assert dialer.credentials_for("10.0.0.2:7001") is not None
     assert dialer.credentials_for("127.0.0.1:7001") is None
-    client = dialer.dial("10.0.0.2:7001")
+    client = dialer.dial("10.0.0.2:7001")  # a grpc.aio channel: made inside a running loop
     assert client.tls is True
+    await client.close()
     everywhere = WorkerDialer(WorkerLinkTlsSettings(ca=ca / "ca.crt", loopback=True))
     assert everywhere.credentials_for("127.0.0.1:7001") is not None
 
