@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import grpc
 
 from appliance.orchestrator.workers import WorkerPool
+from appliance.orchestrator.workers.dialer import PlaintextRefused
 from appliance.rpc import tts_pb2 as pb
 from appliance.tts.client import TTSClient
 
@@ -84,7 +85,11 @@ class VoiceCatalog:
     async def _models(self, address: str) -> list[pb.ModelInfo]:
         client = self._clients.get(address)
         if client is None:
-            client = self._clients[address] = self.pool.dialer.dial(address)
+            try:
+                client = self._clients[address] = self.pool.dialer.dial(address)
+            except PlaintextRefused as exc:  # not yet marked down by the pool: offers nothing
+                log.info("ListModels skipped worker=%s: %s", address, exc)
+                return []
         try:
             reply = await client.stub.ListModels(pb.ListModelsRequest(), timeout=LIST_TIMEOUT_S)
         except grpc.aio.AioRpcError as exc:

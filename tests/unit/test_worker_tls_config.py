@@ -149,3 +149,17 @@ def test_the_command_line_makes_a_ca_and_a_certificate(tmp_path, capsys):
     assert (tmp_path / "w1.crt").exists() and (tmp_path / "w1.key").exists()
     assert main(["certs", "init", "--dir", str(tmp_path)]) == 1
     assert "would orphan" in capsys.readouterr().err
+
+
+async def test_the_voice_catalog_skips_a_worker_it_may_not_dial_yet():
+    """A worker seen in Redis but not yet marked down by the pool offers no voices, and no error."""
+    from types import SimpleNamespace
+
+    from appliance.interop.voices import VoiceCatalog
+
+    pool = SimpleNamespace(
+        dialer=WorkerDialer(), view=lambda: {"workers": [{"address": "10.0.0.2:7001", "down": None}]}
+    )
+    catalog = VoiceCatalog(pool)
+    assert await catalog.voices() == []
+    await catalog.close()
