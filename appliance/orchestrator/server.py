@@ -24,6 +24,7 @@ from appliance.orchestrator.respond import create_responder
 from appliance.orchestrator.session import Conversation
 from appliance.orchestrator.workers import TtsLink, TtsUnavailable, WorkerPool, make_pool
 from appliance.process import serve_until_signalled
+from appliance.runtime_metrics import add_runtime_gauges
 from appliance.systemd import Notifier, Watchdog, watchdog_interval
 from appliance.transport.protocol import CloseCode
 from appliance.transport.webrtc import WebRtcEndpoint
@@ -87,6 +88,7 @@ class Orchestrator:
 
     async def start(self) -> None:
         s = self.settings
+        add_runtime_gauges(self.metrics.registry, asyncio.get_running_loop())
         if s.responder.kind == "embedded":
             await self._load_llm()  # first: a missing model fails the start before anything else loads
         await self.pool.start()

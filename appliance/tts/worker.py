@@ -15,6 +15,7 @@ from appliance.config import ConfigError, WorkerSettings
 from appliance.process import serve_until_signalled
 from appliance.rpc import tts_pb2_grpc
 from appliance.rpc.tls import TlsFileError, is_loopback_host, server_credentials
+from appliance.runtime_metrics import add_runtime_gauges
 from appliance.systemd import Notifier, Watchdog, watchdog_interval
 from appliance.tts.adapters import SynthesisTracker, create_adapter
 from appliance.tts.adapters.piper import cuda_available
@@ -155,6 +156,7 @@ class TTSWorker:
         if self.port == 0:
             raise OSError(f"cannot listen on {s.host}:{s.port}")
         await self.server.start()
+        add_runtime_gauges(self.metrics.registry, asyncio.get_running_loop())
         if s.metrics_port is not None:
             try:
                 self.metrics.serve(s.metrics_host, s.metrics_port)
