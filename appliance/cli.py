@@ -17,6 +17,7 @@ from appliance.discovery import split_host_port
 from appliance.interop import commands as interop_commands
 from appliance.modelstore import commands as models_commands
 from appliance.orchestrator.access import commands as access_commands
+from appliance.tts import say as say_command
 
 
 def _host_port(value: str) -> str:
@@ -93,14 +94,6 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
     token = args.token or os.environ.get("APPLIANCE_ACCESS_TOKEN")
     return asyncio.run(chat(args.wav, args.url, args.out, timeout=args.timeout, token=token))
-
-
-def cmd_say(args: argparse.Namespace) -> int:
-    from appliance.tts.say import say
-
-    result = asyncio.run(say(args.text, Path(args.out), worker=args.worker, model=args.model or ""))
-    print(json.dumps(result))
-    return 0
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -195,6 +188,16 @@ def cmd_bench_failover(args: argparse.Namespace) -> int:
     return _report(result, args.out)
 
 
+def cmd_bench_soak(args: argparse.Namespace) -> int:
+    from appliance.bench.soak import run_bench
+
+    if args.sessions < 1 or args.minutes <= 0:
+        print("appliance: bench soak needs --sessions ≥ 1 and --minutes > 0", file=sys.stderr)
+        return 2
+    result = asyncio.run(run_bench(sessions=args.sessions, minutes=args.minutes, every_s=args.sample_s))
+    return _report(result, args.out)
+
+
 def cmd_bench_wyoming(args: argparse.Namespace) -> int:
     from appliance.bench.wyoming import run_bench
 
@@ -250,14 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_chat)
 
-    p = sub.add_parser("say", help="synthesise text to a WAV file (48 kHz mono)")
-    p.add_argument("text")
-    p.add_argument("--out", required=True, help="WAV file to write")
-    p.add_argument(
-        "--worker", type=_host_port, help="HOST:PORT of a running worker (absent: start one in this process)"
-    )
-    p.add_argument("--model", help="model id (absent: the worker's default)")
-    p.set_defaults(func=cmd_say)
+    say_command.add_parser(sub)  # appliance say
 
     p = sub.add_parser(
         "workers", help="the TTS worker registry: workers, addresses, models, load, last heartbeat"
@@ -341,6 +337,14 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--stall-ms", type=int, default=1200, help="the orchestrator's playback.tts_stall_ms")
     q.add_argument("--out", help="also write the JSON here")
     q.set_defaults(func=cmd_bench_failover)
+    q = bsub.add_parser(
+        "soak", help="N spoken conversations at once for M minutes: answers, dropouts, latency, leaks"
+    )
+    q.add_argument("--sessions", type=int, default=8)
+    q.add_argument("--minutes", type=float, default=10.0)
+    q.add_argument("--sample-s", type=float, default=30.0, help="how often the processes are sampled")
+    q.add_argument("--out", help="also write the JSON here")
+    q.set_defaults(func=cmd_bench_soak)
     q = bsub.add_parser(
         "wyoming", help="Wyoming TTS first audio and ASR latency against wyoming-piper/-faster-whisper"
     )

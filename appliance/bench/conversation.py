@@ -90,11 +90,13 @@ def _responder(ws_url: str) -> str | None:
 
 
 def _start_appliance(port: int, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """`appliance run` answering with the echo responder unless $APPLIANCE_RESPONDER__KIND says
+    otherwise: these benchmarks measure the voice path, and `bench responder` measures the LLM."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "appliance", "run", "--port", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        env={**os.environ, **(env or {})},
+        env={"APPLIANCE_RESPONDER__KIND": "echo", **os.environ, **(env or {})},
     )
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:

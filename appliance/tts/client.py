@@ -63,15 +63,16 @@ class TTSClient:
     async def wait_ready(self, timeout: float = 60.0) -> None:
         """Wait until the worker's health service says SERVING (its default model is loaded)."""
         deadline = asyncio.get_running_loop().time() + timeout
+        last = "not serving yet"
         while True:
             try:
                 reply = await self._health.Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
                     return
-            except grpc.aio.AioRpcError:
-                pass
+            except grpc.aio.AioRpcError as exc:
+                last = f"{exc.code().name}: {exc.details()}"
             if asyncio.get_running_loop().time() > deadline:
-                raise TimeoutError(f"TTS worker at {self.address} not ready after {timeout:.0f}s")
+                raise TimeoutError(f"TTS worker at {self.address} not ready after {timeout:.0f}s ({last})")
             await asyncio.sleep(0.1)
 
     async def start_session(

@@ -9,6 +9,7 @@ import io
 import json
 import os
 import subprocess
+import sys
 import wave
 from types import SimpleNamespace
 
@@ -111,6 +112,28 @@ def _health(address: str, credentials: grpc.ChannelCredentials | None) -> int:
             return exc.code().name
 
 
+def _say(worker: WorkerProcess, out, *tls: str) -> subprocess.CompletedProcess:
+    argv = [sys.executable, "-m", "appliance", "say", SAID, "--out", str(out), "--worker", worker.address]
+    return subprocess.run([*argv, *tls], check=False, capture_output=True, text=True, timeout=120)
+
+
+def _say_over_tls(worker: WorkerProcess, ca) -> None:
+    """`appliance say --worker` with the CA and a client certificate: a WAV that says the text;
+    without the certificate the handshake fails; half a key pair is refused before dialling."""
+    out = ca / "said.wav"
+    done = _say(worker, out, "--ca", str(ca / "ca.crt"), "--cert", str(ca / "orchestrator.crt"))
+    assert done.returncode == 2 and "all three of --ca, --cert and --key" in done.stderr
+    assert not out.exists()
+    done = _say(worker, out, "--ca", str(ca / "ca.crt"))
+    assert done.returncode == 1 and "UNAVAILABLE" in done.stderr and not out.exists()
+    pair = ("--cert", str(ca / "orchestrator.crt"), "--key", str(ca / "orchestrator.key"))
+    done = _say(worker, out, "--ca", str(ca / "ca.crt"), *pair)
+    assert done.returncode == 0, done.stderr
+    with wave.open(str(out)) as w:
+        pcm, rate = np.frombuffer(w.readframes(w.getnframes()), "<i2"), w.getframerate()
+    assert wer(SAID, listen(pcm, rate, SAID)) <= 0.2
+
+
 def test_speech_through_a_worker_on_another_host_over_mutual_tls(other_host, ca):
     worker = _worker(
         other_host,
@@ -127,6 +150,7 @@ def test_speech_through_a_worker_on_another_host_over_mutual_tls(other_host, ca)
         assert _health(worker.address, _credentials(ca, client=True)) == serving
         assert _health(worker.address, None) == "UNAVAILABLE"  # plaintext: no handshake
         assert _health(worker.address, _credentials(ca)) == "UNAVAILABLE"  # no client certificate
+        _say_over_tls(worker, ca)
 
         client_env = {
             "APPLIANCE_TLS__CA": str(ca / "ca.crt"),
