@@ -155,9 +155,17 @@ async def bench_new_worker(trials: int, redis_url: str | None, password: str | N
                 redis_url,
             ]
             t_wall, t0 = time.time(), time.perf_counter()
-            proc = await asyncio.create_subprocess_exec(*cmd, env=env, stdout=DEVNULL, stderr=DEVNULL)
+            log_path = tmp / f"worker-{i}.log"
+            with log_path.open("wb") as log_file:
+                proc = await asyncio.create_subprocess_exec(*cmd, env=env, stdout=DEVNULL, stderr=log_file)
             try:
-                record = await registry.wait_until(lambda a=address: registry.entries.get(a), 60)
+                try:
+                    record = await registry.wait_until(lambda a=address: registry.entries.get(a), 60)
+                except TimeoutError:
+                    tail = log_path.read_text(errors="replace")[-2000:]
+                    raise RuntimeError(
+                        f"worker {i} ({address}) did not register in 60 s (exit {proc.returncode}); its log:\n{tail}"
+                    ) from None
                 seen_wall = time.time()
                 sid = f"bench-{uuid.uuid4().hex[:8]}"
                 client = await pool.start_session(sid, exclude=set(registry.entries) - {address})
