@@ -5,7 +5,7 @@ the microphone).
 
 Bottom layer: imports nothing from other ``appliance`` subpackages. The format constants are
 imported at once; the processing parts when first used, so that naming the format (worker
-records, the session protocol) does not load numpy, soxr and pyloudnorm (over a second).
+records, the session protocol) does not load numpy and soxr.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Streaming loudness normalisation (ITU-R BS.1770 via pyloudnorm) with a peak limiter.
+"""Streaming loudness normalisation (ITU-R BS.1770, ``bs1770``) with a peak limiter.
 
 Each ``process`` call is expected to carry roughly one sentence. The loudness gain
 is re-targeted per chunk and glides there exponentially; a look-ahead limiter then
@@ -7,17 +7,15 @@ guarantees the output never exceeds the ceiling.
 
 from __future__ import annotations
 
-import functools
 import math
-import warnings
 
 import numpy as np
-import pyloudnorm
-from scipy.ndimage import minimum_filter1d, uniform_filter1d
+from numpy.lib.stride_tricks import sliding_window_view
 
+from appliance.audio import bs1770
 from appliance.audio._arrays import as_mono_float32, check_rate, finite_or_zero
 
-# BS.1770 gating block length: the shortest signal pyloudnorm can measure.
+# BS.1770 gating block length: the shortest signal it can measure.
 MIN_MEASURE_SECONDS = 0.4
 # A sentence that arrives in parts is measured over its most recent this-many seconds.
 MAX_SPAN_SECONDS = 4.0
@@ -25,18 +23,9 @@ SILENCE_LUFS = -70.0
 _NEGLIGIBLE_DB = 1e-4
 
 
-@functools.cache
-def _meter(sample_rate: int) -> pyloudnorm.Meter:
-    # Building the K-weighting filters is not free, so share one meter per rate.
-    # integrated_loudness() only writes a diagnostic attribute we never read.
-    return pyloudnorm.Meter(sample_rate)
-
-
 def integrated_loudness(x: np.ndarray, sample_rate: int) -> float:
     """BS.1770 integrated loudness in LUFS (-inf for silence). Needs >= 0.4 s of audio."""
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return float(_meter(sample_rate).integrated_loudness(np.asarray(x, dtype=np.float64)))
+    return bs1770.integrated_loudness(x, sample_rate)
 
 
 def _rms_loudness(x: np.ndarray) -> float:
@@ -100,8 +89,8 @@ class PeakLimiter:
         # Forward-looking minimum over [n, n+w-1], then a causal w-sample average:
         # every averaged value is a minimum over a window containing n, so the
         # average is <= needed[n] while turning the step into a linear ramp.
-        held = minimum_filter1d(needed, w, mode="constant", cval=1.0, origin=-(w // 2))
-        attack = uniform_filter1d(held, w, mode="nearest", origin=(w - 1) // 2)
+        held = sliding_window_view(np.concatenate((needed, np.ones(w - 1))), w).min(axis=1)
+        attack = sliding_window_view(np.concatenate((np.full(w - 1, held[0]), held)), w).mean(axis=1)
         with np.errstate(divide="ignore"):
             reduction_db = np.maximum(-20.0 * np.log10(attack), 0.0)
 
@@ -133,7 +122,7 @@ class PeakLimiter:
 class LoudnessNormalizer:
     """Brings each chunk to ``target_lufs`` and limits peaks to ``ceiling_dbfs``.
 
-    Chunks of at least 0.4 s are measured with BS.1770 (pyloudnorm). Shorter
+    Chunks of at least 0.4 s are measured with BS.1770. Shorter
     chunks are collected until together they reach 0.4 s and are then measured;
     until then the previous gain is kept (or, before any measurement, a rough RMS
     estimate is used). A chunk passed with ``continues=True`` is measured together with
@@ -172,7 +161,7 @@ class LoudnessNormalizer:
         self._limiter = PeakLimiter(
             self.sample_rate, ceiling_dbfs, lookahead_ms=lookahead_ms, release_ms=release_ms
         )
-        _meter(self.sample_rate)  # build the cached meter now, not on the first sentence
+        bs1770.k_weighting_ir(self.sample_rate)  # build the cached filter now, not on the first sentence
         self.reset()
 
     @property

@@ -1,4 +1,5 @@
 import itertools
+import math
 
 import numpy as np
 import pyloudnorm
@@ -267,11 +268,34 @@ def test_reset_forgets_gain_and_limiter_state():
     np.testing.assert_array_equal(norm.process(x), fresh)
 
 
-def test_meter_is_cached_per_rate():
-    from appliance.audio.loudness import _meter
+def test_k_weighting_filter_is_built_once_per_rate():
+    from appliance.audio.bs1770 import k_weighting_ir
 
-    assert _meter(RATE) is _meter(RATE)
-    assert _meter(RATE) is not _meter(24000)
+    assert k_weighting_ir(RATE) is k_weighting_ir(RATE)
+    assert k_weighting_ir(RATE) is not k_weighting_ir(24000)
+
+
+@pytest.mark.parametrize("rate", [16000, 22050, 24000, 44100, 48000])
+@pytest.mark.parametrize("seconds", [0.4, 0.43, 1.0, 3.7])
+def test_bs1770_matches_pyloudnorm(rate, seconds):
+    """The numpy meter against pyloudnorm's (scipy's IIR filters): the same gated loudness."""
+    from appliance.audio.bs1770 import integrated_loudness
+
+    rng = np.random.default_rng(rate + int(seconds * 100))
+    n = int(seconds * rate)
+    x = rng.normal(0, 0.1, n) * np.sin(np.linspace(0, 40, n)) + 0.3 * np.sin(
+        2 * np.pi * 60 * np.arange(n) / rate
+    )
+    x[: n // 5] *= 1e-3  # a quiet start the gates must drop
+    assert integrated_loudness(x, rate) == pytest.approx(_lufs(x, rate), abs=1e-6)
+
+
+def test_bs1770_refuses_less_than_one_block_and_reads_silence_as_minus_infinity():
+    from appliance.audio.bs1770 import integrated_loudness
+
+    with pytest.raises(ValueError, match="at least 0.4 s"):
+        integrated_loudness(np.ones(RATE // 4), RATE)
+    assert integrated_loudness(np.zeros(RATE), RATE) == -math.inf
 
 
 @pytest.mark.parametrize(
