@@ -186,7 +186,8 @@ def test_secrets_are_never_world_readable():
     for path, task in _all_tasks():
         args = task[_module(task, keywords)]
         if isinstance(args, dict) and re.search(
-            r"redis\.(env|password)|appliance\.conf$", str(args.get("dest", ""))
+            r"redis\.(env|password)|appliance\.conf$|\.password$|aclfile|\.request$",
+            str(args.get("dest", "")),
         ):
             assert args.get("mode") in ("0600", "0640"), (
                 f"{path.name}: {task.get('name')} mode {args.get('mode')}"
