@@ -63,11 +63,13 @@ def booted(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def offline(booted, request):
-    """The same container with the appliance installed from the offline bundle by site.yml."""
+    """The same container with the appliance installed from the offline bundle by site.yml, with
+    gRPC over mutual TLS on (its worker is on loopback: the orchestrator dials it over TLS too)."""
     if not site_playbook().exists():
         pytest.skip(f"no {site_playbook()} yet")
     if booted.install_run is None:
         booted.bundle = request.getfixturevalue("bundle_tar")
+        booted.extra_vars["appliance_grpc_tls"] = True
         booted.write_inventory()
         booted.install()
     return booted

@@ -325,21 +325,58 @@ def seconds(value: str) -> float:
     return sum(float(n) * units[u] for n, u in re.findall(r"([\d.]+)\s*(us|ms|min|s|h)", value))
 
 
-def worker_serving(port: int, timeout: float) -> bool:
+TLS_DIR = "etc/appliance/tls"
+
+
+def grpc_credentials(dep, client_cert: bool = True) -> grpc.ChannelCredentials | None:
+    """The orchestrator's view of the workers' gRPC: the appliance CA and its client certificate
+    (None where the playbook set up no TLS)."""
+    tls = dep.container.path(TLS_DIR)
+    if not (tls / "ca.crt").exists():
+        return None
+    if not client_cert:
+        return grpc.ssl_channel_credentials(root_certificates=(tls / "ca.crt").read_bytes())
+    return grpc.ssl_channel_credentials(
+        root_certificates=(tls / "ca.crt").read_bytes(),
+        private_key=(tls / "orchestrator.key").read_bytes(),
+        certificate_chain=(tls / "orchestrator.crt").read_bytes(),
+    )
+
+
+def worker_health(port: int, credentials: grpc.ChannelCredentials | None, timeout: float = 5) -> int:
+    """One gRPC health check of the worker on 127.0.0.1:port (raises grpc.RpcError)."""
+    target = f"127.0.0.1:{port}"
+    with (
+        grpc.secure_channel(target, credentials) if credentials else grpc.insecure_channel(target)
+    ) as channel:
+        return (
+            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout).status
+        )
+
+
+def worker_serving(dep, timeout: float) -> bool:
+    """Whether the worker answers SERVING within timeout, dialled as the orchestrator dials it."""
+    credentials = grpc_credentials(dep)
     deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            try:
-                if (
-                    stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status
-                    == health_pb2.HealthCheckResponse.SERVING
-                ):
-                    return True
-            except grpc.RpcError:
-                pass
-            time.sleep(0.3)
+    while time.monotonic() < deadline:
+        try:
+            if worker_health(dep.worker_port, credentials, 2) == health_pb2.HealthCheckResponse.SERVING:
+                return True
+        except grpc.RpcError:
+            pass
+        time.sleep(0.3)
     return False
+
+
+def redis_cli(dep, *args: str, user: str | None = None) -> str:
+    """redis-cli in the container, as the default user or as `user` (with its generated password);
+    what it printed (replies and errors alike)."""
+    cmd = ["redis-cli", "-p", str(dep.redis_port)]
+    if user is not None:
+        password = dep.container.path(f"etc/appliance/redis/{user}.password").read_text().strip()
+        cmd += ["--user", user, "--pass", password, "--no-auth-warning"]
+    out = dep.container.run(*cmd, *args, check=False)
+    return (out.stdout + out.stderr).strip()
 
 
 def wait_units_running(dep, timeout: float) -> dict:

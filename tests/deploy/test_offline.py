@@ -6,21 +6,27 @@ torn down when the module ends."""
 
 from __future__ import annotations
 
+import json
 import re
 import time
 import urllib.request
 
+import grpc
 import pytest
 from deployment import (
     WORKER,
     differences_from_the_checkout,
+    grpc_credentials,
     healthz,
     record,
+    redis_cli,
     seconds,
     ssl_context,
     wait_units_running,
+    worker_health,
     worker_serving,
 )
+from grpc_health.v1 import health_pb2
 from speech import listen, wer
 from voices import pad, piper_speech, with_noise
 
@@ -116,6 +122,62 @@ async def test_a_spoken_turn_through_caddy_gets_a_transcript_and_reply_audio(off
     record("offline_voice_to_voice_ms", client.rx.of_type("metrics")[-1]["voice_to_voice_ms"])
 
 
+# ------------------------------------------------------------------ gRPC TLS and Redis users
+
+
+def _owner_mode(c, path: str) -> tuple[str, str]:
+    return tuple(c.run("stat", "-c", "%U %a", path).stdout.split())
+
+
+def test_the_worker_speaks_grpc_only_over_mutual_tls(offline):
+    """The spoken turn above went through it: the orchestrator dials its loopback worker over TLS
+    (loopback = true) with its client certificate; nothing else gets an answer."""
+    c = offline.container
+    assert _owner_mode(c, "/etc/appliance/ca") == ("root", "700")
+    assert _owner_mode(c, "/etc/appliance/ca/ca.key") == ("root", "600")
+    for name in ("orchestrator", f"worker-{WORKER}"):
+        assert _owner_mode(c, f"/etc/appliance/tls/{name}.key") == ("appliance", "600")
+        assert _owner_mode(c, f"/etc/appliance/tls/{name}.crt") == ("appliance", "640")
+    denied = c.run("runuser", "-u", "appliance", "--", "cat", "/etc/appliance/ca/ca.key", check=False)
+    assert denied.returncode != 0, "the service user can read the CA key"
+    assert "APPLIANCE_TLS__LOOPBACK=true" in c.path("etc/appliance/orchestrator.env").read_text()
+
+    serving = health_pb2.HealthCheckResponse.SERVING
+    assert worker_health(offline.worker_port, grpc_credentials(offline)) == serving
+    with pytest.raises(grpc.RpcError) as plaintext:
+        worker_health(offline.worker_port, None)
+    assert plaintext.value.code() == grpc.StatusCode.UNAVAILABLE, plaintext.value
+    with pytest.raises(grpc.RpcError) as no_client_cert:
+        worker_health(offline.worker_port, grpc_credentials(offline, client_cert=False))
+    assert no_client_cert.value.code() == grpc.StatusCode.UNAVAILABLE, no_client_cert.value
+
+
+def test_redis_has_one_user_per_role_and_no_default_user(offline):
+    c = offline.container
+    worker = f"worker-{WORKER}"
+    key = f"appliance:worker:127.0.0.1:{offline.worker_port}"
+    assert "NOAUTH" in redis_cli(offline, "PING")  # the default user is off
+    assert "NOAUTH" in redis_cli(offline, "KEYS", "*")
+    # The worker registered as its own user; the orchestrator's reads the record, and only reads.
+    record_json = redis_cli(offline, "GET", key, user="orchestrator")
+    assert json.loads(record_json)["name"] == WORKER, record_json
+    assert "NOPERM" in redis_cli(offline, "SET", key, "{}", user="orchestrator")
+    # The worker's user is authenticated (PONG) but may touch nothing beyond its own record.
+    assert redis_cli(offline, "PING", user=worker) == "PONG"
+    assert "NOPERM" in redis_cli(offline, "FLUSHALL", user=worker)
+    assert "NOPERM" in redis_cli(offline, "SET", "appliance:worker:127.0.0.1:1", "{}", user=worker)
+    assert "NOPERM" in redis_cli(offline, "DEL", "appliance:worker:127.0.0.1:1", user=worker)
+    assert "NOPERM" in redis_cli(offline, "PUBLISH", "elsewhere", "hi", user=worker)
+    assert json.loads(redis_cli(offline, "GET", key, user="orchestrator"))["name"] == WORKER
+    for user in ("orchestrator", worker):
+        assert _owner_mode(c, f"/etc/appliance/redis/{user}.password") == ("appliance", "600")
+    acl = c.path("etc/redis/users.acl").read_text()
+    assert "user default off" in acl
+    for user in ("orchestrator", worker):
+        assert c.path(f"etc/appliance/redis/{user}.password").read_text().strip() not in acl
+    assert not c.path("etc/appliance/redis.password").exists()  # no shared password any more
+
+
 # ------------------------------------------------------------------ operations
 
 
@@ -145,7 +207,7 @@ def test_watchdog_restarts_a_stopped_worker(offline):
     back = time.monotonic() - t0
     log = c.run("journalctl", "-u", WORKER_UNIT, "--no-pager", "-n", "200").stdout
     assert "watchdog" in log.lower(), log[-3000:]
-    assert worker_serving(offline.worker_port, 60), "the restarted worker does not answer gRPC health"
+    assert worker_serving(offline, 60), "the restarted worker does not answer gRPC health"
     record("watchdog_sec", watchdog)
     record("watchdog_stop_to_active_again_s", back)
 
@@ -198,6 +260,25 @@ def test_a_second_run_changes_nothing(offline):
     assert run.recap["changed"] == 0, (
         f"changed={run.recap['changed']}: {run.changed_tasks()}\n{run.tail(3000)}"
     )
+
+
+def test_a_removed_worker_certificate_is_issued_again_and_only_that_worker_restarts(offline):
+    """How to re-issue a certificate (docs/access.md): remove it from the CA directory, rerun."""
+    c = offline.container
+    units = ("appliance-orchestrator.service", WORKER_UNIT)
+    pids = {u: c.systemctl_show(u, "MainPID")["MainPID"] for u in units}
+    installed = c.path(f"etc/appliance/tls/worker-{WORKER}.crt")
+    ca, old = c.path("etc/appliance/tls/ca.crt").read_bytes(), installed.read_bytes()
+    c.path(f"etc/appliance/ca/worker-{WORKER}.crt").unlink()
+    run = offline.playbook()
+    assert run.returncode == 0 and run.recap["failed"] == 0, run.tail()
+    assert installed.read_bytes() != old, "not issued again"
+    assert c.path("etc/appliance/tls/ca.crt").read_bytes() == ca, "the CA was made again"
+    after = {u: c.systemctl_show(u, "MainPID")["MainPID"] for u in units}
+    assert after[WORKER_UNIT] != pids[WORKER_UNIT], "the worker still serves the old certificate"
+    assert after["appliance-orchestrator.service"] == pids["appliance-orchestrator.service"]
+    assert worker_serving(offline, 60), "the worker does not answer over TLS with its new certificate"
+    assert all(s == ("active", "running") for s in wait_units_running(offline, 60).values())
 
 
 def test_operator_edits_survive_a_rerun_and_a_setting_restarts_only_its_service(offline):
@@ -254,4 +335,4 @@ def test_boot_to_appliance_target_active(offline):
     c.run("systemctl", "restart", "appliance.target", timeout=180)
     record("restart_appliance_target_s", time.monotonic() - t1)
     assert c.run("systemctl", "is-active", "appliance.target", check=False).stdout.strip() == "active"
-    assert worker_serving(offline.worker_port, 30)
+    assert worker_serving(offline, 30)
