@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,12 +38,18 @@ class AclUser:
         )
 
 
+def _literal(key: str) -> str:
+    """``key`` as an ACL key pattern matching only itself: an IPv6 address's brackets would
+    otherwise be a glob character class (``[::1]`` matching any one of ``:`` and ``1``)."""
+    return re.sub(r"([\\*?\[\]])", r"\\\1", key)
+
+
 def worker_user(name: str, password: str, address: str, prefix: str = "appliance:") -> AclUser:
     discovery.split_host_port(address)
     return AclUser(
         f"worker-{name}",
         password,
-        f"~{discovery.worker_key(prefix, address)}",
+        f"~{_literal(discovery.worker_key(prefix, address))}",
         f"&{discovery.channel(prefix)}",
         "+set +del +publish",
     )

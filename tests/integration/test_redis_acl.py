@@ -110,3 +110,23 @@ def test_bad_arguments_are_named(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([*base, "--worker", "w=not-an-address,x"])
     assert "is not HOST:PORT" in capsys.readouterr().err
+
+
+async def test_an_ipv6_workers_user_writes_its_own_key_and_no_look_alike(tmp_path):
+    """The brackets of an IPv6 address are literal in its key pattern, not a glob class."""
+    (tmp_path / "o.pw").write_text(ORCH_PW + "\n")
+    (tmp_path / "w.pw").write_text(WORKER_PW + "\n")
+    acl = tmp_path / "users.acl"
+    args = ["redis-acl", "--orchestrator-password-file", str(tmp_path / "o.pw"), "--out", str(acl)]
+    assert main([*args, "--worker", f"v6=[::1]:7001,{tmp_path / 'w.pw'}"]) == 0
+    server = RedisServer(password=ORCH_PW, aclfile=acl, user="orchestrator")
+    as_worker = _client(server, "worker-v6", WORKER_PW)
+    try:
+        own_key = discovery.worker_key("appliance:", "[::1]:7001")
+        assert await as_worker.set(own_key, "{}")
+        for look_alike in ("appliance:worker:1:7001", "appliance:worker:::7001"):
+            with pytest.raises(NoPermissionError):  # what "[::1]" as a class would have let in
+                await as_worker.set(look_alike, "{}")
+    finally:
+        await as_worker.aclose()
+        server.close()
