@@ -249,7 +249,11 @@ class Fetcher:
     @contextlib.contextmanager
     def _exclusive(self) -> Iterator[None]:
         """One fetch per directory at a time (Ansible and an operator, say)."""
-        with open(self.root / ".fetch.lock", "a") as fh:
+        try:
+            fh = open(self.root / ".fetch.lock", "a")  # noqa: SIM115 (closed by the with below)
+        except OSError as exc:  # read-only (a mount, or modes): the first write fails, so say where
+            raise OSError(f"cannot write to the models directory {self.root}: {exc.strerror}") from None
+        with fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
                 yield

@@ -35,6 +35,7 @@ class WebSocketChannel(Channel):
         self.ws = ws
         self.peer = peer
         self._send_lock = asyncio.Lock()
+        self._given_up = asyncio.get_running_loop().create_future()  # done: a slow consumer was cut off
 
     @classmethod
     async def accept(cls, request: web.Request) -> WebSocketChannel:
@@ -98,9 +99,21 @@ class WebSocketChannel(Channel):
             pass
         await self.close(exc.close_code or CloseCode.PROTOCOL, str(exc))
 
+    async def _next_frame(self):
+        """``ws.receive()``, or None once a slow consumer was cut off: our close frame then waits
+        behind data the client does not read, and aiohttp's receive would not return until it does."""
+        receiving = asyncio.ensure_future(self.ws.receive())
+        try:
+            await asyncio.wait({receiving, self._given_up}, return_when=asyncio.FIRST_COMPLETED)
+            return receiving.result() if receiving.done() else None
+        finally:
+            receiving.cancel()
+
     async def receive(self) -> Inbound | None:
         while not self.ws.closed:
-            msg = await self.ws.receive()
+            msg = await self._next_frame()
+            if msg is None:
+                return None
             try:
                 if msg.type == WSMsgType.BINARY:
                     if len(msg.data) > MAX_MESSAGE_BYTES:
@@ -141,6 +154,8 @@ class WebSocketChannel(Channel):
                     await coro_factory()
             except TimeoutError:
                 log.warning("slow consumer peer=%s: closing", self.peer)
+                if not self._given_up.done():
+                    self._given_up.set_result(None)  # the session ends now, whenever the close gets out
                 asyncio.ensure_future(
                     self.close(CloseCode.SLOW_CONSUMER, "client is not reading (slow consumer)")
                 )

@@ -165,6 +165,8 @@ class TtsLink:
             task.cancel()
         if self._starting is not None:
             await asyncio.gather(self._starting, return_exceptions=True)
+        # A worker failed away from that was only stalled holds the session until it is told.
+        await self._end_unended()
         if self.client is None:
             return
         client, self.client = self.client, None

@@ -142,16 +142,21 @@ class RoutedPool:
                 self.mark_down(w.address, "refused: plaintext gRPC to another host")
                 continue
             request = pb.StartSessionRequest(session_id=session_id, model_id=attempt.model_id)
+            # Counted before the answer: sessions that start at the same moment spread out.
+            self._note_assigned(w.address)
             try:
                 await client.stub.StartSession(
                     request, timeout=RESIDENT_START_TIMEOUT_S if attempt.resident else LOAD_TIMEOUT_S
                 )
             except grpc.aio.AioRpcError as exc:
+                self._note_assigned(w.address, -1)
                 errors.append(f"{w.name}@{w.address}: {exc.code().name} {exc.details()}")
                 if exc.code() in _DEAD:
                     self.mark_down(w.address, f"StartSession {exc.code().name}")
                 continue
-            self._note_assigned(w.address)
+            except asyncio.CancelledError:
+                self._note_assigned(w.address, -1)
+                raise
             self.metrics.routed.labels(w.name, w.address).inc()
             fallback = " (fallback while the model loads elsewhere)" if attempt.model_id != model_id else ""
             log.info(
@@ -204,12 +209,13 @@ class RoutedPool:
             client = self.clients[address] = self.dialer.dial(address, RECONNECT_OPTIONS)
         return client
 
-    def _note_assigned(self, address: str) -> None:
+    def _note_assigned(self, address: str, delta: int = 1) -> None:
         entry = self.registry.entries.get(address)
         if entry is None:
             return
         version, count = self._assigned.get(address, (entry.version, 0))
-        self._assigned[address] = (entry.version, count + 1 if version == entry.version else 1)
+        count = count if version == entry.version else 0
+        self._assigned[address] = (entry.version, max(0, count + delta))
 
     def _load_in_background(self, worker, model_id: str) -> None:
         if model_id in self._loading:

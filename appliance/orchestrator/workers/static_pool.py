@@ -8,6 +8,7 @@ import logging
 from collections.abc import Iterable
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
 from appliance.orchestrator.workers.dialer import PlaintextRefused, WorkerDialer
@@ -15,6 +16,10 @@ from appliance.orchestrator.workers.pool import RECONNECT_OPTIONS, RoutingMetric
 from appliance.tts.client import TTSClient
 
 log = logging.getLogger(__name__)
+
+# A StartSession unanswered this long (a model may be loading) asks the worker's health service,
+# which answers within this long unless the process is hung: then the next worker is tried.
+HUNG_CHECK_S = 1.0
 
 
 class StaticPool:
@@ -48,11 +53,15 @@ class StaticPool:
         errors = [f"{a}: refused ({why})" for a, why in self.refused.items()]
         for client in candidates:
             try:
-                await client.start_session(session_id, model_id)
+                await self._start_on(client, session_id, model_id)
             except grpc.aio.AioRpcError as exc:
                 errors.append(f"{client.address}: {exc.code().name} {exc.details()}")
                 if exc.code() == grpc.StatusCode.NOT_FOUND:  # unknown model: same answer everywhere
                     break
+                continue
+            except TimeoutError:
+                errors.append(f"{client.address}: hung (no answer to StartSession or a health check)")
+                self.mark_down(client.address, "hung")
                 continue
             self.down.discard(client.address)
             self.metrics.routed.labels(client.address, client.address).inc()
@@ -60,6 +69,23 @@ class StaticPool:
         raise TtsUnavailable(
             "no TTS worker accepted the session (" + "; ".join(errors or ["no workers available"]) + ")"
         )
+
+    async def _start_on(self, client: TTSClient, session_id: str, model_id: str) -> None:
+        """StartSession on ``client``; TimeoutError if it hangs (a stopped or wedged process)."""
+        call = asyncio.ensure_future(client.start_session(session_id, model_id))
+        try:
+            done, _ = await asyncio.wait({call}, timeout=HUNG_CHECK_S)
+            if not done:
+                health = health_pb2_grpc.HealthStub(client.channel)
+                try:
+                    await health.Check(health_pb2.HealthCheckRequest(), timeout=HUNG_CHECK_S)
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+                        raise
+                    raise TimeoutError from None
+            await call
+        finally:
+            call.cancel()
 
     def mark_down(self, address: str, reason: str) -> None:
         if address not in self.down:

