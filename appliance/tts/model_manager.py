@@ -35,6 +35,8 @@ from appliance.tts.model_status import (  # re-exported: the worker and tests im
 
 log = logging.getLogger(__name__)
 
+RETIRE_POLL_S = 0.05
+
 
 class ModelManager:
     def __init__(
@@ -79,6 +81,7 @@ class ModelManager:
         # Models past the capacity check whose adapter is not in place yet: they hold a slot
         # and the memory they are expected to take, by device.
         self._claimed: dict[str, tuple[str, int]] = {}
+        self._retiring: set[asyncio.Task] = set()  # replaced adapters waiting for their last stream
 
     async def start(self, preload: list[str] | None = None) -> None:
         """Load the default model (a failure raises) and then each preload model (a failure is
@@ -103,6 +106,10 @@ class ModelManager:
         pending = [e.loading for e in self._entries.values() if e.loading is not None]
         if pending:
             await asyncio.wait(pending)  # not gather: cancelling close must not cancel the loads
+        for task in self._retiring:
+            task.cancel()  # each unloads its adapter as it ends
+        if self._retiring:
+            await asyncio.wait(self._retiring)
         for entry in self._entries.values():
             if entry.adapter is not None:
                 await self._unload_adapter(*self._detach(entry), reason="shutdown")
@@ -196,8 +203,21 @@ class ModelManager:
         entry.device = device
         entry.loaded_at = self._clock()
         log.info("reloaded %s in %.0f ms", model_id, ms)
-        await self._unload_adapter(model_id, old, reason="replaced")
+        if old.streaming:
+            # Another session's segment under way finishes on the adapter it began on.
+            task = asyncio.create_task(self._retire(model_id, old), name=f"retire-{model_id}")
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+        else:
+            await self._unload_adapter(model_id, old, reason="replaced")
         return ms
+
+    async def _retire(self, model_id: str, adapter: EngineAdapter) -> None:
+        try:
+            while adapter.streaming:
+                await asyncio.sleep(RETIRE_POLL_S)
+        finally:
+            await self._unload_adapter(model_id, adapter, reason="replaced")
 
     async def evict_idle(self) -> list[str]:
         """Unload every unpinned, unleased model idle for ttl_s and resident for

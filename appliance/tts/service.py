@@ -5,6 +5,7 @@ worker or leave a model lease behind."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -200,10 +201,12 @@ class TTSService(tts_pb2_grpc.TTSServiceServicer):
         finally:
             # The session is free before the final frame goes out: a client that opens its next
             # stream as soon as it sees that frame must not find this one still open.
-            await stream.close()
-            self.streams.pop(session.session_id, None)
-            session.end_stream()
-            self.metrics.active_streams.dec()
+            try:
+                await _closed(stream)
+            finally:
+                self.streams.pop(session.session_id, None)
+                session.end_stream()
+                self.metrics.active_streams.dec()
         if error is not None:
             await self._abort(context, "Synthesize", grpc.StatusCode[error.code], str(error))
         await context.write(_audio_frame(session.session_id, seq, final_offset, is_final=True))
@@ -332,6 +335,17 @@ class TTSService(tts_pb2_grpc.TTSServiceServicer):
             self.metrics.model_refcount.labels(m.model_id).set(m.refcount)
             self.metrics.model_resident_bytes.labels(m.model_id).set(m.resident_bytes)
         self.on_change()
+
+
+async def _closed(stream: SynthesisStream) -> None:
+    """Close the stream, to the end even when the call is cancelled meanwhile (a client that
+    cancels just as its stream ends): the session is not free until its stream's tasks are done."""
+    closing = asyncio.ensure_future(stream.close())
+    try:
+        await asyncio.shield(closing)
+    except asyncio.CancelledError:
+        await closing
+        raise
 
 
 async def _prepend(first, rest: AsyncIterator) -> AsyncIterator:

@@ -18,6 +18,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -64,6 +65,9 @@ class StreamError(Exception):
 
 
 DRAIN_S = 1.0
+# Control characters (NUL among them) that engines choke on: each becomes a space, so the text's
+# offsets stay those of the text the client sent.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 async def drain_requests(chunks: AsyncIterator, limit_s: float = DRAIN_S) -> None:
@@ -214,7 +218,7 @@ class SynthesisStream:
                         "send it in several utterances",
                     )
                 self.session.touch()
-                for item in self._segmenter.push_spans(chunk.text):
+                for item in self._segmenter.push_spans(_CONTROL.sub(" ", chunk.text)):
                     self._segments.put_nowait(item)
                 if chunk.is_final:
                     break

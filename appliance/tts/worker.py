@@ -20,6 +20,7 @@ from appliance.systemd import Notifier, Watchdog, watchdog_interval
 from appliance.tts.adapters import SynthesisTracker, create_adapter
 from appliance.tts.adapters.piper import cuda_available
 from appliance.tts.catalog import Catalog
+from appliance.tts.malformed import MalformedRequests
 from appliance.tts.metrics import WorkerMetrics
 from appliance.tts.model_manager import ModelManager
 from appliance.tts.scheduler import DeadlineScheduler
@@ -144,11 +145,12 @@ class TTSWorker:
                 s, lambda: describe_worker(self)
             )  # checks the password now
         self.server = grpc.aio.server(
+            interceptors=[MalformedRequests()],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.so_reuseport", 0),
-            ]
+            ],
         )
         tts_pb2_grpc.add_TTSServiceServicer_to_server(self.service, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

@@ -405,6 +405,21 @@ async def test_reload_swaps_the_adapter_under_an_existing_lease(make, engines):
     assert manager.refcount("bravo") == 1 and manager.is_resident("bravo")
 
 
+async def test_reload_unloads_the_old_adapter_only_once_no_stream_is_on_it(make, engines):
+    manager = make()
+    await manager.start()
+    lease = await manager.acquire("bravo")
+    old = lease.adapter
+    stream = old.stream("Another session's sentence.")
+    await anext(stream)  # a segment under way on the old adapter
+
+    await manager.reload("bravo")
+    assert lease.adapter is not old and old.unload_calls == 0  # it may still be synthesizing
+    assert [chunk async for chunk in stream] == []  # and it finishes there
+    await wait_until(lambda: old.unload_calls == 1)
+    await manager.close()
+
+
 async def test_failed_reload_keeps_the_old_adapter_serving(make, engines):
     manager = make()
     await manager.start()

@@ -84,6 +84,8 @@ class EngineAdapter(ABC):
         # then trade single-call speed for throughput.
         self.contended: Callable[[], bool] = lambda: False
         self.loaded = False
+        # stream() calls under way: a reload unloads the adapter it replaced once none is.
+        self.streaming = 0
 
     @property
     def sample_rate(self) -> int:
@@ -134,6 +136,7 @@ class EngineAdapter(ABC):
             samples = np.asarray(chunk, dtype=np.float32)
             return samples, took, post(samples) if post else None
 
+        self.streaming += 1
         try:
             while cancel is None or not cancel.is_set():
                 samples, took, processed = await run(next_chunk)
@@ -141,6 +144,7 @@ class EngineAdapter(ABC):
                     return
                 yield PcmChunk(samples, self.sample_rate, took, text, processed)
         finally:
+            self.streaming -= 1
             # Closing a generator another thread may still be inside raises; it is finished
             # or abandoned by now, and dropping it frees it either way.
             try:
