@@ -219,3 +219,31 @@ async def test_with_no_worker_left_frames_raises(workers, link):
     with pytest.raises(TtsUnavailable):
         await _play(reply, kill_both)
     assert len(reply.failovers) >= 1 and link.client is None
+
+
+async def test_a_reply_that_fails_on_every_try_before_any_audio_gives_up(workers, monkeypatch):
+    """Text no engine can voice fails the same way on every try; with the orchestrator's retry
+    wait the failed worker is tried again (it may be restarting), so the reply gives up after a
+    few tries instead of failing over for ever."""
+    from appliance.orchestrator.workers import TtsUnavailable
+    from appliance.orchestrator.workers.reply_stream import MAX_FRUITLESS_TRIES
+
+    def unvoiceable(self, text):
+        raise RuntimeError("this engine cannot voice it")
+        yield  # unreachable: it makes this a generator
+
+    monkeypatch.setattr(MockSineAdapter, "synthesize", unvoiceable)
+    pool = StaticPool([workers[0].address])
+    link = TtsLink(pool, "conv-1", stall_s=STALL_S, retry_s=5.0)
+    await link.open()
+    try:
+        reply = link.reply()
+        reply.feed("Alpha bravo charlie.")
+        reply.finish()
+        with pytest.raises(TtsUnavailable, match="before any audio"):
+            async for _ in reply.frames():
+                pass
+        assert len(reply.failovers) == MAX_FRUITLESS_TRIES
+    finally:
+        await link.close()
+        await pool.close()

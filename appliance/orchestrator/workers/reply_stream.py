@@ -52,6 +52,9 @@ FAILOVER_CODES = frozenset(
         grpc.StatusCode.NOT_FOUND,
     }
 )
+# Streams in a row that fail before their first frame: a reply that fails this way on every try
+# (text the engines cannot voice) gives up instead of failing over for ever.
+MAX_FRUITLESS_TRIES = 4
 _EOS = object()
 _CANCELLED = object()
 
@@ -149,6 +152,7 @@ class ReplyStream:
         client = await self.host.current()
         exclude: set[str] = set()
         pending: Failover | None = None
+        fruitless = 0  # streams in a row that failed before their first frame
         while True:
             if pending is not None:
                 await self.host.unpaused()  # a PAUSE in force holds the new stream back until RESUME
@@ -159,15 +163,22 @@ class ReplyStream:
                         pending.gap_s = loop.time() - pending.last_frame_at
                         self._report(pending)
                         pending = None
+                    fruitless = 0
                     yield frame
                 return
             except WorkerFailed as failure:
                 if pending is not None:  # the next worker failed too, before its first frame
                     self._report(pending)
                 pending = self._failed(client.address, failure)
+                fruitless += 1
             finally:
                 self._call.cancel()
             exclude.add(client.address)
+            if fruitless >= MAX_FRUITLESS_TRIES:
+                self._report(pending)
+                raise TtsUnavailable(
+                    f"the reply failed {fruitless} times in a row before any audio (last: {pending.detail})"
+                )
             if self.finished and self.voiced >= len(self.text):  # only the final frame was missing
                 self._report(pending)
                 await self.host.failover(client, pending.cause, exclude, replace=False)
