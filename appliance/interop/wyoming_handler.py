@@ -4,7 +4,8 @@ Events are read one at a time; a synthesize is answered before the next event is
 streaming synthesis (``synthesize-start`` … ``synthesize-stop``) sends audio from a task as the
 worker produces it, so text chunks keep arriving meanwhile. An event that does not fit the state
 (audio with no ``audio-start``, a chunk with no ``synthesize-start``) is answered with an ``error``
-event and the connection stays usable. Whatever way the connection ends, its worker session ends.
+event and the connection stays usable (a malformed event too, but for broken framing, which closes
+it). Whatever way the connection ends, its worker session ends.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
+import grpc
 import numpy as np
 from wyoming.asr import Transcribe, Transcript, TranscriptChunk, TranscriptStart, TranscriptStop
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
@@ -26,6 +28,7 @@ from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, Synthesize
 from appliance.audio import OUTPUT_RATE, StreamResampler
 from appliance.audio.pcm import pcm_to_mono_float
 from appliance.interop.speech import TtsUnavailable, speech_session
+from appliance.interop.wyoming_events import BadEvent, bad_fields, read_event
 
 if TYPE_CHECKING:
     from appliance.interop.wyoming_server import WyomingService
@@ -62,10 +65,23 @@ class WyomingHandler(AsyncEventHandler):
             await self._error("access_denied", f"{self.peer[0]} is not in [access] wyoming_allow")
             self.writer.close()
             return
+        # The library's loop, but with a reader that bounds and checks the framing.
+        self._is_running = True
         try:
-            await super().run()
+            while self._is_running:
+                try:
+                    event = await read_event(self.reader)
+                except BadEvent as exc:
+                    if not self._busy:
+                        await self._error("bad_event", f"{exc}; closing the connection")
+                    break
+                if event is None or not await self.handle_event(event):
+                    break
         except (ConnectionError, asyncio.IncompleteReadError):  # the client went away mid-event
             log.info("wyoming client gone peer=%s", self.peer)
+        finally:
+            await self.disconnect()
+            self.writer.close()
 
     async def handle_event(self, event: Event) -> bool:
         if self._busy:
@@ -73,6 +89,10 @@ class WyomingHandler(AsyncEventHandler):
                 "busy", f"the appliance is serving its maximum of {self.service.max_clients} clients"
             )
             return False
+        problem = bad_fields(event)
+        if problem is not None:
+            await self._error("bad_event", problem)
+            return True
         try:
             return await self._dispatch(event)
         except (ConnectionError, asyncio.IncompleteReadError):
@@ -148,6 +168,8 @@ class WyomingHandler(AsyncEventHandler):
                 await self._send_audio(speech)
         except TtsUnavailable as exc:
             await self._error("tts_unavailable", str(exc))
+        except grpc.aio.AioRpcError as exc:  # the worker refused the text (e.g. over its max_text_chars)
+            await self._error("tts_refused", f"{exc.code().name}: {exc.details()}")
         finally:
             self.service.speaking.discard(task)
 
@@ -178,6 +200,8 @@ class WyomingHandler(AsyncEventHandler):
             await self._stream_task
         except TtsUnavailable as exc:
             await self._error("tts_unavailable", str(exc))
+        except grpc.aio.AioRpcError as exc:
+            await self._error("tts_refused", f"{exc.code().name}: {exc.details()}")
         finally:
             await self._end_stream()
         await self.write_event(SynthesizeStopped().event())
