@@ -6,11 +6,11 @@ voices, and the OpenAPI document (/v1/openapi.json). Errors have OpenAI's body:
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 
 import numpy as np
-from aiohttp import web
+from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import BadHttpMessage
 
 from appliance.audio import OUTPUT_RATE
 from appliance.audio.encode import FORMATS, StreamEncoder, UndecodableAudio, decode_audio
@@ -147,7 +147,7 @@ class OpenAiApi:
                 "string_above_max_length",
                 param="input",
             )
-        if fmt not in FORMATS:
+        if not isinstance(fmt, str) or fmt not in FORMATS:
             raise ApiError(
                 400,
                 f"response_format {fmt!r} is not one of {', '.join(FORMATS)}",
@@ -255,11 +255,21 @@ class OpenAiApi:
             raise ApiError(
                 400, "send the audio as multipart/form-data with a 'file' field", "invalid_request"
             )
+        try:
+            return await self._read_form(request)
+        except (ValueError, LookupError, BadHttpMessage) as exc:  # no boundary, a broken part, a bad charset
+            raise ApiError(400, f"the multipart body cannot be read: {exc}", "invalid_request") from None
+
+    async def _read_form(self, request: web.Request) -> tuple[dict, bytes]:
         limit = int(self.api.max_upload_mb * 1024 * 1024)
         fields: dict = {"timestamp_granularities": []}
         data: bytes | None = None
         reader = await request.multipart()
         async for part in reader:
+            if not isinstance(part, BodyPartReader):
+                raise ApiError(
+                    400, "a multipart inside the form: send each field as a plain part", "invalid_request"
+                )
             if part.name == "file":
                 chunks, size = [], 0
                 while chunk := await part.read_chunk(1 << 16):
@@ -285,7 +295,7 @@ class OpenAiApi:
 async def _json_body(request: web.Request) -> dict:
     try:
         body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, LookupError, RecursionError):  # not JSON, an unknown charset, too deep
         raise ApiError(400, "the body is not JSON", "invalid_json") from None
     if not isinstance(body, dict):
         raise ApiError(400, "the body must be a JSON object", "invalid_json")

@@ -237,7 +237,7 @@ class Orchestrator:
         """The offer's JSON may carry the secret as ``"token"`` (the page relies on its cookie)."""
         try:
             body = await request.json()  # aiohttp keeps the body: the endpoint reads it again
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, LookupError, RecursionError):  # not JSON, an unknown charset, too deep
             body = None
         token = body.get("token") if isinstance(body, dict) else None
         refusal = self.access.check(request, token if isinstance(token, str) else None)

@@ -65,7 +65,7 @@ class LiveKitEndpoint:
         if request.can_read_body:
             try:
                 body = await request.json()
-            except (ValueError, UnicodeDecodeError):
+            except (ValueError, LookupError, RecursionError):  # not JSON, an unknown charset, too deep
                 return _error(400, 'the body must be JSON, e.g. {} or {"voice": "piper-en_US-joe-medium"}')
             voice = body.get("voice") if isinstance(body, dict) else None
             if voice is not None and (not isinstance(voice, str) or not 0 < len(voice) <= MAX_VOICE_CHARS):

@@ -248,7 +248,7 @@ class WebRtcEndpoint:
     async def offer(self, request: web.Request) -> web.Response:
         try:
             body = await request.json()
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, LookupError, RecursionError):  # not JSON, an unknown charset, too deep
             return _error(400, 'the body must be JSON: {"sdp": "...", "type": "offer"}')
         sdp = body.get("sdp") if isinstance(body, dict) else None
         if (

@@ -139,7 +139,7 @@ def _secret_from(raw: bytes, as_json: bool) -> str | None:
 
         try:
             obj = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):
             return None
         value = obj.get("secret") if isinstance(obj, dict) else None
         return value if isinstance(value, str) else None
