@@ -73,8 +73,9 @@ def measured() -> dict[str, int]:
 
 async def test_a_budget_between_the_two_engines_refuses_then_evicts(measured):
     piper, hibari = measured[PIPER], measured[HIBARI]
-    budget_mb = (piper + hibari // 2) / MB  # room for Piper, or for hibari, never both
-    worker = _worker(APPLIANCE_MODELS__RAM_BUDGET_MB=f"{budget_mb:.1f}")
+    # Room for Piper, or for hibari, never both; whole megabytes, as the worker's message names them.
+    budget_mb = round((piper + hibari // 2) / MB)
+    worker = _worker(APPLIANCE_MODELS__RAM_BUDGET_MB=str(budget_mb))
     try:
         async with TTSClient(worker.address) as client:
             busy = f"m-{uuid.uuid4().hex[:8]}"
@@ -83,7 +84,7 @@ async def test_a_budget_between_the_two_engines_refuses_then_evicts(measured):
                 await client.start_session(f"m-{uuid.uuid4().hex[:8]}", PIPER)
             assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             details = info.value.details()
-            assert f"of the {budget_mb:.0f} MB budget" in details and HIBARI in details, details
+            assert f"of the {budget_mb} MB budget" in details and HIBARI in details, details
             assert await _resident(client) == [HIBARI]
             pcm, _ = await client.synthesize_all(busy, "The other session is unaffected.")
             assert (
