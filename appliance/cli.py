@@ -13,20 +13,11 @@ import grpc
 
 from appliance import certs, redis_acl
 from appliance.config import SERVICE_KINDS, ConfigError, WorkerSettings, guess_kind, load_settings
-from appliance.discovery import split_host_port
+from appliance.discovery import host_port_arg
 from appliance.interop import commands as interop_commands
 from appliance.modelstore import commands as models_commands
 from appliance.orchestrator.access import commands as access_commands
 from appliance.tts import say as say_command
-
-
-def _host_port(value: str) -> str:
-    """An argparse type: a worker address, checked like every other."""
-    try:
-        split_host_port(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return value
 
 
 def _worker_settings(args: argparse.Namespace) -> WorkerSettings:
@@ -290,7 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--trials", type=int, default=24)
     q.add_argument("--concurrency", type=int, default=8)
     q.add_argument(
-        "--worker", type=_host_port, help="HOST:PORT of a running worker (absent: start one as a subprocess)"
+        "--worker",
+        type=host_port_arg,
+        help="HOST:PORT of a running worker (absent: start one as a subprocess)",
     )
     q.add_argument("--model", default="piper-en_US-joe-medium")
     q.add_argument("--out", help="also write the JSON here")

@@ -241,6 +241,17 @@ def split_host_port(address: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def host_port_arg(value: str) -> str:
+    """An argparse type: a worker address, checked like every other."""
+    import argparse
+
+    try:
+        split_host_port(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
 def check_address(address: str) -> str:
     try:
         split_host_port(address)

@@ -16,7 +16,7 @@ import grpc
 from appliance.audio import OUTPUT_RATE
 from appliance.audio.wavio import write_wav
 from appliance.config import WorkerSettings, load_settings
-from appliance.discovery import split_host_port
+from appliance.discovery import host_port_arg
 from appliance.rpc.tls import TlsFileError, channel_credentials
 from appliance.tts.client import TTSClient
 
@@ -72,20 +72,14 @@ async def say(
     }
 
 
-def _host_port(value: str) -> str:
-    try:
-        split_host_port(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return value
-
-
 def add_parser(sub) -> None:
     p = sub.add_parser("say", help="synthesise text to a WAV file (48 kHz mono)")
     p.add_argument("text")
     p.add_argument("--out", required=True, help="WAV file to write")
     p.add_argument(
-        "--worker", type=_host_port, help="HOST:PORT of a running worker (absent: start one in this process)"
+        "--worker",
+        type=host_port_arg,
+        help="HOST:PORT of a running worker (absent: start one in this process)",
     )
     p.add_argument("--model", help="model id (absent: the worker's default)")
     p.add_argument("--ca", help="--worker over TLS: the CA certificate that signed the worker's (PEM)")
