@@ -199,7 +199,7 @@ class GetCapabilitiesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetCapabilitiesResponse(_message.Message):
-    __slots__ = ("worker_name", "engines", "resident_models", "available_models", "output_sample_rates", "frame_duration_ms", "streaming", "gpu", "max_sessions", "active_sessions", "languages", "default_model")
+    __slots__ = ("worker_name", "engines", "resident_models", "available_models", "output_sample_rates", "frame_duration_ms", "streaming", "gpu", "max_sessions", "active_sessions", "languages", "default_model", "engine_jobs")
     WORKER_NAME_FIELD_NUMBER: _ClassVar[int]
     ENGINES_FIELD_NUMBER: _ClassVar[int]
     RESIDENT_MODELS_FIELD_NUMBER: _ClassVar[int]
@@ -212,6 +212,7 @@ class GetCapabilitiesResponse(_message.Message):
     ACTIVE_SESSIONS_FIELD_NUMBER: _ClassVar[int]
     LANGUAGES_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_MODEL_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_JOBS_FIELD_NUMBER: _ClassVar[int]
     worker_name: str
     engines: _containers.RepeatedScalarFieldContainer[str]
     resident_models: _containers.RepeatedScalarFieldContainer[str]
@@ -224,4 +225,5 @@ class GetCapabilitiesResponse(_message.Message):
     active_sessions: int
     languages: _containers.RepeatedScalarFieldContainer[str]
     default_model: str
-    def __init__(self, worker_name: _Optional[str] = ..., engines: _Optional[_Iterable[str]] = ..., resident_models: _Optional[_Iterable[str]] = ..., available_models: _Optional[_Iterable[str]] = ..., output_sample_rates: _Optional[_Iterable[int]] = ..., frame_duration_ms: _Optional[int] = ..., streaming: _Optional[bool] = ..., gpu: _Optional[bool] = ..., max_sessions: _Optional[int] = ..., active_sessions: _Optional[int] = ..., languages: _Optional[_Iterable[str]] = ..., default_model: _Optional[str] = ...) -> None: ...
+    engine_jobs: int
+    def __init__(self, worker_name: _Optional[str] = ..., engines: _Optional[_Iterable[str]] = ..., resident_models: _Optional[_Iterable[str]] = ..., available_models: _Optional[_Iterable[str]] = ..., output_sample_rates: _Optional[_Iterable[int]] = ..., frame_duration_ms: _Optional[int] = ..., streaming: _Optional[bool] = ..., gpu: _Optional[bool] = ..., max_sessions: _Optional[int] = ..., active_sessions: _Optional[int] = ..., languages: _Optional[_Iterable[str]] = ..., default_model: _Optional[str] = ..., engine_jobs: _Optional[int] = ...) -> None: ...

@@ -29,6 +29,7 @@ class DeadlineScheduler:
         self._order = itertools.count()
         self._cond = threading.Condition()
         self._closed = False
+        self._running = 0
         self._threads = [
             threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True) for i in range(threads)
         ]
@@ -39,6 +40,12 @@ class DeadlineScheduler:
     def queued(self) -> int:
         with self._cond:
             return len(self._heap)
+
+    @property
+    def busy(self) -> int:
+        """Engine calls running or waiting for a thread now."""
+        with self._cond:
+            return len(self._heap) + self._running
 
     def run(self, fn: Callable[[], Any], deadline: float) -> asyncio.Future:
         """Run ``fn`` on a worker thread, earliest ``deadline`` (loop.time() seconds) first."""
@@ -60,12 +67,16 @@ class DeadlineScheduler:
                 if not self._heap:
                     return
                 _deadline, _n, fn, future, loop = heapq.heappop(self._heap)
-            if future.cancelled():
-                continue
+                if future.cancelled():
+                    continue
+                self._running += 1
             try:
                 outcome = (fn(), None)
             except BaseException as exc:  # noqa: BLE001 -- handed to the awaiting coroutine
                 outcome = (None, exc)
+            finally:
+                with self._cond:
+                    self._running -= 1
             try:
                 loop.call_soon_threadsafe(_settle, future, *outcome)
             except RuntimeError:  # the loop is gone (shutdown): nobody is waiting

@@ -325,6 +325,7 @@ class TTSService(tts_pb2_grpc.TTSServiceServicer):
             active_sessions=len(self.sessions),
             languages=sorted({m.language for m in snapshot}),
             default_model=self.settings.models.default,
+            engine_jobs=self.scheduler.busy,
         )
 
     def _update_gauges(self) -> None:

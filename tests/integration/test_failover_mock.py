@@ -247,3 +247,54 @@ async def test_a_reply_that_fails_on_every_try_before_any_audio_gives_up(workers
     finally:
         await link.close()
         await pool.close()
+
+
+async def test_a_busy_worker_is_late_but_not_failed_over(workers, link, monkeypatch, caplog):
+    """Every word takes 1.5 stall times to synthesise (a worker with more first sentences queued
+    than cores): frames are late, but the worker says it has engine work, so the reply waits its
+    turn on it and arrives whole, from that worker alone."""
+    a, _b = workers
+    text = " ".join(TEXT.split()[:8])
+    reference = await _reference(a, text)
+    monkeypatch.setattr(MockSineAdapter, "delay_s", 1.5 * STALL_S)
+    reply = link.reply()
+    reply.feed(text)
+    reply.finish()
+    with caplog.at_level("INFO", logger="appliance.orchestrator.workers.reply_stream"):
+        frames, switch, _ = await _play(reply, _nothing)
+    assert reply.failovers == [] and switch is None
+    assert frames == reference
+    assert "audio late, waiting its turn" in caplog.text
+
+
+async def test_a_busy_worker_that_never_delivers_is_failed_over_at_the_busy_limit(workers, link, monkeypatch):
+    """An engine call that runs for ever (the worker's loop answers, its engine thread is stuck)
+    is given up on after BUSY_LIMIT stall times, and the reply goes to the other worker."""
+    from appliance.orchestrator.workers.reply_stream import BUSY_LIMIT
+
+    a, b = workers
+    text = " ".join(TEXT.split()[:8])
+    reference = await _reference(b, text)
+    monkeypatch.setattr(MockSineAdapter, "delay_s", BUSY_LIMIT * STALL_S + 3)
+    reply = link.reply()
+    reply.feed(text)
+    reply.finish()
+
+    async def unstick_after_the_failover():
+        while not reply.failovers:
+            await asyncio.sleep(0.005)
+        MockSineAdapter.delay_s = 0.01
+
+    unstick = asyncio.ensure_future(unstick_after_the_failover())
+    frames, switch, _ = await _play(reply, _nothing)
+    await unstick
+    [failover] = reply.failovers
+    assert (failover.worker, failover.cause, failover.to) == (a.address, "stalled", b.address)
+    assert "busy all along" in failover.detail
+    waited = failover.detected_at - failover.last_frame_at
+    assert BUSY_LIMIT * STALL_S <= waited < BUSY_LIMIT * STALL_S + 1.0
+    assert switch == 0 and frames == reference
+
+
+async def _nothing(_n: int) -> None:
+    pass

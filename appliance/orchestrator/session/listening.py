@@ -180,7 +180,8 @@ class Listener:
             try:
                 return await speculative
             except asyncio.CancelledError:
-                pass
+                if asyncio.current_task().cancelling():
+                    raise  # this turn itself is cancelled, not only the speculative pass
         return await self.asr.transcribe(audio, Priority.FINAL)
 
     def _maybe_partial_transcript(self) -> None:

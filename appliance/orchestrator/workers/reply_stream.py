@@ -14,6 +14,13 @@ not yet voiced, by the rule the worker's segmenter uses: :mod:`appliance.sentenc
 for the client is down to ``LOW_WATER_S``: a worker that synthesises ahead is never suspected
 while the client still has audio to play, however long the next sentence takes.
 
+Late is not hung. Half a stall time into a late frame the worker is asked what it is doing
+(``GetCapabilities``, answered by its event loop, not its engine threads): a worker that answers
+with engine work running or queued (``engine_jobs``) is busy — several sessions' first sentences
+on a slow CPU — and the stream waits another stall time, up to ``BUSY_LIMIT`` stall times in all.
+A worker that does not answer (stopped, its loop blocked, the host gone) or answers idle is hung,
+and fails over at ``stall_s`` as before.
+
 A reply sees its session (:class:`.link.TtsLink`) only through :class:`StreamHost`, and its player
 only through the two callbacks it is given: the dependency runs one way, session → reply.
 """
@@ -55,6 +62,7 @@ FAILOVER_CODES = frozenset(
 # Streams in a row that fail before their first frame: a reply that fails this way on every try
 # (text the engines cannot voice) gives up instead of failing over for ever.
 MAX_FRUITLESS_TRIES = 4
+BUSY_LIMIT = 10  # stall times a busy worker may be late with a frame before it is given up on
 _EOS = object()
 _CANCELLED = object()
 
@@ -131,6 +139,8 @@ class ReplyStream:
         self._cancelled = False
         self._due_since: float | None = None
         self._last_frame_at = 0.0
+        self._busy_at = 0.0  # when the worker last said it has engine work (the stream is waiting its turn)
+        self._probe: asyncio.Task | None = None
 
     def feed(self, text: str) -> None:
         self.text += text
@@ -158,7 +168,7 @@ class ReplyStream:
                 await self.host.unpaused()  # a PAUSE in force holds the new stream back until RESUME
             self._call = self._open(client)
             try:
-                async for frame in self._receive(self._call):
+                async for frame in self._receive(self._call, client):
                     if pending is not None:
                         pending.gap_s = loop.time() - pending.last_frame_at
                         self._report(pending)
@@ -194,6 +204,7 @@ class ReplyStream:
         self._generation += 1
         self._due_since = None
         self._last_frame_at = asyncio.get_running_loop().time()
+        self._busy_at = 0.0
         self._base = self.voiced
         return client.stub.Synthesize(self._chunks(self._generation, self.voiced))
 
@@ -211,7 +222,7 @@ class ReplyStream:
                 self._more.clear()
                 await self._more.wait()
 
-    async def _receive(self, call) -> AsyncIterator[bytes]:
+    async def _receive(self, call, client: TTSClient) -> AsyncIterator[bytes]:
         """The stream's audio; raises WorkerFailed when the worker fails or stalls."""
         loop = asyncio.get_running_loop()
         items: asyncio.Queue = asyncio.Queue()
@@ -223,10 +234,8 @@ class ReplyStream:
                         items.get_nowait() if items.qsize() else await asyncio.wait_for(items.get(), CHECK_S)
                     )
                 except TimeoutError:
-                    if self._stalled(loop.time()):
-                        raise WorkerFailed(
-                            "stalled", f"no audio for {self.host.stall_s:.1f}s while it was due"
-                        ) from None
+                    if self._stalled(loop.time(), client):
+                        raise WorkerFailed("stalled", self._stall_detail(loop.time())) from None
                     continue
                 if self._cancelled or item is _CANCELLED:
                     return
@@ -249,8 +258,10 @@ class ReplyStream:
                     yield item.audio_data
         finally:
             reader.cancel()
+            if self._probe is not None:
+                self._probe.cancel()
 
-    def _stalled(self, now: float) -> bool:
+    def _stalled(self, now: float, client: TTSClient) -> bool:
         due = (
             not self.host.paused
             and (self.finished or find_voiceable_end(self.text, self.voiced) is not None)
@@ -262,7 +273,38 @@ class ReplyStream:
         if self._due_since is None:
             # Due since the last frame, or since it became due (text fed, RESUME, buffer low).
             self._due_since = max(self._last_frame_at, now - CHECK_S)
-        return now - self._due_since >= self.host.stall_s
+        stall_s = self.host.stall_s
+        if now - self._due_since >= BUSY_LIMIT * stall_s:
+            return True
+        late = now - max(self._due_since, self._busy_at)
+        if late >= stall_s / 2 and self._probe is None:
+            self._probe = asyncio.ensure_future(self._ask_if_busy(client))
+        return late >= stall_s
+
+    async def _ask_if_busy(self, client: TTSClient) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            caps = await client.stub.GetCapabilities(
+                pb.GetCapabilitiesRequest(), timeout=self.host.stall_s / 2
+            )
+            if caps.engine_jobs > 0:
+                if not self._busy_at:
+                    log.info(
+                        "tts worker busy session=%s worker=%s engine_jobs=%d: audio late, waiting its turn",
+                        self.session_id,
+                        client.address,
+                        caps.engine_jobs,
+                    )
+                self._busy_at = loop.time()
+        except grpc.aio.AioRpcError:
+            pass  # no answer in time: the stall decides
+        finally:
+            self._probe = None
+
+    def _stall_detail(self, now: float) -> str:
+        if self._due_since is not None and now - self._due_since >= BUSY_LIMIT * self.host.stall_s:
+            return f"no audio for {now - self._due_since:.1f}s while it was due, the worker busy all along"
+        return f"no audio for {self.host.stall_s:.1f}s while it was due"
 
     def _failed(self, address: str, failure: WorkerFailed) -> Failover:
         loop = asyncio.get_running_loop()
