@@ -9,6 +9,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
+from hang_watchdog import pytest_runtest_protocol  # noqa: F401 (a hook: pytest finds it by name)
 from redis_server import RedisServer
 from services import OrchestratorProcess, WorkerProcess
 

@@ -16,6 +16,7 @@ from livekit import rtc
 RATE = 48000  # the agent's reply track
 VOICED_RMS = 300  # a frame louder than this holds speech (Opus silence decodes to ~0)
 TOPIC = "events"
+LEAVE_TIMEOUT_S = 5.0  # the SDK's disconnect waits on its native side, which a dying room may never answer
 
 
 def rms(a: np.ndarray) -> float:
@@ -115,4 +116,4 @@ class Participant:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         with contextlib.suppress(Exception):
-            await self.room.disconnect()
+            await asyncio.wait_for(self.room.disconnect(), LEAVE_TIMEOUT_S)

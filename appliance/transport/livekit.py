@@ -25,6 +25,7 @@ from appliance.transport.livekit_channel import LiveKitChannel
 log = logging.getLogger(__name__)
 
 MAX_VOICE_CHARS = 200
+CLOSE_WAIT_S = 10.0  # how long a shutdown waits for the rooms' sessions to end before cancelling them
 
 
 class LiveKitEndpoint:
@@ -123,11 +124,19 @@ class LiveKitEndpoint:
             log.info("room released %s (%d rooms)", channel.peer, len(self.channels))
 
     async def close(self) -> None:
-        """Leave every room and wait for their sessions to end."""
+        """Leave every room and wait for their sessions to end (cancelled after ``CLOSE_WAIT_S``)."""
         await asyncio.gather(
             *(c.close(1001, "server shutting down") for c in list(self.channels)), return_exceptions=True
         )
-        await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        tasks = list(self._tasks)
+        if not tasks:
+            return
+        _done, late = await asyncio.wait(tasks, timeout=CLOSE_WAIT_S)
+        if late:
+            log.warning("%d LiveKit sessions still ending after %.0f s: cancelled", len(late), CLOSE_WAIT_S)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
 
 
 def _spawn(tasks: set[asyncio.Task], coro) -> None:

@@ -110,7 +110,14 @@ class LiveKitChannel(Channel):
         except Exception:
             log.exception("microphone stream failed %s", self._where())
         finally:
-            await stream.aclose()
+            # The SDK's close waits for the stream's end from its native side: bounded, since a
+            # room torn down under it may never send one, and the session must still end.
+            try:
+                await asyncio.wait_for(stream.aclose(), DISCONNECT_TIMEOUT_S)
+            except TimeoutError:
+                log.warning(
+                    "the microphone stream did not close in %.0f s %s", DISCONNECT_TIMEOUT_S, self._where()
+                )
 
     def _on_data(self, packet: rtc.DataPacket) -> None:
         if packet.topic != TOPIC or packet.participant is None or packet.participant.identity != self.person:
