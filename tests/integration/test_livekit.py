@@ -196,16 +196,16 @@ async def test_five_rooms_at_once(orch):
 
 
 async def test_leaving_mid_reply_ends_the_worker_session(orch, person, piper_worker):
-    sessions = _worker_sessions(piper_worker)
     t0 = asyncio.get_running_loop().time()
     await person.send({"type": "say", "text": LONG_SAY})
     await person.wait_for(lambda: person.voiced_s(t0) > 0.5, 40)
+    sessions = _worker_sessions(piper_worker)  # counted while the reply plays, so this room's is in it
     await person.leave()
     await _eventually(
-        lambda: not orch.conversations and not orch.livekit.channels, 15, "the session outlived the room"
+        lambda: not orch.conversations and not orch.livekit.channels, 30, "the session outlived the room"
     )
     await _eventually(
-        lambda: _worker_sessions(piper_worker) <= sessions - 1, 10, "the worker session stayed open"
+        lambda: _worker_sessions(piper_worker) <= sessions - 1, 30, "the worker session stayed open"
     )
 
 
