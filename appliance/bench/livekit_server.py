@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from appliance.process import free_port, terminate
+from appliance.process import free_port, free_udp_port, terminate
 
 
 class LiveKitServer:
@@ -19,7 +19,7 @@ class LiveKitServer:
         self.binary = Path(binary)
         self.api_key = "appliance-test"
         self.api_secret = secrets.token_urlsafe(32)  # livekit-server wants at least 32 characters
-        self.port, self.tcp_port, self.udp_port = free_port(), free_port(), _free_udp_port()
+        self.port, self.tcp_port, self.udp_port = free_port(), free_port(), free_udp_port()
         self.dir = Path(tempfile.mkdtemp(prefix="livekit-"))
         self.log_path = self.dir / "livekit.log"
         self.proc: subprocess.Popen | None = None
@@ -75,8 +75,3 @@ class LiveKitServer:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 
-
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from container import missing_requirements
 from deployment import FIGURES, Deployment, ansible_playbook, bundle_for_session, site_playbook
+from livekit_server import GoMissing, livekit_binary
 
 _STARTED = time.time()
 
@@ -42,9 +43,18 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
-def bundle_tar(tmp_path_factory):
+def livekit_binary_for_the_bundle():
+    """The livekit-server the LiveKit tests use (built from its Go module), or None without Go."""
+    try:
+        return livekit_binary()
+    except GoMissing:
+        return None
+
+
+@pytest.fixture(scope="session")
+def bundle_tar(tmp_path_factory, livekit_binary_for_the_bundle):
     out = tmp_path_factory.mktemp("bundle")
-    tar = bundle_for_session(out)
+    tar = bundle_for_session(out, livekit_binary_for_the_bundle)
     yield tar
     if out in tar.parents:  # built here (not APPLIANCE_DEPLOY_BUNDLE): 400 MB not worth keeping
         tar.unlink(missing_ok=True)
@@ -64,12 +74,15 @@ def booted(tmp_path_factory):
 @pytest.fixture(scope="module")
 def offline(booted, request):
     """The same container with the appliance installed from the offline bundle by site.yml, with
-    gRPC over mutual TLS on (its worker is on loopback: the orchestrator dials it over TLS too)."""
+    gRPC over mutual TLS on (its worker is on loopback: the orchestrator dials it over TLS too) and,
+    where this host can build livekit-server, the livekit role on."""
     if not site_playbook().exists():
         pytest.skip(f"no {site_playbook()} yet")
     if booted.install_run is None:
         booted.bundle = request.getfixturevalue("bundle_tar")
         booted.extra_vars["appliance_grpc_tls"] = True
+        booted.livekit = request.getfixturevalue("livekit_binary_for_the_bundle") is not None
+        booted.extra_vars["appliance_livekit"] = booted.livekit
         booted.write_inventory()
         booted.install()
     return booted

@@ -20,7 +20,7 @@ import grpc
 from container import Container, rootfs_tarball
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from appliance.process import free_port
+from appliance.process import free_port, free_udp_port
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / ".artifacts/deploy"
@@ -56,14 +56,16 @@ def ansible_playbook() -> str | None:
     return str(beside) if beside.exists() else shutil.which("ansible-playbook")
 
 
-def bundle_for_session(out: Path) -> Path:
-    """The full offline bundle, built from this tree (or APPLIANCE_DEPLOY_BUNDLE, a prebuilt one)."""
+def bundle_for_session(out: Path, livekit_server: Path | None = None) -> Path:
+    """The full offline bundle, built from this tree (or APPLIANCE_DEPLOY_BUNDLE, a prebuilt one);
+    with ``livekit_server``, `--livekit` carrying that binary."""
     given = os.environ.get("APPLIANCE_DEPLOY_BUNDLE")
     if given:
         return Path(given)
     t0 = time.monotonic()
+    livekit = ["--livekit", str(livekit_server)] if livekit_server else []
     proc = subprocess.run(
-        [sys.executable, "-m", "appliance", "bundle", "--out", str(out)],
+        [sys.executable, "-m", "appliance", "bundle", "--out", str(out), *livekit],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -128,7 +130,11 @@ class Deployment:
             self.redis_port,
             self.worker_port,
             self.worker_metrics_port,
-        ) = _free_ports(7)
+            self.livekit_port,
+            self.livekit_tcp_port,
+            self.livekit_metrics_port,
+        ) = _free_ports(10)
+        self.livekit_udp_port = free_udp_port()
         self.key = work / "id_ed25519"
         subprocess.run(
             ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "deploy-test", "-f", str(self.key)],
@@ -141,6 +147,7 @@ class Deployment:
         self.runs: list[PlaybookRun] = []
         self.install_run: PlaybookRun | None = None
         self.extra_vars: dict = {}  # more inventory variables (a test changing a setting)
+        self.livekit = False  # appliance_livekit on (the offline fixture, where livekit-server builds)
         for old in ARTIFACTS.glob(f"{name}-*.log"):  # this session's logs only
             old.unlink()
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -189,6 +196,12 @@ class Deployment:
                 {"name": WORKER, "port": self.worker_port, "metrics_port": self.worker_metrics_port}
             ],
             "appliance_watchdog_sec": WATCHDOG_SEC,
+            # Used where a test turns appliance_livekit on (the host's network namespace: free ports).
+            "appliance_livekit_port": self.livekit_port,
+            "appliance_livekit_tcp_port": self.livekit_tcp_port,
+            "appliance_livekit_udp_port": self.livekit_udp_port,
+            "appliance_livekit_metrics_port": self.livekit_metrics_port,
+            "appliance_livekit_node_ip": "127.0.0.1",
         }
         if self.bundle is not None:
             v["appliance_bundle_src"] = str(self.bundle)
@@ -248,7 +261,7 @@ class Deployment:
             "systemctl", "list-units", "--all", "--plain", "--no-legend", "appliance*"
         ).stdout
         found = [line.split()[0] for line in out.splitlines() if line.strip()]
-        return sorted(set(found) | set(REQUIRED_UNITS))
+        return sorted(set(found) | set(REQUIRED_UNITS) | ({"livekit.service"} if self.livekit else set()))
 
     def unit_states(self) -> dict[str, tuple[str, str]]:
         """Every appliance service (and caddy, redis): (ActiveState, SubState); targets are left out."""

@@ -27,6 +27,7 @@ from deployment import (
     worker_serving,
 )
 from grpc_health.v1 import health_pb2
+from livekit_turn import check_turn, exposure, livekit_metrics, spoken_turn
 from speech import listen, wer
 from voices import pad, piper_speech, with_noise
 
@@ -120,6 +121,28 @@ async def test_a_spoken_turn_through_caddy_gets_a_transcript_and_reply_audio(off
     heard = listen(client.rx.audio(), 48000, reply)
     assert wer(reply, heard) <= 0.3, (reply, heard)
     record("offline_voice_to_voice_ms", client.rx.of_type("metrics")[-1]["voice_to_voice_ms"])
+
+
+async def test_the_livekit_role_serves_a_spoken_turn_through_caddy(offline):
+    if not offline.livekit:
+        pytest.skip("livekit-server could not be built on this host (no Go): the bundle has none")
+    c = offline.container
+    assert c.systemctl_show("livekit.service", "ActiveState", "SubState", "PartOf") == {
+        "ActiveState": "active",
+        "SubState": "running",
+        "PartOf": "appliance.target",
+    }
+    assert exposure(offline, "livekit.service") <= 2.0
+    secret = c.path("etc/appliance/livekit.secret").read_text().strip()
+    assert len(secret) >= 32
+    assert c.run("stat", "-c", "%U:%G %a", "/etc/appliance/livekit.secret").stdout.split() == ["root:appliance", "640"]
+    assert c.run("stat", "-c", "%U:%G %a", "/etc/appliance/livekit/keys.yaml").stdout.split() == ["root:root", "600"]
+    assert "livekit_" in livekit_metrics(offline)
+
+    turn = await spoken_turn(offline)
+    check_turn(turn, offline.https_port)
+    journal = c.run("journalctl", "--no-pager", "-u", "livekit", "-u", "appliance-orchestrator", check=False).stdout
+    assert secret not in journal
 
 
 # ------------------------------------------------------------------ gRPC TLS and Redis users

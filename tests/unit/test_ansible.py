@@ -19,7 +19,7 @@ yaml = pytest.importorskip("yaml", reason="PyYAML (comes with ansible-core) is n
 ROOT = Path(__file__).resolve().parents[2]
 ANSIBLE = ROOT / "ansible"
 ROLES = sorted(p for p in (ANSIBLE / "roles").iterdir() if p.is_dir())
-EXPECTED_ROLES = {"base", "models", "redis", "caddy", "orchestrator", "tts_workers", "gpu"}
+EXPECTED_ROLES = {"base", "models", "redis", "livekit", "caddy", "orchestrator", "tts_workers", "gpu"}
 INVENTORIES = sorted((ANSIBLE / "inventory").glob("*.yml"))
 
 
@@ -186,7 +186,7 @@ def test_secrets_are_never_world_readable():
     for path, task in _all_tasks():
         args = task[_module(task, keywords)]
         if isinstance(args, dict) and re.search(
-            r"redis\.(env|password)|appliance\.conf$|\.password$|aclfile|\.request$",
+            r"redis\.(env|password)|appliance\.conf$|\.password$|aclfile|\.request$|livekit.secret|keys\.yaml$",
             str(args.get("dest", "")),
         ):
             assert args.get("mode") in ("0600", "0640"), (
