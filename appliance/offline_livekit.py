@@ -64,7 +64,9 @@ def _version_from_archive_name(name: str) -> str | None:
 
 def _from_archive(archive: Path, dest: Path) -> Path:
     with tarfile.open(archive) as tar:
-        member = next((m for m in tar.getmembers() if Path(m.name).name == "livekit-server" and m.isfile()), None)
+        member = next(
+            (m for m in tar.getmembers() if Path(m.name).name == "livekit-server" and m.isfile()), None
+        )
         if member is None:
             raise BundleError(f"{archive} holds no livekit-server")
         src = tar.extractfile(member)
@@ -121,10 +123,14 @@ def stage_server(given: str | None, tree: Path, stage: Path, platform: str | Non
     want = target_arch(platform)
     arch = elf_arch(binary)
     if arch != want:
-        raise BundleError(f"{source} is a livekit-server for {arch or 'no known architecture'}, the bundle is for {want}")
+        raise BundleError(
+            f"{source} is a livekit-server for {arch or 'no known architecture'}, the bundle is for {want}"
+        )
     version = archive_version or (server_version(binary) if want == target_arch(None) else None)
     if version is None:
-        raise BundleError(f"{source}: the version of a {want} binary cannot be read here; pass the release archive")
+        raise BundleError(
+            f"{source}: the version of a {want} binary cannot be read here; pass the release archive"
+        )
     digest = hashlib.sha256(binary.read_bytes()).hexdigest()
     return {
         "file": "livekit/livekit-server",

@@ -35,7 +35,9 @@ class Participant:
         self.room.on("data_received", self._on_data)
         self.room.on("track_subscribed", self._on_track)
 
-    async def token(self, http_base: str, body: dict | None = None, *, ssl=None, access_token: str | None = None) -> dict:
+    async def token(
+        self, http_base: str, body: dict | None = None, *, ssl=None, access_token: str | None = None
+    ) -> dict:
         """A room from the appliance (through Caddy: ``ssl`` trusts its CA, ``access_token`` the access secret)."""
         headers = {"Authorization": f"Bearer {access_token}"} if access_token else {}
         async with (

@@ -74,4 +74,3 @@ class LiveKitServer:
     def close(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
-

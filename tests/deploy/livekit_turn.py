@@ -68,7 +68,9 @@ async def spoken_turn(dep) -> dict:
 
 def check_turn(turn: dict, https_port: int) -> None:
     assert turn["url"] == f"wss://localhost:{https_port}/livekit", turn["url"]
-    assert turn["transcript"]["final"] and wer(QUESTION, turn["transcript"]["text"]) <= 0.2, turn["transcript"]
+    assert turn["transcript"]["final"] and wer(QUESTION, turn["transcript"]["text"]) <= 0.2, turn[
+        "transcript"
+    ]
     assert turn["reply"] and turn["voiced_s"] > 0.5, turn
     assert wer(turn["reply"], turn["heard"]) <= 0.3, (turn["reply"], turn["heard"])
 

@@ -135,13 +135,21 @@ async def test_the_livekit_role_serves_a_spoken_turn_through_caddy(offline):
     assert exposure(offline, "livekit.service") <= 2.0
     secret = c.path("etc/appliance/livekit.secret").read_text().strip()
     assert len(secret) >= 32
-    assert c.run("stat", "-c", "%U:%G %a", "/etc/appliance/livekit.secret").stdout.split() == ["root:appliance", "640"]
-    assert c.run("stat", "-c", "%U:%G %a", "/etc/appliance/livekit/keys.yaml").stdout.split() == ["root:root", "600"]
+    assert c.run("stat", "-c", "%U:%G %a", "/etc/appliance/livekit.secret").stdout.split() == [
+        "root:appliance",
+        "640",
+    ]
+    assert c.run("stat", "-c", "%U:%G %a", "/etc/appliance/livekit/keys.yaml").stdout.split() == [
+        "root:root",
+        "600",
+    ]
     assert "livekit_" in livekit_metrics(offline)
 
     turn = await spoken_turn(offline)
     check_turn(turn, offline.https_port)
-    journal = c.run("journalctl", "--no-pager", "-u", "livekit", "-u", "appliance-orchestrator", check=False).stdout
+    journal = c.run(
+        "journalctl", "--no-pager", "-u", "livekit", "-u", "appliance-orchestrator", check=False
+    ).stdout
     assert secret not in journal
 
 

@@ -39,7 +39,11 @@ def test_a_release_archive_gives_its_binary_and_version(tmp_path):
     entry = stage_server(str(archive), ROOT, tmp_path / "stage", None)
     staged = tmp_path / "stage/livekit/livekit-server"
     assert entry["version"] == "1.9.11" and entry["file"] == "livekit/livekit-server"
-    assert entry["sha256"] == hashlib.sha256(binary.read_bytes()).hexdigest() == hashlib.sha256(staged.read_bytes()).hexdigest()
+    assert (
+        entry["sha256"]
+        == hashlib.sha256(binary.read_bytes()).hexdigest()
+        == hashlib.sha256(staged.read_bytes()).hexdigest()
+    )
     assert staged.stat().st_mode & 0o111
 
 

@@ -94,7 +94,9 @@ def test_livekit_unit_belongs_to_the_target_and_holds_no_key():
     unit = _unit(LIVEKIT)
     svc = unit["Service"]
     assert unit["Unit"]["PartOf"] == "appliance.target" and unit["Install"]["WantedBy"] == "appliance.target"
-    assert svc["DynamicUser"] == "yes" and svc["LoadCredential"].startswith("keys.yaml:/etc/appliance/livekit/")
+    assert svc["DynamicUser"] == "yes" and svc["LoadCredential"].startswith(
+        "keys.yaml:/etc/appliance/livekit/"
+    )
     assert "%d/keys.yaml" in svc["ExecStart"] and "--keys" not in svc["ExecStart"]
 
 
