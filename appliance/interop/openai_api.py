@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import grpc
 import numpy as np
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import BadHttpMessage
@@ -178,6 +179,20 @@ class OpenAiApi:
                 return await self._stream(request, speech, StreamEncoder(fmt, OUTPUT_RATE, float(speed)))
         except TtsUnavailable as exc:
             raise ApiError(503, str(exc), "tts_unavailable", "server_error") from None
+        except grpc.aio.AioRpcError as exc:  # the worker refused before any audio (e.g. its max_text_chars)
+            if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                raise ApiError(
+                    400,
+                    f"the voice's worker refused the input: {exc.details()}",
+                    "invalid_value",
+                    param="input",
+                ) from None
+            raise ApiError(
+                502,
+                f"the TTS worker failed: {exc.code().name}: {exc.details()}",
+                "tts_failed",
+                "server_error",
+            ) from None
 
     async def _stream(self, request: web.Request, speech, encoder: StreamEncoder) -> web.StreamResponse:
         frames = speech.frames()

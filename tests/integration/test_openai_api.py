@@ -235,3 +235,29 @@ async def test_several_clients_at_once(api, held_back_wav):
         assert min(scores, key=scores.get) == text and scores[text] <= 0.4, (text, hypothesis)
     assert all(wer(HEARD, r.text) <= 0.3 for r in results[4:])
     await client.close()
+
+
+def test_input_the_worker_refuses_is_a_400_naming_its_limit(piper_worker):
+    """An API limit above the worker's max_text_chars (20 000): the worker's refusal is the
+    client's error, not a 500, and the next request is served."""
+    orch = OrchestratorProcess(
+        [piper_worker.address],
+        env={
+            "APPLIANCE_API__KEYS_SHA256": json.dumps([hash_key(KEY)]),
+            "APPLIANCE_API__MAX_INPUT_CHARS": "50000",
+        },
+    )
+    try:
+        orch.wait_ready()
+        client = openai.OpenAI(base_url=orch.http + "/v1", api_key=KEY, max_retries=0)
+        with pytest.raises(openai.APIStatusError) as raised:
+            client.audio.speech.create(model="tts-1", voice="default", input="word " * 5000)
+        error = _error(raised.value)
+        assert raised.value.status_code == 400 and error["code"] == "invalid_value", error
+        assert "20000 characters" in error["message"] and error["param"] == "input"
+        speech = client.audio.speech.create(
+            model="tts-1", voice="default", input="Hello.", response_format="wav"
+        )
+        assert len(speech.content) > 10_000
+    finally:
+        orch.stop()
