@@ -14,6 +14,7 @@ def _errors(*statuses: int) -> dict:
         401: "no valid API key",
         404: "unknown model",
         413: "file too large",
+        502: "the TTS worker failed",
         503: "no TTS worker available",
     }
     return {
@@ -98,7 +99,7 @@ def document() -> dict:
                                 t: {"schema": {"type": "string", "format": "binary"}} for t in audio_types
                             },
                         },
-                        **_errors(400, 401, 404, 503),
+                        **_errors(400, 401, 404, 502, 503),
                     },
                 }
             },
