@@ -132,6 +132,7 @@ async def test_the_livekit_role_serves_a_spoken_turn_through_caddy(offline):
         "SubState": "running",
         "PartOf": "appliance.target",
     }
+    record("livekit_security_exposure", exposure(offline, "livekit.service"))
     assert exposure(offline, "livekit.service") <= 2.0
     secret = c.path("etc/appliance/livekit.secret").read_text().strip()
     assert len(secret) >= 32
