@@ -274,7 +274,8 @@ def build_bundle(
             from appliance.offline_livekit import stage_server
 
             log("adding livekit-server …")
-            manifest["livekit"] = stage_server(livekit_server, tree, stage, platform)
+            entry = stage_server(livekit_server, tree, stage, platform)
+            manifest["livekit"] = {**entry, "sha256": sha256(stage / entry["file"])}
         if wheels:
             log("building wheels (pip wheel) …")
             build_wheels(

@@ -11,7 +11,6 @@ A bottom-layer module: the standard library and :mod:`appliance.offline_debs`' e
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
@@ -86,15 +85,19 @@ def _built_by_the_script(tree: Path) -> Path | None:
     return Path(done.stdout.strip().splitlines()[-1])
 
 
+def _existing(path: str, named_by: str) -> Path:
+    found = Path(path).expanduser()
+    if not found.is_file():
+        raise BundleError(f"{named_by} {path}: no such file (a livekit-server binary or release archive)")
+    return found
+
+
 def find_server(given: str | None, tree: Path) -> Path:
     """The binary (or release archive) to carry; a clear error where there is none."""
     if given:
-        path = Path(given).expanduser()
-        if not path.is_file():
-            raise BundleError(f"--livekit {given}: no such file (a livekit-server binary or release archive)")
-        return path
+        return _existing(given, "--livekit")
     if os.environ.get("LIVEKIT_SERVER"):
-        return find_server(os.environ["LIVEKIT_SERVER"], tree)
+        return _existing(os.environ["LIVEKIT_SERVER"], "$LIVEKIT_SERVER")
     built = _built_by_the_script(tree)
     if built is not None:
         return built
@@ -109,7 +112,8 @@ def find_server(given: str | None, tree: Path) -> Path:
 
 
 def stage_server(given: str | None, tree: Path, stage: Path, platform: str | None) -> dict:
-    """Copy livekit-server into ``stage/livekit/`` and return its manifest entry."""
+    """Copy livekit-server into ``stage/livekit/`` and return its manifest entry (the bundle adds
+    its sha256, as for every file it carries)."""
     source = find_server(given, tree)
     (stage / "livekit").mkdir(parents=True, exist_ok=True)
     binary = stage / "livekit" / "livekit-server"
@@ -131,12 +135,10 @@ def stage_server(given: str | None, tree: Path, stage: Path, platform: str | Non
         raise BundleError(
             f"{source}: the version of a {want} binary cannot be read here; pass the release archive"
         )
-    digest = hashlib.sha256(binary.read_bytes()).hexdigest()
     return {
         "file": "livekit/livekit-server",
         "version": version,
         "arch": arch,
-        "sha256": digest,
         "size": binary.stat().st_size,
         "source": source.name,
     }
