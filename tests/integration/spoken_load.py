@@ -192,7 +192,9 @@ async def wait_sessions(orch: OrchestratorProcess, workers: list[WorkerProcess],
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 30
     while (found := await counts()) != (n, n):
-        assert loop.time() < deadline, f"active sessions (orchestrator, workers) stay {found}, not {n}"
+        assert loop.time() < deadline, (
+            f"active sessions (orchestrator, workers) stay {found}, not {n}\n" + orch.log()[-6000:]
+        )
         await asyncio.sleep(0.2)
 
 
