@@ -367,8 +367,9 @@ def resolve_password(url: str, password: str | None = None, password_file: Path 
         return None
 
 
-def connect(url: str, password: str | None, *, timeout_s: float = 2.0):
-    """A ``redis.asyncio.Redis`` for ``url`` (imported here so nothing else pays for it)."""
+def connect(url: str, password: str | None, *, timeout_s: float = 2.0, tls: dict | None = None):
+    """A ``redis.asyncio.Redis`` for ``url`` (imported here so nothing else pays for it); ``tls``:
+    the keywords of :meth:`appliance.redis_tls.RedisTls.connect_kwargs`."""
     import redis.asyncio as aioredis
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
@@ -381,6 +382,7 @@ def connect(url: str, password: str | None, *, timeout_s: float = 2.0):
         "socket_timeout": timeout_s,
         "socket_connect_timeout": timeout_s,
         "retry": Retry(NoBackoff(), 0),
+        **(tls or {}),
     }
     if password:
         kwargs["password"] = password

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -21,15 +22,17 @@ class RedisServer:
         port: int | None = None,
         aclfile: Path | None = None,
         user: str | None = None,
+        tls: dict[str, Path] | None = None,
     ) -> None:
         """``aclfile``: users from it instead of ``requirepass``; ``user``/``password``: one of them,
-        for the readiness check."""
+        for the readiness check. ``tls``: TLS only (no plaintext port), with ``cert``, ``key`` and
+        ``ca`` (the CA clients' certificates must be signed by: every client needs one)."""
         if shutil.which("redis-server") is None:
             raise RuntimeError(
                 "redis-server is not installed (Debian package redis-server; `make system-deps`)"
             )
         self.password = password
-        self.aclfile, self.user = aclfile, user
+        self.aclfile, self.user, self.tls = aclfile, user, tls
         self.port = port or free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="redis-"))
         self.log_path = self.dir / "redis.log"
@@ -39,7 +42,7 @@ class RedisServer:
     @property
     def url(self) -> str:
         """Without the password (the tests pass it separately, as a deployment should)."""
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"{'rediss' if self.tls else 'redis'}://127.0.0.1:{self.port}/0"
 
     @property
     def url_with_password(self) -> str:
@@ -47,10 +50,18 @@ class RedisServer:
 
     def start(self, timeout: float = 10.0) -> None:
         """Start (again, on the same port, empty: nothing is saved)."""
+        listen = ["--port", str(self.port)]
+        if self.tls:
+            listen = ["--port", "0", "--tls-port", str(self.port), "--tls-auth-clients", "yes"]
+            for option, key in (
+                ("--tls-cert-file", "cert"),
+                ("--tls-key-file", "key"),
+                ("--tls-ca-cert-file", "ca"),
+            ):
+                listen += [option, str(self.tls[key])]
         cmd = [
             "redis-server",
-            "--port",
-            str(self.port),
+            *listen,
             "--bind",
             "127.0.0.1",
             *(["--aclfile", str(self.aclfile)] if self.aclfile else ["--requirepass", self.password]),
@@ -92,7 +103,7 @@ class RedisServer:
 
     def command(self, *args: str) -> str:
         """One command over a raw socket (RESP), authenticated; returns the first reply line (for readiness)."""
-        with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
+        with self._connection() as sock:
             payload = b""
             auth = ("AUTH", self.user, self.password) if self.user else ("AUTH", self.password)
             for cmd in (auth, args):
@@ -108,3 +119,11 @@ class RedisServer:
                 data += chunk
         lines = data.split(b"\r\n")
         return lines[1].decode() if len(lines) > 1 else ""
+
+    def _connection(self) -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=2)
+        if not self.tls:
+            return sock
+        context = ssl.create_default_context(cafile=str(self.tls["ca"]))
+        context.load_cert_chain(self.tls["client_cert"], self.tls["client_key"])
+        return context.wrap_socket(sock, server_hostname="127.0.0.1")

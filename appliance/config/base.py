@@ -56,6 +56,17 @@ class _RedisSection(_Section):
     password_file: Path | None = Field(
         None, description="first line is the Redis password (or APPLIANCE_REDIS_PASSWORD)"
     )
+    ca_file: Path | None = Field(
+        None,
+        description="PEM CA that signed the Redis server's certificate (rediss://; absent: the system's)",
+    )
+    cert_file: Path | None = Field(
+        None, description="PEM client certificate, for a Redis that asks for one (tls-auth-clients)"
+    )
+    key_file: Path | None = Field(None, description="private key of that client certificate")
+    allow_plaintext: bool = Field(
+        False, description="redis:// to a Redis off loopback (warned about at every start)"
+    )
 
 
 def _redis_scheme(v: str | None) -> str | None:

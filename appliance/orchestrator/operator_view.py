@@ -11,6 +11,7 @@ from redis.exceptions import RedisError
 
 from appliance import discovery
 from appliance.config import ConfigError, OrchestratorSettings
+from appliance.redis_tls import RedisTls
 
 
 def fetch_orchestrator(url: str, timeout: float = 5.0) -> dict:
@@ -25,10 +26,11 @@ async def read_redis(settings: OrchestratorSettings) -> dict:
     secret = settings.redis_password.get_secret_value() if settings.redis_password else None
     try:
         password = discovery.resolve_password(url, secret, settings.discovery.password_file)
+        tls = RedisTls.of(settings.discovery).connect_kwargs(url)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     prefix = settings.discovery.key_prefix
-    client = discovery.connect(url, password)
+    client = discovery.connect(url, password, tls=tls)
     try:
         keys = sorted([k async for k in client.scan_iter(match=discovery.key_pattern(prefix), count=500)])
         values = await client.mget(keys) if keys else []

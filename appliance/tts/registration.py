@@ -22,6 +22,7 @@ from appliance import discovery
 from appliance.audio import OUTPUT_RATE
 from appliance.config import ConfigError, WorkerSettings
 from appliance.discovery import UNKNOWN_ENGINE, Capabilities, LiveMetrics, WorkerRecord, flags_for
+from appliance.redis_tls import RedisTls
 from appliance.tts.adapters import ENGINES
 
 log = logging.getLogger(__name__)
@@ -97,11 +98,12 @@ class WorkerRegistration:
                 settings.redis_password.get_secret_value() if settings.redis_password else None,
                 d.password_file,
             )
+            tls = RedisTls.of(d).connect_kwargs(self.url)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         if not password:
             log.warning("Redis at %s is used without a password", discovery.redact(self.url))
-        self.redis = discovery.connect(self.url, password)
+        self.redis = discovery.connect(self.url, password, tls=tls)
         self.instance = secrets.token_hex(6)
         self.started_at = time.time()
         self.seq = 0

@@ -67,9 +67,11 @@ class WorkerRegistry:
         *,
         resync_s: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
+        tls: dict | None = None,
     ) -> None:
         self.url = url
         self._password = password
+        self._tls = tls  # redis-py's ssl_* keywords (rediss://)
         self.prefix = prefix
         self.resync_s = resync_s
         self._clock = clock
@@ -283,7 +285,7 @@ class WorkerRegistry:
     async def run(self) -> None:
         backoff = 0.25
         while True:
-            client = discovery.connect(self.url, self._password)
+            client = discovery.connect(self.url, self._password, tls=self._tls)
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(discovery.channel(self.prefix))

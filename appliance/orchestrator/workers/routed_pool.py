@@ -26,6 +26,7 @@ from appliance.orchestrator.workers.registry import WorkerRegistry
 from appliance.orchestrator.workers.routing import RouteRequest, route
 from appliance.orchestrator.workers.static_pool import StaticPool
 from appliance.orchestrator.workers.static_workers import StaticWorkers, describe_failure
+from appliance.redis_tls import RedisTls
 from appliance.rpc import tts_pb2 as pb
 from appliance.tts.client import TTSClient
 
@@ -71,6 +72,7 @@ class RoutedPool:
         secret = s.redis_password.get_secret_value() if s.redis_password else None
         try:
             password = discovery.resolve_password(s.redis_url or "", secret, d.password_file)
+            tls = RedisTls.of(d).connect_kwargs(s.redis_url or "")
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         if not password:
@@ -82,7 +84,7 @@ class RoutedPool:
             d.key_prefix,
             f" and listed statically: {', '.join(static)}" if static else "",
         )
-        registry = WorkerRegistry(s.redis_url or "", password, d.key_prefix, resync_s=d.resync_s)
+        registry = WorkerRegistry(s.redis_url or "", password, d.key_prefix, resync_s=d.resync_s, tls=tls)
         request = RouteRequest(language=d.language, require=frozenset(d.require))
         return cls(
             registry,
