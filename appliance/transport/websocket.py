@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 HELLO_TIMEOUT_S = 10.0
 SEND_TIMEOUT_S = 2.0
 SEND_BUFFER_BYTES = 64 * 1024  # a client that cannot take one message in this long is not reading
+# A slow consumer's close frame waits behind the data it does not read: it gets this long to read
+# it, then the connection is dropped, so that a client that never reads holds no socket.
+SLOW_CLOSE_GRACE_S = 30.0
 
 
 class WebSocketChannel(Channel):
@@ -36,6 +39,7 @@ class WebSocketChannel(Channel):
         self.peer = peer
         self._send_lock = asyncio.Lock()
         self._given_up = asyncio.get_running_loop().create_future()  # done: a slow consumer was cut off
+        self._transport: asyncio.Transport | None = None
 
     @classmethod
     async def accept(cls, request: web.Request) -> WebSocketChannel:
@@ -49,6 +53,7 @@ class WebSocketChannel(Channel):
             # makes a client that stops reading show up as a stalled send within seconds.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
         channel = cls(ws, request.remote or "?")
+        channel._transport = request.transport
         channel.hello = None
         try:
             channel.hello = await asyncio.wait_for(channel._read_hello(), HELLO_TIMEOUT_S)
@@ -156,10 +161,19 @@ class WebSocketChannel(Channel):
                 log.warning("slow consumer peer=%s: closing", self.peer)
                 if not self._given_up.done():
                     self._given_up.set_result(None)  # the session ends now, whenever the close gets out
+                    if self._transport is not None:
+                        asyncio.get_running_loop().call_later(SLOW_CLOSE_GRACE_S, self._drop)
                 asyncio.ensure_future(
                     self.close(CloseCode.SLOW_CONSUMER, "client is not reading (slow consumer)")
                 )
                 raise ConnectionResetError("slow consumer") from None
+
+    def _drop(self) -> None:
+        # A transport closed with data still queued for the client stays open until that is read.
+        t = self._transport
+        if t is not None and (not t.is_closing() or t.get_write_buffer_size() > 0):
+            log.info("slow consumer peer=%s: connection dropped (its close was not read)", self.peer)
+            t.abort()
 
     async def send_message(self, message: dict) -> None:
         await self._send(lambda: self.ws.send_str(encode(message)))

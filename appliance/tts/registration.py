@@ -175,7 +175,8 @@ class WorkerRegistration:
                 self.registered.set()
                 event, wait, backoff = "heartbeat", self.heartbeat_s, 0.25
             try:
-                await asyncio.wait_for(self._changed.wait(), wait)
+                async with asyncio.timeout(wait):
+                    await self._changed.wait()
             except TimeoutError:
                 continue
             if event == "heartbeat":  # a change, while registered: announce it (coalescing bursts)

@@ -106,10 +106,12 @@ class WorkerSession:
         notice_by = loop.time() + CANCEL_NOTICE_S
         while self.streaming and not self._on_its_way_out() and loop.time() < notice_by:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), POLL_S)
+                async with asyncio.timeout(POLL_S):
+                    await self._idle.wait()
         if self.streaming and self._on_its_way_out():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), wait_s)
+                async with asyncio.timeout(wait_s):
+                    await self._idle.wait()
         if self.streaming:
             raise StreamBusy(self.session_id)
         self.streaming = True
@@ -167,7 +169,8 @@ class WorkerSession:
         if self._write_idle.is_set():
             return
         try:
-            await asyncio.wait_for(self._write_idle.wait(), WRITE_SETTLE_S)
+            async with asyncio.timeout(WRITE_SETTLE_S):
+                await self._write_idle.wait()
         except TimeoutError:
             log.warning(
                 "control ack without write completion session=%s (client not reading)", self.session_id

@@ -82,7 +82,8 @@ async def drain_requests(chunks: AsyncIterator, limit_s: float = DRAIN_S) -> Non
 
     # A client that stops writing, or is gone, still gets the error status: nothing to handle here.
     with contextlib.suppress(Exception):
-        await asyncio.wait_for(consume(), limit_s)
+        async with asyncio.timeout(limit_s):
+            await consume()
 
 
 class FrameChannel:

@@ -77,6 +77,11 @@ async def test_a_vanished_client_ends_the_pacer_quietly():
     pacer.push(b"y")
     await asyncio.wait_for(pacer.drained(), 1)
     assert pacer.queued == 0
+    # A reply still coming in after the client went is dropped: nothing is left waiting to drain
+    # (the pacer that would send it has stopped), so whoever waits for the drain is not stuck.
+    pacer.push(b"z")
+    assert pacer.queued == 0
+    await asyncio.wait_for(pacer.drained(), 1)
     await pacer.close()
 
 

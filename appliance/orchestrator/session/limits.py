@@ -33,7 +33,8 @@ class SessionLimits:
         if total_left <= 0:
             raise self._max_duration()
         try:
-            message = await asyncio.wait_for(channel.receive(), max(0.01, min(idle_left, total_left)))
+            async with asyncio.timeout(max(0.01, min(idle_left, total_left))):
+                message = await channel.receive()
         except TimeoutError:
             if time.monotonic() - self._started >= s.max_duration_s:
                 raise self._max_duration() from None

@@ -33,6 +33,7 @@ class Pacer:
         self._drained.set()
         self._playout_end = 0.0  # loop time when the client will have played all we sent
         self._sending = False
+        self._gone = False  # the client went (a send failed): the pacer has stopped
         self.sent = 0
         self._on_next_send: Callable[[], None] | None = None
         self._task: asyncio.Task | None = None
@@ -50,6 +51,8 @@ class Pacer:
         self._on_next_send = callback
 
     def push(self, frame: bytes, mark: object = None) -> None:
+        if self._gone:
+            return  # the client went: nobody to send it to, and nothing left to drain
         self._frames.append((frame, mark))
         self._drained.clear()
         self._ready.set()
@@ -113,6 +116,7 @@ class Pacer:
             try:
                 await self._send(frame)
             except ConnectionError:
+                self._gone = True
                 self._frames.clear()
                 self._drained.set()
                 return

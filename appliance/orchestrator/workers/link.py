@@ -124,9 +124,8 @@ class TtsLink:
 
     async def _start_session(self, exclude: set[str], timeout_s: float) -> None:
         try:
-            client = await asyncio.wait_for(
-                self.pool.start_session(self.session_id, self.model_id, exclude=exclude), timeout_s
-            )
+            async with asyncio.timeout(timeout_s):
+                client = await self.pool.start_session(self.session_id, self.model_id, exclude=exclude)
         except TimeoutError:
             raise TtsUnavailable(f"no TTS worker accepted the session within {timeout_s:.1f}s") from None
         self.client = client

@@ -230,9 +230,13 @@ class ReplyStream:
         try:
             while True:
                 try:
-                    item = (
-                        items.get_nowait() if items.qsize() else await asyncio.wait_for(items.get(), CHECK_S)
-                    )
+                    if items.qsize():
+                        item = items.get_nowait()
+                    else:
+                        # asyncio.timeout, not wait_for: Python 3.11's wait_for loses a cancellation
+                        # that lands as the item arrives, and a stopped reply would play on.
+                        async with asyncio.timeout(CHECK_S):
+                            item = await items.get()
                 except TimeoutError:
                     if self._stalled(loop.time(), client):
                         raise WorkerFailed("stalled", self._stall_detail(loop.time())) from None
