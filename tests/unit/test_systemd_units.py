@@ -1,6 +1,6 @@
 """The unit files in systemd/: `systemd-analyze verify` is clean and `systemd-analyze security
---offline=yes` rates each service's exposure 4.0 or lower. Both run against a scratch root that
-holds the units, the host's system units and a stand-in for /opt/appliance/venv/bin/appliance
+--offline=yes` rates each appliance service 1.6 or lower (livekit.service 2.0). Both run against
+a scratch root that holds the units, the host's system units and a stand-in for /opt/appliance/venv/bin/appliance
 (verify checks that ExecStart= exists). Plus the properties the deploy relies on."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 UNITS = ROOT / "systemd"
 SERVICES = ("appliance-orchestrator.service", "appliance-wyoming.service", "appliance-tts@piper.service")
-MAX_EXPOSURE = 4.0
+MAX_EXPOSURE = 1.6  # what they are rated today: any loosening of a unit fails here
 LIVEKIT = "livekit.service"
 MAX_LIVEKIT_EXPOSURE = 2.0  # it runs a third party's network server: a transient user, nothing writable
 SYSTEM_UNITS = next(
