@@ -4,7 +4,8 @@ injected while their replies play. A worker that can voice them is always left, 
 completes, with no error event, and its audio says its text; no session is left SPEAKING, every
 /metrics comes back to 0 active sessions and a fresh session works.
 
-Here: Redis killed and restarted under routed sessions, and workers killed and hung. The client
+Here: Redis killed and restarted under routed sessions, and workers killed and hung (static
+list and Redis discovery). The client
 and disk side (a client that stops reading, a read-only models directory) are in
 test_faults_under_load_io.py."""
 
@@ -14,6 +15,7 @@ import asyncio
 import os
 import signal
 
+import pytest
 from spoken_load import (
     after_the_fault,
     check_turns,
@@ -69,11 +71,14 @@ async def test_redis_killed_and_restarted_while_routed_replies_play(redis_server
     check_turns(turns)
 
 
-async def test_a_worker_killed_and_another_hung_while_sessions_speak():
-    """Three workers in the static list; the sessions are served by the first. It is SIGKILLed and
-    the next in the list (where a failover goes first) SIGSTOPped at once, then let go again: the
-    replies go on from the third, and the hung one holds no session once it runs again."""
-    with cluster(3) as (orch, workers):
+@pytest.mark.parametrize("discovery", ["static", "redis"])
+async def test_a_worker_killed_and_another_hung_while_sessions_speak(discovery, request):
+    """Three workers, in the static list or registered in Redis; one serving the sessions is
+    SIGKILLed and the next (in the static list, where a failover goes first) SIGSTOPped at once —
+    a hung worker's Redis record stays until its TTL runs out — then let go again: the replies go
+    on from the third, and the hung one holds no session once it runs again."""
+    redis = request.getfixturevalue("redis_server") if discovery == "redis" else None
+    with cluster(3, redis=redis) as (orch, workers):
         group = await talkers(orch.url)
         first = start_turns(group)
         await until(lambda: speaking(group) >= 2, "two replies playing at once")
