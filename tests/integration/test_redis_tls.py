@@ -77,7 +77,7 @@ async def test_a_worker_registers_over_tls_and_is_routed_to(pki, tls_redis):
     pool = RoutedPool.from_settings(settings)
     try:
         await asyncio.to_thread(worker.wait_ready)
-        for _ in range(100):
+        for _ in range(300):  # a guard against a worker that never registers, not a measurement
             records = (await read_redis(settings))["workers"]
             if records:
                 break
