@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Self
 
 from appliance.tts.adapters.base import EngineAdapter
 from appliance.tts.catalog import ModelSpec
-from appliance.tts.model_status import NotResident
+from appliance.tts.model_status import ModelState, ModelStatus, NotResident
 
 if TYPE_CHECKING:
     from appliance.tts.model_manager import ModelManager
@@ -32,6 +32,33 @@ class ModelEntry:
     @property
     def model_id(self) -> str:
         return self.spec.model_id
+
+    def status(self, now: float, default_model: str) -> ModelStatus:
+        if self.adapter is not None:
+            state = ModelState.RESIDENT
+        elif self.loading is not None:
+            state = ModelState.LOADING
+        elif self.error is not None:
+            state = ModelState.FAILED
+        else:
+            state = ModelState.AVAILABLE
+        idle = now - self.last_used if state is ModelState.RESIDENT and self.refcount == 0 else 0.0
+        spec = self.spec
+        return ModelStatus(
+            model_id=spec.model_id,
+            engine=spec.engine,
+            language=spec.language,
+            sample_rate=spec.sample_rate,
+            state=state,
+            refcount=self.refcount,
+            idle_s=idle,
+            load_ms=self.load_ms,
+            pinned=self.pinned,
+            is_default=spec.model_id == default_model,
+            error=self.error,
+            resident_bytes=self.resident_bytes,
+            device=self.device if state is ModelState.RESIDENT else "",
+        )
 
 
 class ModelLease:

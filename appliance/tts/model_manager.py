@@ -28,7 +28,6 @@ from appliance.tts.model_status import (  # re-exported: the worker and tests im
     MemoryBudgetExceeded,
     ModelInUse,
     ModelLoadFailed,
-    ModelState,
     ModelStatus,
     NotResident,
 )
@@ -245,7 +244,7 @@ class ModelManager:
 
     def snapshot(self) -> list[ModelStatus]:
         now = self._clock()
-        return [self._status(e, now) for e in self._entries.values()]
+        return [e.status(now, self.default_model) for e in self._entries.values()]
 
     def resident_ids(self) -> list[str]:
         return [e.model_id for e in self._entries.values() if e.adapter is not None]
@@ -375,30 +374,3 @@ class ModelManager:
             return
         verb = "evicted" if reason in ("lru", "idle") else "unloaded"
         log.info("%s %s (%s) in %.0f ms", verb, model_id, reason, (time.perf_counter() - t0) * 1000)
-
-    def _status(self, entry: ModelEntry, now: float) -> ModelStatus:
-        if entry.adapter is not None:
-            state = ModelState.RESIDENT
-        elif entry.loading is not None:
-            state = ModelState.LOADING
-        elif entry.error is not None:
-            state = ModelState.FAILED
-        else:
-            state = ModelState.AVAILABLE
-        idle = now - entry.last_used if state is ModelState.RESIDENT and entry.refcount == 0 else 0.0
-        spec = entry.spec
-        return ModelStatus(
-            model_id=spec.model_id,
-            engine=spec.engine,
-            language=spec.language,
-            sample_rate=spec.sample_rate,
-            state=state,
-            refcount=entry.refcount,
-            idle_s=idle,
-            load_ms=entry.load_ms,
-            pinned=entry.pinned,
-            is_default=spec.model_id == self.default_model,
-            error=entry.error,
-            resident_bytes=entry.resident_bytes,
-            device=entry.device if state is ModelState.RESIDENT else "",
-        )
