@@ -8,9 +8,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from appliance.rpc.tls import TlsFileError, is_loopback_host, read_pem
+
+if TYPE_CHECKING:
+    from appliance.config.base import _RedisSection
 
 log = logging.getLogger(__name__)
 
@@ -29,13 +33,8 @@ class RedisTls:
     allow_plaintext: bool = False
 
     @classmethod
-    def of(cls, section: object) -> RedisTls:
-        return cls(
-            getattr(section, "ca_file", None),
-            getattr(section, "cert_file", None),
-            getattr(section, "key_file", None),
-            bool(getattr(section, "allow_plaintext", False)),
-        )
+    def of(cls, section: _RedisSection) -> RedisTls:
+        return cls(section.ca_file, section.cert_file, section.key_file, section.allow_plaintext)
 
     def connect_kwargs(self, url: str) -> dict:
         """redis-py keywords for ``url``; raises ValueError (a bad combination, an unreadable file)

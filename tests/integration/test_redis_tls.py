@@ -110,29 +110,20 @@ async def test_no_connection_without_the_ca_or_without_a_client_certificate(pki,
     )["bad"] == []
 
 
+def _pool_from(url: str, **discovery_settings) -> RoutedPool:
+    settings = load_settings(
+        OrchestratorSettings, redis_url=url, redis_password="x", discovery=discovery_settings
+    )
+    return RoutedPool.from_settings(settings)
+
+
 def test_bad_tls_settings_are_start_up_errors_that_name_them(pki, tmp_path):
     with pytest.raises(ConfigError, match="allow_plaintext"):
-        RoutedPool.from_settings(
-            load_settings(OrchestratorSettings, redis_url="redis://192.0.2.7:6379/0", redis_password="x")
-        )
+        _pool_from("redis://192.0.2.7:6379/0")
     with pytest.raises(ConfigError, match="nope.crt"):
-        RoutedPool.from_settings(
-            load_settings(
-                OrchestratorSettings,
-                redis_url="rediss://192.0.2.7:6379/0",
-                redis_password="x",
-                discovery={"ca_file": tmp_path / "nope.crt"},
-            )
-        )
+        _pool_from("rediss://192.0.2.7:6379/0", ca_file=tmp_path / "nope.crt")
     with pytest.raises(ConfigError, match="rediss://"):  # a CA is no use to a plaintext URL
-        RoutedPool.from_settings(
-            load_settings(
-                OrchestratorSettings,
-                redis_url="redis://127.0.0.1:6379/0",
-                redis_password="x",
-                discovery={"ca_file": pki / "ca.crt"},
-            )
-        )
+        _pool_from("redis://127.0.0.1:6379/0", ca_file=pki / "ca.crt")
 
 
 def test_a_worker_with_a_plaintext_url_to_another_host_does_not_start():
