@@ -96,16 +96,27 @@ async def _paused_turns(orch, clips) -> list[tuple[int, list[str]]]:
 
 async def test_a_mid_sentence_pause_is_one_turn_in_smart_mode_and_splits_in_silence_mode(orchestrator_with):
     smart = await _paused_turns(await orchestrator_with("smart"), PAUSED)
-    for (text, _), (ends, finals) in zip(PAUSED, smart):
-        assert ends == 1 and len(finals) == 1 and wer(text, finals[0]) <= 0.4, (
-            finals
-        )  # one transcript, one reply
+    for clip, (ends, finals) in zip(PAUSED, smart):
+        # one transcript of the whole sentence, one reply
+        assert ends == 1 and len(finals) == 1 and wer(clip[0], finals[0]) <= 0.4, finals
+        assert not _split(clip, ends, finals), finals
     silence = await _paused_turns(await orchestrator_with("silence"), PAUSED)
-    assert sum(ends > 1 for ends, _ in silence) > sum(ends > 1 for ends, _ in smart), silence
+    assert any(_split(clip, *heard) for clip, heard in zip(PAUSED, silence)), silence
     # What silence mode does after the split depends on the machine's speed: a slow one is still
     # transcribing when the speech resumes (the two parts are joined into one turn), a fast one has
-    # started its reply within the 700 ms pause (the rest is a barge-in and a new turn). Either way
-    # it is not the one turn smart mode gives, which is what this test is about.
+    # started its reply within the 700 ms pause (the rest is a barge-in and a new turn, or, when
+    # the reply's echo masks its first words, a false alarm: the reply plays on and the rest of the
+    # sentence goes unheard). Either way it is not the one turn smart mode gives, which is what this
+    # test is about.
+
+
+def _split(clip: tuple[str, str], ends: int, finals: list[str]) -> bool:
+    """Did the turn end at the pause: two ends, or a first transcript nearer the words before the
+    pause than the whole sentence?"""
+    text, word = clip
+    words = text.split()
+    before = " ".join(words[: max(i for i, w in enumerate(words) if w.strip(",.?!").lower() == word) + 1])
+    return ends > 1 or (bool(finals) and wer(before, finals[0]) < wer(text, finals[0]))
 
 
 class SaysComplete:
