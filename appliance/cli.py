@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import json
 import os
 import sys
@@ -201,8 +202,16 @@ def cmd_bench_openai(args: argparse.Namespace) -> int:
     return _report(asyncio.run(run_bench(trials=args.trials)), args.out)
 
 
+def _installed_version() -> str:
+    try:
+        return importlib.metadata.version("appliance")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "(not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="appliance", description="Self-hosted full-duplex voice assistant")
+    parser.add_argument("--version", action="version", version=f"appliance {_installed_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("tts-worker", help="run a TTS worker (gRPC)")

@@ -29,6 +29,7 @@ from deployment import (
 from grpc_health.v1 import health_pb2
 from livekit_turn import check_turn, exposure, livekit_metrics, spoken_turn
 from speech import listen, wer
+from upgrade import bundle_of, files_with_identity, next_release, starts_since
 from voices import pad, piper_speech, with_noise
 
 from appliance.transport.ws_client import WsClient
@@ -102,11 +103,18 @@ def test_healthz_answers_through_caddy_over_https(offline):
 
 
 async def test_a_spoken_turn_through_caddy_gets_a_transcript_and_reply_audio(offline):
+    metrics = await _spoken_turn_through_caddy(offline)
+    record("offline_voice_to_voice_ms", metrics["voice_to_voice_ms"])
+
+
+async def _spoken_turn_through_caddy(dep) -> dict:
+    """One spoken question over wss through Caddy: its transcript, a reply whose audio says it; the
+    turn's `metrics`."""
     # The shipped default answers with a 135 M LLM: a question about Paris sometimes gets a French
     # answer, which the English voice cannot say; about the ocean it answers in plain English words.
     text = "Can you tell me something nice about the ocean?"
-    client = WsClient(f"wss://localhost:{offline.https_port}/ws", ssl=ssl_context(offline))
-    await client.connect(RATE, token=offline.access_secret)
+    client = WsClient(f"wss://localhost:{dep.https_port}/ws", ssl=ssl_context(dep))
+    await client.connect(RATE, token=dep.access_secret)
     try:
         await client.stream(with_noise(pad(piper_speech(text, RATE), RATE)), RATE)
         await client.wait_for(lambda: client.rx.of_type("metrics"), 60)
@@ -120,7 +128,7 @@ async def test_a_spoken_turn_through_caddy_gets_a_transcript_and_reply_audio(off
     assert frames and all(len(f) == 1920 for _, f in frames)
     heard = listen(client.rx.audio(), 48000, reply)
     assert wer(reply, heard) <= 0.3, (reply, heard)
-    record("offline_voice_to_voice_ms", client.rx.of_type("metrics")[-1]["voice_to_voice_ms"])
+    return client.rx.of_type("metrics")[-1]
 
 
 async def test_the_livekit_role_serves_a_spoken_turn_through_caddy(offline):
@@ -368,3 +376,42 @@ def test_boot_to_appliance_target_active(offline):
     record("restart_appliance_target_s", time.monotonic() - t1)
     assert c.run("systemctl", "is-active", "appliance.target", check=False).stdout.strip() == "active"
     assert worker_serving(offline, 30)
+
+
+# ------------------------------------------------------------------ upgrade
+
+
+async def test_the_next_release_s_bundle_upgrades_in_place(offline, tmp_path, livekit_binary_for_the_bundle):
+    """The operator's upgrade: the next release's bundle, then site.yml from that release. Their
+    config edits are kept, every appliance service restarts exactly once (others at most once),
+    the models are not touched, and the appliance answers on the new version."""
+    c = offline.container
+    tree, version = next_release(tmp_path / "next")
+    tar = bundle_of(tree, tmp_path / "bundle", livekit_binary_for_the_bundle)
+    configs = [c.path("etc/appliance/orchestrator.toml"), c.path(f"etc/appliance/tts/{WORKER}.toml")]
+    for config in configs:
+        config.write_text(config.read_text() + "# the operator's note, kept across upgrades\n")
+    edited = [config.read_bytes() for config in configs]
+    models = files_with_identity(c, MODELS_DIR)
+    units = [u for u in offline.appliance_units() if u.endswith(".service")]
+    since = int(c.run("date", "+%s").stdout)
+
+    offline.bundle = tar
+    offline.write_inventory()
+    run = offline.playbook(tree / "ansible/site.yml", label="upgrade")
+    assert run.returncode == 0 and run.recap["failed"] == 0, run.tail()
+    record("offline_upgrade_s", run.seconds)
+
+    installed = c.run(f"{VENV}/bin/appliance", "--version").stdout
+    assert version in installed, installed
+    assert [config.read_bytes() for config in configs] == edited, "an operator's config was rewritten"
+    assert files_with_identity(c, MODELS_DIR) == models, "the upgrade touched the models"
+    started = starts_since(c, since)
+    for unit in units:
+        expected = (1,) if unit.startswith("appliance") else (0, 1)
+        assert started.get(unit, 0) in expected, f"{unit} started {started.get(unit, 0)} times: {started}"
+    assert all(s == ("active", "running") for s in wait_units_running(offline, 60).values())
+    assert worker_serving(offline, 60)
+    await _spoken_turn_through_caddy(offline)
+    rerun = offline.playbook(tree / "ansible/site.yml", label="upgrade-rerun")
+    assert rerun.returncode == 0 and rerun.recap["changed"] == 0, rerun.changed_tasks()

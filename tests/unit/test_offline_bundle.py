@@ -199,3 +199,13 @@ def test_wheels_needed_only_by_an_older_patch_release_are_found(tmp_path):
     assert missing_on_target(tmp_path, "3.11.7") == []
     _wheel(tmp_path, "async_timeout", [])
     assert missing_on_target(tmp_path) == []
+
+
+def test_cli_version_is_the_installed_release(capsys):
+    """`appliance --version` (what an operator checks after an upgrade) names the project's version."""
+    from appliance.cli import build_parser
+
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"appliance {bundle.project_version(ROOT)}"
