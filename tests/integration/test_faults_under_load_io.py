@@ -1,6 +1,6 @@
 """Faults while several people talk at once (see test_faults_under_load.py), on the client and disk
-side: a client on a stalled link that stops reading, and a models directory that becomes read-only
-while the worker serves from it."""
+side: a client on a stalled link that stops reading, a client on a link slower than the reply's
+audio, and a models directory that becomes read-only while the worker serves from it."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from services import ROOT
 from spoken_load import (
+    Talker,
     after_the_fault,
     check_turns,
     cluster,
@@ -27,6 +28,7 @@ from spoken_load import (
     wait_sessions,
 )
 from test_conversation_bad_input import _raw_websocket, _send_text
+from throttled_link import ThrottledLink
 
 from appliance.transport.websocket import SEND_BUFFER_BYTES, SLOW_CLOSE_GRACE_S
 from appliance.tts.client import Control, TTSClient
@@ -129,6 +131,30 @@ async def test_a_client_that_stops_reading_does_not_hold_up_the_others(orchestra
     assert received <= 8 * SEND_BUFFER_BYTES, received
 
     turns += await after_the_fault(orchestrator, group, [piper_worker])
+    check_turns(turns)
+
+
+async def test_a_client_on_a_throttled_link_gets_whole_replies_late(orchestrator, piper_worker):
+    """Two people on a good link and one behind a link that carries two thirds of what the reply's
+    audio needs (48 kHz PCM is 96 kB/s; the link 64 kB/s): the slow one's replies arrive late but
+    whole, in order, saying their text; the others are served as usual; nothing is left open."""
+    link = await ThrottledLink(orchestrator.port, down_bytes_s=64_000).start()
+    try:
+        group = [
+            *await talkers(orchestrator.url, 2),
+            await Talker(f"ws://127.0.0.1:{link.port}/ws").connect(),
+        ]
+        turns = list(await asyncio.gather(*start_turns(group)))
+        slow = group[-1].client.rx
+        times = [t for t, _ in slow.frames]
+        audio_s = len(slow.audio()) / 96_000
+        # The link, not the appliance, set the slow client's pace: its reply took longer to arrive
+        # than to play.
+        assert times[-1] - times[0] >= 1.2 * audio_s, (times[-1] - times[0], audio_s)
+        turns += await after_the_fault(orchestrator, group, [piper_worker])
+        assert link.delivered > 0
+    finally:
+        await link.close()
     check_turns(turns)
 
 
