@@ -56,26 +56,29 @@ def ansible_playbook() -> str | None:
     return str(beside) if beside.exists() else shutil.which("ansible-playbook")
 
 
-def bundle_for_session(out: Path, livekit_server: Path | None = None) -> Path:
-    """The full offline bundle, built from this tree (or APPLIANCE_DEPLOY_BUNDLE, a prebuilt one);
-    with ``livekit_server``, `--livekit` carrying that binary."""
+def bundle_for_session(out: Path, livekit_server: Path | None = None, source: Path | None = None) -> Path:
+    """The full offline bundle, built from this tree (or APPLIANCE_DEPLOY_BUNDLE, a prebuilt one),
+    or from ``source`` (another release's tree); with ``livekit_server``, `--livekit` carrying that
+    binary."""
     given = os.environ.get("APPLIANCE_DEPLOY_BUNDLE")
-    if given:
+    if given and source is None:
         return Path(given)
     t0 = time.monotonic()
     livekit = ["--livekit", str(livekit_server)] if livekit_server else []
+    tree = ["--source", str(source)] if source else []
     proc = subprocess.run(
-        [sys.executable, "-m", "appliance", "bundle", "--out", str(out), *livekit],
-        cwd=ROOT,
+        [sys.executable, "-m", "appliance", "bundle", "--out", str(out), *tree, *livekit],
+        cwd=source or ROOT,
         capture_output=True,
         text=True,
         timeout=1800,
         check=False,
     )
-    assert proc.returncode == 0, f"appliance bundle failed:\n{proc.stdout}\n{proc.stderr}"
+    assert proc.returncode == 0, f"appliance bundle {' '.join(tree)} failed:\n{proc.stdout}\n{proc.stderr}"
     tar = Path(proc.stdout.strip().splitlines()[-1])
-    record("bundle_build_s", time.monotonic() - t0)
-    record("bundle_mib", tar.stat().st_size / 2**20)
+    if source is None:
+        record("bundle_build_s", time.monotonic() - t0)
+        record("bundle_mib", tar.stat().st_size / 2**20)
     return tar
 
 

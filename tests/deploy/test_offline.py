@@ -15,6 +15,7 @@ import grpc
 import pytest
 from deployment import (
     WORKER,
+    bundle_for_session,
     differences_from_the_checkout,
     grpc_credentials,
     healthz,
@@ -29,7 +30,7 @@ from deployment import (
 from grpc_health.v1 import health_pb2
 from livekit_turn import check_turn, exposure, livekit_metrics, spoken_turn
 from speech import listen, wer
-from upgrade import bundle_of, files_with_identity, next_release, starts_since
+from upgrade import files_with_identity, next_release, starts_since
 from voices import pad, piper_speech, with_noise
 
 from appliance.transport.ws_client import WsClient
@@ -387,7 +388,7 @@ async def test_the_next_release_s_bundle_upgrades_in_place(offline, tmp_path, li
     the models are not touched, and the appliance answers on the new version."""
     c = offline.container
     tree, version = next_release(tmp_path / "next")
-    tar = bundle_of(tree, tmp_path / "bundle", livekit_binary_for_the_bundle)
+    tar = bundle_for_session(tmp_path / "bundle", livekit_binary_for_the_bundle, source=tree)
     configs = [c.path("etc/appliance/orchestrator.toml"), c.path(f"etc/appliance/tts/{WORKER}.toml")]
     for config in configs:
         config.write_text(config.read_text() + "# the operator's note, kept across upgrades\n")

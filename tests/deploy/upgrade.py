@@ -8,11 +8,9 @@ import json
 import re
 import shutil
 import subprocess
-import sys
-import time
 from pathlib import Path
 
-from deployment import ROOT, record
+from deployment import ROOT
 
 _VERSION = re.compile(r'(?m)^version = "(\d+)\.(\d+)\.(\d+)"$')
 # systemd's "Started UNIT." journal message (SD_MESSAGE_UNIT_STARTED), logged once per start.
@@ -45,23 +43,6 @@ def next_release(dest: Path) -> tuple[Path, str]:
     version = f"{major}.{minor}.{int(patch) + 1}"
     pyproject.write_text(text[: found.start()] + f'version = "{version}"' + text[found.end() :])
     return dest, version
-
-
-def bundle_of(tree: Path, out: Path, livekit_server: Path | None) -> Path:
-    """`appliance bundle` of ``tree`` (as the first bundle, with livekit-server where that one has it)."""
-    t0 = time.monotonic()
-    livekit = ["--livekit", str(livekit_server)] if livekit_server else []
-    proc = subprocess.run(
-        [sys.executable, "-m", "appliance", "bundle", "--out", str(out), "--source", str(tree), *livekit],
-        cwd=tree,
-        capture_output=True,
-        text=True,
-        timeout=1800,
-        check=False,
-    )
-    assert proc.returncode == 0, f"appliance bundle --source {tree} failed:\n{proc.stdout}\n{proc.stderr}"
-    record("upgrade_bundle_build_s", time.monotonic() - t0)
-    return Path(proc.stdout.strip().splitlines()[-1])
 
 
 def starts_since(container, since_epoch: int) -> dict[str, int]:
