@@ -16,6 +16,15 @@ from appliance.config.base import _host_port_or_none, _redis_scheme, _RedisSecti
 from appliance.config.tls import WorkerTlsSettings
 
 
+class LocalModel(_Section):
+    """A checkpoint in a directory of the operator's (one they downloaded), served under its own id."""
+
+    engine: Literal["csm"] = Field(description="the engine that loads it")
+    path: Path = Field(description="the directory `save_pretrained` wrote (config.json, weights, processor)")
+    language: str = Field("en-US", description="the language it speaks, for routing")
+    sample_rate: int = Field(24000, gt=0, description="its codec's rate (checked when it loads)")
+
+
 class ModelsSettings(_Section):
     default: str = "piper-en_US-joe-medium"
     preload: list[str] = Field(default_factory=list, description="loaded at start besides the default")
@@ -50,6 +59,11 @@ class ModelsSettings(_Section):
         None,
         description="DIR/<model-id>/ installed by `appliance models fetch`, used before the packaged copy "
         "(absent: $APPLIANCE_MODELS_DIR, else /var/lib/appliance/models)",
+    )
+    local: dict[str, LocalModel] = Field(
+        default_factory=dict,
+        description="model id -> a checkpoint in a directory of your own (engine, path, language); "
+        "served like the optional models (name it in default, preload or serve)",
     )
 
 

@@ -181,6 +181,33 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
 )
 
 
+def local_specs(local: dict) -> tuple[ModelSpec, ...]:
+    """The operator's own checkpoints (``[models.local]``: id -> engine, path, language)."""
+    return tuple(
+        ModelSpec(
+            model_id,
+            engine=entry.engine,
+            language=entry.language,
+            sample_rate=entry.sample_rate,
+            description=f"{entry.engine} checkpoint in {entry.path}",
+            optional=True,
+            locate=_checkpoint_dir(Path(entry.path)),
+        )
+        for model_id, entry in local.items()
+    )
+
+
+def _checkpoint_dir(path: Path) -> Callable[[Path | None], dict[str, Path]]:
+    def locate(_models_dir: Path | None) -> dict[str, Path]:
+        if importlib.util.find_spec("transformers") is None:
+            raise ImportError("transformers is not installed", name="transformers")
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path} holds no checkpoint (no config.json)")
+        return {"dir": path}
+
+    return locate
+
+
 def _why_missing(spec: ModelSpec, models_dir: Path | None, enabled: set[str] | None) -> str:
     try:
         files = spec.locate(models_dir)

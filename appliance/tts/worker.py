@@ -19,7 +19,7 @@ from appliance.runtime_metrics import add_runtime_gauges
 from appliance.systemd import Notifier, Watchdog, watchdog_interval
 from appliance.tts.adapters import SynthesisTracker, create_adapter
 from appliance.tts.adapters.piper import cuda_available
-from appliance.tts.catalog import Catalog
+from appliance.tts.catalog import BUILTIN_MODELS, Catalog, local_specs
 from appliance.tts.malformed import MalformedRequests
 from appliance.tts.metrics import WorkerMetrics
 from appliance.tts.model_manager import ModelManager
@@ -43,7 +43,8 @@ class TTSWorker:
         self.settings = settings
         m = settings.models
         enabled = {m.default, *m.preload, *m.serve}
-        self.catalog = catalog or Catalog(models_dir=m.models_dir, enabled=enabled)
+        specs = (*BUILTIN_MODELS, *local_specs(m.local))
+        self.catalog = catalog or Catalog(specs, models_dir=m.models_dir, enabled=enabled)
         self.tracker = SynthesisTracker()
         self.metrics = WorkerMetrics(settings.name)
         self.notifier = Notifier()

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from appliance.tts.adapters.base import EngineAdapter, PcmChunk, SynthesisTracker
+from appliance.tts.adapters.csm import CsmAdapter
 from appliance.tts.adapters.hibari import HibariAdapter
 from appliance.tts.adapters.kokoro import KokoroAdapter
 from appliance.tts.adapters.mock import MockSineAdapter
@@ -13,7 +14,7 @@ from appliance.tts.adapters.piper import PiperAdapter
 from appliance.tts.catalog import ModelSpec
 
 ENGINES: dict[str, type[EngineAdapter]] = {
-    cls.engine: cls for cls in (MockSineAdapter, PiperAdapter, HibariAdapter, KokoroAdapter)
+    cls.engine: cls for cls in (MockSineAdapter, PiperAdapter, HibariAdapter, KokoroAdapter, CsmAdapter)
 }
 
 
