@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from appliance.audio import FRAME_MS, OUTPUT_RATE, OutputChain
 from appliance.config import AudioSettings
 from appliance.tts.adapters import SynthesisTracker
+from appliance.tts.adapters.base import InputRejected
 from appliance.tts.scheduler import DeadlineScheduler
 from appliance.tts.sessions import WorkerSession
 from appliance.tts.text import TextSegmenter, is_speakable
@@ -272,6 +273,9 @@ class SynthesisStream:
             self.channel.close()
         except asyncio.CancelledError:
             raise
+        except InputRejected as exc:
+            log.info("text refused by the engine session=%s: %s", self.session.session_id, exc)
+            self.channel.close(StreamError("INVALID_ARGUMENT", str(exc)))
         except Exception as exc:  # an engine failure ends this stream, not the worker
             log.exception("synthesis failed session=%s", self.session.session_id)
             self.channel.close(StreamError("INTERNAL", f"synthesis failed: {type(exc).__name__}: {exc}"))

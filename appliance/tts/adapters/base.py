@@ -68,6 +68,11 @@ class PcmChunk:
 _END = object()
 
 
+class InputRejected(ValueError):
+    """Text an engine cannot voice as given (too long for its context): the caller's error, which
+    the worker answers INVALID_ARGUMENT, not an engine failure."""
+
+
 class EngineAdapter(ABC):
     engine: ClassVar[str]
     # What the engine can do, for routing; the worker's record combines those of its engines.
@@ -121,14 +126,26 @@ class EngineAdapter(ABC):
         loop = asyncio.get_running_loop()
         run = run or (lambda fn: loop.run_in_executor(None, fn))
         gen = self.synthesize(text)
+        # A stream cancelled while an engine call is inside the generator cannot close it then
+        # (a generator running in another thread refuses); that call closes it as it returns,
+        # so an engine's clean-up (a thread of its own, a model's run) never waits for the GC.
+        inside = threading.Lock()
+        state = {"running": False, "abandoned": False}
 
         def next_chunk():
             token = tracker.begin() if tracker else None
             t0 = time.perf_counter()
+            with inside:
+                state["running"] = True
             try:
                 chunk = next(gen, _END)
                 took = time.perf_counter() - t0
             finally:
+                with inside:
+                    state["running"] = False
+                    abandoned = state["abandoned"]
+                if abandoned:
+                    gen.close()
                 if tracker:
                     tracker.end(token)
             if chunk is _END:
@@ -145,9 +162,7 @@ class EngineAdapter(ABC):
                 yield PcmChunk(samples, self.sample_rate, took, text, processed)
         finally:
             self.streaming -= 1
-            # Closing a generator another thread may still be inside raises; it is finished
-            # or abandoned by now, and dropping it frees it either way.
-            try:
+            with inside:
+                state["abandoned"] = state["running"]
+            if not state["abandoned"]:
                 gen.close()
-            except ValueError:
-                pass

@@ -1,0 +1,181 @@
+"""Sesame CSM through the real gRPC worker, with a tiny random-weight CSM saved as the published
+checkpoint is (tests/csm_tiny.py) and served from ``[models.local]``: audio streams while the
+model is still generating, STOP and a closed session end generation and its thread, PAUSE holds
+generation and RESUME finishes it, the lease is released, and text too long for the model's
+context is refused as the client's error. Random weights say nothing: the checks are of shape,
+timing order and resources, not of words."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import grpc
+import numpy as np
+import pytest
+
+pytest.importorskip("transformers", reason="the csm extra (pip install 'appliance[csm]')")
+
+from csm_tiny import build_tiny_csm  # noqa: E402
+
+from appliance.config import WorkerSettings, load_settings  # noqa: E402
+from appliance.tts.client import Control, TTSClient  # noqa: E402
+from appliance.tts.worker import TTSWorker  # noqa: E402
+
+MODEL = "csm-tiny"
+TEXT = "Hello there, this is a tiny model of the same shape as the real one, speaking for a while."
+FRAME_BYTES = 1920  # 20 ms at 48 kHz, int16
+CSM_FRAME_MS = 80  # 12.5 Mimi frames a second
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return build_tiny_csm(tmp_path_factory.mktemp("csm") / MODEL)
+
+
+@pytest.fixture
+async def worker(checkpoint):
+    settings = load_settings(
+        WorkerSettings,
+        None,
+        name="csm",
+        port=0,
+        metrics_port=None,
+        models={"default": MODEL, "local": {MODEL: {"engine": "csm", "path": str(checkpoint)}}},
+    )
+    w = TTSWorker(settings)
+    await w.start()
+    yield w
+    await w.stop(grace=0)
+
+
+async def _adapter(worker: TTSWorker):
+    lease = await worker.manager.acquire(MODEL)
+    try:
+        return lease.adapter
+    finally:
+        worker.manager.release(lease)
+
+
+def _generating() -> bool:
+    return any(t.name == "csm-generate" for t in threading.enumerate())
+
+
+async def _until(predicate, what: str, timeout: float = 30) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        assert loop.time() < deadline, f"never happened: {what}"
+        await asyncio.sleep(0.02)
+
+
+async def _read_all(call) -> list:
+    frames = []
+    while (frame := await call.read()) is not grpc.aio.EOF:
+        frames.append(frame)
+    return frames
+
+
+async def test_audio_streams_while_the_model_is_still_generating(worker):
+    adapter = await _adapter(worker)
+    async with TTSClient(worker.address) as client:
+        await client.start_session("s", MODEL)
+        base = adapter.frames_made
+        call = client.synthesize("s", [TEXT])
+        first = await call.read()
+        made_at_first_audio = adapter.frames_made - base
+        frames = [first, *await _read_all(call)]
+        await client.end_session("s")
+    made = adapter.frames_made - base
+    assert made_at_first_audio < made // 2, (made_at_first_audio, made)
+    audio = [f.audio_data for f in frames if f.audio_data]
+    assert frames[-1].is_final and all(len(a) == FRAME_BYTES for a in audio)
+    # Every Mimi frame the model made is 80 ms of audio (the resampler's edge aside).
+    assert abs(len(audio) * 20 - made * CSM_FRAME_MS) <= 40, (len(audio), made)
+    samples = np.frombuffer(b"".join(audio), dtype="<i2")
+    assert np.sqrt(np.mean(samples.astype(np.float64) ** 2)) > 10  # not silence
+    await _until(lambda: not _generating(), "generation's thread ended")
+    assert worker.manager.total_refcount() == 0
+
+
+async def test_stop_ends_generation_and_its_thread(worker):
+    adapter = await _adapter(worker)
+    async with TTSClient(worker.address) as client:
+        await client.start_session("s", MODEL)
+        call = client.synthesize("s", [TEXT])
+        for _ in range(3):
+            await call.read()
+        run = adapter.generation
+        await client.control("s", Control.STOP)
+        frames = await _read_all(call)
+        await _until(lambda: not _generating(), "generation's thread ended after STOP")
+        stopped_at = run.made
+        assert stopped_at < adapter.max_frames(TEXT), stopped_at
+        await asyncio.sleep(0.3)
+        assert run.made == stopped_at  # nothing more was made
+        assert len(frames) < stopped_at * CSM_FRAME_MS // 20
+        await client.end_session("s")
+    assert worker.manager.total_refcount() == 0
+
+
+async def test_pause_holds_generation_and_resume_finishes_it(worker):
+    adapter = await _adapter(worker)
+    async with TTSClient(worker.address) as client:
+        await client.start_session("s", MODEL)
+        base = adapter.frames_made
+        call = client.synthesize("s", [TEXT])
+        frames = [await call.read() for _ in range(2)]
+        await client.control("s", Control.PAUSE)
+        seen = [adapter.frames_made]
+
+        def settled() -> bool:
+            seen.append(adapter.frames_made)
+            return len(seen) > 25 and seen[-1] == seen[-25]  # no new frame for 0.5 s
+
+        await _until(settled, "generation waits while the session is paused")
+        held = adapter.frames_made - base
+        assert _generating(), "the paused stream's generation ended instead of waiting"
+        await client.control("s", Control.RESUME)
+        frames += await _read_all(call)
+        await client.end_session("s")
+    made = adapter.frames_made - base
+    assert frames[-1].is_final and made > held
+    audio = [f for f in frames if f.audio_data]
+    assert abs(len(audio) * 20 - made * CSM_FRAME_MS) <= 40
+    await _until(lambda: not _generating(), "generation's thread ended")
+
+
+async def test_closing_the_session_mid_generation_ends_it(worker):
+    adapter = await _adapter(worker)
+    async with TTSClient(worker.address) as client:
+        await client.start_session("s", MODEL)
+        call = client.synthesize("s", [TEXT])
+        await call.read()
+        run = adapter.generation
+        call.cancel()
+        await client.end_session("s")
+    await _until(lambda: not _generating(), "generation's thread ended with the session")
+    assert run.made < adapter.max_frames(TEXT)
+    assert worker.manager.total_refcount() == 0
+
+
+async def test_text_too_long_for_the_context_is_the_client_s_error(worker):
+    long_sentence = "word " * 400  # one sentence: the segmenter cannot split it below the context
+    async with TTSClient(worker.address) as client:
+        await client.start_session("s", MODEL)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await client.synthesize_all("s", long_sentence)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value
+        assert "too long" in err.value.details()
+        # The session goes on.
+        _, frames = await client.synthesize_all("s", "Short and fine.")
+        assert frames[-1].is_final
+        await client.end_session("s")
+    assert worker.manager.total_refcount() == 0
+
+
+async def test_the_model_unloads_and_its_memory_is_let_go(worker):
+    async with TTSClient(worker.address) as client:
+        response = await client.unload_model(MODEL)
+    assert response.success, response.message
+    assert not worker.manager.is_resident(MODEL)
