@@ -94,8 +94,30 @@ def build_tiny_csm(directory: Path, seed: int = 0, max_positions: int = 512) -> 
         codec_config=codec.to_dict(),
     )
     model = CsmForConditionalGeneration(config).eval()
-    processor = CsmProcessor(feature_extractor=EncodecFeatureExtractor(sampling_rate=24000), tokenizer=_tokenizer())
+    # Mimi's codebooks are buffers that start at zero (a checkpoint fills them): random entries,
+    # so that the audio depends on the codes as it does with real weights.
+    for module in model.codec_model.modules():
+        if hasattr(module, "embed_sum") and hasattr(module, "cluster_usage"):
+            module.embed_sum.normal_()
+            module._embed = None
+    processor = CsmProcessor(
+        feature_extractor=EncodecFeatureExtractor(sampling_rate=24000), tokenizer=_tokenizer()
+    )
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory)
     processor.save_pretrained(directory)
+    return directory
+
+
+def build_tiny_lora(checkpoint: Path, directory: Path, seed: int) -> Path:
+    """A LoRA voice for the tiny CSM as peft saves one (adapter_config.json and its weights), with
+    random non-zero weights so that it changes what the model says."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import CsmForConditionalGeneration
+
+    torch.manual_seed(seed)
+    model = CsmForConditionalGeneration.from_pretrained(checkpoint)
+    config = LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    get_peft_model(model, config).save_pretrained(directory)
     return directory

@@ -23,6 +23,11 @@ class LocalModel(_Section):
     path: Path = Field(description="the directory `save_pretrained` wrote (config.json, weights, processor)")
     language: str = Field("en-US", description="the language it speaks, for routing")
     sample_rate: int = Field(24000, gt=0, description="its codec's rate (checked when it loads)")
+    loras: dict[str, Path] = Field(
+        default_factory=dict,
+        description="LoRA voice name -> adapter directory (peft's save_pretrained), loaded with the "
+        "model; a session picks one with the StartSession option `lora`",
+    )
 
 
 class ModelsSettings(_Section):

@@ -191,19 +191,26 @@ def local_specs(local: dict) -> tuple[ModelSpec, ...]:
             sample_rate=entry.sample_rate,
             description=f"{entry.engine} checkpoint in {entry.path}",
             optional=True,
-            locate=_checkpoint_dir(Path(entry.path)),
+            locate=_checkpoint_dir(Path(entry.path), entry.loras),
         )
         for model_id, entry in local.items()
     )
 
 
-def _checkpoint_dir(path: Path) -> Callable[[Path | None], dict[str, Path]]:
+def _checkpoint_dir(path: Path, loras: dict) -> Callable[[Path | None], dict[str, Path]]:
+    """The checkpoint's directory ("dir") and each LoRA voice's ("lora:NAME")."""
+
     def locate(_models_dir: Path | None) -> dict[str, Path]:
         if importlib.util.find_spec("transformers") is None:
             raise ImportError("transformers is not installed", name="transformers")
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"{path} holds no checkpoint (no config.json)")
-        return {"dir": path}
+        files = {"dir": path}
+        for name, lora in loras.items():
+            if not (Path(lora) / "adapter_config.json").is_file():
+                raise FileNotFoundError(f"LoRA voice {name!r}: {lora} holds no adapter (no adapter_config.json)")
+            files[f"lora:{name}"] = Path(lora)
+        return files
 
     return locate
 

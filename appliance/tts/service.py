@@ -16,7 +16,7 @@ from appliance.audio import FRAME_MS, OUTPUT_RATE
 from appliance.config import WorkerSettings
 from appliance.rpc import tts_pb2 as pb
 from appliance.rpc import tts_pb2_grpc
-from appliance.tts.adapters import ENGINES, SynthesisTracker
+from appliance.tts.adapters import ENGINES, InputRejected, SynthesisTracker
 from appliance.tts.metrics import WorkerMetrics
 from appliance.tts.model_manager import (
     CapacityExceeded,
@@ -110,8 +110,14 @@ class TTSService(tts_pb2_grpc.TTSServiceServicer):
             lease = await self.manager.acquire(request.model_id or None)
         except ModelError as exc:
             await self._abort(context, "StartSession", _model_code(exc), str(exc))
+        options = dict(request.options)
         try:
-            self.sessions.add(WorkerSession(sid, lease, dict(request.options)))
+            lease.adapter.check_options(options)
+        except InputRejected as exc:
+            lease.release()
+            await self._abort(context, "StartSession", grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        try:
+            self.sessions.add(WorkerSession(sid, lease, options))
         except SessionError as exc:  # a concurrent StartSession with the same id won the race
             lease.release()
             await self._abort(context, "StartSession", grpc.StatusCode[exc.code], str(exc))

@@ -25,8 +25,7 @@ from dataclasses import dataclass
 
 from appliance.audio import FRAME_MS, OUTPUT_RATE, OutputChain
 from appliance.config import AudioSettings
-from appliance.tts.adapters import SynthesisTracker
-from appliance.tts.adapters.base import InputRejected
+from appliance.tts.adapters import InputRejected, SynthesisTracker
 from appliance.tts.scheduler import DeadlineScheduler
 from appliance.tts.sessions import WorkerSession
 from appliance.tts.text import TextSegmenter, is_speakable
@@ -260,6 +259,7 @@ class SynthesisStream:
                     run=self._runner(chain),
                     tracker=self.tracker,
                     post=_segment_pusher(chain),
+                    options=self.session.options,
                 ):
                     self.stats.synth_s += pcm.synth_s
                     for frame in pcm.processed:

@@ -16,11 +16,11 @@ import pytest
 
 pytest.importorskip("transformers", reason="the csm extra (pip install 'appliance[csm]')")
 
-from csm_tiny import build_tiny_csm  # noqa: E402
+from csm_tiny import build_tiny_csm, build_tiny_lora
 
-from appliance.config import WorkerSettings, load_settings  # noqa: E402
-from appliance.tts.client import Control, TTSClient  # noqa: E402
-from appliance.tts.worker import TTSWorker  # noqa: E402
+from appliance.config import WorkerSettings, load_settings
+from appliance.tts.client import Control, TTSClient
+from appliance.tts.worker import TTSWorker
 
 MODEL = "csm-tiny"
 TEXT = "Hello there, this is a tiny model of the same shape as the real one, speaking for a while."
@@ -33,18 +33,40 @@ def checkpoint(tmp_path_factory):
     return build_tiny_csm(tmp_path_factory.mktemp("csm") / MODEL)
 
 
-@pytest.fixture
-async def worker(checkpoint):
+@pytest.fixture(scope="module")
+def loras(checkpoint, tmp_path_factory):
+    base = tmp_path_factory.mktemp("loras")
+    return {
+        name: str(build_tiny_lora(checkpoint, base / name, seed))
+        for name, seed in (("calm", 1), ("bright", 2))
+    }
+
+
+async def _worker(checkpoint, loras=None) -> TTSWorker:
+    local = {"engine": "csm", "path": str(checkpoint), "loras": loras or {}}
     settings = load_settings(
         WorkerSettings,
         None,
         name="csm",
         port=0,
         metrics_port=None,
-        models={"default": MODEL, "local": {MODEL: {"engine": "csm", "path": str(checkpoint)}}},
+        models={"default": MODEL, "local": {MODEL: local}},
     )
     w = TTSWorker(settings)
     await w.start()
+    return w
+
+
+@pytest.fixture
+async def worker(checkpoint):
+    w = await _worker(checkpoint)
+    yield w
+    await w.stop(grace=0)
+
+
+@pytest.fixture
+async def voiced_worker(checkpoint, loras):
+    w = await _worker(checkpoint, loras)
     yield w
     await w.stop(grace=0)
 
@@ -179,3 +201,44 @@ async def test_the_model_unloads_and_its_memory_is_let_go(worker):
         response = await client.unload_model(MODEL)
     assert response.success, response.message
     assert not worker.manager.is_resident(MODEL)
+
+
+async def _said(client: TTSClient, session_id: str, seed: int = 1234) -> bytes:
+    import torch
+
+    torch.manual_seed(seed)  # generation samples from torch's global generator: the same draws
+    audio, _ = await client.synthesize_all(session_id, "Hello there.")
+    return audio
+
+
+async def test_lora_voices_switch_per_session_on_one_loaded_model(voiced_worker):
+    adapter = await _adapter(voiced_worker)
+    async with TTSClient(voiced_worker.address) as client:
+        await client.start_session("plain", MODEL)
+        await client.start_session("calm", MODEL, options={"lora": "calm"})
+        await client.start_session("bright", MODEL, options={"lora": "bright"})
+        reference = {sid: await _said(client, sid) for sid in ("plain", "calm", "bright")}
+        assert len(set(reference.values())) == 3, "a LoRA voice did not change the audio"
+        # Back and forth between the sessions: each voice is exactly itself again, so a switch
+        # neither leaves the last voice on nor changes the base weights.
+        for sid in ("calm", "plain", "bright", "calm", "bright", "plain"):
+            assert await _said(client, sid) == reference[sid], sid
+        for sid in reference:
+            await client.end_session(sid)
+    assert await _adapter(voiced_worker) is adapter  # never reloaded
+    assert voiced_worker.manager.total_refcount() == 0
+
+
+async def test_an_unknown_lora_or_speaker_is_refused_at_start(voiced_worker):
+    async with TTSClient(voiced_worker.address) as client:
+        for options, words in (
+            ({"lora": "gruff"}, "no LoRA voice 'gruff' (it has: bright, calm)"),
+            ({"speaker": "x"}, "speaker"),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await client.start_session("s", MODEL, options=options)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert words in err.value.details(), err.value.details()
+        await client.start_session("s", MODEL, options={"lora": "calm", "speaker": "1"})  # the id is free
+        await client.end_session("s")
+    assert voiced_worker.manager.total_refcount() == 0

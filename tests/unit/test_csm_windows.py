@@ -8,12 +8,12 @@ import pytest
 
 pytest.importorskip("transformers", reason="the csm extra (pip install 'appliance[csm]')")
 
-from csm_tiny import BOOK, CODEBOOKS, build_tiny_csm  # noqa: E402
+from csm_tiny import BOOK, CODEBOOKS, build_tiny_csm
 
-from appliance.config.worker import LocalModel  # noqa: E402
-from appliance.tts.adapters import create_adapter  # noqa: E402
-from appliance.tts.adapters.csm import FIRST_GROUP, MAX_GROUP  # noqa: E402
-from appliance.tts.catalog import local_specs  # noqa: E402
+from appliance.config.worker import LocalModel
+from appliance.tts.adapters import create_adapter
+from appliance.tts.adapters.csm import FIRST_GROUP, MAX_GROUP
+from appliance.tts.catalog import local_specs
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +39,8 @@ def test_grouped_decoding_is_the_whole_decoding(adapter):
     frames = [rng.integers(0, BOOK, CODEBOOKS) for _ in range(60)]
     whole = adapter.decode(frames, 0)
     assert whole.shape == (60 * 1920,)  # 80 ms of 24 kHz audio a frame
+    changed = [*frames[:30], rng.integers(0, BOOK, CODEBOOKS), *frames[31:]]
+    assert not np.allclose(adapter.decode(changed, 0), whole)  # the audio is the codes' (not a constant)
     joined = np.concatenate([adapter.decode(frames[:end], start) for start, end in _groups(len(frames))])
     assert joined.shape == whole.shape
     snr = 10 * np.log10(np.sum(whole.astype(np.float64) ** 2) / max(np.sum((joined - whole) ** 2), 1e-30))

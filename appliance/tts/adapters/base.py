@@ -12,7 +12,7 @@ import asyncio
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -104,6 +104,14 @@ class EngineAdapter(ABC):
     def synthesize(self, text: str) -> Iterator[np.ndarray]:
         """Blocking generator of float32 mono chunks at ``sample_rate``."""
 
+    def check_options(self, options: Mapping[str, str]) -> None:
+        """Raise InputRejected for session options (``StartSession.options``) this model cannot
+        honour; the default takes any (an engine with none to read ignores them)."""
+
+    def synthesize_with(self, text: str, options: Mapping[str, str]) -> Iterator[np.ndarray]:
+        """:meth:`synthesize` for a session with ``options`` (already checked)."""
+        return self.synthesize(text)
+
     def unload(self) -> None:
         self.loaded = False
 
@@ -119,13 +127,14 @@ class EngineAdapter(ABC):
         run: Callable[[Callable[[], object]], Awaitable] | None = None,
         tracker: SynthesisTracker | None = None,
         post: Callable[[np.ndarray], object] | None = None,
+        options: Mapping[str, str] | None = None,
     ) -> AsyncIterator[PcmChunk]:
         """Drive :meth:`synthesize` off the event loop, one chunk per ``run(fn)`` call (default:
         the loop's executor); stop between chunks once ``cancel`` is set. ``post`` runs on each
         chunk in the same call (off the loop too); its result is the chunk's ``processed``."""
         loop = asyncio.get_running_loop()
         run = run or (lambda fn: loop.run_in_executor(None, fn))
-        gen = self.synthesize(text)
+        gen = self.synthesize_with(text, options) if options else self.synthesize(text)
         # A stream cancelled while an engine call is inside the generator cannot close it then
         # (a generator running in another thread refuses); that call closes it as it returns,
         # so an engine's clean-up (a thread of its own, a model's run) never waits for the GC.

@@ -4,12 +4,16 @@ other codebooks, and the Mimi codec turns frames into 24 kHz audio.
 
 Streaming: ``generate`` runs on a thread of its own and hands each frame over as it is made (a
 ``transformers`` streamer); the adapter decodes the frames in small groups as they arrive (2
-frames, 160 ms, first; then doubling to 12). Mimi's decoder is causal, so a group decoded with
-``CONTEXT_FRAMES`` of the frames before it in front gives the same samples as decoding the
-whole utterance at once (``tests/unit/test_csm_windows.py`` holds it to that). The frame queue is
-short: a paused session stops taking audio, the queue fills and generation waits with it; closing
-the stream (STOP, a cancelled session) ends generation at its next frame (the streamer raises
-into ``generate``, which takes no stopping criteria of ours).
+frames, 160 ms, first; then doubling to 12). Mimi's decoder is causal: a group decoded with
+``CONTEXT_FRAMES`` of the frames before it in front gives the samples of the whole utterance's
+decoding as far as its convolutions go (``tests/unit/test_csm_windows.py``); its transformer
+attends further back, so with real weights the groups are close to, not bit-equal with, the
+whole decoding. The frame queue is short: a paused session stops taking audio, the queue fills
+and generation waits with it; closing the stream (STOP, a cancelled session) ends generation at
+its next frame (the streamer raises into ``generate``, which takes no stopping criteria of ours).
+
+LoRA voices (peft adapters) are loaded once beside the base weights; a session picks one with the
+StartSession option ``lora`` (and a speaker number with ``speaker``).
 
 The model directory is what ``save_pretrained`` writes for the model and its processor (the
 layout of the published checkpoint). The text goes in as ``[speaker]text``, CSM's own prompt.
@@ -17,11 +21,13 @@ layout of the published checkpoint). The text goes in as ``[speaker]text``, CSM'
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from pathlib import Path
 
 import numpy as np
 
@@ -32,8 +38,9 @@ log = logging.getLogger(__name__)
 
 FIRST_GROUP = 2  # frames decoded before the first audio (160 ms)
 MAX_GROUP = 12  # later groups double up to this (~1 s)
-CONTEXT_FRAMES = 4  # frames decoded again in front of a group (the causal decoder's reach)
+CONTEXT_FRAMES = 8  # frames decoded again in front of a group (the causal convolutions' reach)
 QUEUE_FRAMES = 25  # frames generation may run ahead of the audio taken (2 s)
+VOICE_WAIT_S = 10.0  # how long a stream waits for generations in another LoRA voice to end
 SECONDS_PER_CHAR = 0.09  # the longest speech a text is allowed, plus MIN_AUDIO_S
 MIN_AUDIO_S = 2.0
 _END = object()
@@ -59,7 +66,9 @@ class CsmAdapter(EngineAdapter):
 
         transformers.utils.logging.set_verbosity_error()  # its notices are not the worker's log lines
         transformers.utils.logging.disable_progress_bar()
-        directory = self.spec.locate(self.models_dir)["dir"]
+        files = self.spec.locate(self.models_dir)
+        directory = files["dir"]
+        loras = {key.removeprefix("lora:"): path for key, path in files.items() if key.startswith("lora:")}
         cuda = self.device in ("auto", "cuda", "tensorrt") and torch.cuda.is_available()
         if self.device in ("cuda", "tensorrt") and not cuda:
             log.info("%s: no CUDA device, CSM runs on the CPU", self.spec.model_id)
@@ -70,6 +79,7 @@ class CsmAdapter(EngineAdapter):
             self.actual_device
         )
         self._model.eval()
+        self._voices = LoraVoices(self._model, loras)
         codec = self._model.config.codec_config
         if codec.sampling_rate != self.spec.sample_rate:
             raise ValueError(
@@ -81,7 +91,13 @@ class CsmAdapter(EngineAdapter):
         self._eos = self._model.config.codebook_eos_token_id
         self._context_tokens = self._model.config.max_position_embeddings
         self.loaded = True
-        log.info("loaded %s (CSM) from %s on %s", self.spec.model_id, directory, self.actual_device)
+        log.info(
+            "loaded %s (CSM) from %s on %s, LoRA voices: %s",
+            self.spec.model_id,
+            directory,
+            self.actual_device,
+            ", ".join(loras) or "none",
+        )
 
     def unload(self) -> None:
         self._model = None
@@ -95,11 +111,26 @@ class CsmAdapter(EngineAdapter):
         seconds = min(self.max_audio_s, MIN_AUDIO_S + SECONDS_PER_CHAR * len(text))
         return max(1, math.ceil(seconds * self._frame_rate))
 
+    def check_options(self, options: Mapping[str, str]) -> None:
+        """``lora``: one of the model's LoRA voices; ``speaker``: CSM's speaker number (0–99)."""
+        lora = options.get("lora")
+        if lora is not None and lora not in self._voices.names:
+            known = ", ".join(sorted(self._voices.names)) or "none"
+            raise InputRejected(f"{self.spec.model_id} has no LoRA voice {lora!r} (it has: {known})")
+        speaker = options.get("speaker", str(self.speaker))
+        if not speaker.isdigit() or int(speaker) > 99:
+            raise InputRejected(f"speaker must be a number from 0 to 99, not {speaker!r}")
+
     def synthesize(self, text: str) -> Iterator[np.ndarray]:
+        return self.synthesize_with(text, {})
+
+    def synthesize_with(self, text: str, options: Mapping[str, str]) -> Iterator[np.ndarray]:
         text = text.strip()
         if not text:
             return
-        inputs = self._processor(f"[{self.speaker}]{text}", add_special_tokens=True).to(self.actual_device)
+        speaker = int(options.get("speaker", self.speaker))
+
+        inputs = self._processor(f"[{speaker}]{text}", add_special_tokens=True).to(self.actual_device)
         frames_allowed = self.max_frames(text)
         prompt = int(inputs["input_ids"].shape[-1])
         if prompt + frames_allowed > self._context_tokens:
@@ -107,12 +138,13 @@ class CsmAdapter(EngineAdapter):
                 f"text too long for {self.spec.model_id}: {prompt} tokens and up to {frames_allowed} frames "
                 f"of audio exceed its context of {self._context_tokens}"
             )
-        run = _Generation(self._model, inputs, frames_allowed, self.temperature, self._count_frame)
-        self.generation = run  # the latest one: frames made so far
-        try:
-            yield from self._decode_as_made(run)
-        finally:
-            run.stop()
+        with self._voices.using(options.get("lora")):
+            run = _Generation(self._model, inputs, frames_allowed, self.temperature, self._count_frame)
+            self.generation = run  # the latest one: frames made so far
+            try:
+                yield from self._decode_as_made(run)
+            finally:
+                run.stop()
 
     def _decode_as_made(self, run: _Generation) -> Iterator[np.ndarray]:
         frames: list[np.ndarray] = []
@@ -227,3 +259,61 @@ class _FrameStreamer:
 
     def end(self) -> None:
         pass
+
+
+class VoiceBusy(RuntimeError):
+    pass
+
+
+class LoraVoices:
+    """The model's LoRA voices (peft adapters, loaded once beside the base weights) and which one
+    is switched on. A switch changes the shared model, so generations in one voice run together
+    while one in another voice waits for them (up to VOICE_WAIT_S) to end."""
+
+    def __init__(self, model, loras: dict[str, Path]) -> None:
+        self.names = frozenset(loras)
+        self._model = model
+        self._active: str | None = None  # the voice switched on (None: the base weights)
+        self._running = 0
+        self._changed = threading.Condition()
+        if loras:
+            from peft import PeftConfig, inject_adapter_in_model, set_peft_model_state_dict
+            from peft.utils import load_peft_weights
+
+            for name, path in loras.items():
+                config = PeftConfig.from_pretrained(str(path))
+                inject_adapter_in_model(config, model, adapter_name=name)
+                set_peft_model_state_dict(model, load_peft_weights(str(path)), adapter_name=name)
+            self._switch(None)
+
+    def _switch(self, name: str | None) -> None:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        for module in self._model.modules():
+            if isinstance(module, BaseTunerLayer):
+                if name is None:
+                    module.enable_adapters(False)
+                else:
+                    module.enable_adapters(True)
+                    module.set_adapter(name)
+        self._active = name
+
+    @contextlib.contextmanager
+    def using(self, name: str | None):
+        if not self.names:
+            yield
+            return
+        with self._changed:
+            if not self._changed.wait_for(
+                lambda: self._running == 0 or self._active == name, timeout=VOICE_WAIT_S
+            ):
+                raise VoiceBusy(f"another LoRA voice ({self._active or 'the base voice'}) is speaking")
+            if self._active != name:
+                self._switch(name)
+            self._running += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._running -= 1
+                self._changed.notify_all()
