@@ -208,7 +208,9 @@ def _checkpoint_dir(path: Path, loras: dict) -> Callable[[Path | None], dict[str
         files = {"dir": path}
         for name, lora in loras.items():
             if not (Path(lora) / "adapter_config.json").is_file():
-                raise FileNotFoundError(f"LoRA voice {name!r}: {lora} holds no adapter (no adapter_config.json)")
+                raise FileNotFoundError(
+                    f"LoRA voice {name!r}: {lora} holds no adapter (no adapter_config.json)"
+                )
             files[f"lora:{name}"] = Path(lora)
         return files
 
