@@ -10,6 +10,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 from hang_watchdog import pytest_runtest_protocol  # noqa: F401 (a hook: pytest finds it by name)
+
+# Importing ansible (the Ansible unit tests do) replaces sys.intern with a patch object, which
+# torch's compiler refuses when it is imported later in the same process (the CSM tests): torch
+# comes first where it is installed.
+try:
+    import torch._dynamo  # noqa: F401
+except ImportError:
+    pass
 from redis_server import RedisServer
 from services import OrchestratorProcess, WorkerProcess
 
