@@ -69,7 +69,7 @@ ENGINE_CAPABILITIES: dict[str, EngineCapabilities] = {
     "hibari": EngineCapabilities(cpu_ok=True),  # ~100x real time on one core
     "kokoro": EngineCapabilities(cpu_ok=False),  # 82 M parameters: near real time on a small CPU
     "mock": EngineCapabilities(cpu_ok=True),
-    "csm": EngineCapabilities(lora=True, cpu_ok=False),  # a 1 B backbone: a GPU's work
+    "csm": EngineCapabilities(zero_shot=True, lora=True, cpu_ok=False),  # a 1 B backbone: a GPU's work
 }
 
 

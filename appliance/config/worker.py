@@ -16,6 +16,13 @@ from appliance.config.base import _host_port_or_none, _redis_scheme, _RedisSecti
 from appliance.config.tls import WorkerTlsSettings
 
 
+class VoicePrompt(_Section):
+    """A reference clip and what it says: a zero-shot speaker for engines that take one."""
+
+    audio: Path = Field(description="a WAV file (16-bit PCM, mono or stereo, any rate)")
+    text: str = Field(min_length=1, description="the words spoken in it")
+
+
 class LocalModel(_Section):
     """A checkpoint in a directory of the operator's (one they downloaded), served under its own id."""
 
@@ -27,6 +34,11 @@ class LocalModel(_Section):
         default_factory=dict,
         description="LoRA voice name -> adapter directory (peft's save_pretrained), loaded with the "
         "model; a session picks one with the StartSession option `lora`",
+    )
+    voice_prompts: dict[str, VoicePrompt] = Field(
+        default_factory=dict,
+        description="zero-shot speaker name -> {audio, text}, read once with the model; a session "
+        "picks one with the StartSession option `voice_prompt`",
     )
 
 

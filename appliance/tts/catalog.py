@@ -52,6 +52,8 @@ class ModelSpec:
     locate: Callable[[Path | None], dict[str, Path]] = field(
         default=lambda _dir: {}, repr=False, compare=False
     )
+    # What each voice prompt's clip says (a zero-shot speaker of an engine that takes one).
+    prompt_texts: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     def is_installed(self, models_dir: Path | None = None) -> bool:
         try:
@@ -191,14 +193,16 @@ def local_specs(local: dict) -> tuple[ModelSpec, ...]:
             sample_rate=entry.sample_rate,
             description=f"{entry.engine} checkpoint in {entry.path}",
             optional=True,
-            locate=_checkpoint_dir(Path(entry.path), entry.loras),
+            prompt_texts={name: prompt.text for name, prompt in entry.voice_prompts.items()},
+            locate=_checkpoint_dir(Path(entry.path), entry.loras, entry.voice_prompts),
         )
         for model_id, entry in local.items()
     )
 
 
-def _checkpoint_dir(path: Path, loras: dict) -> Callable[[Path | None], dict[str, Path]]:
-    """The checkpoint's directory ("dir") and each LoRA voice's ("lora:NAME")."""
+def _checkpoint_dir(path: Path, loras: dict, prompts: dict) -> Callable[[Path | None], dict[str, Path]]:
+    """The checkpoint's directory ("dir"), each LoRA voice's ("lora:NAME") and each voice prompt's
+    clip ("prompt:NAME"; its words are the spec's ``prompt_texts``)."""
 
     def locate(_models_dir: Path | None) -> dict[str, Path]:
         if importlib.util.find_spec("transformers") is None:
@@ -212,6 +216,8 @@ def _checkpoint_dir(path: Path, loras: dict) -> Callable[[Path | None], dict[str
                     f"LoRA voice {name!r}: {lora} holds no adapter (no adapter_config.json)"
                 )
             files[f"lora:{name}"] = Path(lora)
+        for name, prompt in prompts.items():
+            files[f"prompt:{name}"] = Path(prompt.audio)
         return files
 
     return locate

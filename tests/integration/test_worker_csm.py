@@ -42,16 +42,15 @@ def loras(checkpoint, tmp_path_factory):
     }
 
 
-async def _worker(checkpoint, loras=None) -> TTSWorker:
-    local = {"engine": "csm", "path": str(checkpoint), "loras": loras or {}}
-    settings = load_settings(
-        WorkerSettings,
-        None,
-        name="csm",
-        port=0,
-        metrics_port=None,
-        models={"default": MODEL, "local": {MODEL: local}},
-    )
+async def _worker(checkpoint, loras=None, voice_prompts=None, default: str = MODEL) -> TTSWorker:
+    local = {
+        "engine": "csm",
+        "path": str(checkpoint),
+        "loras": loras or {},
+        "voice_prompts": voice_prompts or {},
+    }
+    models = {"default": default, "serve": [MODEL], "local": {MODEL: local}}
+    settings = load_settings(WorkerSettings, None, name="csm", port=0, metrics_port=None, models=models)
     w = TTSWorker(settings)
     await w.start()
     return w
@@ -242,3 +241,67 @@ async def test_an_unknown_lora_or_speaker_is_refused_at_start(voiced_worker):
         await client.start_session("s", MODEL, options={"lora": "calm", "speaker": "1"})  # the id is free
         await client.end_session("s")
     assert voiced_worker.manager.total_refcount() == 0
+
+
+PROMPT_TEXT = "The lighthouse keeper lit the lamp."
+
+
+@pytest.fixture(scope="module")
+def prompt_wav(tmp_path_factory):
+    import wave
+
+    from voices import piper_speech
+
+    path = tmp_path_factory.mktemp("prompt") / "keeper.wav"
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(22050)
+        w.writeframes(piper_speech(PROMPT_TEXT, 22050).astype("<i2").tobytes())
+    return path
+
+
+async def test_a_voice_prompt_is_read_once_and_the_speech_follows_it(checkpoint, prompt_wav, monkeypatch):
+    from appliance.tts.adapters import csm
+
+    reads = []
+    read_clip = csm.read_clip
+    monkeypatch.setattr(csm, "read_clip", lambda path, rate: reads.append(path) or read_clip(path, rate))
+    worker = await _worker(
+        checkpoint, voice_prompts={"keeper": {"audio": str(prompt_wav), "text": PROMPT_TEXT}}
+    )
+    try:
+        async with TTSClient(worker.address) as client:
+            await client.start_session("plain", MODEL)
+            await client.start_session("keeper", MODEL, options={"voice_prompt": "keeper"})
+            plain, keeper = await _said(client, "plain"), await _said(client, "keeper")
+            assert plain != keeper, "the voice prompt did not reach the model"
+            assert await _said(client, "keeper") == keeper  # the same prompt, the same draws
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await client.start_session("other", MODEL, options={"voice_prompt": "narrator"})
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "no voice prompt 'narrator' (it has: keeper)" in err.value.details()
+            for sid in ("plain", "keeper"):
+                await client.end_session(sid)
+        assert reads == [prompt_wav]  # read with the model, once
+        assert worker.manager.total_refcount() == 0
+    finally:
+        await worker.stop(grace=0)
+
+
+async def test_a_voice_prompt_that_is_not_a_wav_stops_the_model_loading_and_says_why(checkpoint, tmp_path):
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"not a wav at all")
+    worker = await _worker(
+        checkpoint, voice_prompts={"x": {"audio": str(broken), "text": "x"}}, default="mock-sine"
+    )
+    try:
+        async with TTSClient(worker.address) as client:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await client.start_session("s", MODEL)
+            assert f"{broken}: not a WAV file" in err.value.details(), err.value.details()
+            await client.start_session("s", "mock-sine")  # the worker goes on
+            await client.end_session("s")
+        assert worker.manager.total_refcount() == 0
+    finally:
+        await worker.stop(grace=0)

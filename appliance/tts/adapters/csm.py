@@ -13,7 +13,8 @@ and generation waits with it; closing the stream (STOP, a cancelled session) end
 its next frame (the streamer raises into ``generate``, which takes no stopping criteria of ours).
 
 LoRA voices (peft adapters) are loaded once beside the base weights; a session picks one with the
-StartSession option ``lora`` (and a speaker number with ``speaker``).
+StartSession option ``lora`` (and a speaker number with ``speaker``). Voice prompts (a clip and
+its words) are read once, with the model; ``voice_prompt`` makes a session's speech follow one.
 
 The model directory is what ``save_pretrained`` writes for the model and its processor (the
 layout of the published checkpoint). The text goes in as ``[speaker]text``, CSM's own prompt.
@@ -80,6 +81,15 @@ class CsmAdapter(EngineAdapter):
         )
         self._model.eval()
         self._voices = LoraVoices(self._model, loras)
+        rate = self._model.config.codec_config.sampling_rate
+        self._prompts = {
+            key.removeprefix("prompt:"): (
+                read_clip(path, rate),
+                self.spec.prompt_texts[key.removeprefix("prompt:")],
+            )
+            for key, path in files.items()
+            if key.startswith("prompt:")
+        }
         codec = self._model.config.codec_config
         if codec.sampling_rate != self.spec.sample_rate:
             raise ValueError(
@@ -120,6 +130,10 @@ class CsmAdapter(EngineAdapter):
         speaker = options.get("speaker", str(self.speaker))
         if not speaker.isdigit() or int(speaker) > 99:
             raise InputRejected(f"speaker must be a number from 0 to 99, not {speaker!r}")
+        prompt = options.get("voice_prompt")
+        if prompt is not None and prompt not in self._prompts:
+            known = ", ".join(sorted(self._prompts)) or "none"
+            raise InputRejected(f"{self.spec.model_id} has no voice prompt {prompt!r} (it has: {known})")
 
     def synthesize(self, text: str) -> Iterator[np.ndarray]:
         return self.synthesize_with(text, {})
@@ -130,7 +144,7 @@ class CsmAdapter(EngineAdapter):
             return
         speaker = int(options.get("speaker", self.speaker))
 
-        inputs = self._processor(f"[{speaker}]{text}", add_special_tokens=True).to(self.actual_device)
+        inputs = self._prompt(f"[{speaker}]", text, options.get("voice_prompt")).to(self.actual_device)
         frames_allowed = self.max_frames(text)
         prompt = int(inputs["input_ids"].shape[-1])
         if prompt + frames_allowed > self._context_tokens:
@@ -145,6 +159,17 @@ class CsmAdapter(EngineAdapter):
                 yield from self._decode_as_made(run)
             finally:
                 run.stop()
+
+    def _prompt(self, speaker: str, text: str, voice_prompt: str | None):
+        """CSM's prompt: the text alone, or after a voice prompt (its words, then its audio, as
+        one earlier turn of the same speaker, which the new words are said like)."""
+        if voice_prompt is None:
+            return self._processor(speaker + text, add_special_tokens=True)
+        clip, said = self._prompts[voice_prompt]
+        bos, eos = self._processor.tokenizer.bos_token, self._processor.tokenizer.eos_token
+        audio, audio_eos = self._processor.audio_token, self._processor.tokenizer.audio_eos_token
+        turns = f"{bos}{speaker}{said}{eos}{audio}{audio_eos}{bos}{speaker}{text}{eos}"
+        return self._processor(turns, audio=[clip], add_special_tokens=False)
 
     def _decode_as_made(self, run: _Generation) -> Iterator[np.ndarray]:
         frames: list[np.ndarray] = []
@@ -317,3 +342,23 @@ class LoraVoices:
             with self._changed:
                 self._running -= 1
                 self._changed.notify_all()
+
+
+def read_clip(path: Path, rate: int) -> np.ndarray:
+    """A 16-bit PCM WAV as float32 mono at ``rate`` (a voice prompt's clip)."""
+    import wave
+
+    import soxr
+
+    try:
+        with wave.open(str(path), "rb") as w:
+            if w.getsampwidth() != 2:
+                raise ValueError(f"{path}: {8 * w.getsampwidth()}-bit samples; a voice prompt is 16-bit PCM")
+            channels, source_rate = w.getnchannels(), w.getframerate()
+            pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+    except (wave.Error, EOFError) as exc:
+        raise ValueError(f"{path}: not a WAV file ({exc})") from None
+    samples = pcm.reshape(-1, channels).mean(axis=1).astype(np.float32) / 32768.0
+    if not samples.size:
+        raise ValueError(f"{path}: no audio in it")
+    return soxr.resample(samples, source_rate, rate).astype(np.float32) if source_rate != rate else samples
