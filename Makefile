@@ -31,6 +31,8 @@ TLS_APT := caddy
 # Debian packages only the tests use: espeak-ng (a second voice for speech inputs), redis-server
 # (discovery and routing), caddy and chromium (e2e), systemd-analyze (the unit files' checks).
 TEST_APT := espeak-ng redis-server caddy chromium systemd
+# ffmpeg: the shared libraries torchcodec loads, which `import TTS` (the XTTS engine's coqui-tts) needs.
+TEST_APT += ffmpeg
 # The deploy tier (tests/deploy): a Debian container under systemd-nspawn, Ansible over ssh, the
 # offline bundle's apt repository (dpkg-scanpackages, apt-ftparchive).
 TEST_APT += debootstrap systemd-container openssh-client dpkg-dev apt-utils

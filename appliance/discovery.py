@@ -70,6 +70,7 @@ ENGINE_CAPABILITIES: dict[str, EngineCapabilities] = {
     "kokoro": EngineCapabilities(cpu_ok=False),  # 82 M parameters: near real time on a small CPU
     "mock": EngineCapabilities(cpu_ok=True),
     "csm": EngineCapabilities(zero_shot=True, lora=True, cpu_ok=False),  # a 1 B backbone: a GPU's work
+    "xtts": EngineCapabilities(zero_shot=True, cpu_ok=False),
 }
 
 

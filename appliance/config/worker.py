@@ -20,13 +20,13 @@ class VoicePrompt(_Section):
     """A reference clip and what it says: a zero-shot speaker for engines that take one."""
 
     audio: Path = Field(description="a WAV file (16-bit PCM, mono or stereo, any rate)")
-    text: str = Field(min_length=1, description="the words spoken in it")
+    text: str = Field("", description="the words spoken in it (CSM needs them; XTTS does not)")
 
 
 class LocalModel(_Section):
     """A checkpoint in a directory of the operator's (one they downloaded), served under its own id."""
 
-    engine: Literal["csm"] = Field(description="the engine that loads it")
+    engine: Literal["csm", "xtts"] = Field(description="the engine that loads it")
     path: Path = Field(description="the directory `save_pretrained` wrote (config.json, weights, processor)")
     language: str = Field("en-US", description="the language it speaks, for routing")
     sample_rate: int = Field(24000, gt=0, description="its codec's rate (checked when it loads)")
@@ -34,6 +34,9 @@ class LocalModel(_Section):
         default_factory=dict,
         description="LoRA voice name -> adapter directory (peft's save_pretrained), loaded with the "
         "model; a session picks one with the StartSession option `lora`",
+    )
+    accept_licence: str = Field(
+        "", description='the licence of weights that ask for it to be accepted (XTTS v2: "CPML")'
     )
     voice_prompts: dict[str, VoicePrompt] = Field(
         default_factory=dict,

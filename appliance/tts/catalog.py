@@ -54,6 +54,7 @@ class ModelSpec:
     )
     # What each voice prompt's clip says (a zero-shot speaker of an engine that takes one).
     prompt_texts: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+    licence_accepted: str = ""  # the licence the operator accepted for these weights, if they ask
 
     def is_installed(self, models_dir: Path | None = None) -> bool:
         try:
@@ -194,19 +195,23 @@ def local_specs(local: dict) -> tuple[ModelSpec, ...]:
             description=f"{entry.engine} checkpoint in {entry.path}",
             optional=True,
             prompt_texts={name: prompt.text for name, prompt in entry.voice_prompts.items()},
-            locate=_checkpoint_dir(Path(entry.path), entry.loras, entry.voice_prompts),
+            licence_accepted=entry.accept_licence,
+            locate=_checkpoint_dir(entry.engine, Path(entry.path), entry.loras, entry.voice_prompts),
         )
         for model_id, entry in local.items()
     )
 
 
-def _checkpoint_dir(path: Path, loras: dict, prompts: dict) -> Callable[[Path | None], dict[str, Path]]:
+def _checkpoint_dir(
+    engine: str, path: Path, loras: dict, prompts: dict
+) -> Callable[[Path | None], dict[str, Path]]:
     """The checkpoint's directory ("dir"), each LoRA voice's ("lora:NAME") and each voice prompt's
     clip ("prompt:NAME"; its words are the spec's ``prompt_texts``)."""
 
     def locate(_models_dir: Path | None) -> dict[str, Path]:
-        if importlib.util.find_spec("transformers") is None:
-            raise ImportError("transformers is not installed", name="transformers")
+        package = {"csm": "transformers", "xtts": "TTS"}[engine]
+        if importlib.util.find_spec(package) is None:
+            raise ImportError(f"{package} is not installed", name=package)
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"{path} holds no checkpoint (no config.json)")
         files = {"dir": path}

@@ -11,10 +11,12 @@ from appliance.tts.adapters.hibari import HibariAdapter
 from appliance.tts.adapters.kokoro import KokoroAdapter
 from appliance.tts.adapters.mock import MockSineAdapter
 from appliance.tts.adapters.piper import PiperAdapter
+from appliance.tts.adapters.xtts import XttsAdapter
 from appliance.tts.catalog import ModelSpec
 
 ENGINES: dict[str, type[EngineAdapter]] = {
-    cls.engine: cls for cls in (MockSineAdapter, PiperAdapter, HibariAdapter, KokoroAdapter, CsmAdapter)
+    cls.engine: cls
+    for cls in (MockSineAdapter, PiperAdapter, HibariAdapter, KokoroAdapter, CsmAdapter, XttsAdapter)
 }
 
 

@@ -82,6 +82,12 @@ class CsmAdapter(EngineAdapter):
         self._model.eval()
         self._voices = LoraVoices(self._model, loras)
         rate = self._model.config.codec_config.sampling_rate
+        unsaid = [key for key in files if key.startswith("prompt:") and not self.spec.prompt_texts[key[7:]]]
+        if unsaid:
+            raise ValueError(
+                f"{self.spec.model_id}: CSM needs the words spoken in each voice prompt's clip "
+                f"(text), and {', '.join(k[7:] for k in unsaid)} has none"
+            )
         self._prompts = {
             key.removeprefix("prompt:"): (
                 read_clip(path, rate),
