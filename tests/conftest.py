@@ -40,13 +40,26 @@ def _has_cuda() -> bool:
     return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
 
 
+def _torch_has_cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
 def pytest_collection_modifyitems(config, items):
-    if _has_cuda():
-        return
-    skip = pytest.mark.skip(reason="needs an NVIDIA GPU with onnxruntime-gpu (CUDAExecutionProvider)")
+    skips = {}
+    if not _has_cuda():
+        skips["gpu"] = pytest.mark.skip(
+            reason="needs an NVIDIA GPU with onnxruntime-gpu (CUDAExecutionProvider)"
+        )
+    if not _torch_has_cuda():
+        skips["cuda_torch"] = pytest.mark.skip(reason="needs an NVIDIA GPU with torch's CUDA build")
     for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+        for marker, skip in skips.items():
+            if marker in item.keywords:
+                item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
