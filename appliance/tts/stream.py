@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from appliance.audio import FRAME_MS, OUTPUT_RATE, OutputChain
 from appliance.config import AudioSettings
-from appliance.tts.adapters import InputRejected, SynthesisTracker
+from appliance.tts.adapters import EngineBusy, InputRejected, SynthesisTracker
 from appliance.tts.scheduler import DeadlineScheduler
 from appliance.tts.sessions import WorkerSession
 from appliance.tts.text import TextSegmenter, is_speakable
@@ -276,6 +276,9 @@ class SynthesisStream:
         except InputRejected as exc:
             log.info("text refused by the engine session=%s: %s", self.session.session_id, exc)
             self.channel.close(StreamError("INVALID_ARGUMENT", str(exc)))
+        except EngineBusy as exc:
+            log.warning("engine busy session=%s: %s", self.session.session_id, exc)
+            self.channel.close(StreamError("UNAVAILABLE", str(exc)))
         except Exception as exc:  # an engine failure ends this stream, not the worker
             log.exception("synthesis failed session=%s", self.session.session_id)
             self.channel.close(StreamError("INTERNAL", f"synthesis failed: {type(exc).__name__}: {exc}"))

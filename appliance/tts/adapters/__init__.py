@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from appliance.tts.adapters.base import EngineAdapter, InputRejected, PcmChunk, SynthesisTracker
+from appliance.tts.adapters.base import EngineAdapter, EngineBusy, InputRejected, PcmChunk, SynthesisTracker
 from appliance.tts.adapters.csm import CsmAdapter
 from appliance.tts.adapters.hibari import HibariAdapter
 from appliance.tts.adapters.kokoro import KokoroAdapter
@@ -35,4 +35,12 @@ def create_adapter(
     return adapter
 
 
-__all__ = ["ENGINES", "EngineAdapter", "InputRejected", "PcmChunk", "SynthesisTracker", "create_adapter"]
+__all__ = [
+    "ENGINES",
+    "EngineAdapter",
+    "EngineBusy",
+    "InputRejected",
+    "PcmChunk",
+    "SynthesisTracker",
+    "create_adapter",
+]

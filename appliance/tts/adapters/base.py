@@ -68,6 +68,11 @@ class PcmChunk:
 _END = object()
 
 
+class EngineBusy(RuntimeError):
+    """The engine cannot take this stream now (another has what it needs): the worker answers
+    UNAVAILABLE, so the caller may go to another worker."""
+
+
 class InputRejected(ValueError):
     """Text an engine cannot voice as given (too long for its context): the caller's error, which
     the worker answers INVALID_ARGUMENT, not an engine failure."""

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from appliance.discovery import ENGINE_CAPABILITIES
-from appliance.tts.adapters.base import EngineAdapter, InputRejected
+from appliance.tts.adapters.base import EngineAdapter, EngineBusy, InputRejected
 
 log = logging.getLogger(__name__)
 
@@ -292,7 +292,7 @@ class _FrameStreamer:
         pass
 
 
-class VoiceBusy(RuntimeError):
+class VoiceBusy(EngineBusy):
     pass
 
 
