@@ -55,7 +55,7 @@ class XttsAdapter(EngineAdapter):
         self.actual_device = "cuda" if cuda else "cpu"
         config = XttsConfig()
         config.load_json(str(directory / "config.json"))
-        model = Xtts.init_from_config(config)
+        model = Xtts(config)
         model.load_checkpoint(config, checkpoint_dir=str(directory), eval=True)
         self._model = model.to(self.actual_device)
         self._max_text_tokens = config.model_args.gpt_max_text_tokens
