@@ -27,6 +27,7 @@ import logging
 import math
 import queue
 import threading
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -313,7 +314,9 @@ class LoraVoices:
 
             for name, path in loras.items():
                 config = PeftConfig.from_pretrained(str(path))
-                inject_adapter_in_model(config, model, adapter_name=name)
+                with warnings.catch_warnings():  # several adapters in one model is the point here
+                    warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+                    inject_adapter_in_model(config, model, adapter_name=name)
                 set_peft_model_state_dict(model, load_peft_weights(str(path)), adapter_name=name)
             self._switch(None)
 
