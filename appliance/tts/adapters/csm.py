@@ -117,8 +117,8 @@ class CsmAdapter(EngineAdapter):
         )
 
     def unload(self) -> None:
-        self._model = None
-        self._processor = None
+        self._model = self._processor = self._voices = None
+        self._prompts = {}
         self.loaded = False
 
     def _count_frame(self) -> None:
@@ -150,7 +150,6 @@ class CsmAdapter(EngineAdapter):
         if not text:
             return
         speaker = int(options.get("speaker", self.speaker))
-
         inputs = self._prompt(f"[{speaker}]", text, options.get("voice_prompt")).to(self.actual_device)
         frames_allowed = self.max_frames(text)
         prompt = int(inputs["input_ids"].shape[-1])
