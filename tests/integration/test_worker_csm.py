@@ -305,3 +305,13 @@ async def test_a_voice_prompt_that_is_not_a_wav_stops_the_model_loading_and_says
         assert worker.manager.total_refcount() == 0
     finally:
         await worker.stop(grace=0)
+
+
+async def test_the_worker_says_it_serves_csm_with_lora_and_zero_shot_voices(worker):
+    from appliance.discovery import flags_for
+
+    async with TTSClient(worker.address) as client:
+        caps = await client.capabilities()
+    assert "csm" in caps.engines and MODEL in caps.available_models
+    flags = flags_for(caps.engines)
+    assert flags.zero_shot and flags.lora and not flags.cpu_ok

@@ -166,3 +166,13 @@ async def test_the_weights_load_only_with_their_licence_accepted(checkpoint, cli
         assert not worker.manager.is_resident(MODEL)
     finally:
         await worker.stop(grace=0)
+
+
+async def test_the_worker_says_it_serves_xtts_and_zero_shot_voices(worker):
+    from appliance.discovery import flags_for
+
+    async with TTSClient(worker.address) as client:
+        caps = await client.capabilities()
+    assert "xtts" in caps.engines and MODEL in caps.available_models
+    flags = flags_for(caps.engines)
+    assert flags.zero_shot and not flags.lora and not flags.cpu_ok
