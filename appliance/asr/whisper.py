@@ -2,7 +2,8 @@
 
 Each call transcribes one whole utterance: no VAD (the orchestrator already cut it), no
 conditioning on earlier text, no timestamps. Whisper pads every input to 30 s, so the time per
-call barely depends on the utterance's length.
+call barely depends on the utterance's length; an utterance that fits a 10 or 15 s window is
+encoded in that instead (:mod:`.whisper_window`), about four times faster on a CPU.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 
 from appliance.asr.base import SAMPLE_RATE, AsrEngine, Recognition, TranscriptSegment
 from appliance.asr.models import WHISPER_MODELS, locate_whisper_model
+from appliance.asr.whisper_window import WindowedDecoder
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,7 @@ class WhisperAsr(AsrEngine):
         beam_size: int = 1,
         language: str | None = None,
         *,
+        short_window: bool = True,
         cache_dir: str | Path | None = None,
         models_dir: str | Path | None = None,
         warmup: bool = True,
@@ -93,6 +96,8 @@ class WhisperAsr(AsrEngine):
         self.cpu_threads = cpu_threads
         self.beam_size = beam_size
         self.requested_language = language
+        self.short_window = short_window
+        self.window_passes = self.full_passes = 0  # how each utterance was recognised
         self.cache_dir = cache_dir
         self.models_dir = models_dir
         self.path: Path | None = None  # the model directory, once loaded
@@ -102,6 +107,7 @@ class WhisperAsr(AsrEngine):
         self.warmup_ms: float | None = None
         self._language: str | None = "en"
         self._whisper = None
+        self._window: WindowedDecoder | None = None
 
     def load(self) -> None:
         path = self.path = locate_whisper_model(
@@ -144,6 +150,8 @@ class WhisperAsr(AsrEngine):
         if language is not None and language not in whisper.supported_languages:
             raise ValueError(f"{self.name}: unsupported language {language!r}")
         self._whisper, self._language = whisper, language
+        # A detected language needs the 30 s pass's language detection.
+        self._window = WindowedDecoder(whisper, language) if self.short_window and language else None
         self.device, self.compute_type = device, compute_type
         self.language = language or "en"
         self.load_ms = (time.perf_counter() - started) * 1000
@@ -156,6 +164,14 @@ class WhisperAsr(AsrEngine):
     def recognize(self, audio: np.ndarray, *, partial: bool) -> Recognition:
         if self._whisper is None:
             raise RuntimeError(f"{self.name} is not loaded")
+        if self._window is not None:
+            short = self._window.decode(audio, 1 if partial else self.beam_size)
+            if short is not None:
+                self.window_passes += 1
+                end = audio.size / SAMPLE_RATE
+                parts = [TranscriptSegment(0.0, end, short.text, short.no_speech_prob)] if short.text else []
+                return Recognition(text=short.text, language=self.language, segments=parts)
+        self.full_passes += 1
         segments, info = self._whisper.transcribe(
             audio,
             language=self._language,
@@ -174,7 +190,7 @@ class WhisperAsr(AsrEngine):
         return Recognition(text=text, language=info.language, segments=parts)
 
     def unload(self) -> None:
-        self._whisper = None
+        self._whisper = self._window = None
         self.loaded = False
 
 
@@ -187,5 +203,6 @@ def whisper_from_settings(asr) -> WhisperAsr:
         cpu_threads=asr.cpu_threads,
         beam_size=asr.beam_size,
         language=asr.language,
+        short_window=asr.short_window,
         models_dir=asr.models_dir,
     )

@@ -26,6 +26,11 @@ class AsrSettings(_Section):
     beam_size: int = Field(1, ge=1, le=10)
     language: str | None = Field(None, description='for multilingual models: a code like "en", or "auto"')
     cpu_threads: int = Field(2, ge=1)
+    short_window: bool = Field(
+        True,
+        description="encode an utterance under 14 s in a 10 or 15 s window instead of Whisper's 30 s "
+        "(about 4x faster on a CPU, the same accuracy on commands; unreliable results get the 30 s pass)",
+    )
     partial_interval_ms: int = Field(
         2000, ge=0, description="partial transcripts this often during long turns (0: off)"
     )

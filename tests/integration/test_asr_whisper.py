@@ -156,3 +156,30 @@ def test_base_multilingual_model_transcribes_english(piper_voice, tmp_path_facto
         engine.close()
     assert result.language == "en"
     assert wer(sentence, result.text) <= MAX_WER, result.text
+
+
+def test_short_utterances_take_the_short_window_and_read_as_the_30_s_pass_does(tiny, piper_voice):
+    full = WhisperAsr("tiny.en", device="cpu", short_window=False, warmup=False)
+    full.load()
+    try:
+        window_before, full_before = tiny.window_passes, tiny.full_passes
+        short_texts = [tiny.transcribe_sync(piper_speech(piper_voice, s)).text for s in SENTENCES]
+        full_texts = [full.transcribe_sync(piper_speech(piper_voice, s)).text for s in SENTENCES]
+    finally:
+        full.close()
+    assert tiny.window_passes - window_before == len(SENTENCES)
+    assert tiny.full_passes == full_before
+    assert full.window_passes == 0 and full.full_passes == len(SENTENCES)
+    # Not identical word for word ("10" and "ten"), but as good against what was said.
+    assert corpus_wer(SENTENCES, short_texts) <= corpus_wer(SENTENCES, full_texts) + 0.05, short_texts
+
+
+def test_an_utterance_longer_than_the_short_windows_gets_the_30_s_pass(tiny, piper_voice):
+    sentences = SENTENCES[:4]
+    pause = np.zeros(SAMPLE_RATE, dtype=np.float32)
+    audio = np.concatenate([part for s in sentences for part in (piper_speech(piper_voice, s), pause)])
+    assert 14.0 < audio.size / SAMPLE_RATE < 30.0
+    full_before = tiny.full_passes
+    result = tiny.transcribe_sync(audio)
+    assert tiny.full_passes == full_before + 1
+    assert corpus_wer([" ".join(sentences)], [result.text]) <= MAX_WER, result.text
