@@ -316,7 +316,9 @@ class SpeechDetector:
         assert self._cand_start is not None
         start = self._extend_back(self._cand_start, lower=self._prev_end)
         self._reset_candidate()
-        first = start - self._pre_roll_frames
+        # The pre-roll never reaches back into the previous utterance: when the two are one turn
+        # (the person went on after a pause), their audio is joined, and overlap would be heard twice.
+        first = max(start - self._pre_roll_frames, self._prev_end)
         kept = [(i, f, loud) for i, f, loud in self._history if i >= first]
         self._utt_frames = [f for _i, f, _loud in kept]
         self._utt_loud = [loud for _i, _f, loud in kept]

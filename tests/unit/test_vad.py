@@ -223,6 +223,17 @@ def test_pre_roll_is_in_the_utterance_audio(sentence):
 
 
 @needs_espeak
+def test_pre_roll_never_reaches_back_into_the_previous_utterance(sentence):
+    # Two utterances 150 ms apart, the first ended at 100 ms of silence: the second's 200 ms
+    # pre-roll would hold the first's last words, which a turn joining both would hear twice.
+    _, x = scene(silence(800), sentence, silence(150), sentence, silence(700))
+    events, _ = run(x, config=VadConfig(endpoint_silence_ms=100, provisional_silence_ms=60))
+    first, second = [e for e in events if isinstance(e, SpeechEnd)]
+    assert second.audio.size <= (second.t_ms - first.t_ms) * RATE // 1000
+    assert second.audio.size >= second.speech_ms * RATE // 1000
+
+
+@needs_espeak
 def test_pre_roll_is_clipped_at_the_stream_start(sentence):
     _, x = scene(silence(100), sentence, silence(600))
     events, _ = run(x)
