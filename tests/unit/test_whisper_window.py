@@ -1,4 +1,4 @@
-from appliance.asr.whisper_window import MARGIN_FRAMES, WINDOWS, compression_ratio, window_for
+from appliance.asr.whisper_window import MARGIN_FRAMES, WINDOWS, compression_ratio, repeats, window_for
 
 SECOND = 16000
 
@@ -20,3 +20,9 @@ def test_a_looping_decode_compresses_well():
     assert compression_ratio(said) < 2.4
     assert compression_ratio(" ".join([said] * 6)) > 2.4
     assert compression_ratio("") == 0.0
+
+
+def test_a_run_of_three_words_said_twice_is_a_loop():
+    assert repeats("Good morning, how are you? Good morning, how are you")
+    assert not repeats("Good morning, how are you?")
+    assert not repeats("Set a timer for ten minutes, then set another for five.")  # "set" twice only
