@@ -29,7 +29,7 @@ class AsrSettings(_Section):
     short_window: bool = Field(
         True,
         description="encode an utterance under 14 s in a 10 or 15 s window instead of Whisper's 30 s "
-        "(about 4x faster on a CPU, nearly the same accuracy on commands; unreliable results get the 30 s pass)",
+        "(about 4x faster on a CPU, the same accuracy on commands; unreliable results get the 30 s pass)",
     )
     partial_interval_ms: int = Field(
         2000, ge=0, description="partial transcripts this often during long turns (0: off)"
