@@ -5,6 +5,7 @@ reply leave it playing while a real interruption stops it; a partial pass never 
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import numpy as np
@@ -181,6 +182,44 @@ async def test_a_real_interruption_stops_the_reply_and_is_the_new_turn(orchestra
     states = [e["state"] for e in c.rx.of_type("state")]
     assert "LISTENING" in states[states.index("BARGED_IN") :], states
     assert c.rx.of_type("reply_end") == [] or wer(REPLY, listen(c.rx.audio(), 48000, REPLY)) > 0.5
+    await c.close()
+
+
+async def _say_on_cue(c: WsClient, first: np.ndarray, second: np.ndarray, cue) -> None:
+    """A microphone in real time: ``first``, silence until ``cue()`` holds, then ``second``."""
+    loop = asyncio.get_running_loop()
+    n, sent, start = RATE // 50, 0, loop.time()
+    queue, cued = np.concatenate([np.zeros(RATE // 2, np.int16), first]), False
+    while not cued or queue.size:
+        if not cued and cue():
+            queue, cued = np.concatenate([second, np.zeros(2 * RATE, np.int16)]), True
+        elif not cued and sent * 0.02 > 15:
+            raise AssertionError("the cue never came")
+        chunk, queue = queue[:n], queue[n:]
+        await c.send_bytes(with_noise(np.pad(chunk, (0, n - chunk.size)), seed=sent).tobytes())
+        sent += 1
+        await asyncio.sleep(max(0.0, start + sent * 0.02 - loop.time()))
+
+
+@pytest.mark.parametrize("after_s, joined", [(0.0, True), (1.5, False)])
+async def test_speech_going_on_as_the_reply_begins_joins_the_turn(orchestrator_with, after_s, joined):
+    # "Good morning." sounds finished, so its reply begins; the person was going on ("how are
+    # you?"). Talking over the reply's first moments is not a reaction to it: one turn of both
+    # parts, its reply dropped. Talking once the reply has been heard for a while is a new turn.
+    orch = await orchestrator_with("smart")
+    c = await _client(orch)
+    loop = asyncio.get_running_loop()
+    cue = lambda: bool(c.rx.frames) and loop.time() - c.rx.frames[0][0] >= after_s
+    await _say_on_cue(c, piper_speech("Good morning.", RATE), piper_speech("How are you?", RATE), cue)
+    await c.wait_for(lambda: len(_finals(c)) >= 2 and c.rx.of_type("reply_end"), 30)
+    first, last = _finals(c)[0], _finals(c)[-1]
+    assert wer("good morning", first) <= 0.5, _finals(c)
+    if joined:
+        assert wer("good morning how are you", last) <= 0.2, _finals(c)
+        assert "how are you" in c.rx.of_type("reply")[-1]["text"].lower()
+        assert "good morning" in c.rx.of_type("reply")[-1]["text"].lower()
+    else:
+        assert wer("how are you", last) <= 0.34, _finals(c)
     await c.close()
 
 

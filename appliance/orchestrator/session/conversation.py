@@ -42,6 +42,10 @@ from appliance.transport.protocol import (
 
 log = logging.getLogger(__name__)
 
+# Speech that begins this soon after a reply's first frame went out was not a reaction to the reply
+# (hearing it and starting to talk takes longer): the person was going on with the turn it answers.
+CONTINUATION_S = 0.5
+
 
 class Conversation:
     def __init__(
@@ -109,6 +113,7 @@ class Conversation:
         )
         self._heard: tuple[np.ndarray, TurnTimes] | None = None  # a spoken turn not answered aloud yet
         self._carried: tuple[np.ndarray, TurnTimes] | None = None  # ... stopped because the person went on
+        self._going_on: tuple[np.ndarray, TurnTimes] | None = None  # ... whose reply had just begun
         self._background: set[asyncio.Task] = set()
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -181,7 +186,9 @@ class Conversation:
         self.barge_in.heard(self.listening)
 
     def speech_started(self) -> None:
+        self._going_on = None  # of this utterance only: a stale one would join a later turn
         if self.sm.state is State.SPEAKING:
+            self._going_on = self._heard if self._reply_just_began() else None
             self.barge_in.begin()
         elif self.sm.state is State.WAITING_FOR_INPUT:
             self.sm.to(State.LISTENING)
@@ -190,6 +197,10 @@ class Conversation:
             # what they say next belongs to the same turn.
             self._carried, self._heard = self._heard, None
             self.barge_in.stop_reply()
+
+    def _reply_just_began(self) -> bool:
+        sent = self._heard[1].first_sent_at if self._heard is not None else None
+        return sent is not None and asyncio.get_running_loop().time() - sent < CONTINUATION_S
 
     def _answering_silently(self) -> bool:
         return self.sm.state is State.LISTENING and self.turn_runner.running and self._heard is not None
@@ -208,8 +219,30 @@ class Conversation:
         if self._carried is not None:  # the rest of a turn whose reply was stopped before it was heard
             audio, speculative = np.concatenate([self._carried[0], audio]), None
             self._carried = None
+        elif (going_on := self._take_going_on()) is not None:  # ... or had only just begun
+            self._start_joined(going_on, audio, times)
+            return
         self._start_turn(self.turn_runner.spoken(audio, speculative, times))
         self._heard = (audio, times)
+
+    def _take_going_on(self) -> tuple[np.ndarray, TurnTimes] | None:
+        going_on, self._going_on = self._going_on, None
+        return going_on
+
+    def _start_joined(
+        self, earlier: tuple[np.ndarray, TurnTimes], audio: np.ndarray, times: TurnTimes
+    ) -> None:
+        """The person went on talking as the reply to their turn began: that reply is dropped, from
+        the history too, and the turn is both parts as one."""
+        joined = np.concatenate([earlier[0], audio])
+        log.info("the person went on as the reply began session=%s: one turn of both parts", self.id)
+
+        async def turn() -> None:
+            self.replier.forget_last_exchange()  # after the stopped turn kept what was heard of it
+            await self.turn_runner.spoken(joined, None, times)
+
+        self._start_turn(turn())
+        self._heard = (joined, times)
 
     def speech_discarded(self) -> None:
         if self.sm.state is State.BARGED_IN:
@@ -233,6 +266,10 @@ class Conversation:
             self.barge_in.false_alarm("backchannel" if text else "nothing said")
             return
         self.barge_in.confirm()
+        going_on = self._take_going_on()
+        if going_on is not None:
+            self._start_joined(going_on, audio, times)
+            return
         self._start_turn(self.turn_runner.transcribed(transcript, times))
 
     # --- barge-in ----------------------------------------------------------------------------

@@ -62,6 +62,14 @@ class Replier:
         if self.metrics:
             self.metrics.observe_turn(times)
 
+    def forget_last_exchange(self) -> None:
+        """The last user turn and what was heard of its reply leave the history (the person was not
+        done: the turn comes again, whole)."""
+        while self.history and self.history[-1].role == "assistant":
+            self.history.pop()
+        if self.history:
+            self.history.pop()
+
     def _keep_heard(self, reply: ReplyStream, said: Turn | None) -> None:
         """The assistant's turn in the history becomes the text voiced by the last frame played
         (so the model never believes it said what nobody heard); nothing heard, no turn."""
