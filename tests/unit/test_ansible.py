@@ -89,9 +89,23 @@ def test_example_inventories_for_a_jetson_and_a_desktop_gpu():
 
 
 def test_site_runs_every_role():
-    (play,) = _load(ANSIBLE / "site.yml")
-    names = {r["role"] if isinstance(r, dict) else r for r in play["roles"]}
+    appliance, tts_hosts = _load(ANSIBLE / "site.yml")
+    names = {r["role"] if isinstance(r, dict) else r for r in appliance["roles"]}
     assert names == EXPECTED_ROLES == {p.name for p in ROLES}
+    assert appliance["hosts"] == "all:!tts_hosts"
+
+
+def test_hosts_of_group_tts_hosts_run_only_their_workers():
+    """The second play: the roles a worker box needs, after the appliance host (which issues its
+    certificates and Redis users); the orchestrator's restarts, notified by the shared tasks, are
+    answered there without a unit to restart."""
+    appliance, tts_hosts = _load(ANSIBLE / "site.yml")
+    assert tts_hosts["hosts"] == "tts_hosts" and tts_hosts["vars"] == {"appliance_tts_host": True}
+    roles = [r["role"] if isinstance(r, dict) else r for r in tts_hosts["roles"]]
+    assert roles == ["base", "gpu", "models", "tts_workers"]
+    assert {h["name"] for h in tts_hosts["handlers"]} == {"restart appliance-orchestrator", "restart appliance-wyoming"}
+    assert all("ansible.builtin.debug" in h for h in tts_hosts["handlers"])
+    assert tts_hosts["post_tasks"] == appliance["post_tasks"]
 
 
 @pytest.mark.parametrize(
