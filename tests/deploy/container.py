@@ -5,7 +5,8 @@ The root filesystem comes from debootstrap once and is cached as a tarball outsi
 package list and mirror; every test session unpacks a fresh copy. An online container gets a pip
 cache kept there too (``pip/``: downloads by URL and hash), so a rerun does not fetch every wheel
 from the index again. The container shares the host's network namespace (no bridge to set up), so each
-service in it must listen on a port the test picked free; sshd listens on 127.0.0.1 only.
+service in it must listen on a port the test picked free; sshd listens on 127.0.0.1 only. A second
+host gets a network namespace of its own instead (``netns_path``), sshd on its address there.
 Commands run inside through ``nsenter -t <container PID 1> -a``. It is stopped by its PID:
 SIGRTMIN+3 to its systemd (a clean halt), then waiting for systemd-nspawn to exit.
 """
@@ -97,11 +98,15 @@ def rootfs_tarball(log=print) -> Path:
 
 
 class Container:
-    def __init__(self, root: Path, name: str, log_path: Path, offline: bool = True) -> None:
+    def __init__(
+        self, root: Path, name: str, log_path: Path, offline: bool = True, netns_path: str | None = None
+    ) -> None:
         self.root = root
         self.name = name
         self.log_path = log_path
         self.offline = offline
+        # None: the host's network namespace; else a namespace of its own (another host).
+        self.netns_path = netns_path
         # Online: root's pip cache in the container is one kept outside it, across sessions.
         self.binds = {} if offline else {CACHE / "pip": "/root/.cache/pip"}
         self.proc: subprocess.Popen | None = None
@@ -140,10 +145,10 @@ class Container:
         p.chmod(mode)
         return p
 
-    def setup_ssh(self, port: int, public_key: str) -> None:
+    def setup_ssh(self, port: int, public_key: str, listen: str = "127.0.0.1") -> None:
         self.write(
             "etc/ssh/sshd_config.d/deploy-test.conf",
-            f"Port {port}\nListenAddress 127.0.0.1\nPermitRootLogin prohibit-password\n"
+            f"Port {port}\nListenAddress {listen}\nPermitRootLogin prohibit-password\n"
             "PasswordAuthentication no\nUseDNS no\n",
         )
         ssh_dir = self.path("root/.ssh")
@@ -172,6 +177,7 @@ class Container:
                 "--timezone=off",
                 "--link-journal=no",
                 *[f"--bind={host}:{inside}" for host, inside in self.binds.items()],
+                *([f"--network-namespace-path={self.netns_path}"] if self.netns_path else []),
             ],
             stdin=subprocess.DEVNULL,
             stdout=log,

@@ -100,10 +100,12 @@ class PlaybookRun:
         self.output = proc.stdout
         self.seconds = seconds
         self.log = log
-        m = _RECAP.search(self.output)
-        self.recap = (
-            dict(zip(("ok", "changed", "unreachable", "failed"), map(int, m.groups()[1:]))) if m else {}
-        )
+        # The play recap per host; .recap is the first host's (the one host of most inventories).
+        self.recaps = {
+            m.group(1): dict(zip(("ok", "changed", "unreachable", "failed"), map(int, m.groups()[1:])))
+            for m in _RECAP.finditer(self.output)
+        }
+        self.recap = next(iter(self.recaps.values()), {})
 
     def tail(self, n: int = 6000) -> str:
         return f"(full log: {self.log})\n" + self.output[-n:]
@@ -120,11 +122,19 @@ class PlaybookRun:
 
 
 class Deployment:
-    def __init__(self, work: Path, name: str, mode: str, bundle: Path | None) -> None:
+    def __init__(
+        self, work: Path, name: str, mode: str, bundle: Path | None, other_host=None, figures: bool = True
+    ) -> None:
+        """``other_host``: a :class:`netns.OtherHost` the container lives in (a second host, reached
+        at its address) instead of this host's network namespace; ``figures``: record its boot and
+        install times (the one deployment of a mode whose figures they are)."""
         self.work = work
         self.name = name
         self.mode = mode
         self.bundle = bundle
+        self.other_host = other_host
+        self.figures = figures
+        self.address = other_host.address if other_host else "127.0.0.1"
         (
             self.ssh_port,
             self.http_port,
@@ -144,7 +154,11 @@ class Deployment:
             check=True,
         )
         self.container = Container(
-            work / "root", name, ARTIFACTS / f"{name}-console.log", offline=(mode == "offline")
+            work / "root",
+            name,
+            ARTIFACTS / f"{name}-console.log",
+            offline=(mode == "offline"),
+            netns_path=other_host.path if other_host else None,
         )
         self.inventory = work / "inventory.yml"
         self.runs: list[PlaybookRun] = []
@@ -160,10 +174,11 @@ class Deployment:
         tarball = rootfs_tarball(log=lambda m: print(m, file=sys.stderr))
         self.container.log_path.unlink(missing_ok=True)
         self.container.unpack(tarball)
-        self.container.setup_ssh(self.ssh_port, self.key.with_suffix(".pub").read_text())
+        self.container.setup_ssh(self.ssh_port, self.key.with_suffix(".pub").read_text(), self.address)
         t0 = self.container.boot()
         state = self.container.wait_running(60)
-        record(f"{self.mode}_container_boot_s", time.monotonic() - t0)
+        if self.figures:
+            record(f"{self.mode}_container_boot_s", time.monotonic() - t0)
         assert state in ("running", "degraded"), f"container: {state!r}\n{self.container.console()}"
         self.write_inventory()
 
@@ -183,7 +198,7 @@ class Deployment:
     # -------------------------------------------------------------- ansible
     def host_vars(self) -> dict:
         v = {
-            "ansible_host": "127.0.0.1",
+            "ansible_host": self.address,
             "ansible_port": self.ssh_port,
             "ansible_user": "root",
             "ansible_ssh_private_key_file": str(self.key),
@@ -254,7 +269,8 @@ class Deployment:
     def install(self) -> PlaybookRun:
         run = self.playbook()
         assert run.returncode == 0 and run.recap.get("failed") == 0, f"site.yml failed:\n{run.tail()}"
-        record(f"{self.mode}_fresh_install_s", run.seconds)
+        if self.figures:
+            record(f"{self.mode}_fresh_install_s", run.seconds)
         self.install_run = run
         return run
 
@@ -359,9 +375,11 @@ def grpc_credentials(dep, client_cert: bool = True) -> grpc.ChannelCredentials |
     )
 
 
-def worker_health(port: int, credentials: grpc.ChannelCredentials | None, timeout: float = 5) -> int:
-    """One gRPC health check of the worker on 127.0.0.1:port (raises grpc.RpcError)."""
-    target = f"127.0.0.1:{port}"
+def worker_health(
+    port: int, credentials: grpc.ChannelCredentials | None, timeout: float = 5, host: str = "127.0.0.1"
+) -> int:
+    """One gRPC health check of the worker on host:port (raises grpc.RpcError)."""
+    target = f"{host}:{port}"
     with (
         grpc.secure_channel(target, credentials) if credentials else grpc.insecure_channel(target)
     ) as channel:

@@ -30,8 +30,8 @@ from deployment import (
 from grpc_health.v1 import health_pb2
 from livekit_turn import check_turn, exposure, livekit_metrics, spoken_turn
 from speech import listen, wer
+from turns import spoken_turn_through_caddy
 from upgrade import files_with_identity, next_release, starts_since
-from voices import pad, piper_speech, with_noise
 
 from appliance.transport.ws_client import WsClient
 
@@ -104,32 +104,8 @@ def test_healthz_answers_through_caddy_over_https(offline):
 
 
 async def test_a_spoken_turn_through_caddy_gets_a_transcript_and_reply_audio(offline):
-    metrics = await _spoken_turn_through_caddy(offline)
+    metrics = await spoken_turn_through_caddy(offline)
     record("offline_voice_to_voice_ms", metrics["voice_to_voice_ms"])
-
-
-async def _spoken_turn_through_caddy(dep) -> dict:
-    """One spoken question over wss through Caddy: its transcript, a reply whose audio says it; the
-    turn's `metrics`."""
-    # The shipped default answers with a 135 M LLM: a question about Paris sometimes gets a French
-    # answer, which the English voice cannot say; about the ocean it answers in plain English words.
-    text = "Can you tell me something nice about the ocean?"
-    client = WsClient(f"wss://localhost:{dep.https_port}/ws", ssl=ssl_context(dep))
-    await client.connect(RATE, token=dep.access_secret)
-    try:
-        await client.stream(with_noise(pad(piper_speech(text, RATE), RATE)), RATE)
-        await client.wait_for(lambda: client.rx.of_type("metrics"), 60)
-    finally:
-        await client.close()
-    transcript = client.rx.of_type("transcript")[-1]
-    assert transcript["final"] and wer(text, transcript["text"]) <= 0.2, transcript
-    reply = " ".join(e["text"] for e in client.rx.of_type("reply"))
-    assert reply and client.rx.of_type("reply_end")
-    frames = client.rx.frames
-    assert frames and all(len(f) == 1920 for _, f in frames)
-    heard = listen(client.rx.audio(), 48000, reply)
-    assert wer(reply, heard) <= 0.3, (reply, heard)
-    return client.rx.of_type("metrics")[-1]
 
 
 async def test_the_livekit_role_serves_a_spoken_turn_through_caddy(offline):
@@ -413,6 +389,6 @@ async def test_the_next_release_s_bundle_upgrades_in_place(offline, tmp_path, li
         assert started.get(unit, 0) in expected, f"{unit} started {started.get(unit, 0)} times: {started}"
     assert all(s == ("active", "running") for s in wait_units_running(offline, 60).values())
     assert worker_serving(offline, 60)
-    await _spoken_turn_through_caddy(offline)
+    await spoken_turn_through_caddy(offline)
     rerun = offline.playbook(tree / "ansible/site.yml", label="upgrade-rerun")
     assert rerun.returncode == 0 and rerun.recap["changed"] == 0, rerun.changed_tasks()

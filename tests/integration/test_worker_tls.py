@@ -11,10 +11,10 @@ import os
 import subprocess
 import sys
 import wave
-from types import SimpleNamespace
 
 import grpc
 import httpx
+import netns
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -30,29 +30,11 @@ KEY = new_key()
 SAID = "Good morning, the kitchen lights are on."
 
 
-def _run(*args: str) -> None:
-    subprocess.run(args, check=True, capture_output=True)
-
-
 @pytest.fixture(scope="module")
 def other_host():
     """A network namespace joined to this one by a veth pair: its name, its address and ours."""
-    n = os.getpid() % 200 + 20
-    ns, here, there = f"appl-tls-{os.getpid()}", f"aplo{n}", f"aplw{n}"
-    ours, theirs = f"10.213.{n}.1", f"10.213.{n}.2"
-    _run("ip", "netns", "add", ns)
-    try:
-        _run("ip", "link", "add", here, "type", "veth", "peer", "name", there)
-        _run("ip", "link", "set", there, "netns", ns)
-        _run("ip", "addr", "add", f"{ours}/30", "dev", here)
-        _run("ip", "link", "set", here, "up")
-        _run("ip", "netns", "exec", ns, "ip", "addr", "add", f"{theirs}/30", "dev", there)
-        _run("ip", "netns", "exec", ns, "ip", "link", "set", there, "up")
-        _run("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
-        yield SimpleNamespace(ns=ns, address=theirs, ours=ours)
-    finally:
-        subprocess.run(["ip", "link", "del", here], check=False, capture_output=True)
-        subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
+    with netns.other_host("tls", os.getpid() % 200 + 20) as host:
+        yield host
 
 
 @pytest.fixture(scope="module")

@@ -103,7 +103,10 @@ def test_hosts_of_group_tts_hosts_run_only_their_workers():
     assert tts_hosts["hosts"] == "tts_hosts" and tts_hosts["vars"] == {"appliance_tts_host": True}
     roles = [r["role"] if isinstance(r, dict) else r for r in tts_hosts["roles"]]
     assert roles == ["base", "gpu", "models", "tts_workers"]
-    assert {h["name"] for h in tts_hosts["handlers"]} == {"restart appliance-orchestrator", "restart appliance-wyoming"}
+    assert {h["name"] for h in tts_hosts["handlers"]} == {
+        "restart appliance-orchestrator",
+        "restart appliance-wyoming",
+    }
     assert all("ansible.builtin.debug" in h for h in tts_hosts["handlers"])
     assert tts_hosts["post_tasks"] == appliance["post_tasks"]
 
