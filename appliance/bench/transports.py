@@ -6,7 +6,9 @@ Both are measured at the person's end the same way: voice-to-voice from the mome
 speech was sent (in real time) to the first reply frame louder than Opus silence; barge-in from the
 moment the interrupting speech started to the last reply frame of that loudness before the new
 turn's transcript. The LiveKit figures include livekit-server's forwarding and the receiving SDK's
-jitter buffer, as a LiveKit person hears it."""
+jitter buffer, as a LiveKit person hears it; LiveKit's own one-way latency between two plain
+participants on the same server is measured in the same run (:mod:`.livekit_floor`), the floor
+under them."""
 
 from __future__ import annotations
 
@@ -184,7 +186,7 @@ async def run_bench(transports: list[str], turns: int = 20, port: int = 18080) -
             "APPLIANCE_LIVEKIT__API_KEY": server.api_key,
             "APPLIANCE_LIVEKIT__API_SECRET": server.api_secret,
         }
-    proc = None
+    proc, floor = None, {}
     try:
         proc = _start_appliance(port, env)
         http = f"http://127.0.0.1:{port}"
@@ -211,6 +213,10 @@ async def run_bench(transports: list[str], turns: int = 20, port: int = 18080) -
             }
             for t, g in got.items()
         }
+        if server:
+            from appliance.bench.livekit_floor import one_way_ms
+
+            floor = summary(await one_way_ms(server, turns))
     finally:
         if proc:
             terminate(proc, 30)
@@ -223,6 +229,14 @@ async def run_bench(transports: list[str], turns: int = 20, port: int = 18080) -
         "machine": {"cpus": os.cpu_count(), "load_average": os.getloadavg()},
     }
     out["transports"] = results
+    if server and floor.get("n"):
+        # LiveKit's own audio path, two plain participants on the same server: a turn crosses it
+        # twice (the question in, the reply out), and so does a barge-in (the speech in, the last
+        # reply frame out).
+        out["reference"] = {
+            "livekit_one_way_ms": floor,
+            "livekit_round_trip_floor_ms": round(2 * floor["p50"], 1),
+        }
     if {"websocket", "livekit"} <= set(results):
         ws, lk = results["websocket"], results["livekit"]
         if ws["voice_to_voice_ms"].get("n") and lk["voice_to_voice_ms"].get("n"):
@@ -233,4 +247,8 @@ async def run_bench(transports: list[str], turns: int = 20, port: int = 18080) -
                 "livekit_barge_in_p95_le_150ms": bool(lk["barge_in_ms"].get("n"))
                 and lk["barge_in_ms"]["p95"] <= 150,
             }
+            if "reference" in out:
+                out["livekit_minus_websocket_over_round_trip_floor_ms"] = round(
+                    delta - out["reference"]["livekit_round_trip_floor_ms"], 1
+                )
     return out

@@ -257,3 +257,12 @@ async def test_unreachable_server_is_a_clear_error(piper_worker, livekit):
         assert not orch.livekit.channels and not orch.conversations
     finally:
         await orch.stop()
+
+
+async def test_livekit_s_own_one_way_latency_is_measured_tone_by_tone(livekit):
+    """The floor `bench conversation --transport livekit` quotes beside its figures: every tone
+    sent between two plain participants is found on the other side, after it was sent."""
+    from appliance.bench.livekit_floor import one_way_ms
+
+    ms = await one_way_ms(livekit, trials=3)
+    assert len(ms) == 3 and all(m > 0 for m in ms), ms
