@@ -175,6 +175,19 @@ class TurnSettings(_Section):
     incomplete_timeout_ms: int = Field(
         1200, ge=100, le=5000, description="smart mode: silence that ends a turn the model called incomplete"
     )
+    complete_above: float = Field(
+        0.9,
+        ge=0.05,
+        le=0.99,
+        description="smart mode: the turn model's probability above which a pause is the turn's end",
+    )
+    certain_above: float = Field(
+        0.97,
+        ge=0.05,
+        le=1.0,
+        description="smart mode: at or above this probability the turn ends without waiting for the "
+        "transcript check (1.0: always wait)",
+    )
     model_path: Path | None = Field(
         None, description="the smart-turn ONNX file (absent: the model store's copy)"
     )

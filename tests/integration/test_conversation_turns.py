@@ -121,7 +121,8 @@ def _split(clip: tuple[str, str], ends: int, finals: list[str]) -> bool:
 
 
 class SaysComplete:
-    """The real turn model, its every verdict turned to "complete": a pause the model gets wrong."""
+    """The real turn model, its every verdict turned to "complete" (above `[turn] complete_above`,
+    under `certain_above`, so the transcript check has its say): a pause the model gets wrong."""
 
     def __init__(self, model) -> None:
         self.model = model
@@ -132,7 +133,7 @@ class SaysComplete:
 
     async def judge(self, audio):
         verdict = await self.model.judge(audio)
-        return TurnVerdict(True, verdict.probability, verdict.ms)
+        return TurnVerdict(True, 0.95, verdict.ms)
 
     def close(self) -> None:
         self.model.close()

@@ -140,3 +140,27 @@ def test_the_transcript_check_belongs_to_smart_mode(tmp_path):
     assert EndOfTurn(TurnSettings(mode="silence"), object()).checks_transcript is False
     assert EndOfTurn(TurnSettings(check_transcript=False), object()).checks_transcript is False
     assert EndOfTurn(TurnSettings(), object()).checks_transcript is True
+
+
+@pytest.mark.parametrize(
+    "p, complete, waits_for_transcript",
+    [(0.5, False, True), (0.9, False, True), (0.93, True, True), (0.97, True, False), (0.99, True, False)],
+)
+async def test_complete_takes_more_than_the_model_s_half_and_a_certain_verdict_does_not_wait(
+    p, complete, waits_for_transcript
+):
+    from appliance.asr.turn_model import TurnVerdict
+
+    class Model:
+        last_ms = 10.0
+
+        async def judge(self, audio):
+            return TurnVerdict(p > 0.5, p, 10.0)
+
+    eot = EndOfTurn(TurnSettings(), Model())  # type: ignore[arg-type]
+    verdict = await eot.judge(np.zeros(1600, np.float32))
+    assert verdict.complete is complete and verdict.probability == p
+    assert eot.needs_transcript(verdict) is waits_for_transcript
+    always = EndOfTurn(TurnSettings(certain_above=1.0), Model())  # type: ignore[arg-type]
+    assert always.needs_transcript(verdict)
+    assert not EndOfTurn(TurnSettings(check_transcript=False), Model()).needs_transcript(verdict)  # type: ignore[arg-type]

@@ -2,17 +2,24 @@
 
 * ``silence``: the VAD ends the turn after ``[vad] endpoint_silence_ms`` of silence.
 * ``smart``: the VAD's provisional pause is ``[turn] pause_ms``; there the turn model judges the
-  audio so far (off the loop). Complete: the turn ends at that pause. Incomplete: it ends only after
-  ``[turn] incomplete_timeout_ms`` of silence, unless speech resumes (the next pause is judged again).
-  With ``check_transcript``, a complete verdict waits for the speculative transcript started at the
-  same pause: one that ends on an unfinished phrase ("a table for") is overruled. The transcript is
-  what the reply needs anyway, so this costs no voice-to-voice time, only moves the commit to it.
+  audio so far (off the loop). Complete (a probability above ``[turn] complete_above``): the turn
+  ends at that pause. Incomplete: it ends only after ``[turn] incomplete_timeout_ms`` of silence,
+  unless speech resumes (the next pause is judged again). With ``check_transcript``, a complete
+  verdict waits for the speculative transcript started at the same pause: one that ends on an
+  unfinished phrase ("a table for") is overruled. The transcript is what the reply needs anyway, so
+  this costs no voice-to-voice time, only moves the commit to it; a verdict at or above
+  ``[turn] certain_above`` does not wait for it (the commit, and what follows it, come sooner).
+
+  The bar for "complete" is higher than the model's own 0.5: mid-sentence pauses after a content
+  word ("how long does it take … to drive") score 0.6–0.9 where finished questions score 0.93–0.99,
+  and a turn ended too soon costs more than one ended late.
 
 Without a turn model (not installed, or failed to load) smart mode is silence mode.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 
@@ -54,6 +61,10 @@ class EndOfTurn:
     def checks_transcript(self) -> bool:
         return self.smart and self.settings.check_transcript
 
+    def needs_transcript(self, verdict: TurnVerdict) -> bool:
+        """Does this complete verdict wait for the transcript check before the turn ends?"""
+        return self.checks_transcript and verdict.probability < self.settings.certain_above
+
     def sounds_unfinished(self, text: str) -> bool:
         """Does the transcript stop on a word a sentence seldom ends on ("for", "and", "the")?"""
         words = re.findall(r"[a-z']+", text.lower())
@@ -66,6 +77,7 @@ class EndOfTurn:
     async def judge(self, audio: np.ndarray) -> TurnVerdict:
         assert self.model is not None
         verdict = await self.model.judge(audio)
+        verdict = dataclasses.replace(verdict, complete=verdict.probability > self.settings.complete_above)
         log.debug(
             "turn model: %s p=%.2f in %.0f ms",
             "complete" if verdict.complete else "incomplete",

@@ -141,7 +141,11 @@ class Listener:
         self._verdict_ms = verdict.ms
         if not verdict.complete:
             return
-        if self.end_of_turn.checks_transcript and pause == self._pause and self._speculative is not None:
+        if (
+            self.end_of_turn.needs_transcript(verdict)
+            and pause == self._pause
+            and self._speculative is not None
+        ):
             task = self._speculative[1]
             try:
                 text = (await asyncio.shield(task)).text
