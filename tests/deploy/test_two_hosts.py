@@ -49,6 +49,8 @@ def two_hosts(tmp_path_factory, bundle_tar):
             main.boot()
             box.boot()
             main.extra_vars["appliance_redis_tls_address"] = net.ours
+            # What is under test is where the reply is spoken, not what it says: the echo responder.
+            main.extra_vars["appliance_llm"] = {"kind": "echo"}
             inventory = {
                 "all": {
                     "hosts": {"appliance-test": main.host_vars()},
