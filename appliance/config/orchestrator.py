@@ -176,13 +176,13 @@ class TurnSettings(_Section):
         1200, ge=100, le=5000, description="smart mode: silence that ends a turn the model called incomplete"
     )
     complete_above: float = Field(
-        0.9,
+        0.5,
         ge=0.05,
         le=0.99,
         description="smart mode: the turn model's probability above which a pause is the turn's end",
     )
     certain_above: float = Field(
-        0.97,
+        1.0,
         ge=0.05,
         le=1.0,
         description="smart mode: at or above this probability the turn ends without waiting for the "

@@ -146,7 +146,7 @@ def test_the_transcript_check_belongs_to_smart_mode(tmp_path):
     "p, complete, waits_for_transcript",
     [(0.5, False, True), (0.9, False, True), (0.93, True, True), (0.97, True, False), (0.99, True, False)],
 )
-async def test_complete_takes_more_than_the_model_s_half_and_a_certain_verdict_does_not_wait(
+async def test_the_bar_for_complete_and_for_not_waiting_on_the_transcript_are_settings(
     p, complete, waits_for_transcript
 ):
     from appliance.asr.turn_model import TurnVerdict
@@ -157,10 +157,13 @@ async def test_complete_takes_more_than_the_model_s_half_and_a_certain_verdict_d
         async def judge(self, audio):
             return TurnVerdict(p > 0.5, p, 10.0)
 
-    eot = EndOfTurn(TurnSettings(), Model())  # type: ignore[arg-type]
+    eot = EndOfTurn(TurnSettings(complete_above=0.9, certain_above=0.97), Model())  # type: ignore[arg-type]
     verdict = await eot.judge(np.zeros(1600, np.float32))
     assert verdict.complete is complete and verdict.probability == p
     assert eot.needs_transcript(verdict) is waits_for_transcript
     always = EndOfTurn(TurnSettings(certain_above=1.0), Model())  # type: ignore[arg-type]
     assert always.needs_transcript(verdict)
     assert not EndOfTurn(TurnSettings(check_transcript=False), Model()).needs_transcript(verdict)  # type: ignore[arg-type]
+    default = EndOfTurn(TurnSettings(), Model())  # type: ignore[arg-type]
+    assert (await default.judge(np.zeros(1600, np.float32))).complete is (p > 0.5)
+    assert default.needs_transcript(verdict)
