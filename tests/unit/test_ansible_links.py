@@ -83,6 +83,30 @@ PLAY = """\
 """
 
 
+def play_locally(tmp: Path, inventory: dict, play: str) -> subprocess.CompletedProcess:
+    """ansible-playbook of ``play`` on ``inventory`` (local connections), with the roles of this
+    tree, its temporary files in ``tmp``."""
+    (tmp / "inventory.json").write_text(json.dumps(inventory))
+    (tmp / "play.yml").write_text(play)
+    env = {
+        **os.environ,
+        "ANSIBLE_LOCAL_TEMP": str(tmp / "ansible-tmp"),
+        "ANSIBLE_ROLES_PATH": str(ROLES),
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.default",
+        "ANSIBLE_LOCALHOST_WARNING": "false",
+    }
+    return subprocess.run(
+        [_playbook_bin(), "-i", str(tmp / "inventory.json"), str(tmp / "play.yml")],
+        cwd=tmp,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
 @pytest.fixture(scope="module")
 def played(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("links")
@@ -97,25 +121,7 @@ def played(tmp_path_factory):
             },
         }
     }
-    (tmp / "inventory.json").write_text(json.dumps(inventory))
-    (tmp / "play.yml").write_text(PLAY.format(roles=ROLES, out=out))
-    env = {
-        **os.environ,
-        "ANSIBLE_LOCAL_TEMP": str(tmp / "ansible-tmp"),
-        "ANSIBLE_ROLES_PATH": str(ROLES),
-        "ANSIBLE_NOCOLOR": "1",
-        "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.default",
-        "ANSIBLE_LOCALHOST_WARNING": "false",
-    }
-    proc = subprocess.run(
-        [_playbook_bin(), "-i", str(tmp / "inventory.json"), str(tmp / "play.yml")],
-        cwd=tmp,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    proc = play_locally(tmp, inventory, PLAY.format(roles=ROLES, out=out))
     return out, passwords, proc
 
 

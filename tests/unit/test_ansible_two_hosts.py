@@ -6,14 +6,13 @@ real settings. The deploy tier (tests/deploy/test_two_hosts.py) installs the sam
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import subprocess
 import sys
 
 import pytest
 from test_ansible import _playbook_bin
-from test_ansible_links import ROLES, _settings
+from test_ansible_links import ROLES, _settings, play_locally
 
 from appliance.config.orchestrator import OrchestratorSettings
 from appliance.config.worker import WorkerSettings
@@ -79,25 +78,7 @@ def _run(tmp, hosts: dict, children: dict) -> subprocess.CompletedProcess:
             },
         }
     }
-    (tmp / "inventory.json").write_text(json.dumps(inventory))
-    (tmp / "play.yml").write_text(PLAY.format(roles=ROLES, out=tmp / "out"))
-    env = {
-        **os.environ,
-        "ANSIBLE_LOCAL_TEMP": str(tmp / "ansible-tmp"),
-        "ANSIBLE_ROLES_PATH": str(ROLES),
-        "ANSIBLE_NOCOLOR": "1",
-        "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.default",
-        "ANSIBLE_LOCALHOST_WARNING": "false",
-    }
-    return subprocess.run(
-        [_playbook_bin(), "-i", str(tmp / "inventory.json"), str(tmp / "play.yml")],
-        cwd=tmp,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    return play_locally(tmp, inventory, PLAY.format(roles=ROLES, out=tmp / "out"))
 
 
 @pytest.fixture(scope="module")
