@@ -13,6 +13,7 @@ from appliance.orchestrator.metrics import OrchestratorMetrics
 from appliance.orchestrator.workers import StaticPool, TtsLink
 from appliance.tts.adapters.mock import MockSineAdapter
 from appliance.tts.client import Control, TTSClient
+from appliance.tts.service import TTSService
 from appliance.tts.text import split_text
 from appliance.tts.worker import TTSWorker
 
@@ -294,3 +295,43 @@ async def test_a_busy_worker_that_never_delivers_is_failed_over_at_the_busy_limi
 
 async def _nothing(_n: int) -> None:
     pass
+
+
+async def test_a_stop_still_on_its_way_does_not_end_the_next_reply(monkeypatch):
+    # Barge-in sends STOP and, a moment later, the new turn's reply opens its stream. On a loaded
+    # machine the STOP can be the slower of the two: it must still land on the reply it was for.
+    monkeypatch.setattr(MockSineAdapter, "delay_s", 0.01)
+    handler = TTSService.Control
+
+    async def slow_control(self, request, context):
+        await asyncio.sleep(0.3)
+        return await handler(self, request, context)
+
+    monkeypatch.setattr(TTSService, "Control", slow_control)  # bound when the server starts
+    worker = await _worker()
+    pool = StaticPool([worker.address])
+    link = TtsLink(pool, "conv-1", stall_s=STALL_S)
+    try:
+        await link.open()
+        text = TEXT[:300]  # long enough to be under way when the STOP arrives
+        reference = await _reference(worker, text)
+        first = link.reply()
+        first.feed(TEXT)
+        first.finish()
+        heard = 0
+        async for _frame in first.frames():
+            heard += 1
+            if heard == 20:
+                break
+        first.cancel()
+        stopping = asyncio.ensure_future(link.control(Control.STOP))
+        second = link.reply()
+        second.feed(text)
+        second.finish()
+        frames = [f async for f in second.frames()]
+        assert await stopping
+        assert frames == reference  # whole: the STOP ended the first reply, not this one
+    finally:
+        await link.close()
+        await pool.close()
+        await worker.stop(grace=0)

@@ -48,6 +48,7 @@ class TtsLink:
         self._unpaused = asyncio.Event()
         self._unpaused.set()
         self._starting: asyncio.Task | None = None
+        self._controls: set[asyncio.Future] = set()  # sent, not answered yet
         self._background: set[asyncio.Task] = set()
         self._unended: dict[
             str, TTSClient
@@ -67,7 +68,11 @@ class TtsLink:
         return ReplyStream(self, metrics=self.metrics, buffered=buffered, on_failover=on_failover)
 
     async def current(self) -> TTSClient:
-        """The worker serving the session; after a failover that found none, try again."""
+        """The worker serving the session; after a failover that found none, try again. A control
+        still on its way is answered first: a STOP sent for the reply a barge-in ended would
+        otherwise reach the worker after the next reply's stream opened, and end that one."""
+        if self._controls:
+            await asyncio.gather(*list(self._controls), return_exceptions=True)
         if self._starting is not None:  # a failover still moving the session (its reply was cancelled)
             await asyncio.gather(self._starting, return_exceptions=True)
             self._starting = None
@@ -134,13 +139,21 @@ class TtsLink:
     async def unpaused(self) -> None:
         await self._unpaused.wait()
 
-    async def control(self, command: Control) -> bool:
+    def control(self, command: Control) -> asyncio.Task[bool]:
+        """Send a control now; the task ends with the worker's answer (False: not delivered). It is
+        sent, and known to the next reply, before the caller's next await."""
         if command is Control.PAUSE:
             self.paused = True
             self._unpaused.clear()
         elif command in (Control.RESUME, Control.STOP):
             self.paused = False  # a PAUSE is in force (barge-in): a failover holds the new stream back
             self._unpaused.set()
+        sent = asyncio.ensure_future(self._send_control(command))
+        self._controls.add(sent)
+        sent.add_done_callback(self._controls.discard)
+        return sent
+
+    async def _send_control(self, command: Control) -> bool:
         client = self.client
         if client is None:
             return False
@@ -160,8 +173,9 @@ class TtsLink:
             return False
 
     async def close(self) -> None:
-        for task in list(self._background):
+        for task in [*self._background, *self._controls]:
             task.cancel()
+        await asyncio.gather(*self._controls, return_exceptions=True)
         if self._starting is not None:
             await asyncio.gather(self._starting, return_exceptions=True)
         # A worker failed away from that was only stalled holds the session until it is told.
