@@ -186,6 +186,7 @@ class TTSService(tts_pb2_grpc.TTSServiceServicer):
         stream.start(_prepend(first, chunks))
         seq = 0
         voiced = 0  # text_offset of the last frame written
+        sent = self.metrics.frames.labels(session.model_id)  # counted as they go: a stopped stream's too
         error: StreamError | None = None
         try:
             try:
@@ -196,6 +197,7 @@ class TTSService(tts_pb2_grpc.TTSServiceServicer):
                         await context.write(_audio_frame(session.session_id, seq, text_offset, frame))
                     finally:
                         session.write_done()
+                    sent.inc()
                     voiced = text_offset
                     if seq == 0:
                         stream.stats.first_frame = time.perf_counter()
@@ -221,7 +223,6 @@ class TTSService(tts_pb2_grpc.TTSServiceServicer):
     def _observe(self, session: WorkerSession, stream: SynthesisStream) -> None:
         stats = stream.stats
         model = session.model_id
-        self.metrics.frames.labels(model).inc(stats.frames)
         if stats.ttfa_s is not None:
             self.metrics.ttfa.labels(model).observe(stats.ttfa_s)
             self.metrics.recent_ttfa_s.append(stats.ttfa_s)

@@ -121,3 +121,26 @@ async def test_next_stream_may_open_right_after_the_last_one_is_cancelled(monkey
             assert not worker.service.streams
     finally:
         await worker.stop(grace=0)
+
+
+async def test_frames_of_a_stream_the_caller_cancelled_are_counted():
+    # A barge-in cancels the reply's stream: the frames it did send are in appliance_tts_frames_total
+    # as they go, not only once a stream ends normally.
+    worker = await _mock_worker()
+    counted = worker.metrics.frames.labels("mock-sine")
+    text = " ".join(f"word{i}" for i in range(120))
+    try:
+        async with TTSClient(worker.address) as client:
+            await client.start_session("cut")
+            call = client.synthesize("cut", [text])
+            received = [await call.read() for _ in range(30)]
+            assert counted._value.get() >= len(received)  # counted while the stream runs
+            call.cancel()
+            deadline = asyncio.get_running_loop().time() + 10
+            while "cut" in worker.service.streams:
+                assert asyncio.get_running_loop().time() < deadline, "the cancelled stream never closed"
+                await asyncio.sleep(0.02)
+            assert counted._value.get() >= len(received)  # what was written, read or not
+            await client.end_session("cut")
+    finally:
+        await worker.stop(grace=0)
