@@ -10,6 +10,7 @@ import logging
 from collections.abc import Callable
 
 from appliance.orchestrator.respond import Responder, ResponderError, Turn
+from appliance.orchestrator.respond.spoken_text import SpokenText
 from appliance.orchestrator.session.playback import Playback
 from appliance.orchestrator.session.states import State, StateMachine
 from appliance.orchestrator.session.turn import TurnTimes
@@ -88,15 +89,20 @@ class Replier:
         loop = asyncio.get_running_loop()
         spoken: list[str] = []
         pending = ""
+        said = SpokenText()  # the voice and the page get the words, not the model's markdown
         try:
             async with contextlib.aclosing(self.responder.respond(text, self.history[:-1])) as pieces:
-                async for piece in pieces:
+                async for written in pieces:
                     if times.first_text_at is None:
                         times.first_text_at = loop.time()
-                    reply.feed(piece)
+                    piece = said.feed(written)
+                    if piece:
+                        reply.feed(piece)
                     done, pending = split_sentences(pending + piece)
                     self._show(done, spoken)
-            self._show(split_sentences(pending, final=True)[0], spoken)
+            if rest := said.flush():
+                reply.feed(rest)
+            self._show(split_sentences(pending + rest, final=True)[0], spoken)
             reply.finish()
         except ResponderError as exc:
             reply.finish()
