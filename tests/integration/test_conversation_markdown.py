@@ -14,7 +14,15 @@ from speech import listen, wer
 from appliance.transport.ws_client import WsClient
 
 # Split where a cleaner that looked only at whole pieces would go wrong: inside "**", before "#".
-PIECES = ["## Boil", "ing an egg\n", "- Put the egg in *", "*boiling** water 🥚", ".\n", "-", " Wait `seven` minutes! 😀"]
+PIECES = [
+    "## Boil",
+    "ing an egg\n",
+    "- Put the egg in *",
+    "*boiling** water 🥚",
+    ".\n",
+    "-",
+    " Wait `seven` minutes! 😀",
+]
 SAID = "Boiling an egg. Put the egg in boiling water. Wait seven minutes!"  # as heard
 
 

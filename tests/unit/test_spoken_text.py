@@ -10,11 +10,17 @@ from appliance.orchestrator.respond.spoken_text import SpokenText, spoken
     [
         ("The capital of France is **Paris**.", "The capital of France is Paris."),
         ("It is *really* `fast` and __bold__ and ~~not~~ so.", "It is really fast and bold and not so."),
-        ("## Ingredients\n- two eggs\n* water\n  + salt\n• pepper", "Ingredients\ntwo eggs\nwater\nsalt\npepper"),
+        (
+            "## Ingredients\n- two eggs\n* water\n  + salt\n• pepper",
+            "Ingredients\ntwo eggs\nwater\nsalt\npepper",
+        ),
         ("1. Boil water.\n2. Add the eggs.", "1. Boil water.\n2. Add the eggs."),
         ("```python\nprint(1)\n```\nDone.", "\nprint(1)\n\nDone."),
         ("Great question! 😀👍🏽 Here it is ❤️.", "Great question! Here it is."),
-        ("snake_case stays, and -5 degrees, and 3 - 2 too.", "snake_case stays, and -5 degrees, and 3 - 2 too."),
+        (
+            "snake_case stays, and -5 degrees, and 3 - 2 too.",
+            "snake_case stays, and -5 degrees, and 3 - 2 too.",
+        ),
         ("A line ends with #hashtag # and a * star  ", "A line ends with #hashtag # and a star"),
         ("", ""),
         ("-", ""),
