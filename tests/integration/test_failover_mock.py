@@ -297,41 +297,81 @@ async def _nothing(_n: int) -> None:
     pass
 
 
-async def test_a_stop_still_on_its_way_does_not_end_the_next_reply(monkeypatch):
-    # Barge-in sends STOP and, a moment later, the new turn's reply opens its stream. On a loaded
-    # machine the STOP can be the slower of the two: it must still land on the reply it was for.
+@pytest.fixture
+async def slow_controls(monkeypatch):
+    """One worker whose Control answers ``delay[command]`` seconds late (a loaded machine, where a
+    control can be overtaken by what is sent after it), a link to it, and what the worker did in
+    order: ("control", command) once a control was handled, ("synthesize",) as a stream opened."""
     monkeypatch.setattr(MockSineAdapter, "delay_s", 0.01)
-    handler = TTSService.Control
+    control, synthesize = TTSService.Control, TTSService.Synthesize
+    delay: dict[int, float] = {}
+    seen: list[tuple] = []
 
     async def slow_control(self, request, context):
-        await asyncio.sleep(0.3)
-        return await handler(self, request, context)
+        await asyncio.sleep(delay.get(request.command, 0.0))
+        try:
+            return await control(self, request, context)
+        finally:
+            seen.append(("control", request.command))
+
+    async def noted_synthesize(self, chunks, context):
+        seen.append(("synthesize",))
+        return await synthesize(self, chunks, context)
 
     monkeypatch.setattr(TTSService, "Control", slow_control)  # bound when the server starts
+    monkeypatch.setattr(TTSService, "Synthesize", noted_synthesize)
     worker = await _worker()
     pool = StaticPool([worker.address])
     link = TtsLink(pool, "conv-1", stall_s=STALL_S)
-    try:
-        await link.open()
-        text = TEXT[:300]  # long enough to be under way when the STOP arrives
-        reference = await _reference(worker, text)
-        first = link.reply()
-        first.feed(TEXT)
-        first.finish()
-        heard = 0
-        async for _frame in first.frames():
-            heard += 1
-            if heard == 20:
-                break
-        first.cancel()
-        stopping = asyncio.ensure_future(link.control(Control.STOP))
-        second = link.reply()
-        second.feed(text)
-        second.finish()
-        frames = [f async for f in second.frames()]
-        assert await stopping
-        assert frames == reference  # whole: the STOP ended the first reply, not this one
-    finally:
-        await link.close()
-        await pool.close()
-        await worker.stop(grace=0)
+    await link.open()
+    yield worker, link, delay, seen
+    await link.close()
+    await pool.close()
+    await worker.stop(grace=0)
+
+
+async def test_a_stop_still_on_its_way_does_not_end_the_next_reply(slow_controls):
+    # Barge-in sends STOP and at once (a backchannel check that found a real turn) the new reply
+    # opens its stream: the STOP must still land on the reply it was for.
+    worker, link, delay, seen = slow_controls
+    delay[Control.STOP] = 0.3
+    text = TEXT  # long enough to be under way when the STOP arrives
+    reference = await _reference(worker, text)
+    first = link.reply()
+    first.feed(TEXT)
+    first.finish()
+    heard = 0
+    async for _frame in first.frames():
+        heard += 1
+        if heard == 20:
+            break
+    first.cancel()
+    stopping = asyncio.ensure_future(link.control(Control.STOP))  # as barge-in sends it
+    second = link.reply()
+    second.feed(text)
+    second.finish()
+    frames = [f async for f in second.frames()]
+    assert await stopping
+    assert frames == reference  # whole: the STOP ended the first reply, not this one
+    assert seen[-2:] == [("control", Control.STOP), ("synthesize",)]  # the new stream after the STOP
+
+
+async def test_controls_reach_the_worker_in_the_order_sent(slow_controls):
+    # A false alarm: PAUSE, then RESUME right after. Had the RESUME overtaken the slow PAUSE, the
+    # worker would stay paused and the reply would never finish.
+    worker, link, delay, seen = slow_controls
+    delay[Control.PAUSE] = 0.3
+    text = TEXT[:300]
+    reference = await _reference(worker, text)
+    reply = link.reply()
+    reply.feed(text)
+    reply.finish()
+    frames = []
+    async for frame in reply.frames():
+        frames.append(frame)
+        if len(frames) == 20:
+            pausing = asyncio.ensure_future(link.control(Control.PAUSE))
+            resuming = asyncio.ensure_future(link.control(Control.RESUME))
+    assert await pausing and await resuming
+    assert frames == reference and not reply.failovers
+    assert [e for e in seen if e[0] == "control"] == [("control", Control.PAUSE), ("control", Control.RESUME)]

@@ -49,6 +49,7 @@ class TtsLink:
         self._unpaused.set()
         self._starting: asyncio.Task | None = None
         self._controls: set[asyncio.Future] = set()  # sent, not answered yet
+        self._last_control: asyncio.Future | None = None
         self._background: set[asyncio.Task] = set()
         self._unended: dict[
             str, TTSClient
@@ -72,7 +73,7 @@ class TtsLink:
         still on its way is answered first: a STOP sent for the reply a barge-in ended would
         otherwise reach the worker after the next reply's stream opened, and end that one."""
         if self._controls:
-            await asyncio.gather(*list(self._controls), return_exceptions=True)
+            await asyncio.wait(set(self._controls))  # a reply cancelled meanwhile leaves them be
         if self._starting is not None:  # a failover still moving the session (its reply was cancelled)
             await asyncio.gather(self._starting, return_exceptions=True)
             self._starting = None
@@ -140,20 +141,26 @@ class TtsLink:
         await self._unpaused.wait()
 
     def control(self, command: Control) -> asyncio.Task[bool]:
-        """Send a control now; the task ends with the worker's answer (False: not delivered). It is
-        sent, and known to the next reply, before the caller's next await."""
+        """Send a control, after those sent before it have been answered; the task ends with the
+        worker's answer (False: not delivered). The next reply knows of it before the caller's
+        next await, and opens its stream only once it is answered."""
         if command is Control.PAUSE:
             self.paused = True
             self._unpaused.clear()
         elif command in (Control.RESUME, Control.STOP):
             self.paused = False  # a PAUSE is in force (barge-in): a failover holds the new stream back
             self._unpaused.set()
-        sent = asyncio.ensure_future(self._send_control(command))
+        sent = asyncio.ensure_future(self._send_control(command, after=self._last_control))
+        self._last_control = sent
         self._controls.add(sent)
         sent.add_done_callback(self._controls.discard)
         return sent
 
-    async def _send_control(self, command: Control) -> bool:
+    async def _send_control(self, command: Control, after: asyncio.Future | None) -> bool:
+        if (
+            after is not None and not after.done()
+        ):  # in order: a RESUME that overtook its PAUSE would leave the worker paused
+            await asyncio.wait({after})  # (wait, not gather: cancelling this one must not cancel that)
         client = self.client
         if client is None:
             return False
