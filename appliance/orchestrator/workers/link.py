@@ -72,8 +72,8 @@ class TtsLink:
         """The worker serving the session; after a failover that found none, try again. A control
         still on its way is answered first: a STOP sent for the reply a barge-in ended would
         otherwise reach the worker after the next reply's stream opened, and end that one."""
-        if self._controls:
-            await asyncio.wait(set(self._controls))  # a reply cancelled meanwhile leaves them be
+        if self._controls:  # (a worker that answers none is left to the stall check, as a hung one)
+            await asyncio.wait(set(self._controls), timeout=CONTROL_TIMEOUT_S)
         if self._starting is not None:  # a failover still moving the session (its reply was cancelled)
             await asyncio.gather(self._starting, return_exceptions=True)
             self._starting = None
