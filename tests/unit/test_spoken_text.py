@@ -22,6 +22,8 @@ from appliance.orchestrator.respond.spoken_text import SpokenText, spoken
             "snake_case stays, and -5 degrees, and 3 - 2 too.",
         ),
         ("A line ends with #hashtag # and a * star  ", "A line ends with #hashtag # and a star"),
+        ("Read [the guide](https://example.com/guide) first.", "Read the guide first."),
+        ("A [note] stays a note, and (this) stays.", "A note stays a note, and (this) stays."),
         ("", ""),
         ("-", ""),
         ("#", ""),
@@ -36,7 +38,8 @@ def test_markup_and_emoji_are_not_said(written, said):
 def test_the_result_does_not_depend_on_how_the_text_was_split(seed):
     text = (
         "# Boiling an egg\n\nHere is **how** to do it 🍳:\n- Put the egg in `water`.\n"
-        "- Boil it for __seven__ minutes.\n```text\nno code\n```\n1. Cool it ~~down~~.\n## Done!"
+        "- Boil it for __seven__ minutes.\n```text\nno code\n```\n1. Cool it ~~down~~.\n## Done! "
+        "See [the guide](https://example.com/eggs)."
     )
     rng = random.Random(seed)
     cuts = sorted(rng.sample(range(1, len(text)), rng.randint(1, 25)))
@@ -46,6 +49,7 @@ def test_the_result_does_not_depend_on_how_the_text_was_split(seed):
     assert streamed == spoken(text)
     assert "*" not in streamed and "#" not in streamed and "`" not in streamed and "🍳" not in streamed
     assert "Put the egg in water." in streamed and "Boil it for seven minutes." in streamed
+    assert streamed.endswith("Done! See the guide.") and "example" not in streamed
 
 
 def test_words_are_not_held_back():

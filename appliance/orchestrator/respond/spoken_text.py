@@ -6,6 +6,7 @@ show the marks. :class:`SpokenText` takes the responder's pieces as they come an
 text without the markup:
 
 * emphasis and code marks (``*``, ``**``, ``__``, ``~~``, backticks) go; a single ``_`` stays;
+* a link ``[the docs](https://…)`` is its text, "the docs" (its address is not said);
 * at the start of a line: heading marks (``#``), bullets (``-``, ``*``, ``+``, ``•``) and the
   indentation before them go, and so does a code fence line (```` ```python ````) whole;
 * emoji (and the joiners and variation selectors that build them) go.
@@ -22,7 +23,7 @@ from __future__ import annotations
 __all__ = ["SpokenText", "spoken"]
 
 _BULLETS = "-*+•"
-_DROPPED = "*`"
+_DROPPED = "*`["
 _PAIRED = "_~"  # dropped when doubled ("__bold__", "~~struck~~")
 _CLOSING = ".,!?;:)"
 _JOINERS = {0x200D, 0xFE0E, 0xFE0F, 0x20E3}
@@ -44,6 +45,7 @@ class SpokenText:
         self._held = ""
         self._line_start = True
         self._in_fence_line = False  # the rest of a ``` line (its language name) is dropped
+        self._in_link_target = False  # inside a link's "(https://…)"
         self._space = ""  # spaces go out with the next word: one before dropped marks may go too
         self._dropped = False  # a mark was dropped since the last character that went out
 
@@ -63,10 +65,11 @@ class SpokenText:
             if c == "\n":
                 out.append(c)
                 self._space, self._dropped = "", False
-                self._line_start, self._in_fence_line = True, False
+                self._line_start, self._in_fence_line, self._in_link_target = True, False, False
                 i += 1
                 continue
-            if self._in_fence_line:
+            if self._in_fence_line or self._in_link_target:
+                self._in_link_target = self._in_link_target and c != ")"
                 i += 1
                 continue
             if self._line_start:
@@ -82,6 +85,14 @@ class SpokenText:
                 if not (self._space and self._dropped):  # "a 😀 b": one space, not two
                     self._space += c
                 i += 1
+                continue
+            if c == "]":  # "[the docs](https://…)" is said "the docs"
+                if len(rest) == 1 and not final:
+                    self._held = rest
+                    break
+                self._in_link_target = rest[1:2] == "("
+                self._dropped = True
+                i += 2 if self._in_link_target else 1
                 continue
             if c in _PAIRED:
                 if len(rest) == 1 and not final:
