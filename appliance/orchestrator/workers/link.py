@@ -157,10 +157,10 @@ class TtsLink:
         return sent
 
     async def _send_control(self, command: Control, after: asyncio.Future | None) -> bool:
-        if (
-            after is not None and not after.done()
-        ):  # in order: a RESUME that overtook its PAUSE would leave the worker paused
-            await asyncio.wait({after})  # (wait, not gather: cancelling this one must not cancel that)
+        # In order: a RESUME that overtook its PAUSE would leave the worker paused. (wait, not
+        # gather: cancelling this control must not cancel the one before it.)
+        if after is not None and not after.done():
+            await asyncio.wait({after})
         client = self.client
         if client is None:
             return False
