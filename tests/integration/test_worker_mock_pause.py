@@ -8,6 +8,7 @@ import grpc
 import pytest
 
 from appliance.config import WorkerSettings, load_settings
+from appliance.tts.adapters.mock import MockSineAdapter
 from appliance.tts.client import Control, TTSClient
 from appliance.tts.stream import SynthesisStream
 from appliance.tts.worker import TTSWorker
@@ -123,9 +124,10 @@ async def test_next_stream_may_open_right_after_the_last_one_is_cancelled(monkey
         await worker.stop(grace=0)
 
 
-async def test_frames_of_a_stream_the_caller_cancelled_are_counted():
+async def test_frames_of_a_stream_the_caller_cancelled_are_counted(monkeypatch):
     # A barge-in cancels the reply's stream: the frames it did send are in appliance_tts_frames_total
     # as they go, not only once a stream ends normally.
+    monkeypatch.setattr(MockSineAdapter, "delay_s", 0.05)  # 150 ms of audio per 50 ms: seconds of stream
     worker = await _mock_worker()
     counted = worker.metrics.frames.labels("mock-sine")
     text = " ".join(f"word{i}" for i in range(120))
@@ -134,9 +136,14 @@ async def test_frames_of_a_stream_the_caller_cancelled_are_counted():
             await client.start_session("cut")
             call = client.synthesize("cut", [text])
             received = [await call.read() for _ in range(30)]
-            assert counted._value.get() >= len(received)  # counted while the stream runs
-            call.cancel()
             deadline = asyncio.get_running_loop().time() + 10
+            while counted._value.get() < len(received):  # a write returns just after the frame is out
+                assert asyncio.get_running_loop().time() < deadline, (
+                    "frames not counted while the stream runs"
+                )
+                await asyncio.sleep(0.01)
+            assert "cut" in worker.service.streams  # counted before the stream ended
+            call.cancel()
             while "cut" in worker.service.streams:
                 assert asyncio.get_running_loop().time() < deadline, "the cancelled stream never closed"
                 await asyncio.sleep(0.02)
