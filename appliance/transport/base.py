@@ -31,6 +31,12 @@ class Channel(ABC):
     @abstractmethod
     async def send_audio(self, frame: bytes) -> None: ...
 
+    def take_back(self) -> int:
+        """Drop the reply audio this channel holds but has not played yet, and say how many 20 ms
+        frames that was (the pacer sends them again if the reply goes on). 0 where none can be
+        taken back: a WebSocket client plays from a buffer of its own."""
+        return 0
+
     @abstractmethod
     async def close(self, code: int = 1000, reason: str = "") -> None: ...
 

@@ -5,8 +5,9 @@ Uplink: the person's microphone track, resampled and down-mixed by the SDK to mo
 (whatever rate and channels it was published at) → ``AudioIn``, at most 2 s queued (the oldest audio
 is dropped if the session lags). Downlink: ``send_audio()`` captures the pacer's 20 ms frames into a
 48 kHz mono ``AudioSource`` published as the agent's track; its queue is cleared on ``interrupt`` and
-``barge_in`` so a stopped reply ends at once. Events: the WebSocket protocol's JSON messages on the
-data topic ``"events"``, reliable, addressed to the person only.
+``barge_in`` so a stopped reply ends at once, and given back to the pacer when it holds (speech over
+the reply: ``take_back``), so the reply goes quiet at the first voiced frame. Events: the WebSocket
+protocol's JSON messages on the data topic ``"events"``, reliable, addressed to the person only.
 """
 
 from __future__ import annotations
@@ -178,8 +179,11 @@ class LiveKitChannel(Channel):
         except TimeoutError:
             raise ConnectionResetError(f"reply audio was not drained in {SEND_TIMEOUT_S:.0f} s") from None
 
-    def flush(self) -> None:
+    def take_back(self) -> int:
+        # The SDK knows its queue by time, not frames: round to whole frames.
+        frames = round(self.source.queued_duration * 1000 / FRAME_MS)
         self.source.clear_queue()
+        return frames
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         if self._closing:

@@ -8,7 +8,8 @@ and one ``sendrecv`` audio transceiver: the microphone comes in on it and reply 
 Uplink: remote frames → mono PCM16 48 kHz → ``AudioIn`` (a queue of at most 2 s; the oldest audio
 is dropped if the session lags). Downlink: ``send_audio()`` queues 20 ms frames that an outgoing
 track plays in real time, silence in between; the queue holds at most the pacer's lead plus one
-frame and one loop stall's slack, and it is flushed on ``interrupt`` and ``barge_in`` so a stopped reply ends at once.
+frame and one loop stall's slack, and it is flushed on ``interrupt`` and ``barge_in`` so a stopped reply ends at once;
+when the pacer holds (speech over the reply) it gives back what it has not played (``take_back``).
 """
 
 from __future__ import annotations
@@ -182,8 +183,7 @@ class WebRtcChannel(Channel):
             raise ConnectionResetError("peer connection closed")
         self.outbound.push(frame)
 
-    def flush(self) -> int:
-        """Drop the reply audio queued here (at most the pacer's lead)."""
+    def take_back(self) -> int:
         return self.outbound.flush()
 
     async def close(self, code: int = 1000, reason: str = "") -> None:

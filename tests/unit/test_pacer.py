@@ -100,3 +100,71 @@ async def test_drop_last_drops_only_the_newest_unsent_frames():
     pacer.push(b"\x63")
     assert pacer.drop_last(1000) <= 1  # never more than is queued
     await pacer.close()
+
+
+class QueuedTransport:
+    """A transport that plays from a queue of its own, a frame every 20 ms (as WebRTC and LiveKit
+    do), and can give back what it has not played."""
+
+    def __init__(self) -> None:
+        self.queue: list[bytes] = []
+        self.played: list[int] = []
+        self.taken_back = 0
+
+    async def send(self, frame: bytes) -> None:
+        self.queue.append(frame)
+
+    def take_back(self) -> int:
+        n, self.queue = len(self.queue), []
+        self.taken_back += n
+        return n
+
+    async def play(self) -> None:
+        while True:
+            await asyncio.sleep(0.02)
+            if self.queue:
+                self.played.append(self.queue.pop(0)[0])
+
+
+async def test_a_hold_takes_back_what_the_transport_has_not_played_and_a_release_plays_it():
+    transport = QueuedTransport()
+    pacer = Pacer(transport.send, lead_s=0.1, take_back=transport.take_back)
+    player = asyncio.create_task(transport.play())
+    pacer.start()
+    for i in range(40):
+        pacer.push(bytes([i]), mark=i)
+    await asyncio.sleep(0.2)
+    assert transport.queue  # the lead: sent but not played yet
+    pacer.hold()
+    assert transport.queue == [] and transport.taken_back > 0  # quiet at once, not a lead later
+    played_at_hold = list(transport.played)
+    assert pacer.sent_mark == played_at_hold[-1] if played_at_hold else pacer.sent_mark is None
+    await asyncio.sleep(0.15)
+    assert transport.played == played_at_hold  # nothing plays while held
+    pacer.release()  # a false alarm: the reply goes on where the listener left it
+    await asyncio.wait_for(pacer.drained(), 3)
+    await asyncio.sleep(0.2 + 0.05)
+    await pacer.close()
+    player.cancel()
+    assert transport.played == list(range(40))  # every frame once, in order: none skipped, none twice
+
+
+async def test_a_stop_after_a_hold_drops_what_was_taken_back():
+    transport = QueuedTransport()
+    pacer = Pacer(transport.send, lead_s=0.1, take_back=transport.take_back)
+    player = asyncio.create_task(transport.play())
+    pacer.start()
+    for i in range(40):
+        pacer.push(bytes([i]))
+    await asyncio.sleep(0.2)
+    pacer.hold()
+    played_at_hold = list(transport.played)
+    pacer.clear()
+    await asyncio.wait_for(pacer.drained(), 1)
+    pacer.release()
+    pacer.push(bytes([99]))  # the next reply's first frame
+    await asyncio.wait_for(pacer.drained(), 1)
+    await asyncio.sleep(0.1)
+    await pacer.close()
+    player.cancel()
+    assert transport.played == played_at_hold + [99]

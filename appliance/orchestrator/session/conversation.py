@@ -88,7 +88,9 @@ class Conversation:
             spawn=self._spawn,
             end_of_turn=EndOfTurn(settings.turn, turn_model),
         )
-        self.playback = Playback(self._send_audio, settings.playback.lead_ms / 1000, self.sm)
+        self.playback = Playback(
+            self._send_audio, settings.playback.lead_ms / 1000, self.sm, take_back=channel.take_back
+        )
         self.barge_in = BargeInControl(
             session_id,
             settings,

@@ -5,7 +5,12 @@ audio sent so far reaches". Keeping that at most ``lead`` means a barge-in leave
 ``lead`` of reply audio in the client's hands. ``hold()`` stops sending at once (before the
 next frame); ``clear()`` drops the frames queued here; ``release()`` continues. A frame may carry
 a ``mark`` (what it stands for, e.g. how much of the reply text it completes); ``sent_mark`` is
-the mark of the last frame sent."""
+the mark of the last frame sent.
+
+A transport that plays from a queue of its own (WebRTC, LiveKit) can give audio back: ``take_back``
+drops what it has not played yet and says how many frames that was. A hold then takes them back
+and puts them first in line here, so the reply goes quiet at once instead of a lead later, and a
+release (a false alarm) plays them again: nothing is skipped."""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ import collections
 from collections.abc import Awaitable, Callable
 
 FRAME_S = 0.020
+RECENT = 64  # frames sent that a hold can still take back: more than any lead plus a stall
 
 
 class Pacer:
@@ -21,10 +27,13 @@ class Pacer:
         self,
         send: Callable[[bytes], Awaitable[None]],
         lead_s: float = 0.1,
+        take_back: Callable[[], int] | None = None,
     ) -> None:
         self._send = send
         self.lead_s = lead_s
+        self._take_back = take_back
         self._frames: collections.deque[tuple[bytes, object]] = collections.deque()
+        self._recent: collections.deque[tuple[bytes, object]] = collections.deque(maxlen=RECENT)
         self.sent_mark: object = None
         self._ready = asyncio.Event()
         self._open = asyncio.Event()
@@ -66,7 +75,25 @@ class Pacer:
         return not self._open.is_set()
 
     def hold(self) -> None:
-        self._open.clear()
+        if self._open.is_set():
+            self._open.clear()
+            self._unsend()
+
+    def _unsend(self) -> None:
+        """Take back what the transport has not played yet: first in line again, nothing lost."""
+        if self._take_back is None:
+            return
+        n = min(self._take_back(), len(self._recent))
+        if not n:
+            return
+        for _ in range(n):
+            self._frames.appendleft(self._recent.pop())
+        self.sent_mark = self._recent[-1][1] if self._recent else None
+        self.sent -= n
+        now = asyncio.get_running_loop().time()
+        self._playout_end = max(now, self._playout_end - n * FRAME_S)
+        self._drained.clear()
+        self._ready.set()
 
     def release(self) -> None:
         self._open.set()
@@ -83,6 +110,7 @@ class Pacer:
     def clear(self) -> int:
         dropped = len(self._frames)
         self._frames.clear()
+        self._recent.clear()  # a stopped reply's audio is never played again
         if not self._sending:
             self._drained.set()
         return dropped
@@ -124,6 +152,9 @@ class Pacer:
                 self._sending = False
             self.sent += 1
             self.sent_mark = mark
+            self._recent.append((frame, mark))
+            if not self._open.is_set():
+                self._unsend()  # held while this frame was on its way: take it back too
             if self._on_next_send is not None:
                 callback, self._on_next_send = self._on_next_send, None
                 callback()

@@ -15,8 +15,14 @@ from appliance.orchestrator.workers import ReplyStream, TtsLink, TtsUnavailable
 
 
 class Playback:
-    def __init__(self, send: Callable[[bytes], Awaitable[None]], lead_s: float, sm: StateMachine) -> None:
-        self.pacer = Pacer(send, lead_s)
+    def __init__(
+        self,
+        send: Callable[[bytes], Awaitable[None]],
+        lead_s: float,
+        sm: StateMachine,
+        take_back: Callable[[], int] | None = None,
+    ) -> None:
+        self.pacer = Pacer(send, lead_s, take_back)
         self.sm = sm
 
     def start(self) -> None:
