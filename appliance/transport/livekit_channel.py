@@ -1,8 +1,9 @@
 """One LiveKit room as a duplex channel (the ``livekit`` rtc SDK): the person's microphone and events
 in, reply audio and events out.
 
-Uplink: the person's microphone track, resampled and down-mixed by the SDK to mono PCM16 48 kHz
-(whatever rate and channels it was published at) → ``AudioIn``, at most 2 s queued (the oldest audio
+Uplink: the person's microphone track, resampled and down-mixed by the SDK to mono PCM16 16 kHz
+(whatever rate and channels it was published at; 16 kHz is what the VAD and Whisper take, and the
+SDK's resampler adds less delay than resampling it again in the session) → ``AudioIn``, at most 2 s queued (the oldest audio
 is dropped if the session lags). Downlink: ``send_audio()`` captures the pacer's 20 ms frames into a
 48 kHz mono ``AudioSource`` published as the agent's track; its queue is cleared on ``interrupt`` and
 ``barge_in`` so a stopped reply ends at once, and given back to the pacer when it holds (speech over
@@ -39,6 +40,7 @@ from appliance.transport.protocol import (
 log = logging.getLogger(__name__)
 
 RATE = OUTPUT_RATE
+MIC_RATE = 16000
 TOPIC = "events"
 MAX_INBOUND_S = 2.0  # microphone audio queued for a lagging session before the oldest is dropped
 # The SDK's capture queue: the pacer's lead plus the slack one event-loop stall may add (a barge-in
@@ -56,13 +58,13 @@ class LiveKitChannel(Channel):
     ):
         self.room, self.person = room, person
         self.peer = f"livekit:{name}/{person}"
-        self.hello = Hello(sample_rate=RATE, voice=voice)
+        self.hello = Hello(sample_rate=MIC_RATE, voice=voice)
         self.session_id: str | None = None
         self.source = rtc.AudioSource(RATE, 1, queue_size_ms=max_lead_ms + FRAME_MS + STALL_SLACK_MS)
         self.track = rtc.LocalAudioTrack.create_audio_track("reply", self.source)
         self.microphone = asyncio.Event()  # the person's microphone is subscribed
         self.finished = asyncio.Event()
-        self.inbox = Inbox(RATE, MAX_INBOUND_S, self._where)
+        self.inbox = Inbox(MIC_RATE, MAX_INBOUND_S, self._where)
         self._ended = self._closing = False
         self._tasks: set[asyncio.Task] = set()
         room.on("track_subscribed", self._on_track)
@@ -86,7 +88,7 @@ class LiveKitChannel(Channel):
             return
         log.info("microphone subscribed %s", self._where())
         self.microphone.set()
-        stream = rtc.AudioStream(track, sample_rate=RATE, num_channels=1)
+        stream = rtc.AudioStream(track, sample_rate=MIC_RATE, num_channels=1)
         _spawn(self._tasks, self._read_audio(stream))
 
     def _on_left(self, participant: rtc.RemoteParticipant) -> None:
