@@ -266,3 +266,31 @@ async def test_livekit_s_own_one_way_latency_is_measured_tone_by_tone(livekit):
 
     ms = await one_way_ms(livekit, trials=3)
     assert len(ms) == 3 and all(m > 0 for m in ms), ms
+
+
+async def test_the_agent_s_source_gives_back_what_it_has_not_played(livekit):
+    """What a hold relies on: right after a burst of reply frames, ``take_back`` empties LiveKit's
+    queue and counts the frames not yet played; once they have played there is none to take."""
+    import numpy as np
+
+    from appliance.transport.livekit_channel import LiveKitChannel
+
+    grants = api.VideoGrants(room_join=True, room="take-back", can_publish=True, can_subscribe=True)
+    token = api.AccessToken(livekit.api_key, livekit.api_secret).with_identity("agent").with_grants(grants)
+    room = rtc.Room()
+    await room.connect(livekit.url, token.to_jwt())
+    channel = LiveKitChannel(room, "take-back", "nobody", max_lead_ms=100)
+    try:
+        await channel.publish()
+        tone = (8000 * np.sin(np.arange(960) * 2 * np.pi * 440 / 48000)).astype(np.int16).tobytes()
+        for _ in range(5):  # 100 ms of reply, sent at once as the pacer's lead allows
+            await channel.send_audio(tone)
+        taken = channel.take_back()
+        assert 1 <= taken <= 5, taken
+        assert channel.source.queued_duration == 0
+        for _ in range(2):
+            await channel.send_audio(tone)
+        await asyncio.sleep(0.3)  # played out
+        assert channel.take_back() == 0
+    finally:
+        await channel.close()
