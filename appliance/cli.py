@@ -305,8 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument(
         "--transport",
         default="websocket",
-        help="websocket (the full set above), or a comma list of websocket,livekit: voice-to-voice and "
-        "barge-in per transport in one run (livekit starts the livekit-server that "
+        help="websocket (the full set above), or a comma list of websocket,webrtc,livekit: voice-to-voice "
+        "and barge-in per transport in one run (livekit starts the livekit-server that "
         "scripts/build-livekit-server.sh built, or $LIVEKIT_SERVER)",
     )
     q.add_argument("--out", help="also write the JSON here")

@@ -1,12 +1,13 @@
-"""`appliance bench conversation --transport livekit,websocket`: voice-to-voice and barge-in per
+"""`appliance bench conversation --transport websocket,webrtc,livekit`: voice-to-voice and barge-in per
 transport, in one run against one `appliance run` (the same models, the same clips, the transports
 taking turns clip by clip), so the transports' own cost shows as the difference.
 
-Both are measured at the person's end the same way: voice-to-voice from the moment the end of the
+All are measured at the person's end the same way: voice-to-voice from the moment the end of the
 speech was sent (in real time) to the first reply frame louder than Opus silence; barge-in from the
 moment the interrupting speech started to the last reply frame of that loudness before the new
-turn's transcript. The LiveKit figures include livekit-server's forwarding and the receiving SDK's
-jitter buffer, as a LiveKit person hears it; LiveKit's own one-way latency between two plain
+turn's transcript. The WebRTC person is aiortc doing what the page does (its jitter buffer
+included); the LiveKit figures include livekit-server's forwarding and the receiving SDK's jitter
+buffer, as a LiveKit person hears it; LiveKit's own one-way latency between two plain
 participants on the same server is measured in the same run (:mod:`.livekit_floor`), the floor
 under them."""
 
@@ -25,7 +26,7 @@ from appliance.bench.stats import summary
 from appliance.process import terminate
 from appliance.transport.ws_client import WsClient
 
-TRANSPORTS = ("websocket", "livekit")
+TRANSPORTS = ("websocket", "webrtc", "livekit")
 AUDIBLE_RMS = 50  # louder than decoded Opus silence, quieter than any reply's first syllable
 LEAD_S, TAIL_S = 0.5, 2.0  # silence before and after each question, as a microphone sends it
 
@@ -109,6 +110,40 @@ class _LiveKitPerson:
         await self.p.leave()
 
 
+class _WebRTCPerson:
+    """What the page does over WebRTC (aiortc): a 48 kHz microphone, the reply track, the events."""
+
+    def __init__(self, http: str) -> None:
+        from appliance.bench.webrtc_client import RtcClient
+
+        self.c = RtcClient(http)
+
+    async def open(self) -> None:
+        await self.c.connect()
+        await self.c.wait_for(lambda: self.c.of_type("ready"), 30)
+
+    @property
+    def frames(self):
+        return self.c.frames
+
+    def events(self):
+        return self.c.events
+
+    async def speak(self, samples: np.ndarray) -> float:
+        from appliance.audio import resample
+        from appliance.bench.webrtc_client import RATE as MIC_RATE
+
+        wide = resample(samples.astype(np.float32) / 32768, RATE, MIC_RATE)
+        self.c.mic.play((np.clip(wide, -1, 1) * 32767).astype(np.int16))
+        return asyncio.get_running_loop().time()
+
+    async def say(self, text: str) -> None:
+        self.c.send({"type": "say", "text": text})
+
+    async def close(self) -> None:
+        await self.c.close()
+
+
 async def _wait(predicate, timeout: float) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while not predicate():
@@ -190,7 +225,7 @@ async def run_bench(transports: list[str], turns: int = 20, port: int = 18080) -
     try:
         proc = _start_appliance(port, env)
         http = f"http://127.0.0.1:{port}"
-        people = {"websocket": _WebSocketPerson, "livekit": _LiveKitPerson}
+        people = {"websocket": _WebSocketPerson, "webrtc": _WebRTCPerson, "livekit": _LiveKitPerson}
         got = {t: {"v2v": [], "barge": [], "missed": 0} for t in transports}
         # Interleaved (each clip on every transport in turn), so a shared machine's changing load
         # falls on all of them alike.
@@ -237,6 +272,12 @@ async def run_bench(transports: list[str], turns: int = 20, port: int = 18080) -
             "livekit_one_way_ms": floor,
             "livekit_round_trip_floor_ms": round(2 * floor["p50"], 1),
         }
+    if {"websocket", "webrtc"} <= set(results):
+        ws, rtc = results["websocket"], results["webrtc"]
+        if ws["voice_to_voice_ms"].get("n") and rtc["voice_to_voice_ms"].get("n"):
+            out["webrtc_minus_websocket_p50_ms"] = round(
+                rtc["voice_to_voice_ms"]["p50"] - ws["voice_to_voice_ms"]["p50"], 1
+            )
     if {"websocket", "livekit"} <= set(results):
         ws, lk = results["websocket"], results["livekit"]
         if ws["voice_to_voice_ms"].get("n") and lk["voice_to_voice_ms"].get("n"):

@@ -11,128 +11,20 @@ import urllib.request
 import aiohttp
 import numpy as np
 import pytest
-from aiortc import AudioStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame
 from speech import listen, wer
 from voices import pad, piper_speech
 
 from appliance.audio import resample
+from appliance.bench.webrtc_client import RATE, RtcClient
+from appliance.bench.webrtc_client import rms as _rms
 from appliance.config import OrchestratorSettings, load_settings
 from appliance.orchestrator.server import Orchestrator
-
-RATE = 48000
-VOICED_RMS = 300  # a 20 ms frame louder than this holds speech (Opus silence decodes to ~0)
 
 LONG_SAY = (
     "Here is a long story for you. Once upon a time there was a lighthouse keeper who lived alone "
     "on a small island, far from the coast. Every evening he climbed the stairs and lit the great lamp."
 )
-
-
-class Microphone(AudioStreamTrack):
-    """Plays queued 48 kHz speech in real time, then silence (a browser mic after replaceTrack)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._pending = np.zeros(0, np.int16)
-        self._pts = 0
-        self._start: float | None = None
-
-    def play(self, samples: np.ndarray) -> float:
-        """Queue speech; returns how long it lasts."""
-        self._pending = np.concatenate([self._pending, samples.astype(np.int16)])
-        return len(samples) / RATE
-
-    async def recv(self) -> AudioFrame:
-        if self.readyState != "live":
-            raise MediaStreamError
-        loop = asyncio.get_running_loop()
-        if self._start is None:
-            self._start = loop.time()
-        else:
-            self._pts += 960
-            await asyncio.sleep(max(0.0, self._start + self._pts / RATE - loop.time()))
-        chunk, self._pending = self._pending[:960], self._pending[960:]
-        frame = AudioFrame(format="s16", layout="mono", samples=960)
-        frame.planes[0].update(np.pad(chunk, (0, 960 - len(chunk))).astype("<i2").tobytes())
-        frame.pts, frame.sample_rate = self._pts, RATE
-        return frame
-
-
-class RtcClient:
-    """The browser's side: what the page does, with aiortc."""
-
-    def __init__(self, http: str) -> None:
-        self.http = http
-        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        self.mic = Microphone()
-        self.pc.addTransceiver(self.mic, direction="sendrecv")
-        self.dc = self.pc.createDataChannel("events")
-        self.events: list[tuple[float, dict]] = []
-        self.frames: list[tuple[float, np.ndarray]] = []  # remote audio, mono int16, with arrival time
-        self._reader: asyncio.Task | None = None
-        self.dc.on(
-            "message", lambda m: self.events.append((asyncio.get_running_loop().time(), json.loads(m)))
-        )
-        self.pc.on("track", self._on_track)
-
-    def _on_track(self, track) -> None:
-        if track.kind == "audio":
-            self._reader = asyncio.ensure_future(self._read(track))
-
-    async def _read(self, track) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            while True:
-                frame = await track.recv()
-                a = frame.to_ndarray().reshape(-1, len(frame.layout.channels)).astype(np.int32)
-                assert frame.sample_rate == RATE
-                self.frames.append((loop.time(), a.mean(axis=1).astype(np.int16)))
-        except MediaStreamError:
-            pass
-
-    async def connect(self) -> dict:
-        await self.pc.setLocalDescription(await self.pc.createOffer())  # gathers all candidates
-        offer = {"sdp": self.pc.localDescription.sdp, "type": "offer"}
-        async with aiohttp.ClientSession() as http, http.post(f"{self.http}/webrtc/offer", json=offer) as r:
-            assert r.status == 200, await r.text()
-            answer = await r.json()
-        assert answer["type"] == "answer"
-        self.answer = answer["sdp"]
-        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
-        return answer
-
-    def send(self, obj: dict | str) -> None:
-        self.dc.send(obj if isinstance(obj, str) else json.dumps(obj))
-
-    def of_type(self, kind: str) -> list[dict]:
-        return [e for _, e in self.events if e.get("type") == kind]
-
-    async def wait_for(self, predicate, timeout: float):
-        deadline = asyncio.get_running_loop().time() + timeout
-        while not (result := predicate()):
-            if asyncio.get_running_loop().time() > deadline:
-                raise AssertionError(f"timed out; events: {[e for _, e in self.events][-20:]}")
-            await asyncio.sleep(0.02)
-        return result
-
-    def audio(self, since: float = 0.0) -> np.ndarray:
-        chunks = [a for t, a in self.frames if t >= since]
-        return np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
-
-    def voiced_times(self, since: float = 0.0) -> list[float]:
-        return [t for t, a in self.frames if t >= since and _rms(a) > VOICED_RMS]
-
-    async def close(self) -> None:
-        await self.pc.close()
-        if self._reader:
-            self._reader.cancel()
-            await asyncio.gather(self._reader, return_exceptions=True)
-
-
-def _rms(a: np.ndarray) -> float:
-    return float(np.sqrt(np.mean(a.astype(np.float64) ** 2))) if len(a) else 0.0
 
 
 def _worker_sessions(worker) -> float:
@@ -362,3 +254,17 @@ def test_ice_servers_setting():
     assert ice_server("stun:stun.lan:3478").urls == "stun:stun.lan:3478"
     with pytest.raises(ConfigError, match="webrtc.ice_servers"):
         load_settings(OrchestratorSettings, None, webrtc={"ice_servers": ["http://nope"]})
+
+
+async def test_the_transport_bench_measures_a_webrtc_turn_and_a_barge_in(orch):
+    """`bench conversation --transport webrtc`'s person, one trial of each kind: a reply is heard
+    after the question's end, and talking over a long reply stops it within the confirm window."""
+    from appliance.bench.transports import _barge_in, _voice_turn, _WebRTCPerson
+
+    http = f"http://127.0.0.1:{orch.port}"
+    question = piper_speech("What time is it right now?", 16000)
+    v2v = await _voice_turn(_WebRTCPerson(http), question)
+    assert v2v is not None and 0 < v2v < 10_000, v2v
+    barge = await _barge_in(_WebRTCPerson(http), question)
+    assert barge is not None and barge < orch.settings.playback.barge_in_confirm_ms, barge
+    await _eventually(lambda: not orch.conversations, 10, "the bench's sessions did not end")
