@@ -5,7 +5,8 @@ Signalling is one request, no trickle ICE: the client gathers its candidates, po
 carries a data channel labelled ``"events"`` (the session protocol's JSON messages, both ways; no hello)
 and one ``sendrecv`` audio transceiver: the microphone comes in on it and reply audio goes out on it.
 
-Uplink: remote frames → mono PCM16 48 kHz → ``AudioIn`` (a queue of at most 2 s; the oldest audio
+Uplink: remote frames, each decoded as soon as its packet is in order (no playout prefetch) →
+mono PCM16 48 kHz → ``AudioIn`` (a queue of at most 2 s; the oldest audio
 is dropped if the session lags). Downlink: ``send_audio()`` queues 20 ms frames that an outgoing
 track plays in real time, silence in between; the queue holds at most the pacer's lead plus one
 frame and one loop stall's slack, and it is flushed on ``interrupt`` and ``barge_in`` so a stopped reply ends at once;
@@ -41,7 +42,7 @@ from appliance.transport.protocol import (
     parse_event,
     parse_text_message,
 )
-from appliance.transport.webrtc_audio import RATE, Downmixer, OutboundAudio
+from appliance.transport.webrtc_audio import RATE, Downmixer, OutboundAudio, decode_on_arrival
 
 log = logging.getLogger(__name__)
 
@@ -275,6 +276,11 @@ class WebRtcEndpoint:
                 raise ValueError(f"it has no data channel (create one labelled {LABEL!r} before the offer)")
             if any(t.kind == "audio" for t in pc.getTransceivers()):
                 pc.addTrack(channel.outbound)  # reuses the offered transceiver: sendrecv
+                for transceiver in pc.getTransceivers():
+                    if transceiver.kind == "audio" and not decode_on_arrival(transceiver.receiver):
+                        log.warning(
+                            "this aiortc's jitter buffer is not where expected: ~80 ms more uplink delay"
+                        )
             else:
                 log.warning("offer without audio peer=%s: events only", channel.peer)
             await pc.setLocalDescription(await pc.createAnswer())  # waits for ICE gathering

@@ -1,5 +1,5 @@
-"""WebRTC audio in both directions: any incoming frame to mono 48 kHz PCM16, and the reply track
-that plays queued 20 ms frames in real time (silence in between)."""
+"""WebRTC audio in both directions: any incoming frame to mono 48 kHz PCM16 (as soon as its packet
+is in order), and the reply track that plays queued 20 ms frames in real time (silence in between)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,24 @@ from appliance.audio import FRAME_BYTES, FRAME_SAMPLES, OUTPUT_RATE
 RATE = OUTPUT_RATE  # the microphone is taken at the rate reply audio goes out at
 SILENCE = bytes(FRAME_BYTES)
 TIME_BASE = fractions.Fraction(1, RATE)
+# aiortc holds each received audio packet until four more have come (prefetch=4: ~80 ms at 20 ms
+# packets), smoothing for a listener. Nobody listens to the microphone here: the VAD and Whisper
+# only need the packets in order, which the buffer ensures whatever its prefetch (it releases a
+# frame only once every packet before it is in), so one packet of look-ahead is enough.
+UPLINK_PREFETCH = 1
+
+
+def decode_on_arrival(receiver) -> bool:
+    """Give ``receiver`` (an aiortc ``RTCRtpReceiver`` for audio) a jitter buffer that releases each
+    frame as soon as the next packet shows it complete; False if this aiortc keeps it elsewhere."""
+    try:
+        from aiortc.jitterbuffer import JitterBuffer
+
+        capacity = receiver._RTCRtpReceiver__jitter_buffer.capacity
+    except (ImportError, AttributeError):
+        return False
+    receiver._RTCRtpReceiver__jitter_buffer = JitterBuffer(capacity=capacity, prefetch=UPLINK_PREFETCH)
+    return True
 
 
 class Downmixer:

@@ -268,3 +268,32 @@ async def test_the_transport_bench_measures_a_webrtc_turn_and_a_barge_in(orch):
     barge = await _barge_in(_WebRTCPerson(http), question)
     assert barge is not None and barge < orch.settings.playback.barge_in_confirm_ms, barge
     await _eventually(lambda: not orch.conversations, 10, "the bench's sessions did not end")
+
+
+async def test_the_microphone_is_decoded_as_soon_as_its_packets_are_in_order():
+    """aiortc's audio receiver holds every packet until four more have come (≈ 80 ms of playout
+    smoothing nobody here listens to); the appliance's releases a frame once the next packet shows
+    it complete, and still waits for a packet that comes late."""
+    from aiortc import RTCPeerConnection
+    from aiortc.rtp import RtpPacket
+
+    from appliance.transport.webrtc_audio import decode_on_arrival
+
+    pc = RTCPeerConnection()
+    try:
+        receiver = pc.addTransceiver("audio").receiver
+        assert decode_on_arrival(receiver)
+        buffer = receiver._RTCRtpReceiver__jitter_buffer
+
+        def packet(n: int) -> RtpPacket:
+            p = RtpPacket(payload_type=111, sequence_number=n, timestamp=960 * n, payload=bytes([n]))
+            p._data = p.payload  # what the receiver sets (the depacketized payload) before buffering
+            return p
+
+        assert buffer.add(packet(1))[1] is None  # complete only once the next one comes
+        assert buffer.add(packet(2))[1].data == bytes([1])
+        assert buffer.add(packet(4))[1] is None  # 3 is late: nothing after it goes out of order
+        assert buffer.add(packet(3))[1].data == bytes([2])
+        assert buffer.add(packet(5))[1].data == bytes([3])
+    finally:
+        await pc.close()
