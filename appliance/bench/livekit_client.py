@@ -13,22 +13,19 @@ import aiohttp
 import numpy as np
 from livekit import rtc
 
-RATE = 48000  # the agent's reply track
-VOICED_RMS = 300  # a frame louder than this holds speech (Opus silence decodes to ~0)
+from appliance.bench.heard import RATE, VOICED_RMS, Heard, rms
+
+__all__ = ["RATE", "VOICED_RMS", "Participant", "rms"]
+
 TOPIC = "events"
 LEAVE_TIMEOUT_S = 5.0  # the SDK's disconnect waits on its native side, which a dying room may never answer
 
 
-def rms(a: np.ndarray) -> float:
-    return float(np.sqrt(np.mean(a.astype(np.float64) ** 2))) if len(a) else 0.0
-
-
-class Participant:
+class Participant(Heard):
     def __init__(self, mic_rate: int = 16000, mic_channels: int = 2) -> None:
+        super().__init__()
         self.mic_rate, self.mic_channels = mic_rate, mic_channels
         self.room = rtc.Room()
-        self.events: list[tuple[float, dict]] = []
-        self.frames: list[tuple[float, np.ndarray]] = []  # the agent's audio, mono int16, with arrival time
         self.info: dict = {}
         self._pending = np.zeros(0, np.int16)
         self._tasks: list[asyncio.Task] = []
@@ -92,28 +89,6 @@ class Participant:
     async def send(self, obj: dict | str) -> None:
         data = obj if isinstance(obj, str) else json.dumps(obj)
         await self.room.local_participant.publish_data(data, reliable=True, topic=TOPIC)
-
-    def of_type(self, kind: str) -> list[dict]:
-        return [e for _, e in self.events if e.get("type") == kind]
-
-    async def wait_for(self, predicate, timeout: float):
-        deadline = asyncio.get_running_loop().time() + timeout
-        while not (result := predicate()):
-            if asyncio.get_running_loop().time() > deadline:
-                raise AssertionError(f"timed out; events: {[e for _, e in self.events][-20:]}")
-            await asyncio.sleep(0.02)
-        return result
-
-    def audio(self, since: float = 0.0) -> np.ndarray:
-        chunks = [a for t, a in self.frames if t >= since]
-        return np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
-
-    def voiced_s(self, since: float = 0.0) -> float:
-        """Seconds of voiced reply audio that arrived after ``since``."""
-        return sum(len(a) for t, a in self.frames if t >= since and rms(a) > VOICED_RMS) / RATE
-
-    def voiced_times(self, since: float = 0.0) -> list[float]:
-        return [t for t, a in self.frames if t >= since and rms(a) > VOICED_RMS]
 
     async def leave(self) -> None:
         for task in self._tasks:

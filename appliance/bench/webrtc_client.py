@@ -14,8 +14,9 @@ from aiortc import AudioStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSes
 from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame
 
-RATE = 48000
-VOICED_RMS = 300  # a 20 ms frame louder than this holds speech (Opus silence decodes to ~0)
+from appliance.bench.heard import RATE, VOICED_RMS, Heard, rms
+
+__all__ = ["RATE", "VOICED_RMS", "Microphone", "RtcClient", "rms"]
 
 
 class Microphone(AudioStreamTrack):
@@ -53,17 +54,16 @@ class Microphone(AudioStreamTrack):
         return frame
 
 
-class RtcClient:
+class RtcClient(Heard):
     """The browser's side: what the page does, with aiortc."""
 
     def __init__(self, http: str) -> None:
+        super().__init__()
         self.http = http
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.mic = Microphone()
         self.pc.addTransceiver(self.mic, direction="sendrecv")
         self.dc = self.pc.createDataChannel("events")
-        self.events: list[tuple[float, dict]] = []
-        self.frames: list[tuple[float, np.ndarray]] = []  # remote audio, mono int16, with arrival time
         self._reader: asyncio.Task | None = None
         self.dc.on(
             "message", lambda m: self.events.append((asyncio.get_running_loop().time(), json.loads(m)))
@@ -99,30 +99,8 @@ class RtcClient:
     def send(self, obj: dict | str) -> None:
         self.dc.send(obj if isinstance(obj, str) else json.dumps(obj))
 
-    def of_type(self, kind: str) -> list[dict]:
-        return [e for _, e in self.events if e.get("type") == kind]
-
-    async def wait_for(self, predicate, timeout: float):
-        deadline = asyncio.get_running_loop().time() + timeout
-        while not (result := predicate()):
-            if asyncio.get_running_loop().time() > deadline:
-                raise AssertionError(f"timed out; events: {[e for _, e in self.events][-20:]}")
-            await asyncio.sleep(0.02)
-        return result
-
-    def audio(self, since: float = 0.0) -> np.ndarray:
-        chunks = [a for t, a in self.frames if t >= since]
-        return np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
-
-    def voiced_times(self, since: float = 0.0) -> list[float]:
-        return [t for t, a in self.frames if t >= since and rms(a) > VOICED_RMS]
-
     async def close(self) -> None:
         await self.pc.close()
         if self._reader:
             self._reader.cancel()
             await asyncio.gather(self._reader, return_exceptions=True)
-
-
-def rms(a: np.ndarray) -> float:
-    return float(np.sqrt(np.mean(a.astype(np.float64) ** 2))) if len(a) else 0.0
