@@ -126,45 +126,49 @@ class QueuedTransport:
                 self.played.append(self.queue.pop(0)[0])
 
 
-async def test_a_hold_takes_back_what_the_transport_has_not_played_and_a_release_plays_it():
-    transport = QueuedTransport()
+async def _playing(transport: QueuedTransport, frames: int) -> tuple[Pacer, asyncio.Task]:
+    """A pacer feeding ``transport`` a reply of ``frames`` frames (each marked with its index),
+    0.2 s into playing it."""
     pacer = Pacer(transport.send, lead_s=0.1, take_back=transport.take_back)
     player = asyncio.create_task(transport.play())
     pacer.start()
-    for i in range(40):
+    for i in range(frames):
         pacer.push(bytes([i]), mark=i)
     await asyncio.sleep(0.2)
+    return pacer, player
+
+
+async def _played_out(transport: QueuedTransport, pacer: Pacer, player: asyncio.Task) -> None:
+    await asyncio.wait_for(pacer.drained(), 3)
+    while transport.queue:
+        await asyncio.sleep(0.01)
+    await pacer.close()
+    player.cancel()
+
+
+async def test_a_hold_takes_back_what_the_transport_has_not_played_and_a_release_plays_it():
+    transport = QueuedTransport()
+    pacer, player = await _playing(transport, 40)
     assert transport.queue  # the lead: sent but not played yet
     pacer.hold()
     assert transport.queue == [] and transport.taken_back > 0  # quiet at once, not a lead later
     played_at_hold = list(transport.played)
-    assert pacer.sent_mark == played_at_hold[-1] if played_at_hold else pacer.sent_mark is None
+    assert pacer.sent_mark == (played_at_hold[-1] if played_at_hold else None)
     await asyncio.sleep(0.15)
     assert transport.played == played_at_hold  # nothing plays while held
     pacer.release()  # a false alarm: the reply goes on where the listener left it
-    await asyncio.wait_for(pacer.drained(), 3)
-    await asyncio.sleep(0.2 + 0.05)
-    await pacer.close()
-    player.cancel()
+    await asyncio.wait_for(_played_out(transport, pacer, player), 5)
     assert transport.played == list(range(40))  # every frame once, in order: none skipped, none twice
 
 
 async def test_a_stop_after_a_hold_drops_what_was_taken_back():
     transport = QueuedTransport()
-    pacer = Pacer(transport.send, lead_s=0.1, take_back=transport.take_back)
-    player = asyncio.create_task(transport.play())
-    pacer.start()
-    for i in range(40):
-        pacer.push(bytes([i]))
-    await asyncio.sleep(0.2)
+    pacer, player = await _playing(transport, 40)
     pacer.hold()
     played_at_hold = list(transport.played)
     pacer.clear()
     await asyncio.wait_for(pacer.drained(), 1)
     pacer.release()
     pacer.push(bytes([99]))  # the next reply's first frame
-    await asyncio.wait_for(pacer.drained(), 1)
-    await asyncio.sleep(0.1)
-    await pacer.close()
-    player.cancel()
+    await asyncio.wait_for(_played_out(transport, pacer, player), 5)
     assert transport.played == played_at_hold + [99]
