@@ -3,8 +3,8 @@ in, reply audio and events out.
 
 Uplink: the person's microphone track, resampled and down-mixed by the SDK to mono PCM16 16 kHz
 (whatever rate and channels it was published at; 16 kHz is what the VAD and Whisper take, and the
-SDK's resampler adds less delay than resampling it again in the session) → ``AudioIn``, at most 2 s queued (the oldest audio
-is dropped if the session lags). Downlink: ``send_audio()`` captures the pacer's 20 ms frames into a
+SDK's resampler adds less delay than resampling it again in the session) → ``AudioIn``, at most
+2 s queued (the oldest audio is dropped if the session lags). Downlink: ``send_audio()`` captures the pacer's 20 ms frames into a
 48 kHz mono ``AudioSource`` published as the agent's track; its queue is cleared on ``interrupt`` and
 ``barge_in`` so a stopped reply ends at once, and given back to the pacer when it holds (speech over
 the reply: ``take_back``), so the reply goes quiet at the first voiced frame. Events: the WebSocket

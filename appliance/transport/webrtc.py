@@ -6,10 +6,10 @@ carries a data channel labelled ``"events"`` (the session protocol's JSON messag
 and one ``sendrecv`` audio transceiver: the microphone comes in on it and reply audio goes out on it.
 
 Uplink: remote frames, each decoded as soon as its packet is in order (no playout prefetch) →
-mono PCM16 48 kHz → ``AudioIn`` (a queue of at most 2 s; the oldest audio
-is dropped if the session lags). Downlink: ``send_audio()`` queues 20 ms frames that an outgoing
-track plays in real time, silence in between; the queue holds at most the pacer's lead plus one
-frame and one loop stall's slack, and it is flushed on ``interrupt`` and ``barge_in`` so a stopped reply ends at once;
+mono PCM16 48 kHz → ``AudioIn`` (a queue of at most 2 s; the oldest audio is dropped if the
+session lags). Downlink: ``send_audio()`` queues 20 ms frames that an outgoing track plays in real
+time, silence in between; the queue holds at most the pacer's lead plus one frame and one loop
+stall's slack, it is flushed on ``interrupt`` and ``barge_in`` so a stopped reply ends at once, and
 when the pacer holds (speech over the reply) it gives back what it has not played (``take_back``).
 """
 
@@ -279,7 +279,9 @@ class WebRtcEndpoint:
                 for transceiver in pc.getTransceivers():
                     if transceiver.kind == "audio" and not decode_on_arrival(transceiver.receiver):
                         log.warning(
-                            "this aiortc's jitter buffer is not where expected: ~80 ms more uplink delay"
+                            "this aiortc's jitter buffer is not where expected: ~80 ms more uplink "
+                            "delay peer=%s",
+                            channel.peer,
                         )
             else:
                 log.warning("offer without audio peer=%s: events only", channel.peer)
