@@ -31,6 +31,8 @@ Rules (all durations rounded up to whole frames):
   ``SpeechEnd`` if it spanned at least ``min_speech_ms`` (from SpeechStart to that end), else
   ``SpeechDiscarded``. ``max_utterance_s`` forces a ``SpeechEnd``; speech that goes on starts a
   new utterance through the onset rule.
+* **Look-ahead**: :meth:`SpeechDetector.silence_so_far` says how long the silence under way has
+  lasted before it becomes a pause, so that work for that pause can start early.
 * **Early end**: :meth:`SpeechDetector.end_now` ends the utterance inside a pause (no voiced run
   begun since ``ProvisionalEnd``) as if ``endpoint_silence_ms`` had passed: a turn model's verdict.
 * **Audio**: ``SpeechEnd.audio`` is float32 16 kHz from ``pre_roll_ms`` before the onset (less at
@@ -55,6 +57,7 @@ __all__ = [
     "MODES",
     "Mode",
     "ProvisionalEnd",
+    "SilenceSoFar",
     "SpeechDetector",
     "SpeechDiscarded",
     "SpeechEnd",
@@ -112,6 +115,15 @@ class SpeechDiscarded(VadEvent):
     """A burst (ending at t_ms) shorter than min_speech_ms: not a turn."""
 
     speech_ms: int
+
+
+@dataclass(frozen=True)
+class SilenceSoFar:
+    """A silence inside speech that is not (yet) a pause: see :meth:`SpeechDetector.silence_so_far`."""
+
+    ms: int  # since the end of the last voiced frame
+    voiced_end_ms: int  # that end: it names this silence (a voiced frame starts another)
+    end_ms: int  # the speech's end as estimated now (trailing unvoiced sounds included)
 
 
 def _frames(ms: float, frame_ms: int) -> int:
@@ -218,6 +230,19 @@ class SpeechDetector:
     def in_pause(self) -> bool:
         """In speech, silent for at least provisional_silence_ms, and no new run of voice begun."""
         return self._in_speech and self._provisional_sent and self._cand_start is None
+
+    def silence_so_far(self) -> SilenceSoFar | None:
+        """The silence under way inside speech, before its ``ProvisionalEnd``: how long it has
+        lasted and where the speech ended as estimated now; None outside speech, once the pause
+        has been declared, or while the speech is shorter than ``min_speech_ms``."""
+        if not self._in_speech or self._provisional_sent or self._k <= self._last_voiced_end:
+            return None
+        end = self._extended_end(self._k - 1)
+        if self._t(end - self._utt_start) < self.config.min_speech_ms:
+            return None
+        return SilenceSoFar(
+            self._t(self._k - self._last_voiced_end), self._t(self._last_voiced_end), self._t(end)
+        )
 
     def end_now(self) -> list[VadEvent]:
         """End the utterance at its pause (another judge says the turn is over): its ``SpeechEnd``

@@ -172,6 +172,13 @@ class TurnSettings(_Section):
     pause_ms: int = Field(
         120, ge=40, le=1000, description="smart mode: the pause at which the turn model is asked"
     )
+    lookahead_ms: int = Field(
+        60,
+        ge=0,
+        le=1000,
+        description="smart mode: the turn model and the speculative transcript start after this much "
+        "silence, so that their verdict is ready when the pause reaches pause_ms (0: at pause_ms)",
+    )
     incomplete_timeout_ms: int = Field(
         1200, ge=100, le=5000, description="smart mode: silence that ends a turn the model called incomplete"
     )

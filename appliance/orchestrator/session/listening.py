@@ -80,6 +80,9 @@ class Listener:
         self._partial_at_ms = 0.0  # utterance length at the last partial transcript
         self._pause = 0  # counts pauses and resumptions: a verdict for an earlier pause is stale
         self._verdict_ms: float | None = None  # the turn model's time at this utterance's last pause
+        # work started early on the silence under way: (its voiced end, the end it saw, the verdict)
+        self._early: tuple[int, int, asyncio.Task] | None = None
+        self._looked_at: int | None = None  # the voiced end of the last silence the look-ahead tried
 
     @property
     def onset_pending(self) -> bool:
@@ -108,6 +111,7 @@ class Listener:
         self.timeline.add(len(pcm) / 2 / self.sample_rate * 1000, now)
         self.detector.set_echo_level(self.echo.level_db(now))
         self._handle(self.detector.process(pcm))
+        self._look_ahead()
         self._maybe_partial_transcript()
 
     def _handle(self, events: list[vad.VadEvent]) -> None:
@@ -120,49 +124,112 @@ class Listener:
                 self._verdict_ms = None
             elif isinstance(event, vad.ProvisionalEnd):
                 self._pause += 1
+                early = self._take_look_ahead(event.t_ms)
+                if early is not None:
+                    self._spawn(self._end_if(self._pause, early))
+                    continue
                 self._start_speculative_asr(event.t_ms)
                 if self.end_of_turn.smart:
-                    self._spawn(self._judge_pause(self._pause, self.detector.utterance_audio()))
+                    verdict = self._spawn(self._turn_ends(self.detector.utterance_audio(), self._speculative))
+                    self._spawn(self._end_if(self._pause, verdict))
             elif isinstance(event, vad.SpeechResumed):
                 self._pause += 1
                 self._drop_speculative()
             elif isinstance(event, vad.SpeechEnd):
                 self._pause += 1
+                self._drop_look_ahead()
                 self._on_speech_end(event)
             elif isinstance(event, vad.SpeechDiscarded):
                 self._pause += 1
+                self._drop_look_ahead()
                 self.speech_start_ms = None
                 self._drop_speculative()
                 self.host.speech_discarded()
 
-    async def _judge_pause(self, pause: int, audio: np.ndarray) -> None:
-        """The turn model on the utterance at this pause: complete ends the turn here and now."""
+    def _look_ahead(self) -> None:
+        """Smart mode, listening: once a silence has lasted ``[turn] lookahead_ms`` the speculative
+        transcript and the turn model start on it, so their verdict is ready when it becomes a
+        pause (``pause_ms``); a voiced frame before then makes that work stale. Most such silences
+        are gaps between words, so the look-ahead is only taken where the engine's measured pass
+        is short enough not to hold up the next pause's own pass (see ``_look_ahead_budget_ms``)."""
+        lookahead = self.settings.turn.lookahead_ms
+        if not self.end_of_turn.smart or not 0 < lookahead < self.settings.turn.pause_ms:
+            return
+        silence = self.detector.silence_so_far()
+        if self._early is not None and (silence is None or silence.voiced_end_ms != self._early[0]):
+            self._drop_look_ahead(speculative=True)  # the speech went on (a pause takes it first)
+        if (
+            silence is None
+            or silence.ms < lookahead
+            or silence.voiced_end_ms == self._looked_at
+            or self.sm.state is not State.LISTENING
+        ):
+            return
+        self._looked_at = silence.voiced_end_ms  # one try per silence
+        self._start_speculative_asr(silence.end_ms, self._look_ahead_budget_ms())
+        if self._speculative is None:
+            return  # the engine is busy or too slow: the pause does it all, as without look-ahead
+        verdict = self._spawn(self._turn_ends(self.detector.utterance_audio(), self._speculative))
+        self._early = (silence.voiced_end_ms, silence.end_ms, verdict)
+
+    def _look_ahead_budget_ms(self) -> float:
+        """A look-ahead pass wasted on a gap between words must be over before the speech could go
+        on and pause again (a confirmed onset, then the pause): else it would hold up that pause's pass."""
+        return self.vad_config.onset_ms + self.settings.turn.pause_ms
+
+    def _take_look_ahead(self, end_ms: int) -> asyncio.Task | None:
+        """At a pause: the verdict started early on the same silence, if the end it saw still holds."""
+        early, self._early = self._early, None
+        if early is not None and abs(early[1] - end_ms) <= SPECULATION_MATCH_MS:
+            return early[2]
+        if early is not None:
+            early[2].cancel()
+            self._drop_speculative()
+        return None
+
+    def _drop_look_ahead(self, speculative: bool = False) -> None:
+        if self._early is not None:
+            self._early[2].cancel()
+            self._early = None
+            if speculative:
+                self._drop_speculative()
+
+    async def _turn_ends(self, audio: np.ndarray, speculative: tuple[float, asyncio.Task] | None) -> bool:
+        """Does the turn end at this pause: the turn model's verdict on the utterance so far, and
+        (unless it is certain) the speculative transcript's check that no phrase is left hanging."""
         verdict = await self.end_of_turn.judge(audio)
         self._verdict_ms = verdict.ms
         if not verdict.complete:
-            return
-        if (
-            self.end_of_turn.needs_transcript(verdict)
-            and pause == self._pause
-            and self._speculative is not None
-        ):
-            task = self._speculative[1]
-            try:
-                text = (await asyncio.shield(task)).text
-            except asyncio.CancelledError:
-                if not task.cancelled():
-                    raise  # this judgement itself is cancelled
-                return  # speech went on and the pass was dropped
-            except Exception:  # noqa: BLE001 (the final pass transcribes the turn: the model decides)
-                text = ""
-            if pause == self._pause and self.end_of_turn.sounds_unfinished(text):
-                log.info(
-                    "turn goes on session=%s: the transcript stops mid-phrase text=%r",
-                    self.sm.session_id,
-                    text[-60:],
-                )
-                return
-        if pause == self._pause and self.detector.in_pause:
+            return False
+        if not self.end_of_turn.needs_transcript(verdict) or speculative is None:
+            return True
+        task = speculative[1]
+        try:
+            text = (await asyncio.shield(task)).text
+        except asyncio.CancelledError:
+            if not task.cancelled():
+                raise  # this judgement itself is cancelled
+            return False  # speech went on and the pass was dropped
+        except Exception:  # noqa: BLE001 (the final pass transcribes the turn: the model decides)
+            return True
+        if self.end_of_turn.sounds_unfinished(text):
+            log.info(
+                "turn goes on session=%s: the transcript stops mid-phrase text=%r",
+                self.sm.session_id,
+                text[-60:],
+            )
+            return False
+        return True
+
+    async def _end_if(self, pause: int, verdict: asyncio.Task) -> None:
+        """End the turn at this pause if the verdict says so and the pause still holds."""
+        try:
+            ends = await verdict
+        except asyncio.CancelledError:
+            if verdict.cancelled() and not asyncio.current_task().cancelling():
+                return  # the look-ahead was dropped
+            raise
+        if ends and pause == self._pause and self.detector.in_pause:
             self._handle(self.detector.end_now())
 
     def _on_speech_end(self, event: vad.SpeechEnd) -> None:
@@ -211,11 +278,12 @@ class Listener:
         if self.speech_start_ms is not None and transcript.text.strip():
             self._emit(TranscriptEvent(transcript.text.strip(), final=False))
 
-    def _start_speculative_asr(self, end_ms: float) -> None:
+    def _start_speculative_asr(self, end_ms: float, budget_ms: float | None = None) -> None:
         self._drop_speculative()
         if self.sm.state in (State.SPEAKING, State.BARGED_IN):
             return
-        if not self.asr.worth_starting(Priority.SPECULATIVE, self._speculation_budget_ms()):
+        budget = self._speculation_budget_ms() if budget_ms is None else budget_ms
+        if not self.asr.worth_starting(Priority.SPECULATIVE, budget):
             return
         audio = self.detector.utterance_audio()
         self._speculative = (end_ms, asyncio.ensure_future(self.asr.transcribe(audio, Priority.SPECULATIVE)))
@@ -243,4 +311,5 @@ class Listener:
         return None
 
     def close(self) -> None:
+        self._drop_look_ahead()
         self._drop_speculative()
