@@ -188,37 +188,38 @@ async def _voice_set(url: str, clips) -> tuple[list[float], dict[str, list[float
 
 
 async def _cut_offs(url: str, paused) -> dict:
-    trials = [await turns_mod.cut_off_trial(url, samples, end) for samples, end in paused]
-    n = len(trials)
+    trials = [await turns_mod.cut_off_trial(url, samples, end) for samples, end, _ in paused]
 
-    def rate(key: str) -> float:
-        return round(float(sum(bool(t[key]) for t in trials)) / n, 3)
+    def rate(key: str, kind: bool | None = None) -> float | None:
+        chosen = [t for t, (_, _, finished) in zip(trials, paused) if kind is None or finished is kind]
+        return round(float(sum(bool(t[key]) for t in chosen)) / len(chosen), 3) if chosen else None
 
     return {
-        "n": n,
+        "n": len(trials),
         "cut_off_rate": rate("cut_off"),
         "split_rate": rate("split"),
         "early_reply_rate": rate("early_reply"),
+        # the pause after an unfinished phrase, and after words that are a finished sentence too
+        "unfinished_before_pause": {
+            "n": sum(not f for *_, f in paused),
+            "cut_off_rate": rate("cut_off", False),
+        },
+        "finished_before_pause": {"n": sum(f for *_, f in paused), "cut_off_rate": rate("cut_off", True)},
     }
 
 
-def _paused_clips(voice: _Voice, n: int) -> list[tuple[np.ndarray, float]]:
-    """``n`` sentences with a 700 ms mid-sentence pause, and where their speech ends (s)."""
-    from faster_whisper import WhisperModel
-
-    from appliance.asr import locate_whisper_model
-
-    whisper = WhisperModel(str(locate_whisper_model("tiny.en")), device="cpu", compute_type="int8")
+def _paused_clips(n: int) -> list[tuple[np.ndarray, float, bool]]:
+    """``n`` sentences with a 700 ms mid-sentence pause, where their speech ends (s), and whether
+    the words before the pause are a finished sentence too."""
+    maker = turns_mod.PausedSentences()
     clips = []
     for i in range(n * 2):
         if len(clips) == n:
             break
         text, word = turns_mod.PAUSED[i % len(turns_mod.PAUSED)]
-        samples, _ = voice.speech(text)
-        at = turns_mod.word_end_s(whisper, samples, word)
-        if at is not None:
-            paused, _cut = turns_mod.with_pause(samples, at)
-            clips.append((paused, _speech_bounds(paused)[1]))
+        paused = maker.paused(text, word)
+        if paused is not None:
+            clips.append((paused, _speech_bounds(paused)[1], text in turns_mod.FINISHED_BEFORE_PAUSE))
     return clips
 
 
@@ -255,7 +256,7 @@ async def run_bench(turns: int = 20, url: str | None = None, port: int = 18080) 
     turns = max(turns, 20)
     voice = _Voice()
     clips = [voice.speech(QUESTIONS[i % len(QUESTIONS)]) for i in range(turns)]
-    paused = _paused_clips(voice, turns)
+    paused = _paused_clips(turns)
     backchannels = [
         voice.speech(turns_mod.BACKCHANNELS[i % len(turns_mod.BACKCHANNELS)])[0] for i in range(turns)
     ]

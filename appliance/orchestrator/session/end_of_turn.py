@@ -9,6 +9,8 @@
   unfinished phrase ("a table for") is overruled. The transcript is what the reply needs anyway, so
   this costs no voice-to-voice time, only moves the commit to it; a verdict at or above
   ``[turn] certain_above`` does not wait for it (the commit, and what follows it, come sooner).
+  Both start at ``[turn] lookahead_ms`` of silence, before the pause (the listener's look-ahead),
+  so that the turn can end as the pause comes.
 
   Raising the bar for "complete" (0.9) cut fewer people off at mid-sentence pauses in one
   measured run (20 % against 30 %) but made more finished questions wait the long bound, so the

@@ -4,7 +4,8 @@ Every input chunk goes through the VAD (:mod:`appliance.audio.vad`), whose bar i
 echo of the appliance's own reply (:mod:`appliance.audio.echo`). A ``ProvisionalEnd`` (a short
 pause) starts a *speculative* transcription of the utterance so far; if the turn then ends where
 that one did, its transcript is used as it is (speech that went on makes it stale). In smart mode
-the turn model judges the same pause (:mod:`.end_of_turn`) and may end the turn there. During a
+the turn model judges the same pause (:mod:`.end_of_turn`) and may end the turn there; both start
+a little before it, at ``[turn] lookahead_ms`` of silence, and are dropped if speech goes on. During a
 long turn a partial transcript is sent every ``[asr] partial_interval_ms``. All recognition goes
 through the engine's scheduler (:mod:`appliance.asr.scheduler`): the final pass first, optional
 passes only when the engine's measured pass time says they cannot hold up a final. What the
