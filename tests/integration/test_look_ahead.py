@@ -162,3 +162,22 @@ async def test_an_engine_too_slow_for_the_gaps_gets_no_look_ahead():
     _, judge, host, _ = await _listen(clip, engine, pause_ms=120, lookahead_ms=60)
     assert judge.silences and all(s is None for s in judge.silences), judge.silences
     assert len(host.turns) == 1
+
+
+class UnfinishedEngine(SizeEngine):
+    def recognize(self, audio: np.ndarray, *, partial: bool) -> Recognition:
+        self.ran.append(audio.size)
+        return Recognition("I would like to book a table for", "en")
+
+
+async def test_the_transcript_check_gets_its_pass_even_from_an_engine_too_slow_to_speculate():
+    """Optional passes are refused to a slow engine, but the one at a pause is what the check (and
+    the reply) needs: without it a "complete" verdict would end the turn on "a table for"."""
+    engine = UnfinishedEngine()
+    scheduler_for(engine).pass_ms = 5000.0
+    clip = with_noise(pad(piper_speech(QUESTION, RATE), RATE, 0.5, 3.0))
+    listener, judge, host, _ = await _listen(clip, engine, pause_ms=120, lookahead_ms=0)
+    ((end,),) = [listener.ends]
+    ((at, _),) = host.turns
+    assert engine.ran and judge.asked_at, engine.ran
+    assert at - end > 1500, (end, at)  # held to the 2 s bound, not ended at the 120 ms pause

@@ -280,11 +280,16 @@ class Listener:
             self._emit(TranscriptEvent(transcript.text.strip(), final=False))
 
     def _start_speculative_asr(self, end_ms: float, budget_ms: float | None = None) -> None:
+        """The utterance so far, transcribed at the speculative priority. At a pause whose verdict
+        waits for the transcript check it is asked for even when the engine is busy: the check (and,
+        for a complete turn, the reply) needs it, and a final pass still goes before it. Otherwise
+        only when the engine is idle and one pass fits in ``budget_ms``."""
         self._drop_speculative()
         if self.sm.state in (State.SPEAKING, State.BARGED_IN):
             return
         budget = self._speculation_budget_ms() if budget_ms is None else budget_ms
-        if not self.asr.worth_starting(Priority.SPECULATIVE, budget):
+        needed = budget_ms is None and self.end_of_turn.checks_transcript
+        if not needed and not self.asr.worth_starting(Priority.SPECULATIVE, budget):
             return
         audio = self.detector.utterance_audio()
         self._speculative = (end_ms, asyncio.ensure_future(self.asr.transcribe(audio, Priority.SPECULATIVE)))
